@@ -1,0 +1,241 @@
+//! The resolved site: what the rest of the crate works with once the site file has been
+//! parsed, its id ranges expanded, and validated. Nothing here does I/O.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Index of a server in [`Site::servers`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ServerIdx(pub u16);
+
+/// Index of a resource in [`Site::resources`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ResourceIdx(pub u32);
+
+/// Where a secret comes from: `file:PATH`, `env:VAR`, or an inline value (accepted with a
+/// warning). Resolving it is I/O and happens at build time, never during validation.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SecretRef {
+    File(PathBuf),
+    Env(String),
+    Inline(String),
+}
+
+impl std::fmt::Debug for SecretRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::File(p) => write!(f, "file:{}", p.display()),
+            Self::Env(v) => write!(f, "env:{v}"),
+            Self::Inline(_) => f.write_str("<inline secret>"),
+        }
+    }
+}
+
+impl SecretRef {
+    /// Parses `file:PATH`, `env:VAR`, or anything else as an inline value.
+    pub fn parse(s: &str) -> Self {
+        if let Some(p) = s.strip_prefix("file:") {
+            Self::File(PathBuf::from(p))
+        } else if let Some(v) = s.strip_prefix("env:") {
+            Self::Env(v.to_string())
+        } else {
+            Self::Inline(s.to_string())
+        }
+    }
+
+    /// Reads the secret. `base` is the folder relative `file:` paths start from.
+    pub fn resolve(&self, base: &std::path::Path) -> std::io::Result<Vec<u8>> {
+        match self {
+            Self::File(p) => {
+                let bytes = std::fs::read(base.join(p))?;
+                let text = String::from_utf8_lossy(&bytes);
+                Ok(text.trim_end_matches(['\r', '\n']).as_bytes().to_vec())
+            }
+            Self::Env(v) => std::env::var(v).map(String::into_bytes).map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!("environment variable {v} is not set"),
+                )
+            }),
+            Self::Inline(s) => Ok(s.clone().into_bytes()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Failback {
+    Auto,
+    Manual,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Live,
+    Failover,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    Mirrored,
+    SpreadServers,
+    SpreadCameras,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    Camera,
+    Io,
+    Lpr,
+    Analytics,
+    Map,
+    Middleware,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 6] = [
+        Kind::Camera,
+        Kind::Io,
+        Kind::Lpr,
+        Kind::Analytics,
+        Kind::Map,
+        Kind::Middleware,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Camera => "camera",
+            Kind::Io => "io",
+            Kind::Lpr => "lpr",
+            Kind::Analytics => "analytics",
+            Kind::Map => "map",
+            Kind::Middleware => "middleware",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OnvifUser {
+    pub user: String,
+    pub password: SecretRef,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Api {
+    /// Bearer token for mutations. `None` means mutations are refused.
+    pub token: Option<SecretRef>,
+    pub onvif_users: Vec<OnvifUser>,
+}
+
+/// How a resource is started, stopped and monitored (DESIGN section 3.8).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentKind {
+    Simulated,
+    Exec,
+    Http,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Server {
+    pub id: String,
+    pub role: Role,
+    /// The IP announced to PSIMs, MQTT and ONVIF consumers.
+    pub address: IpAddr,
+    /// One listen address per network path; position `i` is network `i` on every server.
+    pub heartbeat: Vec<SocketAddr>,
+    pub api: Option<SocketAddr>,
+    /// Live servers: failover servers in order of preference.
+    pub buddies: Vec<ServerIdx>,
+    /// Failover servers only.
+    pub mode: Option<Mode>,
+    pub max_servers: Option<u32>,
+    pub max_cameras: Option<u32>,
+    /// Spread-cameras failover servers: exactly which resources to take.
+    pub pick: Vec<ResourceIdx>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resource {
+    pub id: String,
+    pub kind: Kind,
+    /// Home server.
+    pub server: ServerIdx,
+    /// Higher is taken first when capacity is short.
+    pub priority: i32,
+    pub agent: AgentKind,
+}
+
+/// A validated site. Every index inside points into `servers` or `resources`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Site {
+    pub name: String,
+    pub secret: SecretRef,
+    pub heartbeat_interval: Duration,
+    pub failure_timeout: Duration,
+    pub failback: Failback,
+    pub failback_delay: Duration,
+    pub witnesses: Vec<SocketAddr>,
+    /// Folder of connector files, relative to the site file.
+    pub connectors: PathBuf,
+    pub api: Api,
+    pub servers: Vec<Server>,
+    pub resources: Vec<Resource>,
+}
+
+impl Site {
+    pub fn server(&self, idx: ServerIdx) -> &Server {
+        &self.servers[idx.0 as usize]
+    }
+
+    pub fn resource(&self, idx: ResourceIdx) -> &Resource {
+        &self.resources[idx.0 as usize]
+    }
+
+    pub fn server_idx(&self, id: &str) -> Option<ServerIdx> {
+        self.servers
+            .iter()
+            .position(|s| s.id == id)
+            .map(|i| ServerIdx(i as u16))
+    }
+
+    pub fn resource_idx(&self, id: &str) -> Option<ResourceIdx> {
+        self.resources
+            .iter()
+            .position(|r| r.id == id)
+            .map(|i| ResourceIdx(i as u32))
+    }
+
+    pub fn server_indices(&self) -> impl Iterator<Item = ServerIdx> + '_ {
+        (0..self.servers.len()).map(|i| ServerIdx(i as u16))
+    }
+
+    pub fn resource_indices(&self) -> impl Iterator<Item = ResourceIdx> + '_ {
+        (0..self.resources.len()).map(|i| ResourceIdx(i as u32))
+    }
+
+    /// Map from resource id to index, for decoding claims.
+    pub fn resource_map(&self) -> HashMap<String, ResourceIdx> {
+        self.resource_indices()
+            .map(|r| (self.resource(r).id.clone(), r))
+            .collect()
+    }
+
+    /// The first 8 bytes of SHA-256 over the canonical JSON of the site: two nodes with
+    /// different site files see different digests in each other's heartbeats.
+    pub fn digest(&self) -> [u8; 8] {
+        let json = serde_json::to_vec(self).expect("site serializes");
+        let hash = Sha256::digest(&json);
+        let mut out = [0u8; 8];
+        out.copy_from_slice(&hash[..8]);
+        out
+    }
+}

@@ -1,0 +1,17 @@
+//! buddygate: peer-to-peer buddy-server failover for CCTV video management systems, and the
+//! gateway that tells PSIMs, MQTT subscribers and ONVIF consumers where each camera went.
+//!
+//! # Layout
+//! - [`config`]: the site file: serde types, id-range expansion, pure validation with
+//!   `file:line:col` diagnostics, the resolved [`config::Site`].
+//! - [`failover`]: the core. A clock-free, I/O-free state machine per node
+//!   (`Node::handle(input, now) -> outputs`): detection, placement, epochs and claims, failback.
+//! - [`sim`]: many nodes in virtual time over a simulated, faulty network; used by tests and
+//!   benchmarks.
+//! - [`cli`]: the command line, kept thin: `main` parses and calls in here.
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod config;
+pub mod failover;
+pub mod sim;
