@@ -1,0 +1,167 @@
+//! Placement: which failover server takes which orphaned resource.
+//!
+//! A pure function of the site, the set of orphaned resources, the failover servers that are
+//! available and the (resource, server) pairs known to have failed. Every node computes it from
+//! its own view; equal views give equal answers, so buddies agree without talking. Rules
+//! (DESIGN section 1, "Failover modes"):
+//! - resources are placed one by one, highest `priority` first (ties by site order);
+//! - each goes to the first candidate in its home server's `buddies` order that is available,
+//!   has not failed it, and has room: `max_servers` distinct home servers and `max_cameras`
+//!   cameras at once; a spread-cameras server takes only what it `pick`s;
+//! - what finds no room stays unplaced.
+
+use std::collections::HashSet;
+
+use super::topology::Topology;
+use crate::config::{Kind, Mode, ResourceIdx, ServerIdx, Site};
+
+/// The answer: owner per placed resource, and what could not be placed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Placement {
+    pub assigned: Vec<(ResourceIdx, ServerIdx)>,
+    pub unplaced: Vec<ResourceIdx>,
+}
+
+impl Placement {
+    pub fn owner(&self, r: ResourceIdx) -> Option<ServerIdx> {
+        self.assigned
+            .iter()
+            .find(|(x, _)| *x == r)
+            .map(|&(_, s)| s)
+    }
+}
+
+/// What a failover server hosts while placement runs.
+#[derive(Debug, Clone, Default)]
+struct Load {
+    homes: Vec<ServerIdx>,
+    cameras: u32,
+}
+
+/// Places `orphans`. `available(s)` says whether failover server `s` may take work;
+/// `failed(r, s)` whether `s` already failed to run `r`.
+pub fn place(
+    site: &Site,
+    topo: &Topology,
+    orphans: &[ResourceIdx],
+    available: impl Fn(ServerIdx) -> bool,
+    failed: impl Fn(ResourceIdx, ServerIdx) -> bool,
+) -> Placement {
+    let mut order: Vec<ResourceIdx> = orphans.to_vec();
+    order.sort_unstable_by_key(|&r| (std::cmp::Reverse(site.resource(r).priority), r));
+    order.dedup();
+    let mut loads: Vec<Load> = vec![Load::default(); site.servers.len()];
+    let mut out = Placement::default();
+    for r in order {
+        let res = site.resource(r);
+        let home = res.server;
+        let chosen = topo.candidates(r).iter().copied().find(|&s| {
+            available(s) && !failed(r, s) && fits(site, &loads[s.0 as usize], s, home, res.kind)
+        });
+        match chosen {
+            Some(s) => {
+                let load = &mut loads[s.0 as usize];
+                if !load.homes.contains(&home) {
+                    load.homes.push(home);
+                }
+                if res.kind == Kind::Camera {
+                    load.cameras += 1;
+                }
+                out.assigned.push((r, s));
+            }
+            None => out.unplaced.push(r),
+        }
+    }
+    out
+}
+
+fn fits(site: &Site, load: &Load, s: ServerIdx, home: ServerIdx, kind: Kind) -> bool {
+    let srv = site.server(s);
+    if srv.mode == Some(Mode::Mirrored) && load.homes.iter().any(|&h| h != home) {
+        return false;
+    }
+    if let Some(max) = srv.max_servers
+        && !load.homes.contains(&home)
+        && load.homes.len() as u32 >= max
+    {
+        return false;
+    }
+    if let Some(max) = srv.max_cameras
+        && kind == Kind::Camera
+        && load.cameras >= max
+    {
+        return false;
+    }
+    true
+}
+
+/// Placement when `failed` alone is down and every failover server is up: what `check`
+/// prints as "capacity left if each live server failed alone".
+pub fn place_alone(site: &Site, topo: &Topology, failed: ServerIdx) -> Placement {
+    place(site, topo, topo.homed(failed), |_| true, |_, _| false)
+}
+
+/// Checks the placement rules on an answer; used by property tests and the simulator.
+/// Returns a description of the first rule broken.
+pub fn check_rules(
+    site: &Site,
+    topo: &Topology,
+    orphans: &[ResourceIdx],
+    placement: &Placement,
+) -> Result<(), String> {
+    let mut seen = HashSet::new();
+    let mut loads: Vec<Load> = vec![Load::default(); site.servers.len()];
+    for &(r, s) in &placement.assigned {
+        if !seen.insert(r) {
+            return Err(format!("resource {} placed twice", site.resource(r).id));
+        }
+        if !orphans.contains(&r) {
+            return Err(format!("resource {} placed but not orphaned", site.resource(r).id));
+        }
+        if !topo.candidates(r).contains(&s) {
+            return Err(format!(
+                "resource {} placed on {}, not one of its candidates",
+                site.resource(r).id,
+                site.server(s).id
+            ));
+        }
+        let res = site.resource(r);
+        let load = &mut loads[s.0 as usize];
+        if !load.homes.contains(&res.server) {
+            load.homes.push(res.server);
+        }
+        if res.kind == Kind::Camera {
+            load.cameras += 1;
+        }
+    }
+    for s in site.server_indices() {
+        let srv = site.server(s);
+        let load = &loads[s.0 as usize];
+        if srv.max_servers.is_some_and(|m| load.homes.len() as u32 > m) {
+            return Err(format!("{} hosts more than max_servers", srv.id));
+        }
+        if srv.max_cameras.is_some_and(|m| load.cameras > m) {
+            return Err(format!("{} hosts more than max_cameras", srv.id));
+        }
+        if srv.mode == Some(Mode::Mirrored) && load.homes.len() > 1 {
+            return Err(format!("mirrored {} hosts two live servers", srv.id));
+        }
+        if srv.mode == Some(Mode::SpreadCameras) {
+            for &(r, owner) in &placement.assigned {
+                if owner == s && !srv.pick.contains(&r) {
+                    return Err(format!(
+                        "spread-cameras {} took {}, which it does not pick",
+                        srv.id,
+                        site.resource(r).id
+                    ));
+                }
+            }
+        }
+    }
+    for &r in &placement.unplaced {
+        if seen.contains(&r) {
+            return Err(format!("resource {} both placed and unplaced", site.resource(r).id));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,241 @@
+//! The heartbeat datagram: a versioned, HMAC-SHA256-tagged message.
+//!
+//! ```text
+//! "BG" | version (1 byte) | postcard(Heartbeat) | HMAC-SHA256(key, all before) (32 bytes)
+//! ```
+//! The tag covers the header, so a datagram from another version or another site key is
+//! rejected before its body is decoded. Replay protection (incarnation + sequence per path)
+//! lives in the node, which knows what it has seen.
+
+use hmac::{Hmac, KeyInit, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use thiserror::Error;
+
+pub const MAGIC: [u8; 2] = *b"BG";
+pub const VERSION: u8 = 1;
+const HEADER: usize = 3;
+const TAG: usize = 32;
+/// Larger datagrams are rejected unread.
+pub const MAX_DATAGRAM: usize = 65_000;
+
+/// What a node says about itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerState {
+    /// Just started; waiting to hear its buddies before it starts anything.
+    Booting,
+    Up,
+    /// Shutting down cleanly, or manually failed over: buddies take over at once.
+    Leaving,
+    /// Some of its resources failed their monitor; they are listed as failed claims.
+    Unhealthy,
+}
+
+/// State of one claim as its holder reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClaimState {
+    Starting,
+    Active,
+    Stopping,
+    /// The holder could not run the resource; others should not wait for it.
+    Failed,
+}
+
+/// Why a claim was made. A takeover assumes the previous owner is gone; if that owner turns
+/// out to be alive and active, the two are in conflict. A home claim or a hand-back is
+/// planned: the previous owner hands over after the new one is active.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClaimKind {
+    Home,
+    Takeover,
+    Handback,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireClaim {
+    pub resource: String,
+    pub epoch: u64,
+    pub state: ClaimState,
+    pub kind: ClaimKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Action {
+    Failover,
+    Failback,
+}
+
+/// An operator command travelling through heartbeats to the nodes concerned.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Directive {
+    pub origin: String,
+    pub serial: u64,
+    pub action: Action,
+    pub server: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// Sender's server id.
+    pub from: String,
+    /// Per boot, strictly increasing across restarts of the sender.
+    pub incarnation: u64,
+    /// Per datagram, strictly increasing within an incarnation.
+    pub seq: u64,
+    /// The network path (index into `heartbeat`) this datagram was sent on.
+    pub path: u8,
+    pub state: PeerState,
+    /// First 8 bytes of the SHA-256 of the sender's site.
+    pub digest: [u8; 8],
+    pub claims: Vec<WireClaim>,
+    pub directives: Vec<Directive>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum WireError {
+    #[error("datagram too short or too long")]
+    Size,
+    #[error("not a buddygate heartbeat")]
+    Magic,
+    #[error("unsupported heartbeat version {0}")]
+    Version(u8),
+    #[error("bad HMAC tag")]
+    Tag,
+    #[error("malformed heartbeat body")]
+    Body,
+}
+
+impl WireError {
+    /// Metric label.
+    pub fn reason(self) -> &'static str {
+        match self {
+            WireError::Size => "size",
+            WireError::Magic => "magic",
+            WireError::Version(_) => "version",
+            WireError::Tag => "hmac",
+            WireError::Body => "malformed",
+        }
+    }
+}
+
+/// The site's heartbeat key, ready to tag and verify.
+#[derive(Clone)]
+pub struct Key(Hmac<Sha256>);
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Key(<redacted>)")
+    }
+}
+
+impl Key {
+    pub fn new(secret: &[u8]) -> Self {
+        Self(Hmac::<Sha256>::new_from_slice(secret).expect("HMAC accepts any key length"))
+    }
+}
+
+pub fn encode(key: &Key, hb: &Heartbeat) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(128 + hb.claims.len() * 24);
+    buf.extend_from_slice(&MAGIC);
+    buf.push(VERSION);
+    let mut buf = postcard::to_extend(hb, buf).expect("heartbeat serializes");
+    let mut mac = key.0.clone();
+    mac.update(&buf);
+    buf.extend_from_slice(&mac.finalize().into_bytes());
+    buf
+}
+
+pub fn decode(key: &Key, bytes: &[u8]) -> Result<Heartbeat, WireError> {
+    if bytes.len() < HEADER + TAG || bytes.len() > MAX_DATAGRAM {
+        return Err(WireError::Size);
+    }
+    if bytes[..2] != MAGIC {
+        return Err(WireError::Magic);
+    }
+    if bytes[2] != VERSION {
+        return Err(WireError::Version(bytes[2]));
+    }
+    let (signed, tag) = bytes.split_at(bytes.len() - TAG);
+    let mut mac = key.0.clone();
+    mac.update(signed);
+    mac.verify_slice(tag).map_err(|_| WireError::Tag)?;
+    let (hb, rest) =
+        postcard::take_from_bytes::<Heartbeat>(&signed[HEADER..]).map_err(|_| WireError::Body)?;
+    if !rest.is_empty() {
+        return Err(WireError::Body);
+    }
+    Ok(hb)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Heartbeat {
+        Heartbeat {
+            from: "live-1".into(),
+            incarnation: 7,
+            seq: 42,
+            path: 1,
+            state: PeerState::Up,
+            digest: [1, 2, 3, 4, 5, 6, 7, 8],
+            claims: vec![WireClaim {
+                resource: "cam-001".into(),
+                epoch: 3,
+                state: ClaimState::Active,
+                kind: ClaimKind::Home,
+            }],
+            directives: vec![Directive {
+                origin: "fo-1".into(),
+                serial: 1,
+                action: Action::Failback,
+                server: "live-1".into(),
+            }],
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let key = Key::new(b"secret");
+        let bytes = encode(&key, &sample());
+        assert_eq!(&bytes[..3], b"BG\x01");
+        assert_eq!(decode(&key, &bytes), Ok(sample()));
+    }
+
+    #[test]
+    fn wrong_key_is_rejected() {
+        let bytes = encode(&Key::new(b"secret"), &sample());
+        assert_eq!(decode(&Key::new(b"other"), &bytes), Err(WireError::Tag));
+    }
+
+    #[test]
+    fn every_flipped_bit_is_rejected() {
+        let key = Key::new(b"secret");
+        let bytes = encode(&key, &sample());
+        for i in 0..bytes.len() * 8 {
+            let mut b = bytes.clone();
+            b[i / 8] ^= 1 << (i % 8);
+            assert!(decode(&key, &b).is_err(), "bit {i} flipped was accepted");
+        }
+    }
+
+    #[test]
+    fn other_versions_and_garbage_are_rejected() {
+        let key = Key::new(b"secret");
+        let mut bytes = encode(&key, &sample());
+        bytes[2] = 2;
+        assert_eq!(decode(&key, &bytes), Err(WireError::Version(2)));
+        assert_eq!(decode(&key, b"hello"), Err(WireError::Size));
+        assert_eq!(decode(&key, &[0u8; 64]), Err(WireError::Magic));
+    }
+
+    #[test]
+    fn a_valid_tag_over_a_bad_body_is_malformed() {
+        let key = Key::new(b"secret");
+        let mut signed = b"BG\x01\xff\xff\xff".to_vec();
+        let mut mac = key.0.clone();
+        mac.update(&signed);
+        signed.extend_from_slice(&mac.finalize().into_bytes());
+        assert_eq!(decode(&key, &signed), Err(WireError::Body));
+    }
+}
