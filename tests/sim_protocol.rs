@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use buddygate::config::{Failback, Kind, Mode, ResourceIdx, ServerIdx};
+use buddygate::failover::Event;
 use buddygate::failover::wire::{self, Action, Heartbeat, PeerState};
-use buddygate::failover::{Event, ResourceState};
 use buddygate::sim::{Sim, SimOptions, SiteBuilder};
 
 const MS: fn(u64) -> Duration = Duration::from_millis;
@@ -27,7 +27,8 @@ fn homed(sim: &Sim, s: ServerIdx) -> Vec<ResourceIdx> {
 }
 
 fn all_on(sim: &Sim, rs: &[ResourceIdx], s: ServerIdx) -> bool {
-    rs.iter().all(|&r| sim.owners(r).iter().map(|o| o.0).collect::<Vec<_>>() == vec![s])
+    rs.iter()
+        .all(|&r| sim.owners(r).iter().map(|o| o.0).collect::<Vec<_>>() == vec![s])
 }
 
 fn started(seed: u64, site: SiteBuilder) -> Sim {
@@ -41,7 +42,12 @@ fn started(seed: u64, site: SiteBuilder) -> Sim {
     sim.run_for(SECS(5));
     for s in sim.site().server_indices() {
         for &r in sim.topology().homed(s) {
-            assert_eq!(sim.owners(r), vec![(s, 1)], "{} at boot", sim.site().resource(r).id);
+            assert_eq!(
+                sim.owners(r),
+                vec![(s, 1)],
+                "{} at boot",
+                sim.site().resource(r).id
+            );
         }
     }
     sim
@@ -69,7 +75,10 @@ fn a_crash_moves_every_resource_within_failure_timeout_plus_one_interval() {
             "seed {seed}: not everything on fo-1 within {limit:?}"
         );
         let took = sim.now() - t0;
-        assert!(took > MS(800), "seed {seed}: took over too early ({took:?})");
+        assert!(
+            took > MS(800),
+            "seed {seed}: took over too early ({took:?})"
+        );
         sim.run_for(SECS(1));
         let types = event_types(&sim, fo, t0);
         assert_eq!(
@@ -93,7 +102,14 @@ fn a_crash_moves_every_resource_within_failure_timeout_plus_one_interval() {
                     failed,
                     takeover,
                     ..
-                } if *n == fo => Some((*server, *new_server, *epoch, resources.len(), failed.len(), *takeover)),
+                } if *n == fo => Some((
+                    *server,
+                    *new_server,
+                    *epoch,
+                    resources.len(),
+                    failed.len(),
+                    *takeover,
+                )),
                 _ => None,
             })
             .expect("failover.completed");
@@ -107,4 +123,373 @@ fn a_crash_moves_every_resource_within_failure_timeout_plus_one_interval() {
         let l2 = sim.idx("live-2");
         assert!(all_on(&sim, &homed(&sim, l2), l2));
     }
+}
+
+fn count(sim: &Sim, node: ServerIdx, after: Duration, ty: &str) -> usize {
+    event_types(sim, node, after)
+        .into_iter()
+        .filter(|t| *t == ty)
+        .count()
+}
+
+#[test]
+fn b_one_path_lost_is_a_path_event_never_a_failover() {
+    let mut sim = started(3, two_live_one_buddy());
+    let (live, fo) = (sim.idx("live-1"), sim.idx("fo-1"));
+    let rs = homed(&sim, live);
+    let t0 = sim.now();
+    sim.link(live, fo, 0).cut = true;
+    sim.link(fo, live, 0).cut = true;
+    sim.run_for(SECS(10));
+    assert!(all_on(&sim, &rs, live));
+    assert_eq!(event_types(&sim, fo, t0), ["buddygate.path.down"]);
+    assert_eq!(event_types(&sim, live, t0), ["buddygate.path.down"]);
+    let view = sim.node(fo).unwrap().server_view(live, sim.now());
+    assert_eq!(view.state.as_str(), "suspect");
+    assert!(!view.paths[0].up && view.paths[1].up);
+    let t1 = sim.now();
+    sim.heal_all();
+    sim.run_for(SECS(2));
+    assert_eq!(event_types(&sim, fo, t1), ["buddygate.path.up"]);
+    assert_eq!(
+        sim.node(fo)
+            .unwrap()
+            .server_view(live, sim.now())
+            .state
+            .as_str(),
+        "up"
+    );
+    assert!(all_on(&sim, &rs, live));
+}
+
+fn with_witnesses() -> SiteBuilder {
+    two_live_one_buddy().witnesses(3)
+}
+
+#[test]
+fn c_a_buddy_cut_off_from_the_live_server_and_the_witnesses_does_not_take_over() {
+    let mut sim = started(4, with_witnesses());
+    let (live, fo) = (sim.idx("live-1"), sim.idx("fo-1"));
+    let rs = homed(&sim, live);
+    sim.cut(live, fo, true);
+    sim.set_witness(fo, 0, false);
+    sim.set_witness(fo, 1, false);
+    sim.run_for(SECS(10));
+    assert!(all_on(&sim, &rs, live), "the cut-off buddy took over");
+    assert_eq!(
+        count(&sim, fo, Duration::ZERO, "buddygate.failover.started"),
+        0
+    );
+    assert_eq!(count(&sim, fo, Duration::ZERO, "buddygate.server.down"), 1);
+
+    // Control: the same cut while the buddy reaches a majority of witnesses: it takes over.
+    sim.set_witness(fo, 1, true);
+    assert!(sim.run_until_cond(MS(100), |sim| {
+        rs.iter().all(|&r| sim.owners(r).iter().any(|o| o.0 == fo))
+    }));
+}
+
+#[test]
+fn d_a_healed_partition_leaves_one_owner_per_resource_within_two_intervals() {
+    for seed in 1..=10 {
+        let mut sim = started(seed, two_live_one_buddy());
+        let (l1, l2, fo) = (sim.idx("live-1"), sim.idx("live-2"), sim.idx("fo-1"));
+        let rs = homed(&sim, l1);
+        sim.partition(&[l1], &[fo, l2], true);
+        sim.run_for(SECS(5));
+        // Availability first: both sides record.
+        for &r in &rs {
+            let owners = sim.owners(r);
+            assert_eq!(owners, vec![(l1, 1), (fo, 2)], "seed {seed}");
+        }
+        let heal = sim.now();
+        sim.heal_all();
+        let hb = sim.site().heartbeat_interval;
+        sim.run_for(2 * hb + MS(20));
+        for &r in &rs {
+            assert_eq!(
+                sim.owners(r),
+                vec![(fo, 2)],
+                "seed {seed}: higher epoch wins"
+            );
+        }
+        for g in sim.gaps().iter().filter(|g| g.owners > 1) {
+            let end = g.to.expect("dual ownership ended");
+            assert!(
+                end <= heal + 2 * hb + MS(20),
+                "seed {seed}: dual owner until {end:?}"
+            );
+        }
+        assert!(count(&sim, l1, heal, "buddygate.ownership.conflict") >= 1);
+        assert_eq!(
+            count(&sim, l1, heal, "buddygate.ownership.resolved"),
+            count(&sim, l1, heal, "buddygate.ownership.conflict")
+        );
+        // And the resolution left nobody without an owner.
+        assert!(no_orphan_after(&sim, &rs, heal), "seed {seed}");
+    }
+}
+
+fn no_orphan_after(sim: &Sim, rs: &[ResourceIdx], after: Duration) -> bool {
+    sim.gaps()
+        .iter()
+        .filter(|g| rs.contains(&g.resource) && g.owners == 0)
+        .all(|g| g.to.is_some_and(|t| t <= after))
+}
+
+#[test]
+fn e_auto_failback_waits_failback_delay_and_is_make_before_break() {
+    let mut sim = started(5, two_live_one_buddy().failback(Failback::Auto, SECS(10)));
+    let (live, fo) = (sim.idx("live-1"), sim.idx("fo-1"));
+    let rs = homed(&sim, live);
+    sim.crash(live);
+    assert!(sim.run_until_cond(SECS(2), |sim| all_on(sim, &rs, fo)));
+    let taken = sim.now();
+    sim.run_for(SECS(3));
+    sim.restart(live);
+    let back = sim.now();
+    // f: the restarted live server does not reclaim before failback.
+    sim.run_for(SECS(9));
+    assert!(all_on(&sim, &rs, fo), "reclaimed before failback_delay");
+    assert!(sim.node(live).unwrap().held().next().is_none());
+    assert!(sim.run_until_cond(SECS(3), |sim| all_on(sim, &rs, live)));
+    let done = sim.now() - back;
+    assert!(
+        done >= SECS(10) && done < SECS(12),
+        "failback after {done:?}"
+    );
+    for &r in &rs {
+        assert_eq!(sim.owners(r), vec![(live, 3)]);
+    }
+    assert!(
+        no_orphan_after(&sim, &rs, taken),
+        "an instant with zero owners"
+    );
+    assert_eq!(count(&sim, live, back, "buddygate.failback.completed"), 1);
+    assert_eq!(count(&sim, fo, back, "buddygate.ownership.conflict"), 0);
+}
+
+#[test]
+fn e_manual_failback_waits_for_the_operator_and_travels_through_heartbeats() {
+    let mut sim = started(6, two_live_one_buddy().failback(Failback::Manual, SECS(1)));
+    let (l1, l2, fo) = (sim.idx("live-1"), sim.idx("live-2"), sim.idx("fo-1"));
+    let rs = homed(&sim, l1);
+    sim.crash(l1);
+    assert!(sim.run_until_cond(SECS(2), |sim| all_on(sim, &rs, fo)));
+    let taken = sim.now();
+    sim.restart(l1);
+    sim.run_for(SECS(20));
+    assert!(all_on(&sim, &rs, fo), "manual failback happened by itself");
+    // Sent to live-2, which does not serve live-1: it reaches live-1 through fo-1.
+    sim.command(l2, Action::Failback, l1);
+    assert!(sim.run_until_cond(SECS(2), |sim| all_on(sim, &rs, l1)));
+    assert!(no_orphan_after(&sim, &rs, taken));
+}
+
+#[test]
+fn manual_failover_moves_a_healthy_server_and_holds_until_failback() {
+    let mut sim = started(7, two_live_one_buddy().failback(Failback::Auto, SECS(2)));
+    let (l1, fo) = (sim.idx("live-1"), sim.idx("fo-1"));
+    let rs = homed(&sim, l1);
+    let t0 = sim.now();
+    sim.command(fo, Action::Failover, l1);
+    assert!(sim.run_until_cond(MS(500), |sim| all_on(sim, &rs, fo)));
+    assert!(no_orphan_after(&sim, &rs, t0));
+    sim.run_for(SECS(10));
+    assert!(
+        all_on(&sim, &rs, fo),
+        "auto failback undid a manual failover"
+    );
+    sim.command(l1, Action::Failback, l1);
+    assert!(sim.run_until_cond(SECS(1), |sim| all_on(sim, &rs, l1)));
+    assert!(no_orphan_after(&sim, &rs, t0));
+}
+
+#[test]
+fn f_a_live_server_restarted_with_an_empty_data_dir_does_not_reclaim() {
+    let mut sim = started(8, two_live_one_buddy().failback(Failback::Auto, SECS(10)));
+    let (live, fo) = (sim.idx("live-1"), sim.idx("fo-1"));
+    let rs = homed(&sim, live);
+    sim.crash(live);
+    assert!(sim.run_until_cond(SECS(2), |sim| all_on(sim, &rs, fo)));
+    sim.restart_empty(live);
+    sim.run_for(SECS(5));
+    assert!(all_on(&sim, &rs, fo));
+    assert!(sim.gaps().iter().all(|g| g.owners < 2));
+    sim.run_for(SECS(7));
+    assert!(all_on(&sim, &rs, live), "failback after the delay");
+}
+
+#[test]
+fn leaving_and_unhealthy_take_the_fast_path() {
+    let mut sim = started(9, two_live_one_buddy());
+    let (l1, l2, fo) = (sim.idx("live-1"), sim.idx("live-2"), sim.idx("fo-1"));
+    let rs = homed(&sim, l1);
+    let t0 = sim.now();
+    sim.shutdown(l1, SECS(2));
+    assert!(all_on(&sim, &rs, fo));
+    let took = sim.now() - t0;
+    assert!(took < MS(100), "clean shutdown handed over in {took:?}");
+    assert!(no_orphan_after(&sim, &rs, t0), "a gap during the hand-over");
+
+    // unhealthy: one camera's monitor fails on live-2; only that camera moves, at once.
+    let cam = homed(&sim, l2)[3];
+    let t1 = sim.now();
+    sim.fail_monitor(l2, cam);
+    assert!(sim.run_until_cond(MS(100), |sim| sim.owners(cam) == vec![(fo, 2)]));
+    assert!(sim.now() - t1 < MS(100));
+    let others: Vec<_> = homed(&sim, l2).into_iter().filter(|&r| r != cam).collect();
+    assert!(all_on(&sim, &others, l2));
+    assert_eq!(
+        sim.node(fo)
+            .unwrap()
+            .server_view(l2, sim.now())
+            .state
+            .as_str(),
+        "unhealthy"
+    );
+    assert_eq!(count(&sim, l2, t1, "buddygate.resource.failed"), 1);
+}
+
+#[test]
+fn g_short_capacity_puts_the_highest_priorities_on_the_first_buddy() {
+    let site = SiteBuilder::new("hq")
+        .live("live-1", &["fo-1", "fo-2"])
+        .live("live-2", &["fo-1", "fo-2"])
+        .failover("fo-1", Mode::SpreadServers, Some(2), Some(15))
+        .failover("fo-2", Mode::SpreadServers, None, None)
+        .many("live-1", Kind::Camera, 10, 1)
+        .many("live-2", Kind::Camera, 10, 7)
+        .resource("live-1-lpr", Kind::Lpr, "live-1", 9)
+        .resource("live-1-cam-vip", Kind::Camera, "live-1", 9);
+    for seed in 1..=10 {
+        let mut sim = started(seed, site_clone(&site));
+        let (l1, l2, f1, f2) = (
+            sim.idx("live-1"),
+            sim.idx("live-2"),
+            sim.idx("fo-1"),
+            sim.idx("fo-2"),
+        );
+        sim.crash(l1);
+        sim.crash(l2);
+        sim.run_for(SECS(3));
+        let on = |s| {
+            let mut v: Vec<String> = sim
+                .running_on(s)
+                .iter()
+                .map(|&r| sim.site().resource(r).id.clone())
+                .collect();
+            v.sort();
+            v
+        };
+        let fo1 = on(f1);
+        let fo2 = on(f2);
+        // fo-1: the VIP camera (9), the LPR (not a camera), the 10 cameras of live-2 (7),
+        // and 4 of live-1's priority-1 cameras (ties by site order): 15 cameras in all.
+        let mut expect1: Vec<String> = vec!["live-1-cam-vip".into(), "live-1-lpr".into()];
+        expect1.extend((1..=10).map(|n| format!("live-2-camera-{n:03}")));
+        expect1.extend((1..=4).map(|n| format!("live-1-camera-{n:03}")));
+        expect1.sort();
+        assert_eq!(fo1, expect1, "seed {seed}");
+        let mut expect2: Vec<String> = (5..=10).map(|n| format!("live-1-camera-{n:03}")).collect();
+        expect2.sort();
+        assert_eq!(fo2, expect2, "seed {seed}");
+    }
+}
+
+fn site_clone(b: &SiteBuilder) -> SiteBuilder {
+    b.clone()
+}
+
+#[test]
+fn a_buddy_crashing_mid_takeover_leaves_it_to_the_next_buddy() {
+    let site = SiteBuilder::new("hq")
+        .live("live-1", &["fo-1", "fo-2"])
+        .failover("fo-1", Mode::SpreadServers, None, None)
+        .failover("fo-2", Mode::SpreadServers, None, None)
+        .many("live-1", Kind::Camera, 20, 0);
+    let mut sim = started(11, site);
+    let (l1, f1, f2) = (sim.idx("live-1"), sim.idx("fo-1"), sim.idx("fo-2"));
+    let rs = homed(&sim, l1);
+    sim.crash(l1);
+    assert!(sim.run_until_cond(SECS(2), |sim| {
+        sim.events()
+            .iter()
+            .any(|(_, n, e)| *n == f1 && e.type_name() == "buddygate.failover.started")
+    }));
+    sim.crash(f1);
+    assert!(sim.run_until_cond(SECS(2), |sim| all_on(sim, &rs, f2)));
+    for &r in &rs {
+        assert_eq!(sim.owners(r)[0].1, 3, "fo-2 claims above fo-1's epoch");
+    }
+}
+
+fn forged(
+    sim: &Sim,
+    key: &wire::Key,
+    from: &str,
+    incarnation: u64,
+    seq: u64,
+    state: PeerState,
+) -> Vec<u8> {
+    let digest = sim.site().digest();
+    wire::encode(
+        key,
+        &Heartbeat {
+            from: from.into(),
+            incarnation,
+            seq,
+            path: 0,
+            state,
+            digest,
+            claims: Vec::new(),
+            directives: Vec::new(),
+        },
+    )
+}
+
+#[test]
+fn h_forged_and_replayed_heartbeats_are_rejected() {
+    let mut sim = started(12, two_live_one_buddy());
+    let (l1, fo) = (sim.idx("live-1"), sim.idx("fo-1"));
+    let rs = homed(&sim, l1);
+    // A forged "leaving" from live-1 would trigger a takeover if it were believed.
+    let bad_key = wire::Key::new(b"not the site key");
+    let forged_leaving = forged(
+        &sim,
+        &bad_key,
+        "live-1",
+        u64::MAX,
+        u64::MAX,
+        PeerState::Leaving,
+    );
+    sim.inject(fo, 0, forged_leaving);
+    // A replay: correctly signed, but an incarnation and sequence already seen.
+    let key = sim.key().clone();
+    let replay = forged(&sim, &key, "live-1", 1, 1, PeerState::Leaving);
+    sim.inject(fo, 0, replay);
+    // Noise.
+    sim.inject(fo, 1, vec![0u8; 40]);
+    sim.inject(
+        fo,
+        1,
+        b"BG\x01 garbage garbage garbage garbage garbage".to_vec(),
+    );
+    sim.run_for(SECS(3));
+    assert!(
+        all_on(&sim, &rs, l1),
+        "a forged or replayed heartbeat moved resources"
+    );
+    let stats = sim.node(fo).unwrap().stats().clone();
+    assert_eq!(stats.rejected.get("hmac"), Some(&2));
+    assert_eq!(stats.rejected.get("replay"), Some(&1));
+    assert_eq!(stats.rejected.get("magic"), Some(&1));
+    // Forged heartbeats do not keep a dead server alive either.
+    sim.crash(l1);
+    for i in 0..20u64 {
+        let f = forged(&sim, &bad_key, "live-1", 99, 1000 + i, PeerState::Up);
+        sim.inject(fo, 0, f);
+        sim.run_for(MS(100));
+    }
+    assert!(all_on(&sim, &rs, fo));
 }

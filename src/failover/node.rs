@@ -40,7 +40,10 @@ pub enum Input {
         result: Result<(), String>,
     },
     /// A running resource failed its monitor (after the agent's own retries).
-    MonitorFailed { resource: ResourceIdx, reason: String },
+    MonitorFailed {
+        resource: ResourceIdx,
+        reason: String,
+    },
     /// Whether witness `index` (position in `site.witnesses`) answers.
     Witness { index: usize, reachable: bool },
     /// An operator's manual failover or failback of `server`, sent to this node.
@@ -166,7 +169,9 @@ pub struct Stats {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
-    Booting { until: Duration },
+    Booting {
+        until: Duration,
+    },
     Running,
     /// Shutting down: no new claims; hand everything over.
     Leaving,
@@ -190,6 +195,8 @@ struct PeerClaim {
 #[derive(Debug, Clone, Default)]
 struct PathInfo {
     up: bool,
+    /// A `path.down` was emitted and no `path.up` since.
+    announced_down: bool,
     good: u8,
     last_heard: Option<Duration>,
     last_seq: u64,
@@ -207,6 +214,8 @@ struct Peer {
     claims: Vec<PeerClaim>,
     digest: [u8; 8],
     mismatch_reported: Option<[u8; 8]>,
+    /// A `server.down` was emitted and no `server.up` since.
+    announced_down: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -306,6 +315,7 @@ impl Node {
                     claims: Vec::new(),
                     digest: [0; 8],
                     mismatch_reported: None,
+                    announced_down: false,
                 };
                 (p, peer)
             })
@@ -497,7 +507,9 @@ impl Node {
             let rank = self.topo.rank(&self.site, r, s);
             let better = match best {
                 None => true,
-                Some((c, e, k, _, _)) => (class, epoch, std::cmp::Reverse(rank)) > (c, e, std::cmp::Reverse(k)),
+                Some((c, e, k, _, _)) => {
+                    (class, epoch, std::cmp::Reverse(rank)) > (c, e, std::cmp::Reverse(k))
+                }
             };
             if better {
                 best = Some((class, epoch, rank, s, state));
@@ -863,10 +875,10 @@ impl Node {
                 if p.up && p.last_heard.is_some_and(|t| now >= t + ft) {
                     p.up = false;
                     p.good = 0;
-                    path_events.push(Event::PathDown { server: s, path: i });
+                    path_events.push((i, false));
                 } else if !p.up && p.good >= 2 {
                     p.up = true;
-                    path_events.push(Event::PathUp { server: s, path: i });
+                    path_events.push((i, true));
                 }
             }
             let any_up = peer.paths.iter().any(|p| p.up);
@@ -897,7 +909,15 @@ impl Node {
             }
             // Path events only while the server is reachable; a whole server is one event.
             if any_up && !was_down {
-                out.extend(path_events.into_iter().map(Output::Event));
+                for (i, up) in path_events {
+                    let p = &mut peer.paths[i];
+                    if !up {
+                        p.announced_down = true;
+                        out.push(Output::Event(Event::PathDown { server: s, path: i }));
+                    } else if std::mem::take(&mut p.announced_down) {
+                        out.push(Output::Event(Event::PathUp { server: s, path: i }));
+                    }
+                }
             }
             if !gone(prev) && gone(new_state) {
                 let (reason, since) = if new_state == ServerState::Leaving {
@@ -906,6 +926,10 @@ impl Node {
                     (DownReason::Timeout, last_heard.unwrap_or(now))
                 };
                 peer.down_since = since;
+                peer.announced_down = true;
+                for p in &mut peer.paths {
+                    p.announced_down = false;
+                }
                 out.push(Output::Event(Event::ServerDown {
                     server: s,
                     reason,
@@ -913,7 +937,9 @@ impl Node {
                 }));
                 unstable = true;
             } else if gone(prev) && !gone(new_state) {
-                out.push(Output::Event(Event::ServerUp { server: s }));
+                if std::mem::take(&mut peer.announced_down) {
+                    out.push(Output::Event(Event::ServerUp { server: s }));
+                }
                 unstable = true;
             }
         }
@@ -927,9 +953,11 @@ impl Node {
         self.stable_since = now;
         self.placement_dirty = true;
         self.send_now = true;
-        // Servers never heard since boot are down.
+        // Servers not heard during the start-up wait are down.
+        let ft = self.site.failure_timeout;
         for (&s, p) in &mut self.peers {
-            if p.state == ServerState::Down {
+            if p.last_heard.is_none_or(|t| now >= t + ft) {
+                p.announced_down = true;
                 p.down_since = p.last_heard.unwrap_or(now);
                 out.push(Output::Event(Event::ServerDown {
                     server: s,
@@ -987,13 +1015,13 @@ impl Node {
                 continue;
             }
             for c in &p.claims {
-                if c.resource != r
-                    || !matches!(c.state, ClaimState::Starting | ClaimState::Active)
+                if c.resource != r || !matches!(c.state, ClaimState::Starting | ClaimState::Active)
                 {
                     continue;
                 }
                 let cand = (c.epoch, self.topo.rank(&self.site, r, s));
-                if best.is_none_or(|(bs, be, _)| beats(cand, (be, self.topo.rank(&self.site, r, bs))))
+                if best
+                    .is_none_or(|(bs, be, _)| beats(cand, (be, self.topo.rank(&self.site, r, bs))))
                 {
                     best = Some((s, c.epoch, c.state));
                 }
@@ -1005,7 +1033,9 @@ impl Node {
     /// The winning active holder of `r`, this node included.
     fn best_holder(&self, r: ResourceIdx, now: Duration) -> Option<(ServerIdx, Epoch)> {
         let v = self.resource_view(r, now);
-        (v.state == ResourceState::Active).then_some(()).and(v.owner.map(|o| (o, v.epoch)))
+        (v.state == ResourceState::Active)
+            .then_some(())
+            .and(v.owner.map(|o| (o, v.epoch)))
     }
 
     /// Rule 4: for one resource the higher epoch wins, ties to the earlier buddy; the loser
@@ -1102,9 +1132,11 @@ impl Node {
         self.site.failback == Failback::Auto
             && self.phase == Phase::Running
             && !self.manual_hold
-            && self.topo.homed(self.me).iter().any(|r| {
-                !self.claims.contains_key(r)
-            })
+            && self
+                .topo
+                .homed(self.me)
+                .iter()
+                .any(|r| !self.claims.contains_key(r))
     }
 
     /// Our own resources: claim what nobody holds; hand back on failback.
@@ -1139,10 +1171,26 @@ impl Node {
             self.stable_since = now;
         }
         if !boot.is_empty() {
-            self.claim(boot, BatchKind::Boot, ClaimKind::Home, self.me, now, now, out);
+            self.claim(
+                boot,
+                BatchKind::Boot,
+                ClaimKind::Home,
+                self.me,
+                now,
+                now,
+                out,
+            );
         }
         if !back.is_empty() {
-            self.claim(back, BatchKind::Failback, ClaimKind::Handback, self.me, now, now, out);
+            self.claim(
+                back,
+                BatchKind::Failback,
+                ClaimKind::Handback,
+                self.me,
+                now,
+                now,
+                out,
+            );
         }
     }
 
@@ -1252,7 +1300,15 @@ impl Node {
                     }
                 })
                 .unwrap_or(now);
-            self.claim(rs, BatchKind::Failover, ClaimKind::Takeover, home, since, now, out);
+            self.claim(
+                rs,
+                BatchKind::Failover,
+                ClaimKind::Takeover,
+                home,
+                since,
+                now,
+                out,
+            );
         }
     }
 
@@ -1268,7 +1324,12 @@ impl Node {
         now: Duration,
         out: &mut Vec<Output>,
     ) {
-        let epoch = rs.iter().map(|r| self.known[r.0 as usize]).max().unwrap_or(0) + 1;
+        let epoch = rs
+            .iter()
+            .map(|r| self.known[r.0 as usize])
+            .max()
+            .unwrap_or(0)
+            + 1;
         let mut records = Vec::with_capacity(rs.len());
         for &r in &rs {
             self.known[r.0 as usize] = epoch;

@@ -24,10 +24,7 @@ pub struct Placement {
 
 impl Placement {
     pub fn owner(&self, r: ResourceIdx) -> Option<ServerIdx> {
-        self.assigned
-            .iter()
-            .find(|(x, _)| *x == r)
-            .map(|&(_, s)| s)
+        self.assigned.iter().find(|(x, _)| *x == r).map(|&(_, s)| s)
     }
 }
 
@@ -116,7 +113,10 @@ pub fn check_rules(
             return Err(format!("resource {} placed twice", site.resource(r).id));
         }
         if !orphans.contains(&r) {
-            return Err(format!("resource {} placed but not orphaned", site.resource(r).id));
+            return Err(format!(
+                "resource {} placed but not orphaned",
+                site.resource(r).id
+            ));
         }
         if !topo.candidates(r).contains(&s) {
             return Err(format!(
@@ -160,7 +160,10 @@ pub fn check_rules(
     }
     for &r in &placement.unplaced {
         if seen.contains(&r) {
-            return Err(format!("resource {} both placed and unplaced", site.resource(r).id));
+            return Err(format!(
+                "resource {} both placed and unplaced",
+                site.resource(r).id
+            ));
         }
     }
     Ok(())

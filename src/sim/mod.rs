@@ -593,7 +593,10 @@ impl Sim {
             }
             Output::Start { resource, epoch } => {
                 let n = &self.nodes[s.0 as usize];
-                if n.store.get(&resource).is_none_or(|rec| !rec.held || rec.epoch != epoch) {
+                if n.store
+                    .get(&resource)
+                    .is_none_or(|rec| !rec.held || rec.epoch != epoch)
+                {
                     self.ordering_violations += 1;
                 }
                 self.agent(s, resource, epoch, AgentOp::Start);
@@ -631,7 +634,11 @@ impl Sim {
     }
 
     fn send(&mut self, from: ServerIdx, to: ServerIdx, path: usize, bytes: Vec<u8>) {
-        let link = self.links.get(&(from, to, path)).cloned().unwrap_or_default();
+        let link = self
+            .links
+            .get(&(from, to, path))
+            .cloned()
+            .unwrap_or_default();
         if link.cut || (link.loss > 0.0 && self.rng.f64() < link.loss) {
             return;
         }

@@ -9,6 +9,7 @@ use crate::config::{
     ServerIdx, Site,
 };
 
+#[derive(Clone)]
 struct PendingServer {
     id: String,
     role: Role,
@@ -21,6 +22,7 @@ struct PendingServer {
 
 /// Builds a [`Site`] without a file. Addresses are loopback labels (`127.1.x.y`); the
 /// simulator never opens a socket.
+#[derive(Clone)]
 pub struct SiteBuilder {
     name: String,
     heartbeat_interval: Duration,
@@ -126,7 +128,8 @@ impl SiteBuilder {
     pub fn many(mut self, server: &str, kind: Kind, count: usize, priority: i32) -> Self {
         for n in 1..=count {
             let id = format!("{server}-{}-{n:03}", kind.as_str());
-            self.resources.push((id, kind, server.to_string(), priority));
+            self.resources
+                .push((id, kind, server.to_string(), priority));
         }
         self
     }
