@@ -4,12 +4,16 @@
 use std::time::Duration;
 
 use buddygate::config::{Failback, Kind, Mode, ResourceIdx, ServerIdx};
-use buddygate::failover::Event;
 use buddygate::failover::wire::{self, Action, Heartbeat, PeerState};
+use buddygate::failover::{Event, new_epoch};
 use buddygate::sim::{Sim, SimOptions, SiteBuilder};
 
 const MS: fn(u64) -> Duration = Duration::from_millis;
 const SECS: fn(u64) -> Duration = Duration::from_secs;
+/// A home server's first claim: round 1, rank 0.
+const HOME: u64 = 199;
+/// The first buddy's takeover: round 2, rank 1.
+const TAKEOVER: u64 = 298;
 
 fn two_live_one_buddy() -> SiteBuilder {
     SiteBuilder::new("hq")
@@ -44,7 +48,7 @@ fn started(seed: u64, site: SiteBuilder) -> Sim {
         for &r in sim.topology().homed(s) {
             assert_eq!(
                 sim.owners(r),
-                vec![(s, 1)],
+                vec![(s, HOME)],
                 "{} at boot",
                 sim.site().resource(r).id
             );
@@ -115,7 +119,7 @@ fn a_crash_moves_every_resource_within_failure_timeout_plus_one_interval() {
             .expect("failover.completed");
         assert_eq!(done.0, live);
         assert_eq!(done.1, fo);
-        assert_eq!(done.2, 2, "epoch after one takeover");
+        assert_eq!(done.2, TAKEOVER, "epoch after one takeover");
         assert_eq!(done.3, rs.len());
         assert_eq!(done.4, 0);
         assert!(done.5 <= limit, "takeover_ms {:?}", done.5);
@@ -200,7 +204,7 @@ fn d_a_healed_partition_leaves_one_owner_per_resource_within_two_intervals() {
         // Availability first: both sides record.
         for &r in &rs {
             let owners = sim.owners(r);
-            assert_eq!(owners, vec![(l1, 1), (fo, 2)], "seed {seed}");
+            assert_eq!(owners, vec![(l1, HOME), (fo, TAKEOVER)], "seed {seed}");
         }
         let heal = sim.now();
         sim.heal_all();
@@ -209,7 +213,7 @@ fn d_a_healed_partition_leaves_one_owner_per_resource_within_two_intervals() {
         for &r in &rs {
             assert_eq!(
                 sim.owners(r),
-                vec![(fo, 2)],
+                vec![(fo, TAKEOVER)],
                 "seed {seed}: higher epoch wins"
             );
         }
@@ -259,7 +263,7 @@ fn e_auto_failback_waits_failback_delay_and_is_make_before_break() {
         "failback after {done:?}"
     );
     for &r in &rs {
-        assert_eq!(sim.owners(r), vec![(live, 3)]);
+        assert_eq!(sim.owners(r), vec![(live, new_epoch(3, 0))]);
     }
     assert!(
         no_orphan_after(&sim, &rs, taken),
@@ -336,7 +340,7 @@ fn leaving_and_unhealthy_take_the_fast_path() {
     let cam = homed(&sim, l2)[3];
     let t1 = sim.now();
     sim.fail_monitor(l2, cam);
-    assert!(sim.run_until_cond(MS(100), |sim| sim.owners(cam) == vec![(fo, 2)]));
+    assert!(sim.run_until_cond(MS(100), |sim| sim.owners(cam) == vec![(fo, TAKEOVER)]));
     assert!(sim.now() - t1 < MS(100));
     let others: Vec<_> = homed(&sim, l2).into_iter().filter(|&r| r != cam).collect();
     assert!(all_on(&sim, &others, l2));
@@ -420,7 +424,11 @@ fn a_buddy_crashing_mid_takeover_leaves_it_to_the_next_buddy() {
     sim.crash(f1);
     assert!(sim.run_until_cond(SECS(2), |sim| all_on(sim, &rs, f2)));
     for &r in &rs {
-        assert_eq!(sim.owners(r)[0].1, 3, "fo-2 claims above fo-1's epoch");
+        assert_eq!(
+            sim.owners(r)[0].1,
+            new_epoch(3, 2),
+            "fo-2 claims above fo-1's epoch"
+        );
     }
 }
 

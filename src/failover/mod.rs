@@ -16,7 +16,7 @@ pub mod wire;
 pub use event::{DownReason, Event, FailedResource};
 pub use node::{
     AgentOp, ClaimRecord, Epoch, Input, Node, Output, ResourceState, ResourceView, ServerState,
-    ServerView, Stats,
+    ServerView, Stats, epoch_round, new_epoch,
 };
 pub use placement::{Placement, place};
 pub use topology::Topology;

@@ -1324,26 +1324,31 @@ impl Node {
         now: Duration,
         out: &mut Vec<Output>,
     ) {
-        let epoch = rs
+        let round = rs
             .iter()
-            .map(|r| self.known[r.0 as usize])
+            .map(|r| epoch_round(self.known[r.0 as usize]))
             .max()
             .unwrap_or(0)
             + 1;
+        let epochs: Vec<Epoch> = rs
+            .iter()
+            .map(|&r| new_epoch(round, self.topo.rank(&self.site, r, self.me)))
+            .collect();
+        let epoch = epochs.iter().copied().max().unwrap_or(0);
         let mut records = Vec::with_capacity(rs.len());
-        for &r in &rs {
-            self.known[r.0 as usize] = epoch;
+        for (&r, &e) in rs.iter().zip(&epochs) {
+            self.known[r.0 as usize] = e;
             self.claims.insert(
                 r,
                 Claim {
-                    epoch,
+                    epoch: e,
                     state: ClaimState::Starting,
                     kind: claim_kind,
                 },
             );
             records.push(ClaimRecord {
                 resource: r,
-                epoch,
+                epoch: e,
                 held: true,
             });
         }
@@ -1356,8 +1361,11 @@ impl Node {
                 resources: rs.clone(),
             }));
         }
-        for &r in &rs {
-            out.push(Output::Start { resource: r, epoch });
+        for (&r, &e) in rs.iter().zip(&epochs) {
+            out.push(Output::Start {
+                resource: r,
+                epoch: e,
+            });
         }
         self.batches.push(Batch {
             kind,
@@ -1434,6 +1442,22 @@ impl Node {
             }
         }
     }
+}
+
+/// Epochs are `round * 100 + slot`. Every claim of a resource starts a new round, above every
+/// epoch known for it; the slot is `99 - rank` of the claimant (home server 99, first buddy 98,
+/// ...). Two nodes that claim the same resource at once, each unaware of the other, so pick
+/// different epochs: an epoch names one owner, and the preferred claimant's is the higher.
+pub const EPOCH_SLOTS: u64 = 100;
+
+/// The round an epoch belongs to.
+pub fn epoch_round(epoch: Epoch) -> u64 {
+    epoch / EPOCH_SLOTS
+}
+
+/// The epoch of a claim in `round` by a server of tie-break `rank` for the resource.
+pub fn new_epoch(round: u64, rank: usize) -> Epoch {
+    round * EPOCH_SLOTS + (EPOCH_SLOTS - 1).saturating_sub(rank as u64)
 }
 
 /// `a` beats `b`: higher epoch, or the same epoch and an earlier rank.

@@ -144,8 +144,12 @@ pub struct Sim {
     events: Vec<(Duration, ServerIdx, Event)>,
     gaps: Vec<Gap>,
     open_gap: Vec<Option<usize>>,
-    /// Persist outputs seen after their Start, which would break rule 4 (must stay 0).
+    /// Starts whose claim was not durable first, which would break rule 4 (must stay 0).
     pub ordering_violations: usize,
+    /// Times two nodes ran one resource at the same epoch (must stay 0).
+    pub epoch_collisions: usize,
+    /// Every change of a node's status: (time, node, status).
+    status_log: Vec<(Duration, ServerIdx, NodeStatus)>,
 }
 
 impl Sim {
@@ -183,6 +187,8 @@ impl Sim {
             gaps: Vec::new(),
             open_gap: vec![None; site.resources.len()],
             ordering_violations: 0,
+            epoch_collisions: 0,
+            status_log: Vec::new(),
             site,
             topo,
         };
@@ -262,6 +268,20 @@ impl Sim {
         self.nodes[s.0 as usize].running.keys().copied().collect()
     }
 
+    /// Since when `s` has been running without a break at `t`, if it was running at `t`.
+    pub fn running_since(&self, s: ServerIdx, t: Duration) -> Option<Duration> {
+        let mut since = None;
+        for &(at, n, status) in &self.status_log {
+            if at > t {
+                break;
+            }
+            if n == s {
+                since = (status == NodeStatus::Running).then_some(at);
+            }
+        }
+        since
+    }
+
     /// Intervals with no owner (`owners == 0`) or several (`owners > 1`).
     pub fn gaps(&self) -> &[Gap] {
         &self.gaps
@@ -331,6 +351,10 @@ impl Sim {
     pub fn crash(&mut self, s: ServerIdx) {
         let n = &mut self.nodes[s.0 as usize];
         n.node = None;
+        if n.status != NodeStatus::Crashed {
+            self.status_log.push((self.now, s, NodeStatus::Crashed));
+        }
+        let n = &mut self.nodes[s.0 as usize];
         n.status = NodeStatus::Crashed;
         n.generation += 1;
         n.tick_at = None;
@@ -361,6 +385,7 @@ impl Sim {
         let n = &mut self.nodes[s.0 as usize];
         if n.status == NodeStatus::Running {
             n.status = NodeStatus::Paused;
+            self.status_log.push((self.now, s, NodeStatus::Paused));
         }
     }
 
@@ -372,6 +397,7 @@ impl Sim {
         }
         n.status = NodeStatus::Running;
         let inbox = std::mem::take(&mut n.inbox);
+        self.status_log.push((self.now, s, NodeStatus::Running));
         for input in inbox {
             self.input(s, input);
         }
@@ -500,6 +526,14 @@ impl Sim {
                     }
                     AgentOp::Start => {
                         n.running.insert(resource, epoch);
+                        let twins = self
+                            .nodes
+                            .iter()
+                            .filter(|o| o.running.get(&resource) == Some(&epoch))
+                            .count();
+                        if twins > 1 {
+                            self.epoch_collisions += 1;
+                        }
                         Ok(())
                     }
                     AgentOp::Stop => {
@@ -539,6 +573,7 @@ impl Sim {
         n.incarnation += 1;
         n.generation += 1;
         n.status = NodeStatus::Running;
+        self.status_log.push((self.now, s, NodeStatus::Running));
         let persisted: Vec<ClaimRecord> = n.store.values().copied().collect();
         n.node = Some(Node::new(
             self.site.clone(),
