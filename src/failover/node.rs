@@ -241,7 +241,7 @@ struct Batch {
 const DIRECTIVE_ROUNDS: u32 = 10;
 
 /// One server's failover state machine.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Node {
     site: Arc<Site>,
     topo: Arc<Topology>,

@@ -249,6 +249,11 @@ impl Sim {
         self.nodes[s.0 as usize].status
     }
 
+    /// Runs `f` on a copy of `s`'s node as it is now (benchmarks, what-if tests).
+    pub fn clone_node(&self, s: ServerIdx) -> Option<Node> {
+        self.node(s).cloned()
+    }
+
     /// Every event every node emitted: (time, node, event).
     pub fn events(&self) -> &[(Duration, ServerIdx, Event)] {
         &self.events
