@@ -24,7 +24,7 @@ fn big_site() -> SiteBuilder {
         let second = format!("fo-{:02}", (l + 1) % 10);
         b = b
             .live(&id, &[&first, &second])
-            .many(&id, Kind::Camera, 50, (l % 7) as i32);
+            .many(&id, Kind::Camera, 50, l % 7);
     }
     b
 }
