@@ -8,10 +8,12 @@
 //!   (`Node::handle(input, now) -> outputs`): detection, placement, epochs and claims, failback.
 //! - [`sim`]: many nodes in virtual time over a simulated, faulty network; used by tests and
 //!   benchmarks.
+//! - [`demo`]: `buddygate demo`, a whole site on this machine.
 //! - [`cli`]: the command line, kept thin: `main` parses and calls in here.
 #![forbid(unsafe_code)]
 
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod failover;
 pub mod sim;
