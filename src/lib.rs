@@ -8,6 +8,7 @@
 //!   (`Node::handle(input, now) -> outputs`): detection, placement, epochs and claims, failback.
 //! - [`sim`]: many nodes in virtual time over a simulated, faulty network; used by tests and
 //!   benchmarks.
+//! - [`store`]: SQLite (WAL) in the node's data dir: claims, epochs, event log, outbox cursors.
 //! - [`demo`]: `buddygate demo`, a whole site on this machine.
 //! - [`cli`]: the command line, kept thin: `main` parses and calls in here.
 #![forbid(unsafe_code)]
@@ -17,3 +18,4 @@ pub mod config;
 pub mod demo;
 pub mod failover;
 pub mod sim;
+pub mod store;

@@ -1,0 +1,342 @@
+//! Durable node state in SQLite (bundled, WAL, `synchronous = FULL`): the boot counter, claims
+//! and epochs, the event log, and each connector's cursor into it (the outbox).
+//!
+//! One [`Store`] is written by the task that owns the failover core, so a claim is on disk
+//! before its agent starts (DESIGN rule 4). Readers (the API, connectors) open their own
+//! connections with [`Store::open_reader`]; WAL lets them read while the core writes.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("cannot create data dir {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("store {path}: {source}")]
+    Sqlite {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+}
+
+/// One event as stored: its sequence number, type and CloudEvent JSON.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    pub seq: u64,
+    pub kind: String,
+    pub json: String,
+}
+
+/// A claim as stored, by resource id (ids survive a change of the site file; indices don't).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredClaim {
+    pub resource: String,
+    pub epoch: u64,
+    pub held: bool,
+}
+
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+    last_seq: u64,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS claims (
+    resource TEXT PRIMARY KEY,
+    epoch INTEGER NOT NULL,
+    held INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY,
+    type TEXT NOT NULL,
+    json TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS cursors (connector TEXT PRIMARY KEY, seq INTEGER NOT NULL);
+";
+
+impl Store {
+    /// Opens (or creates) `dir/node.db`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let path = dir.join("node.db");
+        let err = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let conn = Connection::open(&path).map_err(err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(err)?;
+        conn.execute_batch(SCHEMA).map_err(err)?;
+        let last_seq: u64 = conn
+            .query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))
+            .map_err(err)?;
+        Ok(Self {
+            conn,
+            path,
+            last_seq,
+        })
+    }
+
+    /// A read-only connection to the same store, for the API and connectors.
+    pub fn open_reader(dir: &Path) -> Result<Reader, StoreError> {
+        let path = dir.join("node.db");
+        let conn = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        })?;
+        let _ = conn.busy_timeout(std::time::Duration::from_secs(5));
+        Ok(Reader { conn, path })
+    }
+
+    fn err(&self, source: rusqlite::Error) -> StoreError {
+        StoreError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// The incarnation of this boot: above every earlier one, and at least `wall_ms` so that
+    /// a node whose data dir was wiped still moves forward as long as its clock does.
+    pub fn next_incarnation(&mut self, wall_ms: u64) -> Result<u64, StoreError> {
+        let prev: u64 = self
+            .conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'incarnation'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?
+            .unwrap_or(0);
+        let next = (prev + 1).max(wall_ms);
+        self.conn
+            .execute(
+                "INSERT INTO meta (key, value) VALUES ('incarnation', ?1)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                params![next],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(next)
+    }
+
+    pub fn claims(&self) -> Result<Vec<StoredClaim>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT resource, epoch, held FROM claims ORDER BY resource")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(StoredClaim {
+                    resource: r.get(0)?,
+                    epoch: r.get(1)?,
+                    held: r.get::<_, i64>(2)? != 0,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Writes claims in one transaction; durable when this returns.
+    pub fn persist_claims(&mut self, claims: &[StoredClaim]) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let err = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT INTO claims (resource, epoch, held) VALUES (?1, ?2, ?3)
+                     ON CONFLICT(resource) DO UPDATE SET epoch = excluded.epoch, held = excluded.held",
+                )
+                .map_err(err)?;
+            for c in claims {
+                stmt.execute(params![c.resource, c.epoch, c.held as i64])
+                    .map_err(err)?;
+            }
+        }
+        tx.commit().map_err(err)
+    }
+
+    /// The sequence number the next event will get.
+    pub fn next_seq(&self) -> u64 {
+        self.last_seq + 1
+    }
+
+    /// Appends an event; `json` is built knowing its sequence number (its id carries it).
+    pub fn append_event(
+        &mut self,
+        kind: &str,
+        json: impl FnOnce(u64) -> String,
+    ) -> Result<StoredEvent, StoreError> {
+        let seq = self.last_seq + 1;
+        let json = json(seq);
+        self.conn
+            .execute(
+                "INSERT INTO events (seq, type, json) VALUES (?1, ?2, ?3)",
+                params![seq, kind, json],
+            )
+            .map_err(|e| self.err(e))?;
+        self.last_seq = seq;
+        Ok(StoredEvent {
+            seq,
+            kind: kind.to_string(),
+            json,
+        })
+    }
+
+    pub fn set_cursor(&mut self, connector: &str, seq: u64) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO cursors (connector, seq) VALUES (?1, ?2)
+                 ON CONFLICT(connector) DO UPDATE SET seq = excluded.seq",
+                params![connector, seq],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn reader(&self) -> Result<Reader, StoreError> {
+        Self::open_reader(self.path.parent().unwrap_or(Path::new(".")))
+    }
+}
+
+/// A read-only view of a node's store.
+pub struct Reader {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl Reader {
+    fn err(&self, source: rusqlite::Error) -> StoreError {
+        StoreError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Events with `seq > after`, oldest first, at most `limit`.
+    pub fn events_after(&self, after: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT seq, type, json FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![after, limit as i64], |r| {
+                Ok(StoredEvent {
+                    seq: r.get(0)?,
+                    kind: r.get(1)?,
+                    json: r.get(2)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    pub fn cursor(&self, connector: &str) -> Result<u64, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT seq FROM cursors WHERE connector = ?1",
+                params![connector],
+                |r| r.get(0),
+            )
+            .optional()
+            .map(|v| v.unwrap_or(0))
+            .map_err(|e| self.err(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("buddygate-store-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn claims_events_and_incarnations_survive_reopening() {
+        let dir = tmp("reopen");
+        {
+            let mut s = Store::open(&dir).unwrap();
+            assert_eq!(s.next_incarnation(5).unwrap(), 5);
+            assert_eq!(s.next_incarnation(1).unwrap(), 6);
+            s.persist_claims(&[
+                StoredClaim {
+                    resource: "cam-1".into(),
+                    epoch: 298,
+                    held: true,
+                },
+                StoredClaim {
+                    resource: "cam-2".into(),
+                    epoch: 199,
+                    held: false,
+                },
+            ])
+            .unwrap();
+            s.persist_claims(&[StoredClaim {
+                resource: "cam-1".into(),
+                epoch: 397,
+                held: true,
+            }])
+            .unwrap();
+            let e = s
+                .append_event("buddygate.server.down", |seq| format!("{{\"seq\":{seq}}}"))
+                .unwrap();
+            assert_eq!(e.seq, 1);
+            s.append_event("buddygate.server.up", |seq| format!("{{\"seq\":{seq}}}"))
+                .unwrap();
+            s.set_cursor("psim", 1).unwrap();
+        }
+        let mut s = Store::open(&dir).unwrap();
+        assert_eq!(s.next_incarnation(0).unwrap(), 7);
+        assert_eq!(
+            s.claims().unwrap(),
+            vec![
+                StoredClaim {
+                    resource: "cam-1".into(),
+                    epoch: 397,
+                    held: true
+                },
+                StoredClaim {
+                    resource: "cam-2".into(),
+                    epoch: 199,
+                    held: false
+                },
+            ]
+        );
+        assert_eq!(s.next_seq(), 3);
+        let r = s.reader().unwrap();
+        let events = r.events_after(1, 10).unwrap();
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].seq, 2);
+        assert_eq!(events[0].json, "{\"seq\":2}");
+        assert_eq!(r.cursor("psim").unwrap(), 1);
+        assert_eq!(r.cursor("other").unwrap(), 0);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
