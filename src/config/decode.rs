@@ -11,7 +11,7 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use super::diag::Severity;
-use super::file::{ApiSection, ResourceBlock, ServerBlock, SiteSection};
+use super::file::{ApiSection, OnvifUserEntry, ResourceBlock, ServerBlock, SiteSection};
 use super::locate::{Issue, KeyPath, Point};
 
 /// The sections and blocks as far as they decoded; `None` for one that could not be salvaged
@@ -63,6 +63,8 @@ impl Section for SiteSection {
 
 impl Section for ApiSection {}
 
+impl Section for OnvifUserEntry {}
+
 impl Section for ServerBlock {
     fn placeholder(key: &str) -> Option<DeValue<'static>> {
         match key {
@@ -89,7 +91,7 @@ pub(crate) fn decode(doc: &Spanned<DeTable<'_>>, issues: &mut Vec<Issue>) -> Dec
         let path = root.key(name);
         match name {
             "site" => out.site = decode_table(value, &path, issues),
-            "api" => out.api = decode_table(value, &path, issues),
+            "api" => out.api = decode_api(value, &path, issues),
             "servers" => out.servers = decode_blocks(value, &path, issues),
             "resources" => out.resources = decode_blocks(value, &path, issues),
             _ => issues.push(Issue::new(
@@ -112,7 +114,32 @@ pub(crate) fn decode(doc: &Spanned<DeTable<'_>>, issues: &mut Vec<Issue>) -> Dec
     out
 }
 
-/// An array of tables (`[[servers]]`), each decoded on its own.
+/// `[api]`, with each ONVIF account decoded on its own so that a mistake in one does not hide
+/// the others.
+fn decode_api(
+    value: &Spanned<DeValue<'_>>,
+    path: &KeyPath,
+    issues: &mut Vec<Issue>,
+) -> Option<Block<ApiSection>> {
+    let mut value = value.clone();
+    let users = match value.get_mut() {
+        DeValue::Table(t) => t.remove("onvif_users"),
+        _ => None,
+    };
+    let mut api = decode_table::<ApiSection>(&value, path, issues);
+    let users =
+        users.map(|u| decode_blocks::<OnvifUserEntry>(&u, &path.key("onvif_users"), issues));
+    if let (Some(api), Some(users)) = (&mut api, users) {
+        match users.into_iter().collect::<Option<Vec<_>>>() {
+            Some(users) => api.value.onvif_users = users.into_iter().map(|u| u.value).collect(),
+            None => api.broken.insert("onvif_users"),
+        }
+    }
+    api
+}
+
+/// An array of tables (`[[servers]]`), each decoded on its own. A value that is not an array
+/// gives one `None`, so that the list is known to be incomplete.
 fn decode_blocks<T: Section>(
     value: &Spanned<DeValue<'_>>,
     path: &KeyPath,
@@ -122,11 +149,11 @@ fn decode_blocks<T: Section>(
         issues.push(Issue::error(
             path,
             format!(
-                "expected an array of tables ([[{path}]]), found {}",
+                "expected an array of tables, found {}",
                 a_type(value.get_ref())
             ),
         ));
-        return Vec::new();
+        return vec![None];
     };
     array
         .iter()
@@ -153,16 +180,36 @@ fn decode_table<T: Section>(
     };
     let mut table = table.clone();
     let mut broken = Broken::default();
-    for key in required_keys::<T>() {
-        if !table.contains_key(key.as_str()) {
-            issues.push(Issue::error(path, format!("missing key `{key}`")));
-            broken.insert(&key);
-            stand_in::<T>(&mut table, &key);
-        }
+    let missing: Vec<String> = required_keys::<T>()
+        .into_iter()
+        .filter(|k| !table.contains_key(k.as_str()))
+        .collect();
+    for key in &missing {
+        broken.insert(key);
+        stand_in::<T>(&mut table, key);
     }
+    let mut suggested = BTreeSet::new();
+    let block = retry::<T>(value.span(), path, table, broken, &mut suggested, issues);
+    // `adress = ...` says all there is to say about the missing `address`.
+    for key in missing.iter().filter(|k| !suggested.contains(*k)) {
+        issues.push(Issue::error(path, format!("missing key `{key}`")));
+    }
+    block
+}
+
+/// The deserialize, report, remove, retry loop of [`decode_table`]. Collects the keys that
+/// unknown keys at the top of the table were taken for in `suggested`.
+fn retry<T: Section>(
+    span: std::ops::Range<usize>,
+    path: &KeyPath,
+    mut table: DeTable<'_>,
+    mut broken: Broken,
+    suggested: &mut BTreeSet<String>,
+    issues: &mut Vec<Issue>,
+) -> Option<Block<T>> {
     let mut reported = BTreeSet::new();
     loop {
-        let input = Spanned::new(value.span(), DeValue::Table(table.clone()));
+        let input = Spanned::new(span.clone(), DeValue::Table(table.clone()));
         let result: Result<T, _> = serde_path_to_error::deserialize(ValueDeserializer::from(input));
         let error = match result {
             Ok(value) => return Some(Block { value, broken }),
@@ -172,7 +219,7 @@ fn decode_table<T: Section>(
         let inner = error.into_inner();
         let message = inner.message().to_string();
         let Some((Step::Key(top), _)) = segs.split_first() else {
-            // A missing key without a stand-in: reported above.
+            // A missing key without a stand-in: reported by the caller.
             if !message.starts_with("missing field") {
                 issues.push(Issue::error(path, message));
             }
@@ -188,6 +235,9 @@ fn decode_table<T: Section>(
         }
         if let Some(field) = message.strip_prefix("unknown field ") {
             let (name, expected) = split_unknown(field);
+            if let (1, Some(key)) = (segs.len(), closest(&name, &expected)) {
+                suggested.insert(key.to_string());
+            }
             issues.push(Issue::new(
                 Severity::Error,
                 &at,
@@ -292,15 +342,20 @@ fn split_unknown(rest: &str) -> (String, Vec<String>) {
     (name, ticks.collect())
 }
 
-/// "unknown key `adress`; did you mean `address`?"
-fn unknown_key<S: AsRef<str>>(name: &str, expected: &[S]) -> String {
-    let closest = expected
+/// The expected key `name` is most likely a typo of.
+fn closest<'a, S: AsRef<str>>(name: &str, expected: &'a [S]) -> Option<&'a str> {
+    expected
         .iter()
         .map(|e| (edit_distance(name, e.as_ref()), e.as_ref()))
         .filter(|(d, e)| *d <= 2.max(e.len() / 2))
-        .min_by_key(|(d, _)| *d);
-    match (closest, expected) {
-        (Some((_, e)), _) => format!("unknown key `{name}`; did you mean `{e}`?"),
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, e)| e)
+}
+
+/// "unknown key `adress`; did you mean `address`?"
+fn unknown_key<S: AsRef<str>>(name: &str, expected: &[S]) -> String {
+    match (closest(name, expected), expected) {
+        (Some(e), _) => format!("unknown key `{name}`; did you mean `{e}`?"),
         (None, []) => format!("unknown key `{name}`"),
         (None, _) => {
             let list: Vec<_> = expected
@@ -335,7 +390,13 @@ fn describe(message: &str, found: Option<&DeValue<'_>>) -> String {
         return format!("missing key {rest}");
     }
     if message == "wanted string or table" {
-        let found = found.map_or("a value".to_string(), a_type);
+        let found = match found {
+            Some(DeValue::Integer(i)) => format!("integer `{}`", i.as_str()),
+            Some(DeValue::Float(f)) => format!("floating point `{}`", f.as_str()),
+            Some(DeValue::Boolean(b)) => format!("boolean `{b}`"),
+            Some(other) => other.type_str().to_string(),
+            None => "value".to_string(),
+        };
         return format!("invalid type: {found}, expected a string");
     }
     let message = match message.strip_prefix("unknown variant ") {

@@ -326,7 +326,6 @@ fn expand_server(
     let path = KeyPath::root().key("servers").index(block);
     let mut broken = raw.broken.clone();
     let id = Field::new("id", path.key("id"), &b.id, issues);
-    id.template.as_ref()?;
     let address = Field::new("address", path.key("address"), &b.address, issues);
     let api = b
         .api
@@ -341,6 +340,8 @@ fn expand_server(
     };
     let heartbeat = list("heartbeat", &b.heartbeat, issues);
     let buddies = list("buddies", &b.buddies, issues);
+    // Every field is parsed (and reported) first; without an id the block is lost.
+    id.template.as_ref()?;
     let others: Vec<&Field> = std::iter::once(&address)
         .chain(api.as_ref())
         .chain(&heartbeat)

@@ -307,6 +307,7 @@ impl<'a> Validator<'a> {
                 );
             } else if buddy.heartbeat.len() != s.heartbeat.len()
                 && !buddy.heartbeat.is_empty()
+                && !s.heartbeat.is_empty()
                 && !buddy.broken.has("heartbeat")
                 && !s.broken.has("heartbeat")
             {
@@ -314,8 +315,8 @@ impl<'a> Validator<'a> {
                     Issue::warning(
                         &at,
                         format!(
-                            "\"{b}\" has {} heartbeat paths and this server {}; they share only {}",
-                            buddy.heartbeat.len(),
+                            "\"{b}\" has {} and this server {}; they share only {}",
+                            paths(buddy.heartbeat.len()),
                             s.heartbeat.len(),
                             buddy.heartbeat.len().min(s.heartbeat.len())
                         ),
@@ -717,6 +718,11 @@ fn some_ids(ids: &[String]) -> String {
         out.push_str(&format!(" and {} more", ids.len() - 3));
     }
     out
+}
+
+/// "1 heartbeat path", "2 heartbeat paths".
+fn paths(n: usize) -> String {
+    format!("{n} heartbeat path{}", if n == 1 { "" } else { "s" })
 }
 
 /// `200ms`, `1s`, `1m 30s`.
