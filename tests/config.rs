@@ -1095,7 +1095,7 @@ fn check_exits_0_with_a_summary_for_the_good_examples() {
     assert!(
         out.contains(
             "  live-076 .. live-100 (25 servers): 1275 resources, 1250 cameras -> fo-4 \
-             (spread-servers, max 2 servers, max 100 cameras), fo-spare (spread-servers, max 1 servers)\n"
+             (spread-servers, max 2 servers, max 100 cameras), fo-spare (spread-servers, max 1 server)\n"
         ),
         "{out}"
     );
@@ -1156,4 +1156,75 @@ fn the_hidden_schema_command_prints_the_committed_schema() {
     let (_, help, _) = buddygate(&["--help"]);
     assert!(help.contains("check"), "{help}");
     assert!(!help.contains("schema"), "hidden: {help}");
+}
+
+#[test]
+fn absurd_expansions_are_refused_before_they_use_memory() {
+    let long = "x".repeat(1000);
+    let body = format!(
+        "[[servers]]\nid = \"s-{{1..100000}}\"\naddress = \"{long}\"\nheartbeat = [\"h\"]\n"
+    );
+    assert_eq!(
+        invalid(&body),
+        [
+            "t.toml:6:1: servers[0]: expands to too much text (100000 x 1014 bytes); the whole site \
+          may expand to at most 64 MiB"
+        ]
+    );
+    let body = format!(
+        "{}[[resources]]\nserver = \"live-1\"\nid = \"cam-{{0000000000000000000001..2}}\"\nkind = \"io\"\n",
+        live("live-1", 11, "")
+    );
+    assert_eq!(
+        invalid(&body),
+        [
+            "t.toml:6:1: warning: servers[0]: live server has no buddies: nothing takes over when it fails",
+            "t.toml:13:6: resources[0].id: `{0000000000000000000001..2}` is not a range; write \
+             `{A..B}` with decimal numbers A <= B",
+        ]
+    );
+}
+
+mod no_panic {
+    use proptest::prelude::*;
+
+    use super::{HEAD, VALID};
+
+    fn check(text: &str) {
+        // Any outcome but a panic; errors must carry a position inside the text.
+        if let Err(d) = buddygate::config::parse_str(text, "t.toml") {
+            assert!(d.has_errors());
+            let lines = text.lines().count().max(1) + 1;
+            assert!(
+                d.iter()
+                    .all(|d| d.line >= 1 && d.line <= lines && d.col >= 1)
+            );
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn on_arbitrary_text(text in "\\PC{0,200}") {
+            check(&text);
+        }
+
+        #[test]
+        fn on_a_valid_site_with_a_byte_changed(pos in 0usize..400, byte in any::<u8>(), delete: bool) {
+            let mut bytes = format!("{HEAD}{VALID}").into_bytes();
+            let pos = pos.min(bytes.len() - 1);
+            if delete {
+                bytes.remove(pos);
+            } else {
+                bytes[pos] = byte;
+            }
+            check(&String::from_utf8_lossy(&bytes));
+        }
+
+        #[test]
+        fn on_arbitrary_ranges(id in "[a-z{}.0-9]{0,24}", server in "[a-z{}.0-9-]{0,16}") {
+            check(&format!(
+                "{HEAD}{VALID}[[resources]]\nid = \"{id}\"\nkind = \"io\"\nserver = \"{server}\"\n"
+            ));
+        }
+    }
 }

@@ -83,6 +83,9 @@ impl Section for ResourceBlock {
 
 const TOP_LEVEL: [&str; 4] = ["site", "api", "servers", "resources"];
 
+/// Errors reported from one table before giving up on it.
+const MAX_BLOCK_ERRORS: usize = 50;
+
 pub(crate) fn decode(doc: &Spanned<DeTable<'_>>, issues: &mut Vec<Issue>) -> Decoded {
     let root = KeyPath::root();
     let mut out = Decoded::default();
@@ -209,6 +212,13 @@ fn retry<T: Section>(
 ) -> Option<Block<T>> {
     let mut reported = BTreeSet::new();
     loop {
+        if reported.len() >= MAX_BLOCK_ERRORS {
+            issues.push(Issue::error(
+                path,
+                format!("more than {MAX_BLOCK_ERRORS} errors in this table; fix these first"),
+            ));
+            return None;
+        }
         let input = Spanned::new(span.clone(), DeValue::Table(table.clone()));
         let result: Result<T, _> = serde_path_to_error::deserialize(ValueDeserializer::from(input));
         let error = match result {

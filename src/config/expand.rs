@@ -22,6 +22,13 @@ pub const MAX_EXPANSION: u64 = 100_000;
 /// At most this many resources in a site.
 pub const MAX_RESOURCES: usize = 1_000_000;
 
+/// At most this many bytes of expanded strings in a site, so that a long string times a large
+/// range cannot exhaust memory.
+pub const MAX_TEXT: u64 = 64 << 20;
+
+/// The digits of a range bound: enough for any `u64`.
+const MAX_DIGITS: usize = 20;
+
 /// What is wrong with a string that holds ranges.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RangeError {
@@ -124,7 +131,9 @@ impl Template {
         }
         let not_a_range = || RangeError::NotARange(inner.to_string());
         let (a, b) = inner.split_once("..").ok_or_else(not_a_range)?;
-        let digits = |s: &str| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit());
+        let digits = |s: &str| {
+            !s.is_empty() && s.len() <= MAX_DIGITS && s.bytes().all(|c| c.is_ascii_digit())
+        };
         if !digits(a) || !digits(b) {
             return Err(not_a_range());
         }
@@ -294,10 +303,42 @@ fn fmt_values(n: u64) -> impl fmt::Display {
     Values(n)
 }
 
+/// What is left of [`MAX_TEXT`].
+pub(crate) struct Budget {
+    left: u64,
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Self { left: MAX_TEXT }
+    }
+}
+
+impl Budget {
+    /// Takes `count` times `bytes`; reports on `path` and returns false when that is too much.
+    fn take(&mut self, count: u64, bytes: u64, path: &KeyPath, issues: &mut Vec<Issue>) -> bool {
+        let want = count.saturating_mul(bytes);
+        if want > self.left {
+            issues.push(Issue::error(
+                path,
+                format!(
+                    "expands to too much text ({count} x {bytes} bytes); the whole site may \
+                     expand to at most {} MiB",
+                    MAX_TEXT >> 20
+                ),
+            ));
+            return false;
+        }
+        self.left -= want;
+        true
+    }
+}
+
 /// Expands every `[[servers]]` block; `None` stands for a block that could not be decoded.
 /// Returns the servers and whether every block's servers are known.
 pub(crate) fn expand_servers(
     blocks: &[Option<Block<ServerBlock>>],
+    budget: &mut Budget,
     issues: &mut Vec<Issue>,
 ) -> (Vec<ExServer>, bool) {
     let mut out = Vec::new();
@@ -307,7 +348,7 @@ pub(crate) fn expand_servers(
             complete = false;
             continue;
         };
-        match expand_server(block, raw, issues) {
+        match expand_server(block, raw, budget, issues) {
             Some(servers) => out.extend(servers),
             None => complete = false,
         }
@@ -320,6 +361,7 @@ pub(crate) fn expand_servers(
 fn expand_server(
     block: usize,
     raw: &Block<ServerBlock>,
+    budget: &mut Budget,
     issues: &mut Vec<Issue>,
 ) -> Option<Vec<ExServer>> {
     let b = &raw.value;
@@ -389,14 +431,34 @@ fn expand_server(
         }
     }
     let mut pick = Vec::new();
+    let mut pick_bytes = 0;
     for (entry, p) in b.pick.iter().enumerate() {
-        match expand(p) {
-            Ok(ids) => pick.extend(ids.into_iter().map(|id| Pick { id, entry })),
+        let at = path.key("pick").index(entry);
+        match Template::parse(p, false) {
+            Ok(t) => {
+                let count = t.range_len().unwrap_or(1);
+                if !budget.take(count, p.len() as u64, &at, issues) {
+                    return None;
+                }
+                pick_bytes += count.saturating_mul(p.len() as u64);
+                pick.extend(t.values().into_iter().map(|id| Pick { id, entry }));
+            }
             Err(e) => {
-                issues.push(Issue::error(&path.key("pick").index(entry), e.to_string()));
+                issues.push(Issue::error(&at, e.to_string()));
                 broken.insert("pick");
             }
         }
+    }
+    let fields: u64 = [&b.id, &b.address]
+        .into_iter()
+        .chain(&b.api)
+        .chain(&b.heartbeat)
+        .chain(&b.buddies)
+        .map(|s| s.len() as u64)
+        .sum();
+    let copies = if n > 1 { pick_bytes } else { 0 };
+    if !budget.take(n, fields.saturating_add(copies), &path, issues) {
+        return None;
     }
     let servers = (0..n)
         .map(|i| ExServer {
@@ -421,6 +483,7 @@ fn expand_server(
 /// Expands every `[[resources]]` block, like [`expand_servers`].
 pub(crate) fn expand_resources(
     blocks: &[Option<Block<ResourceBlock>>],
+    budget: &mut Budget,
     issues: &mut Vec<Issue>,
 ) -> (Vec<ExResource>, bool) {
     let mut out = Vec::new();
@@ -446,6 +509,12 @@ pub(crate) fn expand_resources(
                     fmt_values(per_server)
                 ),
             ));
+            complete = false;
+            continue;
+        }
+        let longest_server = servers.iter().map(String::len).max().unwrap_or(0);
+        let bytes = (raw.id.len() + 2 * longest_server) as u64;
+        if !budget.take(total, bytes, &path, issues) {
             complete = false;
             continue;
         }

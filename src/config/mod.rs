@@ -76,8 +76,11 @@ fn check(text: &str, file: &str, base: Option<&Path>) -> Result<Loaded, Diagnost
     let locator = Locator::new(text, Some(&doc));
     let mut issues = Vec::new();
     let decoded = decode::decode(&doc, &mut issues);
-    let (servers, servers_complete) = expand::expand_servers(&decoded.servers, &mut issues);
-    let (resources, resources_complete) = expand::expand_resources(&decoded.resources, &mut issues);
+    let mut budget = expand::Budget::default();
+    let (servers, servers_complete) =
+        expand::expand_servers(&decoded.servers, &mut budget, &mut issues);
+    let (resources, resources_complete) =
+        expand::expand_resources(&decoded.resources, &mut budget, &mut issues);
     let site = validate::Expanded {
         site: decoded.site.as_ref(),
         api: decoded.api.as_ref(),

@@ -105,7 +105,9 @@ pub fn coverage(site: &Site) -> String {
         };
         let _ = writeln!(
             out,
-            "  {name}: {resources} resources, {cameras} cameras -> {to}"
+            "  {name}: {}, {} -> {to}",
+            count(resources, "resource"),
+            count(cameras, "camera")
         );
     }
     out
@@ -124,10 +126,10 @@ pub fn picks(site: &Site) -> String {
         homes.dedup();
         let _ = writeln!(
             out,
-            "  {} picks {} resources from {} live servers",
+            "  {} picks {} from {}",
             describe(s),
-            s.pick.len(),
-            homes.len()
+            count(s.pick.len(), "resource"),
+            count(homes.len(), "live server")
         );
     }
     if out.is_empty() {
@@ -149,10 +151,10 @@ fn describe(s: &Server) -> String {
         .to_string(),
     ];
     if let Some(n) = s.max_servers {
-        parts.push(format!("max {n} servers"));
+        parts.push(format!("max {}", count(n as usize, "server")));
     }
     if let Some(n) = s.max_cameras {
-        parts.push(format!("max {n} cameras"));
+        parts.push(format!("max {}", count(n as usize, "camera")));
     }
     format!("{} ({})", s.id, parts.join(", "))
 }
@@ -165,6 +167,11 @@ fn load_of(site: &Site, server: ServerIdx) -> (usize, usize) {
         .fold((0, 0), |(n, c), r| {
             (n + 1, c + usize::from(r.kind == Kind::Camera))
         })
+}
+
+/// "1 camera", "2 cameras".
+fn count(n: usize, noun: &str) -> String {
+    format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
 }
 
 fn show(d: std::time::Duration) -> String {

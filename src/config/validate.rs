@@ -41,6 +41,7 @@ pub(crate) fn validate(x: &Expanded<'_>) -> Vec<Issue> {
         issues: Vec::new(),
         servers: HashMap::new(),
         resources: HashMap::new(),
+        homes: x.resources.iter().map(|r| r.server.as_str()).collect(),
     };
     if let Some(site) = x.site {
         v.site(&site.value, &site.broken);
@@ -66,6 +67,8 @@ struct Validator<'a> {
     /// Server id to its index in `x.servers` (the first, when duplicated).
     servers: HashMap<&'a str, usize>,
     resources: HashMap<&'a str, usize>,
+    /// Servers that are the home of some resource.
+    homes: HashSet<&'a str>,
 }
 
 impl<'a> Validator<'a> {
@@ -168,15 +171,15 @@ impl<'a> Validator<'a> {
                 "no [[resources]]: there is nothing to fail over",
             );
         }
-        let mut dups: Vec<((usize, usize), Vec<String>)> = Vec::new();
+        let mut dups = Groups::default();
         for (i, s) in x.servers.iter().enumerate() {
             if let Some(&first) = self.servers.get(s.id.as_str()) {
-                push_group(&mut dups, (x.servers[first].block, s.block), &s.id);
+                dups.push((x.servers[first].block, s.block), &s.id);
             } else {
                 self.servers.insert(&s.id, i);
             }
         }
-        for ((first, block), ids) in dups.drain(..) {
+        for ((first, block), ids) in dups.take() {
             self.error(
                 &KeyPath::root().key("servers").index(block).key("id"),
                 format!(
@@ -187,12 +190,12 @@ impl<'a> Validator<'a> {
         }
         for (i, r) in x.resources.iter().enumerate() {
             if let Some(&first) = self.resources.get(r.id.as_str()) {
-                push_group(&mut dups, (x.resources[first].block, r.block), &r.id);
+                dups.push((x.resources[first].block, r.block), &r.id);
             } else {
                 self.resources.insert(&r.id, i);
             }
         }
-        for ((first, block), ids) in dups {
+        for ((first, block), ids) in dups.take() {
             self.error(
                 &KeyPath::root().key("resources").index(block).key("id"),
                 format!(
@@ -243,7 +246,7 @@ impl<'a> Validator<'a> {
             && !s.broken.has("role")
             && self.x.resources_complete
             && !self.x.resources.is_empty()
-            && !self.x.resources.iter().any(|r| r.server == s.id)
+            && !self.homes.contains(s.id.as_str())
         {
             self.issues
                 .push(Issue::warning(&path, "live server has no resources").about(who));
@@ -372,16 +375,16 @@ impl<'a> Validator<'a> {
     fn picks(&mut self, s: &'a ExServer) {
         let path = s.path();
         let mut seen = HashSet::new();
-        let mut missing: Vec<(usize, Vec<String>)> = Vec::new();
-        let mut twice: Vec<(usize, Vec<String>)> = Vec::new();
+        let mut missing = Groups::default();
+        let mut twice = Groups::default();
         for p in &s.pick {
             if !seen.insert(p.id.as_str()) {
-                push_group(&mut twice, p.entry, &p.id);
+                twice.push(p.entry, &p.id);
             } else if self.x.resources_complete && !self.resources.contains_key(p.id.as_str()) {
-                push_group(&mut missing, p.entry, &p.id);
+                missing.push(p.entry, &p.id);
             }
         }
-        for (entry, ids) in missing {
+        for (entry, ids) in missing.take() {
             let noun = if ids.len() == 1 {
                 "resource"
             } else {
@@ -392,7 +395,7 @@ impl<'a> Validator<'a> {
                 format!("no {noun} {}", some_ids(&ids)),
             );
         }
-        for (entry, ids) in twice {
+        for (entry, ids) in twice.take() {
             self.error(
                 &path.key("pick").index(entry),
                 format!("{} picked twice", some_ids(&ids)),
@@ -702,11 +705,35 @@ pub(crate) fn resolve(x: &Expanded<'_>) -> Option<Site> {
     })
 }
 
-/// Adds `id` to the group for `key`, keeping groups in first-seen order.
-fn push_group<K: PartialEq>(groups: &mut Vec<(K, Vec<String>)>, key: K, id: &str) {
-    match groups.iter_mut().find(|(k, _)| *k == key) {
-        Some((_, ids)) => ids.push(id.to_string()),
-        None => groups.push((key, vec![id.to_string()])),
+/// Ids grouped by where they are reported, in first-seen order.
+struct Groups<K> {
+    index: HashMap<K, usize>,
+    groups: Vec<(K, Vec<String>)>,
+}
+
+impl<K> Default for Groups<K> {
+    fn default() -> Self {
+        Self {
+            index: HashMap::new(),
+            groups: Vec::new(),
+        }
+    }
+}
+
+impl<K: std::hash::Hash + Eq + Clone> Groups<K> {
+    fn push(&mut self, key: K, id: &str) {
+        match self.index.get(&key) {
+            Some(&i) => self.groups[i].1.push(id.to_string()),
+            None => {
+                self.index.insert(key.clone(), self.groups.len());
+                self.groups.push((key, vec![id.to_string()]));
+            }
+        }
+    }
+
+    fn take(&mut self) -> Vec<(K, Vec<String>)> {
+        self.index.clear();
+        std::mem::take(&mut self.groups)
     }
 }
 
