@@ -1228,3 +1228,17 @@ mod no_panic {
         }
     }
 }
+
+#[test]
+fn a_buddy_listed_twice_is_one_error_not_two_live_servers() {
+    let body = [
+        live("live-1", 11, "\"fo-1\", \"fo-1\""),
+        failover("fo-1", 21, "mirrored"),
+        resource("cam-1", "camera", "live-1"),
+    ]
+    .concat();
+    assert_eq!(
+        invalid(&body),
+        ["t.toml:10:20: servers[0].buddies[1]: \"fo-1\" is listed twice"]
+    );
+}

@@ -3,7 +3,7 @@
 //!
 //! Strings in server and resource blocks may still hold id ranges (`"cam-{001..050}"`) and
 //! `{server}`; [`super::expand`] turns blocks into servers and resources, and
-//! [`super::validate`] checks them. Every type rejects unknown keys. Use [`super::load`] rather
+//! validation checks them. Every type rejects unknown keys. Use [`super::load`] rather
 //! than deserializing [`SiteFile`] directly: it deserializes each section and block on its own,
 //! so that every problem in the file is reported at once, with its position.
 

@@ -3,7 +3,7 @@
 //! [`load`] and [`parse_str`] report every problem at once as [`Diagnostics`], sorted by
 //! position, each as `file:line:col: key: message`.
 //!
-//! - [`file`]: the serde types of the TOML as written, and its JSON Schema.
+//! - [`file`](mod@file): the serde types of the TOML as written, and its JSON Schema.
 //! - `decode`: the TOML span tree to those types, one section or block at a time.
 //! - [`expand`]: `{A..B}` id ranges and `{server}`.
 //! - `validate`: pure checks on the expanded site, then the resolved [`Site`].

@@ -432,7 +432,8 @@ impl<'a> Validator<'a> {
                 .all(|s| !s.broken.has("role") && !s.broken.has("buddies"));
         let mut covers: HashMap<&str, Vec<&str>> = HashMap::new();
         for s in self.x.servers.iter().filter(|s| s.role == Role::Live) {
-            for b in &s.buddies {
+            let mut seen = HashSet::new();
+            for b in s.buddies.iter().filter(|b| seen.insert(b.as_str())) {
                 covers.entry(b.as_str()).or_default().push(&s.id);
             }
         }
