@@ -1,5 +1,164 @@
 //! The site file: parse, expand id ranges, validate purely, then hand out a [`Site`].
+//!
+//! [`load`] and [`parse_str`] report every problem at once as [`Diagnostics`], sorted by
+//! position, each as `file:line:col: key: message`.
+//!
+//! - [`file`](mod@file): the serde types of the TOML as written, and its JSON Schema.
+//! - `decode`: the TOML span tree to those types, one section or block at a time.
+//! - [`expand`]: `{A..B}` id ranges and `{server}`.
+//! - `validate`: pure checks on the expanded site, then the resolved [`Site`].
+//! - `locate`: key paths to `line:col`.
+//! - [`summary`]: the one-screen text `buddygate check` prints.
 
+mod decode;
+mod diag;
+pub mod expand;
+pub mod file;
+mod locate;
 mod model;
+pub mod summary;
+mod validate;
 
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::path::Path;
+
+use toml::de::DeTable;
+
+pub use diag::{Diagnostic, Diagnostics, Severity};
 pub use model::*;
+
+use locate::{Issue, Locator};
+
+/// A valid site and the warnings found on the way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Loaded {
+    pub site: Site,
+    pub warnings: Vec<Diagnostic>,
+}
+
+/// Reads and checks the site file at `path`. Besides [`parse_str`], it warns about `file:`
+/// secrets that do not exist (relative to the site file's folder).
+pub fn load(path: &Path) -> Result<Loaded, Diagnostics> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Diagnostics(vec![Diagnostic::whole_file(
+            &name,
+            format!("cannot read site file: {e}"),
+        )])
+    })?;
+    let base = path.parent().unwrap_or(Path::new(""));
+    check(&text, &name, Some(base))
+}
+
+/// Checks a site file's text; `file` is the name used in diagnostics. No I/O.
+pub fn parse_str(text: &str, file: &str) -> Result<Loaded, Diagnostics> {
+    check(text, file, None)
+}
+
+fn check(text: &str, file: &str, base: Option<&Path>) -> Result<Loaded, Diagnostics> {
+    let (doc, syntax) = DeTable::parse_recoverable(text);
+    if !syntax.is_empty() {
+        let issues = syntax
+            .iter()
+            .map(|e| {
+                let span = e.span().unwrap_or(0..0);
+                let mut message = e.message().to_string();
+                if message == "duplicate key" {
+                    let key = text.get(span.clone()).unwrap_or_default().trim();
+                    message = format!("duplicate key `{key}`");
+                }
+                Issue::syntax(span, message)
+            })
+            .collect();
+        return Err(finish(&Locator::new(text, None), file, issues));
+    }
+    let locator = Locator::new(text, Some(&doc));
+    let mut issues = Vec::new();
+    let decoded = decode::decode(&doc, &mut issues);
+    let mut budget = expand::Budget::default();
+    let (servers, servers_complete) =
+        expand::expand_servers(&decoded.servers, &mut budget, &mut issues);
+    let (resources, resources_complete) =
+        expand::expand_resources(&decoded.resources, &mut budget, &mut issues);
+    let site = validate::Expanded {
+        site: decoded.site.as_ref(),
+        api: decoded.api.as_ref(),
+        servers,
+        resources,
+        servers_complete,
+        resources_complete,
+    };
+    issues.extend(validate::validate(&site));
+    if let Some(base) = base {
+        issues.extend(validate::missing_secret_files(&site, base));
+    }
+    let failed = issues.iter().any(Issue::is_error);
+    let diagnostics = finish(&locator, file, issues);
+    if failed {
+        return Err(diagnostics);
+    }
+    match validate::resolve(&site) {
+        Some(site) => Ok(Loaded {
+            site,
+            warnings: diagnostics.0,
+        }),
+        None => {
+            // Validation passed but resolving failed: a missing rule, reported, never a panic.
+            let mut d = diagnostics;
+            d.0.push(Diagnostic::whole_file(
+                file,
+                "internal error: the site passed validation but could not be resolved",
+            ));
+            Err(d)
+        }
+    }
+}
+
+/// Turns issues into sorted diagnostics, merging those that differ only in their subject (one
+/// mistake in a block that declares 100 servers is reported once).
+fn finish(locator: &Locator<'_>, file: &str, issues: Vec<Issue>) -> Diagnostics {
+    let mut merged: Vec<(Diagnostic, Vec<String>)> = Vec::new();
+    let mut seen: HashMap<(usize, Severity, String), usize> = HashMap::new();
+    for issue in issues {
+        let offset = locator.offset(&issue.at);
+        let text = issue.text();
+        match seen.entry((offset, issue.severity, text)) {
+            Entry::Occupied(e) => merged[*e.get()].1.extend(issue.subject),
+            Entry::Vacant(e) => {
+                let (line, col) = locator.line_col(offset);
+                let diagnostic = Diagnostic {
+                    file: file.to_string(),
+                    line,
+                    col,
+                    severity: issue.severity,
+                    message: e.key().2.clone(),
+                };
+                e.insert(merged.len());
+                merged.push((diagnostic, issue.subject.into_iter().collect()));
+            }
+        }
+    }
+    let list = merged
+        .into_iter()
+        .map(|(mut d, subjects)| {
+            if !subjects.is_empty() {
+                d.message
+                    .push_str(&format!(" (for {})", list_subjects(&subjects)));
+            }
+            d
+        })
+        .collect();
+    Diagnostics::sorted(list)
+}
+
+/// "live-1", "live-1 and live-2", "live-1, live-2 and 98 more".
+fn list_subjects(subjects: &[String]) -> String {
+    match subjects {
+        [] => String::new(),
+        [one] => one.clone(),
+        [a, b] => format!("{a} and {b}"),
+        [a, b, c] => format!("{a}, {b} and {c}"),
+        [a, b, rest @ ..] => format!("{a}, {b} and {} more", rest.len()),
+    }
+}

@@ -1,0 +1,648 @@
+//! Compact declarations: `{A..B}` id ranges and `{server}` in server and resource blocks, so a
+//! site of 100 servers and 5,000 cameras fits in a short file.
+//!
+//! - `{A..B}` is an inclusive decimal range; when `A` has leading zeros every value is padded to
+//!   `A`'s width (`cam-{001..050}`). A string may hold several ranges of one length.
+//! - All ranges in one `[[servers]]` block (`id`, `address`, `api`, every `heartbeat` and
+//!   `buddies` entry) are zipped and must have the same length; each `pick` entry is expanded on
+//!   its own.
+//! - In `[[resources]]`, `server` may be a range; `id` is then expanded once per server and
+//!   uses `{server}` for the server's id.
+
+use std::fmt;
+
+use super::decode::{Block, Broken};
+use super::file::{ResourceBlock, ServerBlock};
+use super::locate::{Issue, KeyPath};
+use super::model::{AgentKind, Kind, Mode, Role};
+
+/// At most this many values from one range, and entries from one block.
+pub const MAX_EXPANSION: u64 = 100_000;
+
+/// At most this many resources in a site.
+pub const MAX_RESOURCES: usize = 1_000_000;
+
+/// At most this many bytes of expanded strings in a site, so that a long string times a large
+/// range cannot exhaust memory.
+pub const MAX_TEXT: u64 = 64 << 20;
+
+/// The digits of a range bound: enough for any `u64`.
+const MAX_DIGITS: usize = 20;
+
+/// What is wrong with a string that holds ranges.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RangeError {
+    #[error("unmatched `{{`")]
+    Unclosed,
+    #[error("unmatched `}}`")]
+    UnmatchedClose,
+    #[error("`{{{0}}}` is not a range; write `{{A..B}}` with decimal numbers A <= B")]
+    NotARange(String),
+    #[error("range `{{{0}}}` is empty: it runs backwards")]
+    Backwards(String),
+    #[error("range `{{{0}}}` has {1} values; at most {MAX_EXPANSION} are allowed")]
+    TooLarge(String, u64),
+    #[error("`{{server}}` is only allowed in the `id` of a [[resources]] block")]
+    ServerNotAllowed,
+    #[error("ranges `{{{0}}}` ({1} values) and `{{{2}}}` ({3} values) differ in length")]
+    Mismatch(String, u64, String, u64),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    Lit(String),
+    Range {
+        text: String,
+        start: u64,
+        len: u64,
+        width: usize,
+    },
+    Server,
+}
+
+/// A string with its ranges parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template {
+    parts: Vec<Part>,
+    /// The length of its ranges; `None` without any.
+    len: Option<u64>,
+}
+
+impl Template {
+    /// Parses `s`; `{server}` is accepted only when `allow_server`.
+    pub fn parse(s: &str, allow_server: bool) -> Result<Self, RangeError> {
+        let mut parts = Vec::new();
+        let mut len: Option<(String, u64)> = None;
+        let mut rest = s;
+        while !rest.is_empty() {
+            let open = rest.find('{');
+            let close = rest.find('}');
+            match (open, close) {
+                (_, Some(c)) if open.is_none_or(|o| c < o) => {
+                    return Err(RangeError::UnmatchedClose);
+                }
+                (None, _) => {
+                    parts.push(Part::Lit(rest.to_string()));
+                    break;
+                }
+                (Some(o), _) => {
+                    if o > 0 {
+                        parts.push(Part::Lit(rest[..o].to_string()));
+                    }
+                    let after = &rest[o + 1..];
+                    let end = after.find('}').ok_or(RangeError::Unclosed)?;
+                    let inner = &after[..end];
+                    if inner.contains('{') {
+                        return Err(RangeError::Unclosed);
+                    }
+                    let part = Self::part(inner, allow_server)?;
+                    if let Part::Range { text, len: n, .. } = &part {
+                        match &len {
+                            Some((first, m)) if m != n => {
+                                return Err(RangeError::Mismatch(
+                                    first.clone(),
+                                    *m,
+                                    text.clone(),
+                                    *n,
+                                ));
+                            }
+                            Some(_) => {}
+                            None => len = Some((text.clone(), *n)),
+                        }
+                    }
+                    parts.push(part);
+                    rest = &after[end + 1..];
+                }
+            }
+        }
+        Ok(Self {
+            parts,
+            len: len.map(|(_, n)| n),
+        })
+    }
+
+    fn part(inner: &str, allow_server: bool) -> Result<Part, RangeError> {
+        if inner == "server" {
+            return if allow_server {
+                Ok(Part::Server)
+            } else {
+                Err(RangeError::ServerNotAllowed)
+            };
+        }
+        let not_a_range = || RangeError::NotARange(inner.to_string());
+        let (a, b) = inner.split_once("..").ok_or_else(not_a_range)?;
+        let digits = |s: &str| {
+            !s.is_empty() && s.len() <= MAX_DIGITS && s.bytes().all(|c| c.is_ascii_digit())
+        };
+        if !digits(a) || !digits(b) {
+            return Err(not_a_range());
+        }
+        let start: u64 = a.parse().map_err(|_| not_a_range())?;
+        let end: u64 = b.parse().map_err(|_| not_a_range())?;
+        if end < start {
+            return Err(RangeError::Backwards(inner.to_string()));
+        }
+        let len = (end - start).saturating_add(1);
+        if len > MAX_EXPANSION {
+            return Err(RangeError::TooLarge(inner.to_string(), len));
+        }
+        let width = if a.len() > 1 && a.starts_with('0') {
+            a.len()
+        } else {
+            0
+        };
+        Ok(Part::Range {
+            text: inner.to_string(),
+            start,
+            len,
+            width,
+        })
+    }
+
+    /// The number of values of its ranges, `None` without ranges.
+    pub fn range_len(&self) -> Option<u64> {
+        self.len
+    }
+
+    pub fn uses_server(&self) -> bool {
+        self.parts.contains(&Part::Server)
+    }
+
+    /// Value `i` (taken modulo the range length), with `{server}` replaced by `server`.
+    pub fn render(&self, i: u64, server: &str) -> String {
+        let mut out = String::new();
+        for part in &self.parts {
+            match part {
+                Part::Lit(s) => out.push_str(s),
+                Part::Server => out.push_str(server),
+                Part::Range {
+                    start, len, width, ..
+                } => {
+                    let n = start.saturating_add(i % len.max(&1));
+                    out.push_str(&format!("{n:0width$}"));
+                }
+            }
+        }
+        out
+    }
+
+    /// Every value, in order (one when it has no range).
+    pub fn values(&self) -> Vec<String> {
+        (0..self.len.unwrap_or(1))
+            .map(|i| self.render(i, ""))
+            .collect()
+    }
+}
+
+/// Expands one string: `"cam-{01..03}"` gives `cam-01`, `cam-02`, `cam-03`.
+pub fn expand(s: &str) -> Result<Vec<String>, RangeError> {
+    Ok(Template::parse(s, false)?.values())
+}
+
+/// One `pick` entry after expansion, with the index of the entry it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Pick {
+    pub(crate) id: String,
+    pub(crate) entry: usize,
+}
+
+/// A server from an expanded `[[servers]]` block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ExServer {
+    /// Index of its `[[servers]]` block.
+    pub(crate) block: usize,
+    /// The block declares more than one server.
+    pub(crate) many: bool,
+    pub(crate) id: String,
+    pub(crate) role: Role,
+    pub(crate) address: String,
+    pub(crate) heartbeat: Vec<String>,
+    pub(crate) api: Option<String>,
+    pub(crate) buddies: Vec<String>,
+    pub(crate) mode: Option<Mode>,
+    pub(crate) max_servers: Option<u32>,
+    pub(crate) max_cameras: Option<u32>,
+    pub(crate) pick: Vec<Pick>,
+    /// Keys that had an error (reported); checks on them are skipped.
+    pub(crate) broken: Broken,
+}
+
+impl ExServer {
+    pub(crate) fn path(&self) -> KeyPath {
+        KeyPath::root().key("servers").index(self.block)
+    }
+
+    /// Who an issue is about, when the path alone does not say.
+    pub(crate) fn subject(&self) -> Option<&str> {
+        self.many.then_some(self.id.as_str())
+    }
+}
+
+/// A resource from an expanded `[[resources]]` block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ExResource {
+    /// Index of its `[[resources]]` block.
+    pub(crate) block: usize,
+    pub(crate) id: String,
+    pub(crate) kind: Kind,
+    pub(crate) server: String,
+    pub(crate) priority: i32,
+    pub(crate) agent: AgentKind,
+}
+
+impl ExResource {
+    pub(crate) fn path(&self) -> KeyPath {
+        KeyPath::root().key("resources").index(self.block)
+    }
+}
+
+/// A zipped field of a server block: its key, path and template (`None` after an error).
+struct Field {
+    key: &'static str,
+    path: KeyPath,
+    template: Option<Template>,
+}
+
+impl Field {
+    fn new(key: &'static str, path: KeyPath, s: &str, issues: &mut Vec<Issue>) -> Self {
+        let template = Template::parse(s, false)
+            .map_err(|e| issues.push(Issue::error(&path, e.to_string())))
+            .ok();
+        Self {
+            key,
+            path,
+            template,
+        }
+    }
+
+    fn len(&self) -> Option<u64> {
+        self.template.as_ref().and_then(Template::range_len)
+    }
+
+    /// Value `i`, or an empty stand-in after an error.
+    fn value(&self, i: u64) -> String {
+        self.template
+            .as_ref()
+            .map(|t| t.render(i, ""))
+            .unwrap_or_default()
+    }
+}
+
+fn fmt_values(n: u64) -> impl fmt::Display {
+    struct Values(u64);
+    impl fmt::Display for Values {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(
+                f,
+                "{} {}",
+                self.0,
+                if self.0 == 1 { "value" } else { "values" }
+            )
+        }
+    }
+    Values(n)
+}
+
+/// What is left of [`MAX_TEXT`].
+pub(crate) struct Budget {
+    left: u64,
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Self { left: MAX_TEXT }
+    }
+}
+
+impl Budget {
+    /// Takes `count` times `bytes`; reports on `path` and returns false when that is too much.
+    fn take(&mut self, count: u64, bytes: u64, path: &KeyPath, issues: &mut Vec<Issue>) -> bool {
+        let want = count.saturating_mul(bytes);
+        if want > self.left {
+            issues.push(Issue::error(
+                path,
+                format!(
+                    "expands to too much text ({count} x {bytes} bytes); the whole site may \
+                     expand to at most {} MiB",
+                    MAX_TEXT >> 20
+                ),
+            ));
+            return false;
+        }
+        self.left -= want;
+        true
+    }
+}
+
+/// Expands every `[[servers]]` block; `None` stands for a block that could not be decoded.
+/// Returns the servers and whether every block's servers are known.
+pub(crate) fn expand_servers(
+    blocks: &[Option<Block<ServerBlock>>],
+    budget: &mut Budget,
+    issues: &mut Vec<Issue>,
+) -> (Vec<ExServer>, bool) {
+    let mut out = Vec::new();
+    let mut complete = true;
+    for (block, raw) in blocks.iter().enumerate() {
+        let Some(raw) = raw else {
+            complete = false;
+            continue;
+        };
+        match expand_server(block, raw, budget, issues) {
+            Some(servers) => out.extend(servers),
+            None => complete = false,
+        }
+    }
+    (out, complete)
+}
+
+/// The servers of one block. The `id` decides how many; a field whose ranges do not fit is
+/// reported and marked broken. `None` when the id itself is wrong.
+fn expand_server(
+    block: usize,
+    raw: &Block<ServerBlock>,
+    budget: &mut Budget,
+    issues: &mut Vec<Issue>,
+) -> Option<Vec<ExServer>> {
+    let b = &raw.value;
+    let path = KeyPath::root().key("servers").index(block);
+    let mut broken = raw.broken.clone();
+    let id = Field::new("id", path.key("id"), &b.id, issues);
+    let address = Field::new("address", path.key("address"), &b.address, issues);
+    let api = b
+        .api
+        .as_ref()
+        .map(|a| Field::new("api", path.key("api"), a, issues));
+    let list = |key: &'static str, items: &[String], issues: &mut Vec<Issue>| -> Vec<Field> {
+        items
+            .iter()
+            .enumerate()
+            .map(|(j, s)| Field::new(key, path.key(key).index(j), s, issues))
+            .collect()
+    };
+    let heartbeat = list("heartbeat", &b.heartbeat, issues);
+    let buddies = list("buddies", &b.buddies, issues);
+    // Every field is parsed (and reported) first; without an id the block is lost.
+    id.template.as_ref()?;
+    let others: Vec<&Field> = std::iter::once(&address)
+        .chain(api.as_ref())
+        .chain(&heartbeat)
+        .chain(&buddies)
+        .collect();
+    for f in &others {
+        if f.template.is_none() {
+            broken.insert(f.key);
+        }
+    }
+    let n = match (
+        id.len(),
+        others.iter().find_map(|f| f.len().map(|n| (f, n))),
+    ) {
+        (Some(n), _) => n,
+        (None, None) => 1,
+        (None, Some((f, n))) => {
+            issues.push(Issue::error(
+                &id.path,
+                format!(
+                    "{} has {}, so id needs a range of that length too (e.g. \"live-{{01..{n:02}}}\"), \
+                     or every server gets the same id",
+                    f.path,
+                    fmt_values(n)
+                ),
+            ));
+            return None;
+        }
+    };
+    for f in &others {
+        match f.len() {
+            Some(m) if m != n => {
+                issues.push(Issue::error(
+                    &f.path,
+                    format!(
+                        "{} here but {n} in {}; all ranges in one block are zipped and must \
+                         have the same length",
+                        fmt_values(m),
+                        id.path
+                    ),
+                ));
+                broken.insert(f.key);
+            }
+            _ => {}
+        }
+    }
+    let mut pick = Vec::new();
+    let mut pick_bytes = 0;
+    for (entry, p) in b.pick.iter().enumerate() {
+        let at = path.key("pick").index(entry);
+        match Template::parse(p, false) {
+            Ok(t) => {
+                let count = t.range_len().unwrap_or(1);
+                if !budget.take(count, p.len() as u64, &at, issues) {
+                    return None;
+                }
+                pick_bytes += count.saturating_mul(p.len() as u64);
+                pick.extend(t.values().into_iter().map(|id| Pick { id, entry }));
+            }
+            Err(e) => {
+                issues.push(Issue::error(&at, e.to_string()));
+                broken.insert("pick");
+            }
+        }
+    }
+    let fields: u64 = [&b.id, &b.address]
+        .into_iter()
+        .chain(&b.api)
+        .chain(&b.heartbeat)
+        .chain(&b.buddies)
+        .map(|s| s.len() as u64)
+        .sum();
+    let copies = if n > 1 { pick_bytes } else { 0 };
+    if !budget.take(n, fields.saturating_add(copies), &path, issues) {
+        return None;
+    }
+    let servers = (0..n)
+        .map(|i| ExServer {
+            block,
+            many: n > 1,
+            id: id.value(i),
+            role: b.role,
+            address: address.value(i),
+            heartbeat: heartbeat.iter().map(|f| f.value(i)).collect(),
+            api: api.as_ref().map(|f| f.value(i)),
+            buddies: buddies.iter().map(|f| f.value(i)).collect(),
+            mode: b.mode,
+            max_servers: b.max_servers,
+            max_cameras: b.max_cameras,
+            pick: pick.clone(),
+            broken: broken.clone(),
+        })
+        .collect();
+    Some(servers)
+}
+
+/// Expands every `[[resources]]` block, like [`expand_servers`].
+pub(crate) fn expand_resources(
+    blocks: &[Option<Block<ResourceBlock>>],
+    budget: &mut Budget,
+    issues: &mut Vec<Issue>,
+) -> (Vec<ExResource>, bool) {
+    let mut out = Vec::new();
+    let mut complete = true;
+    for (block, raw) in blocks.iter().enumerate() {
+        let Some(Block { value: raw, .. }) = raw else {
+            complete = false;
+            continue;
+        };
+        let path = KeyPath::root().key("resources").index(block);
+        let Some((servers, id)) = resource_templates(&path, raw, issues) else {
+            complete = false;
+            continue;
+        };
+        let per_server = id.range_len().unwrap_or(1);
+        let total = (servers.len() as u64).saturating_mul(per_server);
+        if total > MAX_EXPANSION {
+            issues.push(Issue::error(
+                &path,
+                format!(
+                    "declares {total} resources ({} servers x {}); at most {MAX_EXPANSION} per block",
+                    servers.len(),
+                    fmt_values(per_server)
+                ),
+            ));
+            complete = false;
+            continue;
+        }
+        let longest_server = servers.iter().map(String::len).max().unwrap_or(0);
+        let bytes = (raw.id.len() + 2 * longest_server) as u64;
+        if !budget.take(total, bytes, &path, issues) {
+            complete = false;
+            continue;
+        }
+        if out.len() + total as usize > MAX_RESOURCES {
+            issues.push(Issue::error(
+                &path,
+                format!("the site would have more than {MAX_RESOURCES} resources"),
+            ));
+            complete = false;
+            break;
+        }
+        for server in &servers {
+            for i in 0..per_server {
+                out.push(ExResource {
+                    block,
+                    id: id.render(i, server),
+                    kind: raw.kind,
+                    server: server.clone(),
+                    priority: raw.priority,
+                    agent: raw.agent.clone(),
+                });
+            }
+        }
+    }
+    (out, complete)
+}
+
+/// The block's home servers and its id template.
+fn resource_templates(
+    path: &KeyPath,
+    raw: &ResourceBlock,
+    issues: &mut Vec<Issue>,
+) -> Option<(Vec<String>, Template)> {
+    let servers = expand(&raw.server).map_err(|e| {
+        issues.push(Issue::error(&path.key("server"), e.to_string()));
+    });
+    let id = Template::parse(&raw.id, true).map_err(|e| {
+        issues.push(Issue::error(&path.key("id"), e.to_string()));
+    });
+    let (servers, id) = (servers.ok()?, id.ok()?);
+    if servers.len() > 1 && !id.uses_server() {
+        issues.push(Issue::error(
+            &path.key("id"),
+            format!(
+                "server has {}, so id must use `{{server}}` (e.g. \"{{server}}-cam-{{01..50}}\"), \
+                 or every server gets the same ids",
+                fmt_values(servers.len() as u64)
+            ),
+        ));
+        return None;
+    }
+    Some((servers, id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expands_plain_padded_and_single_ranges() {
+        assert_eq!(expand("cam-1").unwrap(), ["cam-1"]);
+        assert_eq!(expand("cam-{1..3}").unwrap(), ["cam-1", "cam-2", "cam-3"]);
+        assert_eq!(
+            expand("cam-{08..11}").unwrap(),
+            ["cam-08", "cam-09", "cam-10", "cam-11"]
+        );
+        assert_eq!(expand("{098..100}x").unwrap(), ["098x", "099x", "100x"]);
+        assert_eq!(expand("{0..2}").unwrap(), ["0", "1", "2"]);
+        assert_eq!(expand("n{5..5}").unwrap(), ["n5"]);
+        assert_eq!(
+            expand("10.0.{1..2}.{11..12}").unwrap(),
+            ["10.0.1.11", "10.0.2.12"]
+        );
+    }
+
+    #[test]
+    fn rejects_bad_ranges() {
+        let err = |s: &str| expand(s).unwrap_err().to_string();
+        assert_eq!(
+            err("cam-{3..1}"),
+            "range `{3..1}` is empty: it runs backwards"
+        );
+        assert_eq!(
+            err("cam-{}"),
+            "`{}` is not a range; write `{A..B}` with decimal numbers A <= B"
+        );
+        assert_eq!(
+            err("cam-{a..b}"),
+            "`{a..b}` is not a range; write `{A..B}` with decimal numbers A <= B"
+        );
+        assert_eq!(
+            err("cam-{1..}"),
+            "`{1..}` is not a range; write `{A..B}` with decimal numbers A <= B"
+        );
+        assert_eq!(
+            err("cam-{-1..3}"),
+            "`{-1..3}` is not a range; write `{A..B}` with decimal numbers A <= B"
+        );
+        assert_eq!(err("cam-{1..3"), "unmatched `{`");
+        assert_eq!(err("cam-{1..{3}"), "unmatched `{`");
+        assert_eq!(err("cam-1}"), "unmatched `}`");
+        assert_eq!(
+            err("cam-{1..100001}"),
+            "range `{1..100001}` has 100001 values; at most 100000 are allowed"
+        );
+        assert_eq!(
+            err("{1..99999999999999999999999}"),
+            "`{1..99999999999999999999999}` is not a range; write `{A..B}` with decimal numbers A <= B"
+        );
+        assert_eq!(
+            err("{1..3}-{1..2}"),
+            "ranges `{1..3}` (3 values) and `{1..2}` (2 values) differ in length"
+        );
+        assert_eq!(
+            err("{server}-1"),
+            "`{server}` is only allowed in the `id` of a [[resources]] block"
+        );
+        assert_eq!(
+            expand("{0..18446744073709551615}").unwrap_err(),
+            RangeError::TooLarge("0..18446744073709551615".into(), u64::MAX)
+        );
+    }
+
+    #[test]
+    fn server_placeholder_renders_per_server() {
+        let t = Template::parse("{server}-cam-{01..02}", true).unwrap();
+        assert_eq!(t.range_len(), Some(2));
+        assert!(t.uses_server());
+        assert_eq!(t.render(1, "live-7"), "live-7-cam-02");
+    }
+}

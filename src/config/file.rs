@@ -1,0 +1,292 @@
+//! The site file as written: the serde types of the TOML, one per section (`[site]`, `[api]`,
+//! `[[servers]]`, `[[resources]]`), and the JSON Schema generated from them.
+//!
+//! Strings in server and resource blocks may still hold id ranges (`"cam-{001..050}"`) and
+//! `{server}`; [`super::expand`] turns blocks into servers and resources, and
+//! validation checks them. Every type rejects unknown keys. Use [`super::load`] rather
+//! than deserializing [`SiteFile`] directly: it deserializes each section and block on its own,
+//! so that every problem in the file is reported at once, with its position.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use super::model::{AgentKind, Failback, Kind, Mode, Role, SecretRef};
+
+/// A whole site file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "buddygate site file")]
+pub struct SiteFile {
+    /// Site-wide settings: name, heartbeat key, timings, failback, witnesses.
+    pub site: SiteSection,
+    /// The REST/ONVIF API of every node.
+    #[serde(default)]
+    pub api: ApiSection,
+    /// Live and failover servers (`[[servers]]` blocks). String values may use id ranges.
+    #[serde(default)]
+    pub servers: Vec<ServerBlock>,
+    /// Cameras, I/O units, LPR and analytics configurations, maps and middleware
+    /// (`[[resources]]` blocks). String values may use id ranges and `{server}`.
+    #[serde(default)]
+    pub resources: Vec<ResourceBlock>,
+}
+
+/// `[site]`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SiteSection {
+    /// Site name: letters, digits, `.`, `_` and `-`. Appears in event sources
+    /// (`buddygate://NAME/SERVER`) and payloads.
+    pub name: String,
+    /// Heartbeat HMAC key: `file:PATH` (relative to the site file) or `env:VAR`. An inline value
+    /// is accepted with a warning.
+    #[serde(deserialize_with = "secret::deserialize")]
+    #[schemars(with = "String")]
+    pub secret: SecretRef,
+    /// How often every server heartbeats every buddy on every path, e.g. `"200ms"`.
+    #[serde(default = "default_heartbeat_interval", with = "duration")]
+    #[schemars(with = "String")]
+    pub heartbeat_interval: Duration,
+    /// Silence on every path for this long means the server is down. Must be greater than
+    /// 2 x `heartbeat_interval`.
+    #[serde(default = "default_failure_timeout", with = "duration")]
+    #[schemars(with = "String")]
+    pub failure_timeout: Duration,
+    /// `auto`: hand resources back once the live server has been stable for `failback_delay`;
+    /// `manual`: only on `buddygate failback`.
+    #[serde(default = "default_failback")]
+    pub failback: Failback,
+    /// With `failback = "auto"`: how long a returning live server must be stable first.
+    #[serde(default = "default_failback_delay", with = "duration")]
+    #[schemars(with = "String")]
+    pub failback_delay: Duration,
+    /// Optional `IP:port` witnesses; a node takes over only while it reaches a majority of them.
+    #[serde(default)]
+    pub witnesses: Vec<String>,
+    /// Folder of connector files, relative to the site file.
+    #[serde(default = "default_connectors")]
+    pub connectors: PathBuf,
+}
+
+/// `[api]`
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSection {
+    /// Bearer token required for every mutation: `file:PATH` or `env:VAR` (inline is warned).
+    /// Without it, mutations are refused.
+    #[serde(default, deserialize_with = "secret::deserialize_option")]
+    #[schemars(with = "Option<String>")]
+    pub token: Option<SecretRef>,
+    /// WS-UsernameToken accounts for the ONVIF device and event services.
+    #[serde(default)]
+    pub onvif_users: Vec<OnvifUserEntry>,
+}
+
+/// One ONVIF account: `{ user = "admin", password = "file:onvif.pass" }`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OnvifUserEntry {
+    /// User name.
+    pub user: String,
+    /// Password: `file:PATH` or `env:VAR` (inline is warned).
+    #[serde(deserialize_with = "secret::deserialize")]
+    #[schemars(with = "String")]
+    pub password: SecretRef,
+}
+
+/// `[[servers]]`: one server, or many when its strings hold id ranges (`"live-{01..20}"`); all
+/// ranges in one block are zipped and must have the same length.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServerBlock {
+    /// Server id: letters, digits, `.`, `_` and `-`; the `--node` of `buddygate run`.
+    pub id: String,
+    /// `live` (default) serves resources; `failover` takes them over.
+    #[serde(default = "default_role")]
+    pub role: Role,
+    /// The IP address announced to PSIMs, MQTT and ONVIF consumers.
+    pub address: String,
+    /// One `IP:port` heartbeat listen address per network path; position `i` is network `i` on
+    /// every server.
+    pub heartbeat: Vec<String>,
+    /// `IP:port` of the REST, SSE, metrics, ONVIF and dashboard listener.
+    #[serde(default)]
+    pub api: Option<String>,
+    /// Live servers: failover server ids, in order of preference.
+    #[serde(default)]
+    pub buddies: Vec<String>,
+    /// Failover servers: `mirrored`, `spread-servers` or `spread-cameras`.
+    #[serde(default)]
+    pub mode: Option<Mode>,
+    /// Failover servers in a spread mode: live servers hosted at once (no limit when absent).
+    #[serde(default)]
+    pub max_servers: Option<u32>,
+    /// Failover servers in a spread mode: cameras hosted at once (no limit when absent).
+    #[serde(default)]
+    pub max_cameras: Option<u32>,
+    /// `spread-cameras` servers: exactly which resource ids to take. Each entry is expanded on
+    /// its own: `"live-{01..20}-cam-01"` picks 20 cameras.
+    #[serde(default)]
+    pub pick: Vec<String>,
+}
+
+/// `[[resources]]`: one resource, or many when `server` or `id` hold ranges. With a range in
+/// `server`, `id` is expanded once per server and must use `{server}`:
+/// `server = "live-{001..100}"`, `id = "{server}-cam-{01..50}"` declares 5,000 cameras.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceBlock {
+    /// Resource id: letters, digits, `.`, `_` and `-`; unique in the site.
+    pub id: String,
+    /// `camera`, `io`, `lpr`, `analytics`, `map` or `middleware`.
+    pub kind: Kind,
+    /// Home server: the id of a live server.
+    pub server: String,
+    /// Higher is taken first when failover capacity is short.
+    #[serde(default)]
+    pub priority: i32,
+    /// How the resource is started, stopped and monitored: `simulated` (default), `exec` or
+    /// `http`.
+    #[serde(default = "default_agent")]
+    pub agent: AgentKind,
+}
+
+const fn default_heartbeat_interval() -> Duration {
+    Duration::from_millis(200)
+}
+
+const fn default_failure_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+
+const fn default_failback() -> Failback {
+    Failback::Auto
+}
+
+const fn default_failback_delay() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_connectors() -> PathBuf {
+    PathBuf::from("connectors")
+}
+
+const fn default_role() -> Role {
+    Role::Live
+}
+
+const fn default_agent() -> AgentKind {
+    AgentKind::Simulated
+}
+
+/// The JSON Schema of [`SiteFile`], as committed in `schemas/site.schema.json`.
+pub fn schema() -> schemars::Schema {
+    schemars::generate::SchemaSettings::draft2020_12()
+        .with_transform(schemars::transform::RecursiveTransform(no_null))
+        .into_generator()
+        .into_root_schema_for::<SiteFile>()
+}
+
+/// [`schema`] as pretty JSON with a final newline.
+pub fn schema_json() -> String {
+    let mut text = serde_json::to_string_pretty(&schema()).unwrap_or_default();
+    text.push('\n');
+    text
+}
+
+/// TOML has no null: an optional key is simply left out. Turns `Option<T>`'s "T or null" into T.
+fn no_null(schema: &mut schemars::Schema) {
+    use serde_json::Value;
+    let Some(obj) = schema.as_object_mut() else {
+        return;
+    };
+    if obj.get("default") == Some(&Value::Null) {
+        obj.remove("default");
+    }
+    if let Some(Value::Array(types)) = obj.get_mut("type") {
+        types.retain(|t| t != "null");
+        if let [only] = types.as_slice() {
+            let only = only.clone();
+            obj.insert("type".into(), only);
+        }
+    }
+    let Some(Value::Array(any)) = obj.get("anyOf") else {
+        return;
+    };
+    let rest: Vec<&Value> = any
+        .iter()
+        .filter(|s| s.get("type").and_then(Value::as_str) != Some("null"))
+        .collect();
+    if let [Value::Object(only)] = rest.as_slice() {
+        let only = only.clone();
+        obj.remove("anyOf");
+        obj.extend(only);
+    }
+}
+
+/// Durations as humantime strings (`"200ms"`, `"1s"`, `"1m 30s"`).
+mod duration {
+    use std::fmt;
+    use std::time::Duration;
+
+    use serde::{Deserializer, Serializer, de};
+
+    pub(super) fn serialize<S: Serializer>(value: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_duration(*value))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        d.deserialize_str(Visitor)
+    }
+
+    struct Visitor;
+
+    impl de::Visitor<'_> for Visitor {
+        type Value = Duration;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a duration such as \"200ms\" or \"1s\"")
+        }
+
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Duration, E> {
+            humantime::parse_duration(v)
+                .map_err(|e| E::custom(format!("invalid duration \"{v}\": {e}")))
+        }
+    }
+}
+
+/// Secrets as `file:PATH`, `env:VAR` or inline strings.
+mod secret {
+    use std::fmt;
+
+    use serde::{Deserializer, de};
+
+    use crate::config::model::SecretRef;
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SecretRef, D::Error> {
+        d.deserialize_str(Visitor)
+    }
+
+    pub(super) fn deserialize_option<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<SecretRef>, D::Error> {
+        d.deserialize_str(Visitor).map(Some)
+    }
+
+    struct Visitor;
+
+    impl de::Visitor<'_> for Visitor {
+        type Value = SecretRef;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a secret as \"file:PATH\" or \"env:VAR\"")
+        }
+
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<SecretRef, E> {
+            Ok(SecretRef::parse(v))
+        }
+    }
+}

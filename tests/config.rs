@@ -1,0 +1,1244 @@
+//! The site file front end: exact diagnostics (message and `line:col`) for every rule, range
+//! expansion, the shipped examples, the JSON Schema, and `buddygate check`'s exit codes.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use buddygate::config::{
+    self, AgentKind, Failback, Kind, Mode, ResourceIdx, Role, SecretRef, ServerIdx, Severity,
+};
+
+/// Lines 1-5 of most cases; their own text starts on line 6.
+const HEAD: &str = "[site]
+name = \"hq\"
+secret = \"env:SITE_KEY\"
+[api]
+token = \"env:API_TOKEN\"
+";
+
+/// A valid site: HEAD, then a live server (lines 6-10), a mirrored failover server (11-16)
+/// and a camera (17-20).
+const VALID: &str = "[[servers]]
+id = \"live-1\"
+address = \"10.0.1.11\"
+heartbeat = [\"10.0.1.11:7400\"]
+buddies = [\"fo-1\"]
+[[servers]]
+id = \"fo-1\"
+role = \"failover\"
+address = \"10.0.1.21\"
+heartbeat = [\"10.0.1.21:7400\"]
+mode = \"mirrored\"
+[[resources]]
+id = \"cam-1\"
+kind = \"camera\"
+server = \"live-1\"
+";
+
+/// Every diagnostic for `text`, as displayed.
+fn diagnostics(text: &str) -> Vec<String> {
+    match config::parse_str(text, "t.toml") {
+        Ok(loaded) => loaded.warnings.iter().map(ToString::to_string).collect(),
+        Err(d) => d.iter().map(ToString::to_string).collect(),
+    }
+}
+
+/// `HEAD` + `body`, which must be invalid; returns its diagnostics.
+fn invalid(body: &str) -> Vec<String> {
+    let text = format!("{HEAD}{body}");
+    let result = config::parse_str(&text, "t.toml");
+    assert!(result.is_err(), "expected errors for:\n{text}");
+    diagnostics(&text)
+}
+
+/// `HEAD` + `body`, which must be valid; returns its warnings.
+fn valid(body: &str) -> Vec<String> {
+    let text = format!("{HEAD}{body}");
+    match config::parse_str(&text, "t.toml") {
+        Ok(loaded) => loaded.warnings.iter().map(ToString::to_string).collect(),
+        Err(d) => panic!("expected a valid site, got:\n{d}\nfor:\n{text}"),
+    }
+}
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+#[test]
+fn the_valid_site_resolves_with_defaults_and_no_warning() {
+    let text = format!("{HEAD}{VALID}");
+    let loaded = config::parse_str(&text, "t.toml").expect("valid");
+    assert_eq!(loaded.warnings, []);
+    let site = loaded.site;
+    assert_eq!(site.name, "hq");
+    assert_eq!(site.secret, SecretRef::Env("SITE_KEY".into()));
+    assert_eq!(site.heartbeat_interval, Duration::from_millis(200));
+    assert_eq!(site.failure_timeout, Duration::from_secs(1));
+    assert_eq!(site.failback, Failback::Auto);
+    assert_eq!(site.failback_delay, Duration::from_secs(30));
+    assert_eq!(site.witnesses, []);
+    assert_eq!(site.connectors, PathBuf::from("connectors"));
+    assert_eq!(site.api.token, Some(SecretRef::Env("API_TOKEN".into())));
+    assert_eq!(site.servers.len(), 2);
+    let live = &site.servers[0];
+    assert_eq!(live.role, Role::Live);
+    assert_eq!(live.address.to_string(), "10.0.1.11");
+    assert_eq!(
+        live.heartbeat,
+        ["10.0.1.11:7400".parse::<SocketAddr>().unwrap()]
+    );
+    assert_eq!(live.api, None);
+    assert_eq!(live.buddies, [ServerIdx(1)]);
+    let fo = &site.servers[1];
+    assert_eq!((fo.role, fo.mode), (Role::Failover, Some(Mode::Mirrored)));
+    assert_eq!(site.resources.len(), 1);
+    let cam = &site.resources[0];
+    assert_eq!((cam.id.as_str(), cam.kind), ("cam-1", Kind::Camera));
+    assert_eq!((cam.server, cam.priority), (ServerIdx(0), 0));
+    assert_eq!(cam.agent, AgentKind::Simulated);
+}
+
+#[test]
+fn syntax_errors_come_from_the_toml_parser_with_their_position() {
+    assert_eq!(
+        diagnostics("[site]\nname = \"hq\nsecret = \"env:K\"\n"),
+        ["t.toml:2:11: invalid basic string, expected `\"`"]
+    );
+    assert_eq!(
+        diagnostics("[site]\nname = \"a\"\nname = \"b\"\nsecret = \"env:K\"\n[site]\n"),
+        [
+            "t.toml:3:1: duplicate key `name`",
+            "t.toml:5:2: duplicate key `site`"
+        ]
+    );
+}
+
+#[test]
+fn unknown_keys_are_reported_at_the_key_with_a_suggestion() {
+    assert_eq!(
+        invalid(&VALID.replace("address = \"10.0.1.11\"", "adress = \"10.0.1.11\"")),
+        ["t.toml:8:1: servers[0].adress: unknown key `adress`; did you mean `address`?"]
+    );
+    assert_eq!(
+        invalid(&VALID.replace("buddies", "colour = \"red\"\nbuddies")),
+        [
+            "t.toml:10:1: servers[0].colour: unknown key `colour`; expected one of `id`, `role`, \
+             `address`, `heartbeat`, `api`, `buddies`, `mode`, `max_servers`, `max_cameras`, `pick`"
+        ]
+    );
+    assert_eq!(
+        diagnostics("[sites]\nname = \"hq\"\n"),
+        [
+            "t.toml:1:1: missing the [site] table",
+            "t.toml:1:1: warning: api.token: not set: every API mutation (failover, failback, replay) will be refused",
+            "t.toml:1:1: servers: no [[servers]]: a site needs live servers and failover servers",
+            "t.toml:1:2: sites: unknown key `sites`; did you mean `site`?",
+        ]
+    );
+    assert_eq!(
+        diagnostics(&format!(
+            "{HEAD}onvif_users = [{{ user = \"a\", pasword = \"x\" }}, {{ user = \"b\" }}]\n{VALID}"
+        )),
+        [
+            "t.toml:6:30: api.onvif_users[0].pasword: unknown key `pasword`; did you mean `password`?",
+            "t.toml:6:47: api.onvif_users[1]: missing key `password`",
+        ]
+    );
+}
+
+#[test]
+fn type_errors_point_at_the_value() {
+    assert_eq!(
+        invalid(&VALID.replace("address = \"10.0.1.11\"", "address = 5")),
+        ["t.toml:8:11: servers[0].address: invalid type: integer `5`, expected a string"]
+    );
+    assert_eq!(
+        invalid(&VALID.replace("role = \"failover\"", "role = \"standby\"")),
+        ["t.toml:13:8: servers[1].role: unknown value `standby`, expected `live` or `failover`"]
+    );
+    assert_eq!(
+        invalid(&VALID.replace("kind = \"camera\"", "kind = 3")),
+        ["t.toml:19:8: resources[0].kind: invalid type: integer `3`, expected a string"]
+    );
+    assert_eq!(
+        invalid(&VALID.replace(
+            "heartbeat = [\"10.0.1.11:7400\"]",
+            "heartbeat = [\"10.0.1.11:7400\", 7401]"
+        )),
+        ["t.toml:9:32: servers[0].heartbeat[1]: invalid type: integer `7401`, expected a string"]
+    );
+    assert_eq!(
+        invalid(&format!("{VALID}priority = \"high\"\n")),
+        [
+            "t.toml:21:12: resources[0].priority: invalid type: string \"high\", expected an integer from -2147483648 to 2147483647"
+        ]
+    );
+    assert_eq!(
+        invalid(&VALID.replace(
+            "mode = \"mirrored\"",
+            "mode = \"spread-servers\"\nmax_servers = -1"
+        )),
+        [
+            "t.toml:17:15: servers[1].max_servers: invalid value: integer `-1`, expected an integer from 0 to 4294967295"
+        ]
+    );
+    assert_eq!(
+        diagnostics(&format!(
+            "[site]\nname = \"hq\"\nsecret = \"env:K\"\nfailure_timeout = \"1 fortnight\"\n\
+             heartbeat_interval = 200\n[api]\ntoken = \"env:T\"\n{VALID}"
+        )),
+        [
+            "t.toml:4:19: site.failure_timeout: invalid duration \"1 fortnight\": unknown time unit \"fortnight\", supported units: ns, us/µs, ms, sec, min, hours, days, weeks, months, years (and few variations)",
+            "t.toml:5:22: site.heartbeat_interval: invalid type: integer `200`, expected a duration such as \"200ms\" or \"1s\"",
+        ]
+    );
+    assert_eq!(
+        diagnostics(&format!("servers = 5\n{HEAD}")),
+        ["t.toml:1:11: servers: expected an array of tables, found an integer"]
+    );
+}
+
+#[test]
+fn every_problem_is_reported_at_once_in_position_order() {
+    let text = "\
+[site]
+name = \"h q\"
+secret = \"env:K\"
+flavour = 1
+[[servers]]
+id = \"live-1\"
+address = 10
+heartbeat = [\"10.0.1.11:7400\"]
+buddies = [\"fo-1\", \"fo-7\"]
+bogus = true
+[[servers]]
+id = \"fo-1\"
+role = \"failover\"
+address = \"10.0.1.21\"
+heartbeat = [\"10.0.1.21:7400\"]
+[[resources]]
+id = \"cam-1\"
+kind = \"camera\"
+server = \"fo-1\"
+priority = 1.5
+";
+    assert_eq!(
+        diagnostics(text),
+        [
+            "t.toml:1:1: warning: api.token: not set: every API mutation (failover, failback, replay) will be refused",
+            "t.toml:2:8: site.name: \"h q\" may contain only letters, digits, '.', '_' and '-'",
+            "t.toml:4:1: site.flavour: unknown key `flavour`; expected one of `name`, `secret`, \
+             `heartbeat_interval`, `failure_timeout`, `failback`, `failback_delay`, `witnesses`, `connectors`",
+            "t.toml:5:1: warning: servers[0]: live server has no resources",
+            "t.toml:7:11: servers[0].address: invalid type: integer `10`, expected a string",
+            "t.toml:9:20: servers[0].buddies[1]: no server \"fo-7\"",
+            "t.toml:10:1: servers[0].bogus: unknown key `bogus`; expected one of `id`, `role`, \
+             `address`, `heartbeat`, `api`, `buddies`, `mode`, `max_servers`, `max_cameras`, `pick`",
+            "t.toml:11:1: servers[1]: failover server needs a mode: mirrored, spread-servers or spread-cameras",
+            "t.toml:19:10: resources[0].server: \"fo-1\" is a failover server; resources are homed on live servers",
+            "t.toml:20:12: resources[0].priority: invalid type: floating point `1.5`, expected an integer from -2147483648 to 2147483647",
+        ]
+    );
+}
+
+/// Runs each `(body, expected)` case on `HEAD` + body and reports every mismatch.
+fn table(cases: &[(&str, &[&str])]) {
+    let mut failures = Vec::new();
+    for (body, expected) in cases {
+        let got = diagnostics(&format!("{HEAD}{body}"));
+        if got != *expected {
+            failures.push(format!(
+                "--- body:\n{body}--- expected:\n{expected:#?}\n--- got:\n{got:#?}"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// A live server block of 5 lines: `id`, address `10.0.1.N`, one heartbeat path, buddies.
+fn live(id: &str, n: u8, buddies: &str) -> String {
+    format!(
+        "[[servers]]\nid = \"{id}\"\naddress = \"10.0.1.{n}\"\nheartbeat = [\"10.0.1.{n}:7400\"]\nbuddies = [{buddies}]\n"
+    )
+}
+
+/// A failover server block of 6 lines.
+fn failover(id: &str, n: u8, mode: &str) -> String {
+    format!(
+        "[[servers]]\nid = \"{id}\"\nrole = \"failover\"\naddress = \"10.0.1.{n}\"\nheartbeat = [\"10.0.1.{n}:7400\"]\nmode = \"{mode}\"\n"
+    )
+}
+
+/// A resource block of 4 lines.
+fn resource(id: &str, kind: &str, server: &str) -> String {
+    format!("[[resources]]\nid = \"{id}\"\nkind = \"{kind}\"\nserver = \"{server}\"\n")
+}
+
+#[test]
+fn ids_must_be_unique_and_plain() {
+    // Lines: live-1 6-10, live-1 11-15, fo-1 16-21, cam-1 22-25, cam-1 26-29.
+    let dup = [
+        live("live-1", 11, "\"fo-1\""),
+        live("live-1", 12, "\"fo-1\""),
+        failover("fo-1", 21, "spread-servers"),
+        resource("cam-1", "camera", "live-1"),
+        resource("cam-1", "io", "live-1"),
+    ]
+    .concat();
+    let bad = [
+        live("live 1", 11, "\"fo-1\""),
+        failover("fo-1", 21, "mirrored"),
+        resource("", "camera", "live 1"),
+    ]
+    .concat();
+    let long = "x".repeat(65);
+    let too_long = [
+        live(&long, 11, "\"fo-1\""),
+        failover("fo-1", 21, "mirrored"),
+        resource("cam-1", "camera", &long),
+    ]
+    .concat();
+    table(&[
+        (
+            &dup,
+            &[
+                "t.toml:12:6: servers[1].id: duplicate server id \"live-1\" (first declared at servers[0])",
+                "t.toml:27:6: resources[1].id: duplicate resource id \"cam-1\" (first declared at resources[0])",
+            ],
+        ),
+        (
+            &bad,
+            &[
+                "t.toml:7:6: servers[0].id: \"live 1\" may contain only letters, digits, '.', '_' and '-'",
+                "t.toml:18:6: resources[0].id: must not be empty",
+            ],
+        ),
+        (
+            &too_long,
+            &[
+                "t.toml:7:6: servers[0].id: \"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\" is longer than 64 characters",
+            ],
+        ),
+    ]);
+}
+
+#[test]
+fn addresses_must_be_reachable_and_not_shared() {
+    let pair = |live_lines: &str| {
+        format!(
+            "[[servers]]\nid = \"live-1\"\n{live_lines}buddies = [\"fo-1\"]\n{}{}",
+            failover("fo-1", 21, "mirrored"),
+            resource("cam-1", "camera", "live-1")
+        )
+    };
+    // The live server's own lines start at line 8.
+    table(&[
+        (
+            &pair("address = \"10.0.1.300\"\nheartbeat = [\"10.0.1.11\", \"10.0.2.11:0\", \"0.0.0.0:7400\"]\napi = \"[::1]:8400\"\n"),
+            &[
+                "t.toml:8:11: servers[0].address: \"10.0.1.300\" is not an IP address",
+                "t.toml:9:14: servers[0].heartbeat[0]: \"10.0.1.11\" is not an IP:port address",
+                "t.toml:9:27: servers[0].heartbeat[1]: 10.0.2.11:0: port 0 is not a fixed port",
+                "t.toml:9:42: servers[0].heartbeat[2]: 0.0.0.0:7400: 0.0.0.0 is not an address other servers can reach",
+                "t.toml:11:12: warning: servers[0].buddies[0]: \"fo-1\" has 1 heartbeat path and this server 3; they share only 1",
+            ],
+        ),
+        (
+            &pair("address = \"0.0.0.0\"\nheartbeat = []\napi = \"10.0.1.11\"\n"),
+            &[
+                "t.toml:8:11: servers[0].address: 0.0.0.0 cannot be announced; use the server's own address",
+                "t.toml:9:13: servers[0].heartbeat: needs at least one IP:port listen address",
+                "t.toml:10:7: servers[0].api: \"10.0.1.11\" is not an IP:port address",
+            ],
+        ),
+        (
+            // Heartbeat and API addresses used twice.
+            &pair("address = \"10.0.1.11\"\nheartbeat = [\"10.0.1.21:7400\", \"10.0.2.11:7400\", \"10.0.2.11:7400\"]\napi = \"10.0.1.11:8400\"\n")
+                .replace("mode = \"mirrored\"", "mode = \"mirrored\"\napi = \"10.0.1.11:8400\""),
+            &[
+                "t.toml:9:50: servers[0].heartbeat[2]: 10.0.2.11:7400 is listed twice",
+                "t.toml:11:12: warning: servers[0].buddies[0]: \"fo-1\" has 1 heartbeat path and this server 3; they share only 1",
+                "t.toml:16:14: servers[1].heartbeat[0]: heartbeat address 10.0.1.21:7400 is already used by \"live-1\"",
+                "t.toml:18:7: servers[1].api: api address 10.0.1.11:8400 is already used by \"live-1\"",
+            ],
+        ),
+    ]);
+}
+
+#[test]
+fn buddies_must_be_other_existing_failover_servers() {
+    // live-1 6-10, live-2 11-15, fo-1 16-21, resources 22-29.
+    let body = [
+        live(
+            "live-1",
+            11,
+            "\"fo-1\", \"fo-9\", \"live-2\", \"live-1\", \"fo-1\"",
+        ),
+        live("live-2", 12, "\"fo-1\""),
+        failover("fo-1", 21, "spread-servers"),
+        resource("cam-1", "camera", "live-1"),
+        resource("cam-2", "camera", "live-2"),
+    ]
+    .concat();
+    assert_eq!(
+        invalid(&body),
+        [
+            "t.toml:10:20: servers[0].buddies[1]: no server \"fo-9\"",
+            "t.toml:10:28: servers[0].buddies[2]: \"live-2\" is a live server; a buddy must be a failover server",
+            "t.toml:10:38: servers[0].buddies[3]: a server cannot be its own buddy",
+            "t.toml:10:48: servers[0].buddies[4]: \"fo-1\" is listed twice",
+        ]
+    );
+}
+
+#[test]
+fn keys_must_fit_the_role() {
+    let body = "\
+[[servers]]
+id = \"live-1\"
+address = \"10.0.1.11\"
+heartbeat = [\"10.0.1.11:7400\"]
+buddies = [\"fo-1\"]
+mode = \"mirrored\"
+max_servers = 2
+max_cameras = 10
+pick = [\"cam-1\"]
+[[servers]]
+id = \"fo-1\"
+role = \"failover\"
+address = \"10.0.1.21\"
+heartbeat = [\"10.0.1.21:7400\"]
+buddies = [\"fo-2\"]
+mode = \"spread-servers\"
+max_servers = 0
+max_cameras = 0
+[[servers]]
+id = \"fo-2\"
+role = \"failover\"
+address = \"10.0.1.22\"
+heartbeat = [\"10.0.1.22:7400\"]
+[[resources]]
+id = \"cam-1\"
+kind = \"camera\"
+server = \"live-1\"
+";
+    let live_only = "only for failover servers; this is a live server (add role = \"failover\")";
+    assert_eq!(
+        invalid(body),
+        [
+            format!("t.toml:11:8: servers[0].mode: {live_only}"),
+            format!("t.toml:12:15: servers[0].max_servers: {live_only}"),
+            format!("t.toml:13:15: servers[0].max_cameras: {live_only}"),
+            format!("t.toml:14:8: servers[0].pick: {live_only}"),
+            "t.toml:20:11: servers[1].buddies: only for live servers; a failover server is named in \
+             the buddies of the live servers it covers"
+                .to_string(),
+            "t.toml:22:15: servers[1].max_servers: must be at least 1 (leave it out for no limit)"
+                .to_string(),
+            "t.toml:23:15: servers[1].max_cameras: must be at least 1 (leave it out for no limit)"
+                .to_string(),
+            "t.toml:24:1: servers[2]: failover server needs a mode: mirrored, spread-servers or \
+             spread-cameras"
+                .to_string(),
+        ]
+    );
+}
+
+#[test]
+fn modes_and_picks() {
+    let body = format!(
+        "{}{}",
+        live("live-1", 11, "\"fo-1\", \"fo-2\", \"fo-3\""),
+        "\
+[[servers]]
+id = \"fo-1\"
+role = \"failover\"
+address = \"10.0.1.21\"
+heartbeat = [\"10.0.1.21:7400\"]
+mode = \"mirrored\"
+max_cameras = 10
+pick = [\"cam-1\"]
+[[servers]]
+id = \"fo-2\"
+role = \"failover\"
+address = \"10.0.1.22\"
+heartbeat = [\"10.0.1.22:7400\"]
+mode = \"spread-cameras\"
+[[servers]]
+id = \"fo-3\"
+role = \"failover\"
+address = \"10.0.1.23\"
+heartbeat = [\"10.0.1.23:7400\"]
+mode = \"spread-cameras\"
+pick = [\"cam-1\", \"cam-{1..2}\", \"cam-{7..9}\"]
+[[resources]]
+id = \"cam-1\"
+kind = \"camera\"
+server = \"live-1\"
+"
+    );
+    assert_eq!(
+        invalid(&body),
+        [
+            "t.toml:17:15: servers[1].max_cameras: only for spread-servers and spread-cameras; a \
+             mirrored server takes everything of its one live server",
+            "t.toml:18:8: servers[1].pick: only for spread-cameras servers (mode = \"spread-cameras\")",
+            "t.toml:19:1: servers[2].pick: a spread-cameras server needs pick: the resources it takes",
+            "t.toml:31:18: servers[3].pick[1]: no resource \"cam-2\"",
+            "t.toml:31:18: servers[3].pick[1]: \"cam-1\" picked twice",
+            "t.toml:31:32: servers[3].pick[2]: no resources \"cam-7\", \"cam-8\", \"cam-9\"",
+        ]
+    );
+}
+
+#[test]
+fn who_covers_whom() {
+    // live-1 6-10, live-2 11-15, live-3 16-20, fo-1 21-26, fo-2 27-32, fo-3 33-38.
+    let body = [
+        live("live-1", 11, "\"fo-1\""),
+        live("live-2", 12, "\"fo-1\""),
+        live("live-3", 13, ""),
+        failover("fo-1", 21, "mirrored"),
+        failover("fo-2", 22, "mirrored"),
+        failover("fo-3", 23, "spread-servers"),
+        resource("cam-1", "camera", "live-1"),
+        resource("cam-2", "camera", "live-2"),
+        resource("cam-3", "camera", "live-3"),
+    ]
+    .concat();
+    assert_eq!(
+        invalid(&body),
+        [
+            "t.toml:16:1: warning: servers[2]: live server has no buddies: nothing takes over when it fails",
+            "t.toml:26:8: servers[3].mode: mirrored, but the buddy of 2 live servers (\"live-1\", \
+             \"live-2\"); a mirrored server covers one (use spread-servers to share it)",
+            "t.toml:27:1: warning: servers[4]: mirrored server is no live server's buddy",
+            "t.toml:33:1: warning: servers[5]: failover server is no live server's buddy: it never takes over",
+        ]
+    );
+    // Warnings alone leave the site valid.
+    let body = [
+        live("live-1", 11, "\"fo-1\""),
+        live("live-2", 12, ""),
+        failover("fo-1", 21, "mirrored"),
+        resource("cam-1", "camera", "live-1"),
+    ]
+    .concat();
+    assert_eq!(
+        valid(&body),
+        [
+            "t.toml:11:1: warning: servers[1]: live server has no buddies: nothing takes over when it fails",
+            "t.toml:11:1: warning: servers[1]: live server has no resources",
+        ]
+    );
+}
+
+#[test]
+fn resources_are_homed_on_existing_live_servers() {
+    let body = [
+        live("live-1", 11, "\"fo-1\""),
+        failover("fo-1", 21, "mirrored"),
+        resource("cam-1", "camera", "live-9"),
+        resource("cam-2", "camera", "fo-1"),
+    ]
+    .concat();
+    assert_eq!(
+        invalid(&body),
+        [
+            "t.toml:6:1: warning: servers[0]: live server has no resources",
+            "t.toml:20:10: resources[0].server: no server \"live-9\"",
+            "t.toml:24:10: resources[1].server: \"fo-1\" is a failover server; resources are homed on live servers",
+        ]
+    );
+}
+
+/// `[site]` with `lines` (from line 2), `[api]` with `api` (from the line after), then VALID.
+fn with_site(lines: &str, api: &str) -> String {
+    format!("[site]\n{lines}[api]\n{api}{VALID}")
+}
+
+#[test]
+fn site_rules() {
+    let cases: &[(String, &[&str])] = &[
+        (
+            with_site(
+                "name = \"hq\"\nsecret = \"env:K\"\nheartbeat_interval = \"500ms\"\nfailure_timeout = \"1s\"\n",
+                "token = \"env:T\"\n",
+            ),
+            &[
+                "t.toml:5:19: site.failure_timeout: 1s must be greater than 2 x heartbeat_interval (1s), \
+               or one lost heartbeat looks like a dead server",
+            ],
+        ),
+        (
+            with_site(
+                "name = \"hq\"\nsecret = \"env:K\"\nheartbeat_interval = \"0s\"\n",
+                "token = \"env:T\"\n",
+            ),
+            &["t.toml:4:22: site.heartbeat_interval: must be greater than zero"],
+        ),
+        (
+            with_site(
+                "name = \"\"\nsecret = \"env:K\"\nconnectors = \"\"\n",
+                "token = \"env:T\"\n",
+            ),
+            &[
+                "t.toml:2:8: site.name: must not be empty",
+                "t.toml:4:14: site.connectors: must not be empty",
+            ],
+        ),
+        (
+            with_site(
+                "name = \"hq\"\nsecret = \"env:K\"\nwitnesses = [\"10.0.0.1\", \"ntp.local:123\", \"10.0.0.1:443\", \"10.0.0.1:443\"]\n",
+                "token = \"env:T\"\n",
+            ),
+            &[
+                "t.toml:4:13: warning: site.witnesses: 4 witnesses survive as few witness failures as 3 do; use an odd number",
+                "t.toml:4:14: site.witnesses[0]: \"10.0.0.1\" is not an IP:port address",
+                "t.toml:4:26: site.witnesses[1]: \"ntp.local:123\" is not an IP:port address",
+                "t.toml:4:59: site.witnesses[3]: 10.0.0.1:443 is listed twice",
+            ],
+        ),
+        (
+            with_site(
+                "name = \"hq\"\nsecret = \"hunter2\"\n",
+                "token = \"file:\"\nonvif_users = [{ user = \"admin\", password = \"pw\" }, { user = \"admin\", password = \"env:1X\" }, { user = \"\", password = \"\" }]\n",
+            ),
+            &[
+                "t.toml:3:10: warning: site.secret: inline secret; use file:PATH or env:VAR in production",
+                "t.toml:5:9: api.token: `file:` needs a path",
+                "t.toml:6:45: warning: api.onvif_users[0].password: inline secret; use file:PATH or env:VAR in production",
+                "t.toml:6:62: api.onvif_users[1].user: \"admin\" is listed twice",
+                "t.toml:6:82: api.onvif_users[1].password: \"1X\" is not an environment variable name",
+                "t.toml:6:103: api.onvif_users[2].user: must not be empty",
+                "t.toml:6:118: api.onvif_users[2].password: empty secret",
+            ],
+        ),
+        (
+            "[site]\nname = \"hq\"\nsecret = \"env:K\"\n".to_string(),
+            &[
+                "t.toml:1:1: warning: api.token: not set: every API mutation (failover, failback, replay) will be refused",
+                "t.toml:1:1: servers: no [[servers]]: a site needs live servers and failover servers",
+            ],
+        ),
+        (
+            String::new(),
+            &[
+                "t.toml:1:1: missing the [site] table",
+                "t.toml:1:1: warning: api.token: not set: every API mutation (failover, failback, replay) will be refused",
+                "t.toml:1:1: servers: no [[servers]]: a site needs live servers and failover servers",
+            ],
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (text, expected) in cases {
+        let got = diagnostics(text);
+        if got != *expected {
+            failures.push(format!(
+                "--- text:\n{text}--- expected:\n{expected:#?}\n--- got:\n{got:#?}"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn ranges_expand_with_padding_zip_and_server() {
+    let body = "\
+[[servers]]
+id = \"live-{01..03}\"
+address = \"10.0.1.{11..13}\"
+heartbeat = [\"10.0.1.{11..13}:7400\", \"10.0.2.{11..13}:7400\"]
+api = \"10.0.1.{11..13}:{8401..8403}\"
+buddies = [\"fo-{1..3}\", \"fo-pick\"]
+[[servers]]
+id = \"fo-{1..3}\"
+role = \"failover\"
+address = \"10.0.1.{21..23}\"
+heartbeat = [\"10.0.1.{21..23}:7400\", \"10.0.2.{21..23}:7400\"]
+mode = \"mirrored\"
+[[servers]]
+id = \"fo-pick\"
+role = \"failover\"
+address = \"10.0.1.30\"
+heartbeat = [\"10.0.1.30:7400\", \"10.0.2.30:7400\"]
+mode = \"spread-cameras\"
+pick = [\"live-{01..03}-cam-001\", \"live-02-cam-{002..002}\"]
+[[resources]]
+server = \"live-{01..03}\"
+id = \"{server}-cam-{001..002}\"
+kind = \"camera\"
+priority = 7
+[[resources]]
+server = \"live-01\"
+id = \"map-{8..10}\"
+kind = \"map\"
+";
+    let site = config::parse_str(&format!("{HEAD}{body}"), "t.toml")
+        .expect("valid")
+        .site;
+    let ids: Vec<&str> = site.servers.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [
+            "live-01", "live-02", "live-03", "fo-1", "fo-2", "fo-3", "fo-pick"
+        ]
+    );
+    let live2 = &site.servers[1];
+    assert_eq!(live2.address.to_string(), "10.0.1.12");
+    assert_eq!(
+        live2.heartbeat,
+        [
+            "10.0.1.12:7400".parse::<SocketAddr>().unwrap(),
+            "10.0.2.12:7400".parse().unwrap()
+        ]
+    );
+    assert_eq!(live2.api, Some("10.0.1.12:8402".parse().unwrap()));
+    // Zipped: live-02's first buddy is fo-2; the plain entry is the same for all.
+    assert_eq!(live2.buddies, [ServerIdx(4), ServerIdx(6)]);
+    assert_eq!(site.servers[2].buddies, [ServerIdx(5), ServerIdx(6)]);
+    assert_eq!(site.servers[4].address.to_string(), "10.0.1.22");
+    let resources: Vec<(&str, ServerIdx, i32)> = site
+        .resources
+        .iter()
+        .map(|r| (r.id.as_str(), r.server, r.priority))
+        .collect();
+    assert_eq!(
+        resources,
+        [
+            ("live-01-cam-001", ServerIdx(0), 7),
+            ("live-01-cam-002", ServerIdx(0), 7),
+            ("live-02-cam-001", ServerIdx(1), 7),
+            ("live-02-cam-002", ServerIdx(1), 7),
+            ("live-03-cam-001", ServerIdx(2), 7),
+            ("live-03-cam-002", ServerIdx(2), 7),
+            ("map-8", ServerIdx(0), 0),
+            ("map-9", ServerIdx(0), 0),
+            ("map-10", ServerIdx(0), 0),
+        ]
+    );
+    // Each pick entry expands on its own.
+    assert_eq!(
+        site.servers[6].pick,
+        [
+            ResourceIdx(0),
+            ResourceIdx(2),
+            ResourceIdx(4),
+            ResourceIdx(3)
+        ]
+    );
+}
+
+#[test]
+fn bad_ranges_are_reported_where_they_are() {
+    let server = |lines: &str| {
+        format!(
+            "[[servers]]\n{lines}buddies = [\"fo-1\"]\n{}{}",
+            failover("fo-1", 21, "spread-servers"),
+            resource("cam-1", "camera", "live-1")
+        )
+    };
+    table(&[
+        (
+            &server(
+                "id = \"live-{1..3}\"\naddress = \"10.0.1.{1..2}\"\nheartbeat = [\"10.0.1.{3..1}:7400\"]\n",
+            ),
+            &[
+                "t.toml:6:1: warning: servers[0]: live server has no resources (for live-2 and live-3)",
+                "t.toml:8:11: servers[0].address: 2 values here but 3 in servers[0].id; all ranges \
+                 in one block are zipped and must have the same length",
+                "t.toml:9:14: servers[0].heartbeat[0]: range `{3..1}` is empty: it runs backwards",
+            ],
+        ),
+        (
+            &server(
+                "id = \"live-1\"\naddress = \"10.0.1.{1..2}\"\nheartbeat = [\"10.0.1.1:7400\"]\n",
+            ),
+            &[
+                "t.toml:7:6: servers[0].id: servers[0].address has 2 values, so id needs a range of that \
+               length too (e.g. \"live-{01..02}\"), or every server gets the same id",
+            ],
+        ),
+        (
+            &server(
+                "id = \"live-{1..200000}\"\naddress = \"10.0.1.1\"\nheartbeat = [\"10.0.1.1:7400\"]\n",
+            ),
+            &[
+                "t.toml:7:6: servers[0].id: range `{1..200000}` has 200000 values; at most 100000 are allowed",
+            ],
+        ),
+        (
+            &server(
+                "id = \"{server}\"\naddress = \"10.0.1.{1\"\nheartbeat = [\"10.0.1.1:7400}\"]\n",
+            ),
+            &[
+                "t.toml:7:6: servers[0].id: `{server}` is only allowed in the `id` of a [[resources]] block",
+                "t.toml:8:11: servers[0].address: unmatched `{`",
+                "t.toml:9:14: servers[0].heartbeat[0]: unmatched `}`",
+            ],
+        ),
+    ]);
+    let resources = |lines: &str| {
+        format!(
+            "{}{}[[resources]]\nkind = \"camera\"\n{lines}",
+            live("live-1", 11, "\"fo-1\""),
+            failover("fo-1", 21, "mirrored"),
+        )
+    };
+    // live-1 6-10, fo-1 11-16, the resource block from line 17.
+    table(&[
+        (
+            &resources("server = \"live-{1..2}\"\nid = \"cam-{1..50}\"\n"),
+            &[
+                "t.toml:20:6: resources[0].id: server has 2 values, so id must use `{server}` \
+               (e.g. \"{server}-cam-{01..50}\"), or every server gets the same ids",
+            ],
+        ),
+        (
+            &resources("server = \"live-{1..400}\"\nid = \"{server}-cam-{1..300}\"\n"),
+            &[
+                "t.toml:17:1: resources[0]: declares 120000 resources (400 servers x 300 values); at most 100000 per block",
+            ],
+        ),
+        (
+            &resources("server = \"live-{1..x}\"\nid = \"{server}-cam-{1..\"\n"),
+            &[
+                "t.toml:19:10: resources[0].server: `{1..x}` is not a range; write `{A..B}` with decimal numbers A <= B",
+                "t.toml:20:6: resources[0].id: unmatched `{`",
+            ],
+        ),
+    ]);
+}
+
+#[test]
+fn one_mistake_in_a_block_of_many_servers_is_reported_once() {
+    let body = "\
+[[servers]]
+id = \"live-{1..3}\"
+address = \"10.0.1.{1..3}\"
+heartbeat = [\"10.0.1.{1..3}:7400\"]
+buddies = [\"nope\"]
+[[servers]]
+id = \"fo-1\"
+role = \"failover\"
+address = \"10.0.1.21\"
+heartbeat = [\"10.0.1.21:7400\", \"10.0.2.21:7400\"]
+mode = \"spread-servers\"
+[[servers]]
+id = \"live-{4..5}\"
+address = \"10.0.1.{4..5}\"
+heartbeat = [\"10.0.1.4:7400\"]
+buddies = [\"fo-1\"]
+[[resources]]
+server = \"live-{2..5}\"
+id = \"{server}-cam\"
+kind = \"camera\"
+";
+    assert_eq!(
+        invalid(body),
+        [
+            "t.toml:6:1: warning: servers[0]: live server has no resources (for live-1)",
+            "t.toml:10:12: servers[0].buddies[0]: no server \"nope\"",
+            "t.toml:20:14: servers[2].heartbeat[0]: heartbeat address 10.0.1.4:7400 is already \
+             used by \"live-4\" (for live-5)",
+            "t.toml:21:12: warning: servers[2].buddies[0]: \"fo-1\" has 2 heartbeat paths and this \
+             server 1; they share only 1 (for live-4 and live-5)",
+        ]
+    );
+}
+
+#[test]
+fn the_example_site_is_valid_and_complete() {
+    let loaded = config::load(&repo("examples/site.toml")).expect("valid");
+    assert_eq!(loaded.warnings, []);
+    let site = loaded.site;
+    assert_eq!(site.name, "hq");
+    assert_eq!(site.secret, SecretRef::File("site.key".into()));
+    assert_eq!(site.api.token, Some(SecretRef::File("api.token".into())));
+    assert_eq!(site.api.onvif_users.len(), 1);
+    assert_eq!(
+        site.witnesses,
+        ["10.0.0.1:443".parse::<SocketAddr>().unwrap()]
+    );
+    // The referenced secret files are there.
+    let examples = repo("examples");
+    assert_eq!(
+        site.secret.resolve(&examples).expect("site.key"),
+        b"hq-heartbeat-key-change-me-0123456789abcdef"
+    );
+    assert!(site.api.onvif_users[0].password.resolve(&examples).is_ok());
+    let roles: Vec<(&str, Role, Option<Mode>)> = site
+        .servers
+        .iter()
+        .map(|s| (s.id.as_str(), s.role, s.mode))
+        .collect();
+    assert_eq!(
+        roles,
+        [
+            ("live-1", Role::Live, None),
+            ("live-2", Role::Live, None),
+            ("fo-1", Role::Failover, Some(Mode::SpreadServers)),
+            ("fo-2", Role::Failover, Some(Mode::SpreadCameras)),
+        ]
+    );
+    let count = |k: Kind| site.resources.iter().filter(|r| r.kind == k).count();
+    assert_eq!(
+        Kind::ALL.map(count),
+        [6, 1, 1, 1, 1, 1],
+        "camera, io, lpr, analytics, map, middleware"
+    );
+    let picks: Vec<&str> = site.servers[3]
+        .pick
+        .iter()
+        .map(|&r| site.resource(r).id.as_str())
+        .collect();
+    assert_eq!(picks, ["cam-001", "cam-002", "lpr-1", "cam-101"]);
+}
+
+#[test]
+fn the_large_example_declares_5000_cameras_in_a_short_file() {
+    let text = std::fs::read_to_string(repo("examples/large-site.toml")).expect("readable");
+    assert!(text.lines().count() < 100, "the point is a short file");
+    let loaded = config::load(&repo("examples/large-site.toml")).expect("valid");
+    assert_eq!(loaded.warnings, []);
+    let site = loaded.site;
+    let cameras = site
+        .resources
+        .iter()
+        .filter(|r| r.kind == Kind::Camera)
+        .count();
+    assert_eq!(cameras, 5000);
+    let live: Vec<_> = site
+        .servers
+        .iter()
+        .filter(|s| s.role == Role::Live)
+        .collect();
+    assert_eq!(live.len(), 100);
+    assert_eq!(site.servers.len() - live.len(), 6);
+    // Every live server has 50 cameras, named after it.
+    let live_100 = site.server_idx("live-100").expect("live-100");
+    let on_100: Vec<&str> = site
+        .resources
+        .iter()
+        .filter(|r| r.server == live_100 && r.kind == Kind::Camera)
+        .map(|r| r.id.as_str())
+        .collect();
+    assert_eq!(on_100.len(), 50);
+    assert_eq!(on_100[0], "live-100-cam-01");
+    assert_eq!(on_100[49], "live-100-cam-50");
+    let s = site.server(live_100);
+    assert_eq!(s.address.to_string(), "10.1.0.110");
+    assert_eq!(s.heartbeat[1].to_string(), "10.2.0.110:7400");
+    let buddies: Vec<&str> = s
+        .buddies
+        .iter()
+        .map(|&b| site.server(b).id.as_str())
+        .collect();
+    assert_eq!(buddies, ["fo-4", "fo-spare"]);
+    let entrances = site.server_idx("fo-entrances").expect("fo-entrances");
+    assert_eq!(site.server(entrances).pick.len(), 100);
+}
+
+#[test]
+fn the_invalid_example_reports_every_mistake() {
+    let d = config::load(&repo("examples/invalid-site.toml")).expect_err("invalid");
+    let f = repo("examples/invalid-site.toml").display().to_string();
+    let got: Vec<String> = d.iter().map(|d| d.to_string().replace(&f, "F")).collect();
+    assert_eq!(
+        got,
+        [
+            "F:1:1: warning: api.token: not set: every API mutation (failover, failback, replay) will be refused",
+            "F:5:10: warning: site.secret: inline secret; use file:PATH or env:VAR in production",
+            "F:7:19: site.failure_timeout: 300ms must be greater than 2 x heartbeat_interval (400ms), \
+             or one lost heartbeat looks like a dead server",
+            "F:9:1: warning: servers[0]: live server has no resources",
+            "F:11:1: servers[0].adress: unknown key `adress`; did you mean `address`?",
+            "F:13:20: servers[0].buddies[1]: no server \"fo-9\"",
+            "F:17:11: servers[1].address: \"10.0.1.300\" is not an IP address",
+            "F:18:14: servers[1].heartbeat[0]: heartbeat address 10.0.1.11:7400 is already used by \"live-1\"",
+            "F:26:8: servers[2].mode: mirrored, but the buddy of 2 live servers (\"live-1\", \"live-2\"); \
+             a mirrored server covers one (use spread-servers to share it)",
+            "F:28:1: servers[3].pick: a spread-cameras server needs pick: the resources it takes",
+            "F:39:12: resources[0].priority: invalid type: string \"high\", expected an integer from \
+             -2147483648 to 2147483647",
+            "F:42:6: resources[1].id: duplicate resource id \"cam-10\" (first declared at resources[0])",
+            "F:44:10: resources[1].server: \"fo-1\" is a failover server; resources are homed on live servers",
+        ]
+    );
+    assert_eq!(d.errors().count(), 10);
+    assert!(d.iter().all(|d| d.file == f));
+}
+
+#[test]
+fn load_warns_about_missing_secret_files_and_reports_unreadable_files() {
+    let dir = std::env::temp_dir().join(format!("buddygate-config-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("site.toml");
+    let text = format!(
+        "[site]\nname = \"hq\"\nsecret = \"file:keys/site.key\"\n[api]\ntoken = \"env:T\"\n{VALID}"
+    );
+    std::fs::write(&path, text).expect("write");
+    let loaded = config::load(&path).expect("valid");
+    let expected = format!(
+        "{}:3:10: warning: site.secret: secret file {} does not exist",
+        path.display(),
+        dir.join("keys/site.key").display()
+    );
+    assert_eq!(loaded.warnings.len(), 1);
+    assert_eq!(loaded.warnings[0].to_string(), expected);
+    assert_eq!(loaded.warnings[0].severity, Severity::Warning);
+    // The same text checked without a folder does no I/O and has nothing to say.
+    let text = std::fs::read_to_string(&path).expect("read");
+    assert_eq!(
+        config::parse_str(&text, "site.toml")
+            .expect("valid")
+            .warnings,
+        []
+    );
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+
+    let missing = dir.join("nope.toml");
+    let d = config::load(&missing).expect_err("unreadable");
+    assert_eq!(d.len(), 1);
+    assert!(
+        d.to_string()
+            .starts_with(&format!("{}: cannot read site file: ", missing.display())),
+        "{d}"
+    );
+}
+
+#[test]
+fn the_committed_schema_is_fresh() {
+    let path = repo("schemas/site.schema.json");
+    let fresh = config::file::schema_json();
+    if std::env::var_os("BLESS").is_some() {
+        std::fs::write(&path, &fresh).expect("write schema");
+        return;
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == fresh,
+        "schemas/site.schema.json is stale; regenerate it with \
+         `BLESS=1 cargo test --test config the_committed_schema_is_fresh` \
+         (or `buddygate schema > schemas/site.schema.json`)"
+    );
+    // It describes the file as DESIGN does.
+    let schema: serde_json::Value = serde_json::from_str(&committed).expect("json");
+    assert_eq!(schema["additionalProperties"], false);
+    let server = &schema["$defs"]["ServerBlock"];
+    assert_eq!(server["additionalProperties"], false);
+    assert_eq!(
+        server["required"],
+        serde_json::json!(["id", "address", "heartbeat"])
+    );
+    assert_eq!(server["properties"]["role"]["default"], "live");
+    let site = &schema["$defs"]["SiteSection"]["properties"];
+    assert_eq!(site["heartbeat_interval"]["type"], "string");
+    assert_eq!(site["heartbeat_interval"]["default"], "200ms");
+    assert_eq!(site["failure_timeout"]["default"], "1s");
+    assert_eq!(site["failback_delay"]["default"], "30s");
+    assert_eq!(site["secret"]["type"], "string");
+    assert_eq!(
+        schema["$defs"]["Mode"]["enum"],
+        serde_json::json!(["mirrored", "spread-servers", "spread-cameras"])
+    );
+}
+
+/// Runs `buddygate ARGS`; returns (exit code, stdout, stderr).
+fn buddygate(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_buddygate"))
+        .args(args)
+        .output()
+        .expect("run buddygate");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_exits_0_with_a_summary_for_the_good_examples() {
+    let site = repo("examples/site.toml");
+    let (code, out, err) = buddygate(&["check", "--config", &site.display().to_string()]);
+    assert_eq!((code, err.as_str()), (0, ""));
+    assert!(out.starts_with("site hq\n"), "{out}");
+    for line in [
+        "  heartbeat 200ms on every path, server down after 1s of silence",
+        "  failback auto, after 30s stable",
+        "servers: 4 (2 live, 2 failover)",
+        "resources: 11 (6 camera, 1 io, 1 lpr, 1 analytics, 1 map, 1 middleware)",
+        "  live-1: 7 resources, 4 cameras -> fo-1 (spread-servers, max 2 servers, max 60 cameras), \
+         fo-2 (spread-cameras, max 8 cameras)",
+        "  live-2: 4 resources, 2 cameras -> fo-1 (spread-servers, max 2 servers, max 60 cameras)",
+        "  fo-2 (spread-cameras, max 8 cameras) picks 4 resources from 2 live servers",
+    ] {
+        assert!(
+            out.lines().any(|l| l == line),
+            "missing {line:?} in:\n{out}"
+        );
+    }
+
+    let large = repo("examples/large-site.toml");
+    let (code, out, err) = buddygate(&["check", "-c", &large.display().to_string()]);
+    assert_eq!((code, err.as_str()), (0, ""));
+    assert!(
+        out.contains("servers: 106 (100 live, 6 failover)\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("resources: 5100 (5000 camera, 100 io)\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "  live-076 .. live-100 (25 servers): 1275 resources, 1250 cameras -> fo-4 \
+             (spread-servers, max 2 servers, max 100 cameras), fo-spare (spread-servers, max 1 server)\n"
+        ),
+        "{out}"
+    );
+    assert!(out.lines().count() < 25, "one screen:\n{out}");
+}
+
+#[test]
+fn check_exits_64_and_prints_every_problem_for_the_invalid_example() {
+    let path = repo("examples/invalid-site.toml").display().to_string();
+    let (code, out, err) = buddygate(&["check", "--config", &path]);
+    assert_eq!(code, 64);
+    assert_eq!(out, "");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 14, "{err}");
+    assert_eq!(
+        lines[4],
+        format!("{path}:11:1: servers[0].adress: unknown key `adress`; did you mean `address`?")
+    );
+    assert_eq!(lines[13], format!("{path}: invalid: 10 errors"));
+
+    let (code, out, err) = buddygate(&["check", "--config", "/nonexistent/site.toml"]);
+    assert_eq!((code, out.as_str()), (64, ""));
+    assert!(
+        err.starts_with("/nonexistent/site.toml: cannot read site file: "),
+        "{err}"
+    );
+}
+
+#[test]
+fn check_prints_warnings_but_exits_0_when_there_is_no_error() {
+    let dir = std::env::temp_dir().join(format!("buddygate-check-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("site.toml");
+    std::fs::write(
+        &path,
+        format!("[site]\nname = \"hq\"\nsecret = \"inline\"\n{VALID}"),
+    )
+    .expect("write");
+    let p = path.display().to_string();
+    let (code, out, err) = buddygate(&["check", "--config", &p]);
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+    assert_eq!(code, 0);
+    assert_eq!(
+        err,
+        format!(
+            "{p}:1:1: warning: api.token: not set: every API mutation (failover, failback, replay) will be refused\n\
+             {p}:3:10: warning: site.secret: inline secret; use file:PATH or env:VAR in production\n"
+        )
+    );
+    assert!(out.contains("servers: 2 (1 live, 1 failover)\n"), "{out}");
+}
+
+#[test]
+fn the_hidden_schema_command_prints_the_committed_schema() {
+    let (code, out, _) = buddygate(&["schema"]);
+    assert_eq!(code, 0);
+    assert_eq!(out, config::file::schema_json());
+    let (_, help, _) = buddygate(&["--help"]);
+    assert!(help.contains("check"), "{help}");
+    assert!(!help.contains("schema"), "hidden: {help}");
+}
+
+#[test]
+fn absurd_expansions_are_refused_before_they_use_memory() {
+    let long = "x".repeat(1000);
+    let body = format!(
+        "[[servers]]\nid = \"s-{{1..100000}}\"\naddress = \"{long}\"\nheartbeat = [\"h\"]\n"
+    );
+    assert_eq!(
+        invalid(&body),
+        [
+            "t.toml:6:1: servers[0]: expands to too much text (100000 x 1014 bytes); the whole site \
+          may expand to at most 64 MiB"
+        ]
+    );
+    let body = format!(
+        "{}[[resources]]\nserver = \"live-1\"\nid = \"cam-{{0000000000000000000001..2}}\"\nkind = \"io\"\n",
+        live("live-1", 11, "")
+    );
+    assert_eq!(
+        invalid(&body),
+        [
+            "t.toml:6:1: warning: servers[0]: live server has no buddies: nothing takes over when it fails",
+            "t.toml:13:6: resources[0].id: `{0000000000000000000001..2}` is not a range; write \
+             `{A..B}` with decimal numbers A <= B",
+        ]
+    );
+}
+
+mod no_panic {
+    use proptest::prelude::*;
+
+    use super::{HEAD, VALID};
+
+    fn check(text: &str) {
+        // Any outcome but a panic; errors must carry a position inside the text.
+        if let Err(d) = buddygate::config::parse_str(text, "t.toml") {
+            assert!(d.has_errors());
+            let lines = text.lines().count().max(1) + 1;
+            assert!(
+                d.iter()
+                    .all(|d| d.line >= 1 && d.line <= lines && d.col >= 1)
+            );
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn on_arbitrary_text(text in "\\PC{0,200}") {
+            check(&text);
+        }
+
+        #[test]
+        fn on_a_valid_site_with_a_byte_changed(pos in 0usize..400, byte in any::<u8>(), delete: bool) {
+            let mut bytes = format!("{HEAD}{VALID}").into_bytes();
+            let pos = pos.min(bytes.len() - 1);
+            if delete {
+                bytes.remove(pos);
+            } else {
+                bytes[pos] = byte;
+            }
+            check(&String::from_utf8_lossy(&bytes));
+        }
+
+        #[test]
+        fn on_arbitrary_ranges(id in "[a-z{}.0-9]{0,24}", server in "[a-z{}.0-9-]{0,16}") {
+            check(&format!(
+                "{HEAD}{VALID}[[resources]]\nid = \"{id}\"\nkind = \"io\"\nserver = \"{server}\"\n"
+            ));
+        }
+    }
+}
+
+#[test]
+fn a_buddy_listed_twice_is_one_error_not_two_live_servers() {
+    let body = [
+        live("live-1", 11, "\"fo-1\", \"fo-1\""),
+        failover("fo-1", 21, "mirrored"),
+        resource("cam-1", "camera", "live-1"),
+    ]
+    .concat();
+    assert_eq!(
+        invalid(&body),
+        ["t.toml:10:20: servers[0].buddies[1]: \"fo-1\" is listed twice"]
+    );
+}
