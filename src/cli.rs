@@ -25,6 +25,16 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// A whole site on this machine, nothing to install: kills a live node, shows the takeover
+    /// and the failback as they happen, ends with a summary table.
+    Demo {
+        /// Run in virtual time as fast as possible instead of at wall-clock pace.
+        #[arg(long)]
+        fast: bool,
+        /// Seed of the simulated network.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Validate the site file; print every problem as file:line:col: message (exit 64 when
     /// invalid), else a summary of the site.
     Check {
@@ -51,6 +61,15 @@ pub fn run(cli: Cli) -> ExitCode {
 pub fn run_with(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
     let result = match cli.command {
         Command::Check { config } => return check(&config, out, err),
+        Command::Demo { fast, seed } => {
+            return match crate::demo::run(crate::demo::DemoOptions { fast, seed }) {
+                Ok(()) => 0,
+                Err(e) => {
+                    let _ = writeln!(err, "buddygate demo: {e:#}");
+                    1
+                }
+            };
+        }
         Command::Schema => out.write_all(config::file::schema_json().as_bytes()),
     };
     match result {
@@ -70,6 +89,9 @@ fn check(path: &std::path::Path, out: &mut dyn Write, err: &mut dyn Write) -> u8
                 let _ = writeln!(err, "{w}");
             }
             let _ = out.write_all(config::summary::render(&loaded.site).as_bytes());
+            let _ = writeln!(out);
+            let _ =
+                out.write_all(crate::failover::placement::capacity_report(&loaded.site).as_bytes());
             0
         }
         Err(diagnostics) => {

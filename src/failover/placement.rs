@@ -168,3 +168,100 @@ pub fn check_rules(
     }
     Ok(())
 }
+
+/// The section of `buddygate check` that says, for each live server failing alone, where its
+/// resources would go and what room each failover server would have left.
+pub fn capacity_report(site: &Site) -> String {
+    use std::fmt::Write as _;
+    let topo = Topology::new(site);
+    let mut out = String::from("capacity if each live server fails alone:\n");
+    // Consecutive live servers with the same outcome share a line.
+    let mut lines: Vec<(ServerIdx, ServerIdx, String)> = Vec::new();
+    for live in site
+        .server_indices()
+        .filter(|&s| site.server(s).role == crate::config::Role::Live)
+    {
+        let p = place_alone(site, &topo, live);
+        let mut parts = Vec::new();
+        let mut hosts: Vec<ServerIdx> = p.assigned.iter().map(|&(_, s)| s).collect();
+        hosts.sort_unstable();
+        hosts.dedup();
+        for h in hosts {
+            let taken: Vec<ResourceIdx> = p
+                .assigned
+                .iter()
+                .filter(|&&(_, s)| s == h)
+                .map(|&(r, _)| r)
+                .collect();
+            let cameras = taken
+                .iter()
+                .filter(|&&r| site.resource(r).kind == Kind::Camera)
+                .count() as u32;
+            let srv = site.server(h);
+            let mut room = Vec::new();
+            if let Some(m) = srv.max_cameras {
+                room.push(format!("{} cameras", m.saturating_sub(cameras)));
+            }
+            if let Some(m) = srv.max_servers {
+                let n = m.saturating_sub(1);
+                room.push(format!("{n} server{}", if n == 1 { "" } else { "s" }));
+            }
+            let left = if room.is_empty() {
+                "no limit".to_string()
+            } else {
+                format!("{} left", room.join(", "))
+            };
+            parts.push(format!("{} takes {} ({left})", srv.id, taken.len()));
+        }
+        if !p.unplaced.is_empty() {
+            parts.push(format!("{} UNPLACED", p.unplaced.len()));
+        }
+        if parts.is_empty() {
+            parts.push("nothing to move".to_string());
+        }
+        let text = format!(
+            "({} resources): {}",
+            topo.homed(live).len(),
+            parts.join("; ")
+        );
+        match lines.last_mut() {
+            Some((_, last, t)) if *t == text => *last = live,
+            _ => lines.push((live, live, text)),
+        }
+    }
+    for (first, last, text) in lines {
+        let name = if first == last {
+            site.server(first).id.clone()
+        } else {
+            format!("{} .. {}", site.server(first).id, site.server(last).id)
+        };
+        let _ = writeln!(out, "  {name} {text}");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::SiteBuilder;
+
+    #[test]
+    fn capacity_report_names_hosts_room_and_what_does_not_fit() {
+        let site = SiteBuilder::new("t")
+            .live("live-1", &["fo-1", "fo-2"])
+            .live("live-2", &["fo-1", "fo-2"])
+            .live("live-3", &["fo-1"])
+            .failover("fo-1", Mode::SpreadServers, Some(2), Some(10))
+            .failover("fo-2", Mode::SpreadServers, None, None)
+            .many("live-1", Kind::Camera, 12, 0)
+            .many("live-2", Kind::Camera, 12, 0)
+            .many("live-3", Kind::Camera, 12, 0)
+            .build();
+        assert_eq!(
+            capacity_report(&site),
+            "capacity if each live server fails alone:\n\
+             \x20 live-1 .. live-2 (12 resources): fo-1 takes 10 (0 cameras, 1 server left); fo-2 takes 2 (no limit)\n\
+             \x20 live-3 (12 resources): fo-1 takes 10 (0 cameras, 1 server left); 2 UNPLACED\n"
+        );
+    }
+}
