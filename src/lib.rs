@@ -6,6 +6,7 @@
 //!   `file:line:col` diagnostics, the resolved [`config::Site`].
 //! - [`failover`]: the core. A clock-free, I/O-free state machine per node
 //!   (`Node::handle(input, now) -> outputs`): detection, placement, epochs and claims, failback.
+//! - [`runtime`]: the node daemon: tokio, UDP heartbeats on every path, agents, store, events.
 //! - [`sim`]: many nodes in virtual time over a simulated, faulty network; used by tests and
 //!   benchmarks.
 //! - [`store`]: SQLite (WAL) in the node's data dir: claims, epochs, event log, outbox cursors.
@@ -17,5 +18,6 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod failover;
+pub mod runtime;
 pub mod sim;
 pub mod store;

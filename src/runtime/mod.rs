@@ -1,0 +1,3 @@
+//! The node daemon's runtime: drives the failover core with tokio.
+
+pub mod state;

@@ -1,0 +1,147 @@
+//! What the runtime shares with the API, the dashboard and (later) the connectors: a snapshot of
+//! the core's view, published after changes; the event stream; the command channel; counters.
+//!
+//! The core is owned by one task (no `Mutex` around it); everything here is a copy or a
+//! channel.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{broadcast, mpsc, watch};
+
+use crate::config::{ServerIdx, Site};
+use crate::failover::wire::Action;
+use crate::failover::{ResourceView, ServerView, Stats};
+use crate::store::StoredEvent;
+
+/// The core's view at one moment.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub site: Arc<Site>,
+    /// This node.
+    pub node: ServerIdx,
+    pub booting: bool,
+    /// The core's monotonic clock when the snapshot was taken; `last_heard` in the views is on
+    /// the same clock, so `now - last_heard` is the age.
+    pub now: Duration,
+    /// Wall-clock time of the snapshot.
+    pub taken_at: SystemTime,
+    /// One per server of the site, in site order.
+    pub servers: Vec<ServerView>,
+    /// One per resource of the site, in site order.
+    pub resources: Vec<ResourceView>,
+    pub stats: Stats,
+}
+
+/// A manual failover or failback for the core.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Command {
+    pub action: Action,
+    pub server: ServerIdx,
+}
+
+/// Fixed-bucket histogram (Prometheus style, cumulative on render).
+#[derive(Debug)]
+pub struct Histogram {
+    /// Upper bounds in seconds.
+    pub bounds: Vec<f64>,
+    counts: Vec<AtomicU64>,
+    sum_micros: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Histogram {
+    pub fn new(bounds: &[f64]) -> Self {
+        Self {
+            bounds: bounds.to_vec(),
+            counts: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
+            sum_micros: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }
+    }
+
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        if let Some(i) = self.bounds.iter().position(|&b| secs <= b) {
+            self.counts[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.sum_micros
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// (upper bound, cumulative count) per bucket, then (sum in seconds, count).
+    pub fn read(&self) -> (Vec<(f64, u64)>, f64, u64) {
+        let mut acc = 0;
+        let buckets = self
+            .bounds
+            .iter()
+            .zip(&self.counts)
+            .map(|(&b, c)| {
+                acc += c.load(Ordering::Relaxed);
+                (b, acc)
+            })
+            .collect();
+        (
+            buckets,
+            self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
+            self.count.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// Counters the runtime keeps besides the core's [`Stats`].
+#[derive(Debug)]
+pub struct Metrics {
+    pub datagrams_received: AtomicU64,
+    pub datagrams_sent: AtomicU64,
+    pub send_errors: AtomicU64,
+    /// Unauthenticated API mutations refused.
+    pub api_unauthorized: AtomicU64,
+    /// Agent operations by (op, outcome): ("start", "ok"), ("monitor", "failed"), ...
+    pub agent_ops: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    /// `failover.completed` takeover times (from the last heartbeat of the failed server).
+    pub takeover_seconds: Histogram,
+    /// Time from the first witness-confirmed decision to all resources active.
+    pub events_stored: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            datagrams_received: AtomicU64::new(0),
+            datagrams_sent: AtomicU64::new(0),
+            send_errors: AtomicU64::new(0),
+            api_unauthorized: AtomicU64::new(0),
+            agent_ops: Mutex::new(BTreeMap::new()),
+            takeover_seconds: Histogram::new(&[0.1, 0.25, 0.5, 1.0, 1.2, 1.5, 2.0, 5.0, 10.0, 30.0]),
+            events_stored: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Metrics {
+    pub fn agent_op(&self, op: &'static str, outcome: &'static str) {
+        if let Ok(mut m) = self.agent_ops.lock() {
+            *m.entry((op, outcome)).or_default() += 1;
+        }
+    }
+}
+
+/// Handles the API and connectors get.
+#[derive(Clone)]
+pub struct Shared {
+    pub snapshot: watch::Receiver<Arc<Snapshot>>,
+    /// Every event as it is stored (the SSE stream subscribes here).
+    pub events: broadcast::Sender<Arc<StoredEvent>>,
+    pub commands: mpsc::Sender<Command>,
+    /// The node's data dir: open a `store::Reader` on it for `GET /events`.
+    pub data_dir: PathBuf,
+    /// Bearer token for mutations; `None` refuses every mutation.
+    pub token: Option<String>,
+    pub metrics: Arc<Metrics>,
+}
