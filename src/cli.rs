@@ -42,18 +42,63 @@ pub enum Command {
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Run one server's daemon.
+    Run {
+        /// The site file (the same on every server).
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+        /// This server's id in the site file.
+        #[arg(long, value_name = "ID")]
+        node: String,
+        /// Where claims, epochs and the event log are kept [default: data/ID beside the site file].
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// Servers, paths, who serves which resource, epochs, as a node sees them.
+    Status {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Manual takeover of SERVER's resources by its buddies (through any node's API).
+    Failover {
+        /// The live server to fail over.
+        server: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Manual hand-back of SERVER's resources to it (through any node's API).
+    Failback {
+        /// The live server to fail back.
+        server: String,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Print the JSON Schema of the site file (committed as schemas/site.schema.json).
     #[command(hide = true)]
     Schema,
 }
 
+/// Which node's API a client command talks to.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Target {
+    /// The node's API, e.g. http://127.0.0.1:8400.
+    #[arg(long, value_name = "URL")]
+    pub api: Option<String>,
+    /// Or: take the API address (and the token) from the site file...
+    #[arg(long, short, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// ...for this node [default: the first server with an API].
+    #[arg(long, value_name = "ID")]
+    pub node: Option<String>,
+    /// Bearer token for mutations [default: the site file's api.token, or $BUDDYGATE_TOKEN].
+    #[arg(long, env = "BUDDYGATE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
 /// Runs the command with the process's stdout and stderr.
 pub fn run(cli: Cli) -> ExitCode {
-    let code = run_with(
-        cli,
-        &mut std::io::stdout().lock(),
-        &mut std::io::stderr().lock(),
-    );
+    // Not locked: the daemon's threads log to stderr while a command runs.
+    let code = run_with(cli, &mut std::io::stdout(), &mut std::io::stderr());
     ExitCode::from(code)
 }
 
@@ -61,6 +106,18 @@ pub fn run(cli: Cli) -> ExitCode {
 pub fn run_with(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
     let result = match cli.command {
         Command::Check { config } => return check(&config, out, err),
+        Command::Run {
+            config,
+            node,
+            data_dir,
+        } => return crate::cli_node::run_node(&config, &node, data_dir, err),
+        Command::Status { target } => return crate::cli_node::status(&target, out, err),
+        Command::Failover { server, target } => {
+            return crate::cli_node::command(&target, "failover", &server, out, err);
+        }
+        Command::Failback { server, target } => {
+            return crate::cli_node::command(&target, "failback", &server, out, err);
+        }
         Command::Demo { fast, seed } => {
             return match crate::demo::run(crate::demo::DemoOptions { fast, seed }) {
                 Ok(()) => 0,

@@ -14,7 +14,10 @@
 //! - [`cli`]: the command line, kept thin: `main` parses and calls in here.
 #![forbid(unsafe_code)]
 
+pub mod agent;
+pub mod api;
 pub mod cli;
+mod cli_node;
 pub mod config;
 pub mod demo;
 pub mod failover;

@@ -1,3 +1,504 @@
-//! The node daemon's runtime: drives the failover core with tokio.
+//! The node daemon's runtime: drives the failover core with tokio. Nothing here decides
+//! failover policy; it carries out what the core asks, in order.
+//!
+//! One task owns the [`Node`] and the [`Store`]: it `select!`s over datagrams from every
+//! heartbeat socket, agent reports, operator commands, witness probes, the core's next
+//! deadline and shutdown, feeds each to the core and carries out the outputs: a claim is
+//! written (and fsynced) before its agent starts, events are stored before they are
+//! published.
 
+pub mod cloudevents;
 pub mod state;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context as _;
+use thiserror::Error;
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, error, info, warn};
+
+use crate::agent::{AgentPool, AgentReport};
+use crate::config::{ResourceIdx, ServerIdx, Site};
+use crate::failover::wire::MAX_DATAGRAM;
+use crate::failover::{ClaimRecord, Event, Input, Key, Node, Output, Topology};
+use crate::store::{Store, StoredClaim, StoredEvent};
+use cloudevents::Clock;
+use state::{Command, Metrics, Shared, Snapshot};
+
+/// Everything a node needs to run, resolved (secrets read, paths absolute).
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub site: Arc<Site>,
+    pub node: ServerIdx,
+    pub data_dir: PathBuf,
+    /// The heartbeat HMAC key.
+    pub key: Vec<u8>,
+    pub api_token: Option<String>,
+    /// Resources started at once at most.
+    pub agent_concurrency: usize,
+    /// How long a clean shutdown waits for the buddies to take over.
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Error)]
+pub enum BuildError {
+    #[error("cannot bind heartbeat path {path} on {addr}: {source}")]
+    Heartbeat {
+        path: usize,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot bind the API on {addr}: {source}")]
+    Api {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// A node whose sockets are bound and store is open, ready to [`Daemon::run`].
+pub struct Daemon {
+    cfg: NodeConfig,
+    store: Store,
+    sockets: Vec<Arc<UdpSocket>>,
+    api: Option<TcpListener>,
+    incarnation: u64,
+}
+
+impl Daemon {
+    /// Opens the store and binds every socket. Fails before anything runs.
+    pub async fn build(cfg: NodeConfig) -> Result<Self, BuildError> {
+        let mut store = Store::open(&cfg.data_dir)?;
+        let wall_ms = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let incarnation = store.next_incarnation(wall_ms)?;
+        let me = cfg.site.server(cfg.node);
+        let mut sockets = Vec::new();
+        for (path, &addr) in me.heartbeat.iter().enumerate() {
+            let sock = UdpSocket::bind(addr)
+                .await
+                .map_err(|source| BuildError::Heartbeat { path, addr, source })?;
+            sockets.push(Arc::new(sock));
+        }
+        let api = match me.api {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| BuildError::Api { addr, source })?,
+            ),
+            None => None,
+        };
+        Ok(Self {
+            cfg,
+            store,
+            sockets,
+            api,
+            incarnation,
+        })
+    }
+
+    /// The API's bound address, if it has one.
+    pub fn api_addr(&self) -> Option<SocketAddr> {
+        self.api.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Runs until `cancel`, then leaves cleanly: tells the buddies, waits up to the grace
+    /// period for them to take over, stops.
+    pub async fn run(self, cancel: CancellationToken) -> anyhow::Result<()> {
+        let Daemon {
+            cfg,
+            store,
+            sockets,
+            api,
+            incarnation,
+        } = self;
+        let site = cfg.site.clone();
+        let topo = Arc::new(Topology::new(&site));
+        let me = cfg.node;
+        let ids = site.resource_map();
+        let persisted: Vec<ClaimRecord> = store
+            .claims()?
+            .into_iter()
+            .filter_map(|c| {
+                ids.get(&c.resource).map(|&resource| ClaimRecord {
+                    resource,
+                    epoch: c.epoch,
+                    held: c.held,
+                })
+            })
+            .collect();
+        let origin = Instant::now();
+        let clock = Clock {
+            wall_at_zero: SystemTime::now(),
+        };
+        let node = Node::new(
+            site.clone(),
+            topo,
+            me,
+            Key::new(&cfg.key),
+            incarnation,
+            &persisted,
+            Duration::ZERO,
+        );
+        info!(
+            node = %site.server(me).id,
+            incarnation,
+            resumed = persisted.iter().filter(|c| c.held).count(),
+            "Node starting."
+        );
+
+        let tasks = TaskTracker::new();
+        let inner = cancel.child_token();
+        let metrics = Arc::new(Metrics::default());
+        let (dgram_tx, dgram_rx) = mpsc::channel::<(usize, Vec<u8>)>(4096);
+        for (path, sock) in sockets.iter().enumerate() {
+            tasks.spawn(recv_loop(
+                path,
+                sock.clone(),
+                dgram_tx.clone(),
+                metrics.clone(),
+                inner.clone(),
+            ));
+        }
+        drop(dgram_tx);
+        let (witness_tx, witness_rx) = mpsc::channel(64);
+        for (index, &addr) in site.witnesses.iter().enumerate() {
+            tasks.spawn(witness_loop(
+                index,
+                addr,
+                site.heartbeat_interval,
+                witness_tx.clone(),
+                inner.clone(),
+            ));
+        }
+        drop(witness_tx);
+        let (agent_tx, agent_rx) = mpsc::channel(1024);
+        let agents = AgentPool::new(
+            site.clone(),
+            me,
+            agent_tx,
+            metrics.clone(),
+            inner.clone(),
+            cfg.agent_concurrency,
+        );
+        let (cmd_tx, cmd_rx) = mpsc::channel(64);
+        let (events_tx, _) = broadcast::channel(1024);
+        let first = Arc::new(snapshot(&node, origin));
+        let (snap_tx, snap_rx) = watch::channel(first);
+        let shared = Shared {
+            snapshot: snap_rx,
+            events: events_tx.clone(),
+            commands: cmd_tx,
+            data_dir: cfg.data_dir.clone(),
+            token: cfg.api_token.clone(),
+            metrics: metrics.clone(),
+        };
+        if let Some(listener) = api {
+            let shared = shared.clone();
+            let cancel = inner.clone();
+            tasks.spawn(async move {
+                if let Err(e) = crate::api::serve(listener, shared, cancel).await {
+                    error!(error = %e, "API server stopped.");
+                }
+            });
+        }
+
+        let mut core = Core {
+            site,
+            me,
+            node,
+            store,
+            sockets,
+            agents,
+            origin,
+            clock,
+            events: events_tx,
+            snapshots: snap_tx,
+            metrics,
+            last_publish: origin,
+        };
+        let result = core
+            .run(
+                cancel,
+                dgram_rx,
+                agent_rx,
+                cmd_rx,
+                witness_rx,
+                cfg.shutdown_grace,
+            )
+            .await;
+        inner.cancel();
+        tasks.close();
+        if tokio::time::timeout(Duration::from_secs(5), tasks.wait())
+            .await
+            .is_err()
+        {
+            warn!("Some tasks did not stop within 5 s.");
+        }
+        result
+    }
+}
+
+/// The task that owns the core.
+struct Core {
+    site: Arc<Site>,
+    me: ServerIdx,
+    node: Node,
+    store: Store,
+    sockets: Vec<Arc<UdpSocket>>,
+    agents: AgentPool,
+    origin: Instant,
+    clock: Clock,
+    events: broadcast::Sender<Arc<StoredEvent>>,
+    snapshots: watch::Sender<Arc<Snapshot>>,
+    metrics: Arc<Metrics>,
+    last_publish: Instant,
+}
+
+impl Core {
+    fn now(&self) -> Duration {
+        Instant::now().saturating_duration_since(self.origin)
+    }
+
+    async fn run(
+        &mut self,
+        cancel: CancellationToken,
+        mut datagrams: mpsc::Receiver<(usize, Vec<u8>)>,
+        mut agent_reports: mpsc::Receiver<AgentReport>,
+        mut commands: mpsc::Receiver<Command>,
+        mut witnesses: mpsc::Receiver<(usize, bool)>,
+        grace: Duration,
+    ) -> anyhow::Result<()> {
+        let mut leaving_until: Option<Instant> = None;
+        loop {
+            let deadline = self.origin + self.node.next_deadline();
+            let input = tokio::select! {
+                _ = cancel.cancelled(), if leaving_until.is_none() => {
+                    info!("Shutting down: telling the buddies we are leaving.");
+                    leaving_until = Some(Instant::now() + grace);
+                    Input::Shutdown
+                }
+                _ = tokio::time::sleep_until(leaving_until.unwrap_or(deadline)), if leaving_until.is_some() => {
+                    warn!("Buddies did not take everything over within the grace period; leaving anyway.");
+                    break;
+                }
+                Some((path, bytes)) = datagrams.recv() => Input::Datagram { path, bytes },
+                Some(report) = agent_reports.recv() => match report {
+                    AgentReport::Done { resource, epoch, op, result } => {
+                        Input::AgentDone { resource, epoch, op, result }
+                    }
+                    AgentReport::MonitorFailed { resource, reason } => {
+                        Input::MonitorFailed { resource, reason }
+                    }
+                },
+                Some(cmd) = commands.recv() => Input::Command { action: cmd.action, server: cmd.server },
+                Some((index, reachable)) = witnesses.recv() => Input::Witness { index, reachable },
+                _ = tokio::time::sleep_until(deadline) => Input::Tick,
+            };
+            let now = self.now();
+            let outputs = self.node.handle(input, now);
+            let changed = outputs.iter().any(|o| !matches!(o, Output::Send { .. }));
+            self.carry_out(outputs, now)?;
+            if changed || Instant::now() >= self.last_publish + Duration::from_millis(250) {
+                self.publish();
+            }
+            if leaving_until.is_some() && self.node.drained() {
+                info!("Everything handed over; stopping.");
+                break;
+            }
+        }
+        self.publish();
+        Ok(())
+    }
+
+    fn publish(&mut self) {
+        self.last_publish = Instant::now();
+        let snap = snapshot(&self.node, self.origin);
+        self.snapshots.send_replace(Arc::new(snap));
+    }
+
+    fn carry_out(&mut self, outputs: Vec<Output>, now: Duration) -> anyhow::Result<()> {
+        let mut persist_failed = false;
+        for o in outputs {
+            match o {
+                Output::Send { path, to, bytes } => self.send(path, to, &bytes),
+                Output::Persist(records) => {
+                    let claims: Vec<StoredClaim> = records
+                        .iter()
+                        .map(|c| StoredClaim {
+                            resource: self.site.resource(c.resource).id.clone(),
+                            epoch: c.epoch,
+                            held: c.held,
+                        })
+                        .collect();
+                    if let Err(e) = self.store.persist_claims(&claims) {
+                        error!(error = %e, "Cannot persist claims; their resources will not start.");
+                        persist_failed = true;
+                    } else {
+                        persist_failed = false;
+                    }
+                }
+                Output::Start { resource, epoch } => {
+                    if persist_failed {
+                        // Rule 4: never start what is not durable. Report it failed.
+                        let out = self.node.handle(
+                            Input::AgentDone {
+                                resource,
+                                epoch,
+                                op: crate::failover::AgentOp::Start,
+                                result: Err("claim could not be stored".into()),
+                            },
+                            now,
+                        );
+                        self.carry_out(out, now)?;
+                    } else {
+                        debug!(resource = %self.site.resource(resource).id, epoch, "Starting.");
+                        self.agents.start(resource, epoch);
+                    }
+                }
+                Output::Stop { resource, epoch } => {
+                    debug!(resource = %self.site.resource(resource).id, epoch, "Stopping.");
+                    self.agents.stop(resource, epoch);
+                }
+                Output::Event(e) => self.store_event(&e, now)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn send(&self, path: usize, to: ServerIdx, bytes: &[u8]) {
+        let Some(addr) = self.site.server(to).heartbeat.get(path) else {
+            return;
+        };
+        match self.sockets[path].try_send_to(bytes, *addr) {
+            Ok(_) => {
+                self.metrics.datagrams_sent.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.metrics.send_errors.fetch_add(1, Ordering::Relaxed);
+                debug!(to = %self.site.server(to).id, path, error = %e, "Heartbeat not sent.");
+            }
+        }
+    }
+
+    fn store_event(&mut self, e: &Event, now: Duration) -> anyhow::Result<()> {
+        let epochs: HashMap<ResourceIdx, u64> =
+            self.node.held().map(|(r, epoch, _)| (r, epoch)).collect();
+        let (site, me, clock) = (self.site.clone(), self.me, self.clock);
+        let stored = self
+            .store
+            .append_event(e.type_name(), |seq| {
+                cloudevents::to_cloudevent(&site, me, seq, now, clock, e, &epochs).to_string()
+            })
+            .context("cannot store an event")?;
+        self.metrics.events_stored.fetch_add(1, Ordering::Relaxed);
+        if let Event::FailoverCompleted { takeover, .. } = e {
+            self.metrics.takeover_seconds.observe(*takeover);
+        }
+        log_event(&site, e);
+        let _ = self.events.send(Arc::new(stored));
+        Ok(())
+    }
+}
+
+fn log_event(site: &Site, e: &Event) {
+    let text = crate::demo::describe(site, e);
+    match e {
+        Event::ServerDown { .. }
+        | Event::ResourceFailed { .. }
+        | Event::OwnershipConflict { .. }
+        | Event::ConfigMismatch { .. }
+        | Event::PathDown { .. } => warn!(event = e.type_name(), "{text}"),
+        _ => info!(event = e.type_name(), "{text}"),
+    }
+}
+
+fn snapshot(node: &Node, origin: Instant) -> Snapshot {
+    let now = Instant::now().saturating_duration_since(origin);
+    let site = node.site().clone();
+    Snapshot {
+        node: node.me(),
+        booting: node.is_booting(),
+        now,
+        taken_at: SystemTime::now(),
+        servers: site
+            .server_indices()
+            .map(|s| node.server_view(s, now))
+            .collect(),
+        resources: site
+            .resource_indices()
+            .map(|r| node.resource_view(r, now))
+            .collect(),
+        stats: node.stats().clone(),
+        site,
+    }
+}
+
+async fn recv_loop(
+    path: usize,
+    sock: Arc<UdpSocket>,
+    tx: mpsc::Sender<(usize, Vec<u8>)>,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+) {
+    let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+    loop {
+        let received = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = sock.recv_from(&mut buf) => r,
+        };
+        match received {
+            Ok((n, _from)) => {
+                metrics.datagrams_received.fetch_add(1, Ordering::Relaxed);
+                if tx.send((path, buf[..n].to_vec())).await.is_err() {
+                    return;
+                }
+            }
+            // ICMP errors surface on the next recv on some systems; keep listening.
+            Err(e) => debug!(path, error = %e, "Heartbeat receive error."),
+        }
+    }
+}
+
+/// A witness answers if a TCP connection to it opens within one heartbeat interval.
+async fn witness_loop(
+    index: usize,
+    addr: SocketAddr,
+    every: Duration,
+    tx: mpsc::Sender<(usize, bool)>,
+    cancel: CancellationToken,
+) {
+    let mut last = None;
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let ok = matches!(
+            tokio::time::timeout(every, tokio::net::TcpStream::connect(addr)).await,
+            Ok(Ok(_))
+        );
+        if last != Some(ok) {
+            if last.is_some() {
+                info!(witness = %addr, reachable = ok, "Witness reachability changed.");
+            }
+            last = Some(ok);
+            if tx.send((index, ok)).await.is_err() {
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,364 @@
+//! The node commands of the CLI: `run` (the daemon) and the API clients `status`, `failover`,
+//! `failback`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::{EXIT_INVALID, Target};
+use crate::config::{self, Site};
+use crate::runtime::{Daemon, NodeConfig};
+
+/// Exit code when the daemon cannot start (BSD `EX_UNAVAILABLE`).
+const EXIT_UNAVAILABLE: u8 = 69;
+
+/// Loads the site file, printing diagnostics; `None` when invalid.
+fn load(config: &Path, err: &mut dyn Write) -> Option<Site> {
+    match config::load(config) {
+        Ok(loaded) => {
+            for w in &loaded.warnings {
+                let _ = writeln!(err, "{w}");
+            }
+            Some(loaded.site)
+        }
+        Err(diagnostics) => {
+            let _ = writeln!(err, "{diagnostics}");
+            None
+        }
+    }
+}
+
+fn read_secret(what: &str, secret: &config::SecretRef, base: &Path) -> Result<Vec<u8>, String> {
+    let bytes = secret
+        .resolve(base)
+        .map_err(|e| format!("cannot read {what} ({secret:?}): {e}"))?;
+    if bytes.is_empty() {
+        return Err(format!("{what} ({secret:?}) is empty"));
+    }
+    Ok(bytes)
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BUDDYGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal as _;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// `buddygate run`.
+pub fn run_node(config: &Path, node: &str, data_dir: Option<PathBuf>, err: &mut dyn Write) -> u8 {
+    let Some(site) = load(config, err) else {
+        return EXIT_INVALID;
+    };
+    let Some(idx) = site.server_idx(node) else {
+        let ids: Vec<&str> = site.servers.iter().map(|s| s.id.as_str()).collect();
+        let _ = writeln!(
+            err,
+            "{}: no server {node:?} (servers: {})",
+            config.display(),
+            ids.join(", ")
+        );
+        return EXIT_INVALID;
+    };
+    let base = config.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let key = match read_secret("site.secret", &site.secret, &base) {
+        Ok(k) => k,
+        Err(e) => {
+            let _ = writeln!(err, "buddygate: {e}");
+            return EXIT_INVALID;
+        }
+    };
+    let api_token = match &site.api.token {
+        Some(t) => match read_secret("api.token", t, &base) {
+            Ok(t) => Some(String::from_utf8_lossy(&t).trim().to_string()),
+            Err(e) => {
+                let _ = writeln!(err, "buddygate: {e}");
+                return EXIT_INVALID;
+            }
+        },
+        None => None,
+    };
+    let data_dir = data_dir.unwrap_or_else(|| base.join("data").join(node));
+    init_logging();
+    let cfg = NodeConfig {
+        site: Arc::new(site),
+        node: idx,
+        data_dir,
+        key,
+        api_token,
+        agent_concurrency: 16,
+        shutdown_grace: Duration::from_secs(5),
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = writeln!(err, "buddygate: cannot start the runtime: {e}");
+            return EXIT_UNAVAILABLE;
+        }
+    };
+    rt.block_on(async move {
+        let daemon = match Daemon::build(cfg).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(error = %e, "Cannot start the node.");
+                return EXIT_UNAVAILABLE;
+            }
+        };
+        let cancel = CancellationToken::new();
+        tokio::spawn(shutdown_on_signal(cancel.clone()));
+        match daemon.run(cancel).await {
+            Ok(()) => 0,
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "The node stopped on an error.");
+                1
+            }
+        }
+    })
+}
+
+async fn shutdown_on_signal(cancel: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut term) = signal(SignalKind::terminate()) else {
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+    cancel.cancel();
+}
+
+/// Resolves the API base URL and token of a client command.
+fn target(t: &Target, err: &mut dyn Write) -> Option<(String, Option<String>)> {
+    if let Some(api) = &t.api {
+        return Some((api.trim_end_matches('/').to_string(), t.token.clone()));
+    }
+    let Some(config) = &t.config else {
+        let _ = writeln!(
+            err,
+            "buddygate: give --api URL, or --config FILE [--node ID]"
+        );
+        return None;
+    };
+    let site = load(config, err)?;
+    let server = match &t.node {
+        Some(id) => site.servers.iter().find(|s| &s.id == id),
+        None => site.servers.iter().find(|s| s.api.is_some()),
+    };
+    let Some(addr) = server.and_then(|s| s.api) else {
+        let _ = writeln!(
+            err,
+            "buddygate: no API address for that node in {}",
+            config.display()
+        );
+        return None;
+    };
+    let base = config.parent().unwrap_or(Path::new("."));
+    let token = t.token.clone().or_else(|| {
+        site.api
+            .token
+            .as_ref()
+            .and_then(|s| s.resolve(base).ok())
+            .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+    });
+    Some((format!("http://{addr}"), token))
+}
+
+fn client_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
+
+async fn get_json(client: &reqwest::Client, url: &str) -> Result<Value, String> {
+    let resp = client
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| format!("{url}: {e}"))?;
+    let status = resp.status();
+    let body: Value = resp.json().await.map_err(|e| format!("{url}: {e}"))?;
+    if !status.is_success() {
+        return Err(format!("{url}: {status}: {}", body["error"]));
+    }
+    Ok(body)
+}
+
+/// `buddygate status`.
+pub fn status(t: &Target, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+    let Some((base, _)) = target(t, err) else {
+        return EXIT_INVALID;
+    };
+    let Ok(rt) = client_runtime() else {
+        return EXIT_UNAVAILABLE;
+    };
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap_or_default();
+    let fetched = rt.block_on(async {
+        let site = get_json(&client, &format!("{base}/api/v1/site")).await?;
+        let resources = get_json(&client, &format!("{base}/api/v1/resources")).await?;
+        Ok::<_, String>((site, resources))
+    });
+    let (site, resources) = match fetched {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = writeln!(err, "buddygate status: {e}");
+            return EXIT_UNAVAILABLE;
+        }
+    };
+    let _ = out.write_all(render_status(&site, &resources).as_bytes());
+    0
+}
+
+/// The status tables, from the API's `site` and `resources` documents.
+pub fn render_status(site: &Value, resources: &Value) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "site {} as node {} sees it\n",
+        site["site"].as_str().unwrap_or("?"),
+        site["node"].as_str().unwrap_or("?")
+    );
+    let _ = writeln!(
+        s,
+        "{:<14} {:<9} {:<10} {:<16} paths",
+        "SERVER", "ROLE", "STATE", "ADDRESS"
+    );
+    for srv in site["servers"].as_array().into_iter().flatten() {
+        let paths: Vec<String> = srv["paths"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| {
+                let age = p["last_heard_ms"]
+                    .as_u64()
+                    .map(|ms| format!(" {ms}ms ago"))
+                    .unwrap_or_default();
+                format!(
+                    "{} {}{age}",
+                    p["address"].as_str().unwrap_or("?"),
+                    p["state"].as_str().unwrap_or("?")
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            s,
+            "{:<14} {:<9} {:<10} {:<16} {}",
+            srv["id"].as_str().unwrap_or("?"),
+            srv["role"].as_str().unwrap_or("?"),
+            srv["state"].as_str().unwrap_or("?"),
+            srv["address"].as_str().unwrap_or("?"),
+            if paths.is_empty() {
+                "-".to_string()
+            } else {
+                paths.join(", ")
+            }
+        );
+    }
+    // Resources grouped by (home, owner, state): one line per group, so 5,000 cameras fit.
+    let mut groups: Vec<(String, String, String, Vec<u64>, usize)> = Vec::new();
+    for r in resources["resources"].as_array().into_iter().flatten() {
+        let home = r["server"].as_str().unwrap_or("?").to_string();
+        let owner = r["owner"].as_str().unwrap_or("-").to_string();
+        let state = r["state"].as_str().unwrap_or("?").to_string();
+        let epoch = r["epoch"].as_u64().unwrap_or(0);
+        match groups
+            .iter_mut()
+            .find(|g| g.0 == home && g.1 == owner && g.2 == state)
+        {
+            Some(g) => {
+                g.3.push(epoch);
+                g.4 += 1;
+            }
+            None => groups.push((home, owner, state, vec![epoch], 1)),
+        }
+    }
+    let _ = writeln!(
+        s,
+        "\n{:<14} {:<14} {:<11} {:>9} epochs",
+        "HOME", "SERVED BY", "STATE", "RESOURCES"
+    );
+    for (home, owner, state, mut epochs, n) in groups {
+        epochs.sort_unstable();
+        epochs.dedup();
+        let e = match (epochs.first(), epochs.last()) {
+            (Some(a), Some(b)) if a != b => format!("{a}..{b}"),
+            (Some(a), _) => a.to_string(),
+            _ => "-".into(),
+        };
+        let _ = writeln!(s, "{home:<14} {owner:<14} {state:<11} {n:>9} {e}");
+    }
+    s
+}
+
+/// `buddygate failover|failback SERVER`.
+pub fn command(
+    t: &Target,
+    action: &str,
+    server: &str,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> u8 {
+    let Some((base, token)) = target(t, err) else {
+        return EXIT_INVALID;
+    };
+    let Ok(rt) = client_runtime() else {
+        return EXIT_UNAVAILABLE;
+    };
+    let url = format!("{base}/api/v1/servers/{server}/{action}");
+    let result = rt.block_on(async {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| e.to_string())?;
+        let mut req = client.post(&url);
+        if let Some(t) = &token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.map_err(|e| format!("{url}: {e}"))?;
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        Ok::<_, String>((status, body))
+    });
+    match result {
+        Ok((status, _)) if status.is_success() => {
+            let _ = writeln!(
+                out,
+                "{action} of {server} accepted; it reaches the nodes concerned with the next heartbeats"
+            );
+            0
+        }
+        Ok((status, body)) => {
+            let _ = writeln!(
+                err,
+                "buddygate {action}: {status}: {}",
+                body["error"].as_str().unwrap_or("refused")
+            );
+            1
+        }
+        Err(e) => {
+            let _ = writeln!(err, "buddygate {action}: {e}");
+            EXIT_UNAVAILABLE
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! Core events as CloudEvents 1.0 (structured JSON), the payloads DESIGN section 1 fixes.
+//!
+//! `id` is `{node}:{seq}`: unique in the site (a node's sequence never repeats; the store keeps
+//! it across restarts) and stable across retries of any delivery.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime};
+
+use serde_json::{Value, json};
+
+use crate::config::{ResourceIdx, ServerIdx, Site};
+use crate::failover::{DownReason, Event, FailedResource};
+
+/// Converts the core's monotonic time to wall-clock time.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    /// Wall-clock time at monotonic zero.
+    pub wall_at_zero: SystemTime,
+}
+
+impl Clock {
+    pub fn wall(&self, mono: Duration) -> SystemTime {
+        self.wall_at_zero + mono
+    }
+}
+
+pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+fn server(site: &Site, s: ServerIdx) -> Value {
+    let srv = site.server(s);
+    json!({"id": srv.id, "address": srv.address.to_string()})
+}
+
+fn resources_with_owner(
+    site: &Site,
+    rs: &[ResourceIdx],
+    owner: ServerIdx,
+    epochs: &HashMap<ResourceIdx, u64>,
+    fallback: u64,
+) -> Value {
+    let o = site.server(owner);
+    Value::Array(
+        rs.iter()
+            .map(|&r| {
+                let res = site.resource(r);
+                json!({
+                    "id": res.id,
+                    "kind": res.kind.as_str(),
+                    "owner": o.id,
+                    "address": o.address.to_string(),
+                    "epoch": epochs.get(&r).copied().unwrap_or(fallback),
+                })
+            })
+            .collect(),
+    )
+}
+
+fn failed(site: &Site, f: &[FailedResource]) -> Value {
+    Value::Array(
+        f.iter()
+            .map(|x| {
+                let res = site.resource(x.resource);
+                json!({"id": res.id, "kind": res.kind.as_str(), "reason": x.reason})
+            })
+            .collect(),
+    )
+}
+
+/// The CloudEvent for `event`, emitted by `node` at monotonic `at`, stored as `seq`.
+/// `epochs` holds the epoch of each resource this node holds.
+pub fn to_cloudevent(
+    site: &Site,
+    node: ServerIdx,
+    seq: u64,
+    at: Duration,
+    clock: Clock,
+    event: &Event,
+    epochs: &HashMap<ResourceIdx, u64>,
+) -> Value {
+    let me = &site.server(node).id;
+    let data = match event {
+        Event::ServerDown {
+            server: s,
+            reason,
+            down_since,
+        } => json!({
+            "site": site.name,
+            "server": server(site, *s),
+            "reason": match reason { DownReason::Timeout => "timeout", DownReason::Leaving => "leaving" },
+            "down_since": rfc3339(clock.wall(*down_since)),
+        }),
+        Event::ServerUp { server: s } => json!({"site": site.name, "server": server(site, *s)}),
+        Event::PathDown { server: s, path } | Event::PathUp { server: s, path } => json!({
+            "site": site.name,
+            "server": server(site, *s),
+            "path": path,
+            "address": site.server(*s).heartbeat.get(*path).map(|a| a.to_string()),
+        }),
+        Event::FailoverStarted {
+            server: s,
+            new_server,
+            epoch,
+            resources,
+        } => json!({
+            "site": site.name,
+            "server": server(site, *s),
+            "new_server": server(site, *new_server),
+            "epoch": epoch,
+            "resources": resources_with_owner(site, resources, *new_server, epochs, *epoch),
+        }),
+        Event::FailoverCompleted {
+            server: s,
+            new_server,
+            epoch,
+            resources,
+            failed: f,
+            down_since,
+            takeover,
+        } => json!({
+            "site": site.name,
+            "server": server(site, *s),
+            "new_server": server(site, *new_server),
+            "epoch": epoch,
+            "resources": resources_with_owner(site, resources, *new_server, epochs, *epoch),
+            "failed": failed(site, f),
+            "down_since": rfc3339(clock.wall(*down_since)),
+            "takeover_ms": takeover.as_millis() as u64,
+        }),
+        Event::FailbackCompleted {
+            server: s,
+            epoch,
+            resources,
+            failed: f,
+            duration,
+        } => json!({
+            "site": site.name,
+            "server": server(site, *s),
+            "new_server": server(site, *s),
+            "epoch": epoch,
+            "resources": resources_with_owner(site, resources, *s, epochs, *epoch),
+            "failed": failed(site, f),
+            "failback_ms": duration.as_millis() as u64,
+        }),
+        Event::ResourceFailed {
+            resource,
+            server: s,
+            epoch,
+            reason,
+        } => {
+            let res = site.resource(*resource);
+            json!({
+                "site": site.name,
+                "resource": {"id": res.id, "kind": res.kind.as_str()},
+                "server": server(site, *s),
+                "epoch": epoch,
+                "reason": reason,
+            })
+        }
+        Event::OwnershipConflict { resource, owners } => {
+            let res = site.resource(*resource);
+            json!({
+                "site": site.name,
+                "resource": {"id": res.id, "kind": res.kind.as_str()},
+                "owners": owners.iter().map(|&(s, e)| {
+                    let srv = site.server(s);
+                    json!({"id": srv.id, "address": srv.address.to_string(), "epoch": e})
+                }).collect::<Vec<_>>(),
+            })
+        }
+        Event::OwnershipResolved {
+            resource,
+            owner,
+            epoch,
+        } => {
+            let res = site.resource(*resource);
+            let o = site.server(*owner);
+            json!({
+                "site": site.name,
+                "resource": {"id": res.id, "kind": res.kind.as_str()},
+                "owner": o.id,
+                "address": o.address.to_string(),
+                "epoch": epoch,
+            })
+        }
+        Event::ConfigMismatch {
+            server: s,
+            local,
+            remote,
+        } => json!({
+            "site": site.name,
+            "server": server(site, *s),
+            "local_digest": hex(local),
+            "remote_digest": hex(remote),
+        }),
+    };
+    json!({
+        "specversion": "1.0",
+        "id": format!("{me}:{seq}"),
+        "type": event.type_name(),
+        "source": format!("buddygate://{}/{me}", site.name),
+        "time": rfc3339(clock.wall(at)),
+        "datacontenttype": "application/json",
+        "seq": seq,
+        "data": data,
+    })
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
