@@ -28,11 +28,21 @@ pub enum Command {
     /// A whole site on this machine, nothing to install: kills a live node, shows the takeover
     /// and the failback as they happen, ends with a summary table.
     Demo {
-        /// Run in virtual time as fast as possible instead of at wall-clock pace.
+        /// Leave the site running at the end, with the dashboard URLs printed.
         #[arg(long)]
+        keep_running: bool,
+        /// Where the site file, stores and logs go [default: a temp dir].
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// Run the same story in the simulator instead (the failover core over a simulated
+        /// network, in virtual time).
+        #[arg(long)]
+        simulated: bool,
+        /// With --simulated: as fast as possible instead of at wall-clock pace.
+        #[arg(long, requires = "simulated")]
         fast: bool,
-        /// Seed of the simulated network.
-        #[arg(long, default_value_t = 1)]
+        /// With --simulated: seed of the simulated network.
+        #[arg(long, default_value_t = 1, requires = "simulated")]
         seed: u64,
     },
     /// Validate the site file; print every problem as file:line:col: message (exit 64 when
@@ -118,8 +128,19 @@ pub fn run_with(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
         Command::Failback { server, target } => {
             return crate::cli_node::command(&target, "failback", &server, out, err);
         }
-        Command::Demo { fast, seed } => {
-            return match crate::demo::run(crate::demo::DemoOptions { fast, seed }) {
+        Command::Demo {
+            keep_running,
+            dir,
+            simulated,
+            fast,
+            seed,
+        } => {
+            let result = if simulated {
+                crate::demo::run(crate::demo::DemoOptions { fast, seed })
+            } else {
+                crate::demo_live::run(crate::demo_live::LiveOptions { keep_running, dir })
+            };
+            return match result {
                 Ok(()) => 0,
                 Err(e) => {
                     let _ = writeln!(err, "buddygate demo: {e:#}");

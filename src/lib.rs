@@ -20,6 +20,7 @@ pub mod cli;
 mod cli_node;
 pub mod config;
 pub mod demo;
+pub mod demo_live;
 pub mod failover;
 pub mod runtime;
 pub mod sim;

@@ -1,0 +1,449 @@
+//! `buddygate demo`: a whole site on this machine, as real `buddygate run` processes on
+//! loopback talking UDP, each with its own store and API. It starts two live servers (25
+//! cameras, an I/O unit, an LPR and an analytics resource each) and a spread-servers failover
+//! server, kills a live node with SIGKILL, prints the takeover resource by resource with its
+//! timing, restarts the node, prints the failback, and ends with a summary table.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::net::{TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use serde_json::Value;
+
+/// Options of the live demo.
+#[derive(Debug, Clone)]
+pub struct LiveOptions {
+    /// Leave the site running at the end, with the dashboard URL printed (Ctrl-C stops it).
+    pub keep_running: bool,
+    /// Where the site file, stores and logs go [default: a fresh temp dir].
+    pub dir: Option<PathBuf>,
+}
+
+const NODES: [&str; 3] = ["live-1", "live-2", "fo-1"];
+const TOKEN: &str = "demo-token";
+
+struct Node {
+    id: &'static str,
+    ip: String,
+    api: String,
+    child: Option<Child>,
+    starts: u32,
+}
+
+struct Site {
+    dir: PathBuf,
+    file: PathBuf,
+    nodes: Vec<Node>,
+    t0: Instant,
+    client: reqwest::Client,
+}
+
+fn free_port(ip: &str) -> anyhow::Result<u16> {
+    for _ in 0..100 {
+        let udp = UdpSocket::bind(format!("{ip}:0"))?;
+        let port = udp.local_addr()?.port();
+        if TcpListener::bind(format!("{ip}:{port}")).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free port on {ip}")
+}
+
+fn write_site(dir: &Path) -> anyhow::Result<(PathBuf, Vec<Node>)> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::write(
+        dir.join("site.key"),
+        format!("demo-{}\n", std::process::id()),
+    )?;
+    std::fs::write(dir.join("api.token"), format!("{TOKEN}\n"))?;
+    let mut toml = String::from(
+        "# Written by `buddygate demo`.\n[site]\nname = \"demo\"\nsecret = \"file:site.key\"\n\
+         heartbeat_interval = \"200ms\"\nfailure_timeout = \"1s\"\nfailback = \"auto\"\n\
+         failback_delay = \"5s\"\n\n[api]\ntoken = \"file:api.token\"\n\n",
+    );
+    let mut nodes = Vec::new();
+    for (i, id) in NODES.iter().enumerate() {
+        let ip = format!("127.0.0.{}", 11 + i);
+        let ip2 = format!("127.0.1.{}", 11 + i);
+        let hb1 = format!("{ip}:{}", free_port(&ip)?);
+        let hb2 = format!("{ip2}:{}", free_port(&ip2)?);
+        let api = format!("{ip}:{}", free_port(&ip)?);
+        toml.push_str(&format!(
+            "[[servers]]\nid = \"{id}\"\naddress = \"{ip}\"\nheartbeat = [\"{hb1}\", \"{hb2}\"]\napi = \"{api}\"\n"
+        ));
+        if id.starts_with("live") {
+            toml.push_str("buddies = [\"fo-1\"]\n\n");
+        } else {
+            toml.push_str(
+                "role = \"failover\"\nmode = \"spread-servers\"\nmax_servers = 2\nmax_cameras = 60\n\n",
+            );
+        }
+        nodes.push(Node {
+            id,
+            ip,
+            api: format!("http://{api}"),
+            child: None,
+            starts: 0,
+        });
+    }
+    toml.push_str(
+        "[[resources]]\nserver = \"live-{1..2}\"\nid = \"{server}-cam-{01..25}\"\nkind = \"camera\"\n\n\
+         [[resources]]\nserver = \"live-{1..2}\"\nid = \"{server}-io\"\nkind = \"io\"\npriority = 5\n\n\
+         [[resources]]\nserver = \"live-{1..2}\"\nid = \"{server}-lpr\"\nkind = \"lpr\"\npriority = 8\n\n\
+         [[resources]]\nserver = \"live-{1..2}\"\nid = \"{server}-analytics\"\nkind = \"analytics\"\npriority = 3\n",
+    );
+    let file = dir.join("site.toml");
+    std::fs::write(&file, toml)?;
+    Ok((file, nodes))
+}
+
+impl Site {
+    fn say(&self, msg: &str) {
+        println!("[{:>7.3}s] {msg}", self.t0.elapsed().as_secs_f64());
+        let _ = std::io::stdout().flush();
+    }
+
+    fn node(&mut self, id: &str) -> &mut Node {
+        self.nodes
+            .iter_mut()
+            .find(|n| n.id == id)
+            .expect("demo node")
+    }
+
+    fn start(&mut self, id: &str) -> anyhow::Result<()> {
+        let exe = std::env::current_exe().context("cannot find the buddygate binary")?;
+        let (file, dir) = (self.file.clone(), self.dir.clone());
+        let n = self.node(id);
+        n.starts += 1;
+        let log = std::fs::File::create(dir.join(format!("{id}.{}.log", n.starts)))?;
+        let child = Command::new(exe)
+            .args(["run", "--config"])
+            .arg(&file)
+            .args(["--node", id])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start {id}"))?;
+        n.child = Some(child);
+        Ok(())
+    }
+
+    fn kill9(&mut self, id: &str) {
+        if let Some(mut c) = self.node(id).child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn api(&self, id: &str) -> String {
+        self.nodes
+            .iter()
+            .find(|n| n.id == id)
+            .expect("node")
+            .api
+            .clone()
+    }
+
+    fn ip(&self, id: &str) -> String {
+        self.nodes
+            .iter()
+            .find(|n| n.id == id)
+            .expect("node")
+            .ip
+            .clone()
+    }
+
+    async fn get(&self, id: &str, path: &str) -> Option<Value> {
+        let resp = self
+            .client
+            .get(format!("{}{path}", self.api(id)))
+            .send()
+            .await
+            .ok()?;
+        resp.json().await.ok()
+    }
+
+    /// fo-1's view of every resource: id -> (owner, epoch, state).
+    async fn owners(&self, from: &str) -> Option<BTreeMap<String, (String, u64, String)>> {
+        let v = self.get(from, "/api/v1/resources").await?;
+        Some(
+            v["resources"]
+                .as_array()?
+                .iter()
+                .map(|r| {
+                    (
+                        r["id"].as_str().unwrap_or("").to_string(),
+                        (
+                            r["owner"].as_str().unwrap_or("-").to_string(),
+                            r["epoch"].as_u64().unwrap_or(0),
+                            r["state"].as_str().unwrap_or("").to_string(),
+                        ),
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    /// Prints the events `id` logged after `after`; returns the last sequence seen.
+    async fn print_events(&self, id: &str, after: u64) -> u64 {
+        let Some(v) = self
+            .get(id, &format!("/api/v1/events?after={after}&limit=1000"))
+            .await
+        else {
+            return after;
+        };
+        let mut last = after;
+        for e in v["events"].as_array().into_iter().flatten() {
+            last = last.max(e["seq"].as_u64().unwrap_or(last));
+            let ty = e["type"].as_str().unwrap_or("?");
+            if ty.ends_with("path.up") || ty.ends_with("path.down") {
+                continue;
+            }
+            let d = &e["data"];
+            let detail = match ty.trim_start_matches("buddygate.") {
+                "failover.completed" => format!(
+                    "{} -> {} ({}) epoch {}, {} resources, takeover {} ms",
+                    d["server"]["id"].as_str().unwrap_or("?"),
+                    d["new_server"]["id"].as_str().unwrap_or("?"),
+                    d["new_server"]["address"].as_str().unwrap_or("?"),
+                    d["epoch"],
+                    d["resources"].as_array().map_or(0, Vec::len),
+                    d["takeover_ms"]
+                ),
+                "failback.completed" => format!(
+                    "{} ({}) epoch {}, {} resources back in {} ms",
+                    d["server"]["id"].as_str().unwrap_or("?"),
+                    d["server"]["address"].as_str().unwrap_or("?"),
+                    d["epoch"],
+                    d["resources"].as_array().map_or(0, Vec::len),
+                    d["failback_ms"]
+                ),
+                "failover.started" => format!(
+                    "{} -> {}: {} resources at epoch {}",
+                    d["server"]["id"].as_str().unwrap_or("?"),
+                    d["new_server"]["id"].as_str().unwrap_or("?"),
+                    d["resources"].as_array().map_or(0, Vec::len),
+                    d["epoch"]
+                ),
+                _ => d["server"]["id"]
+                    .as_str()
+                    .or(d["resource"]["id"].as_str())
+                    .unwrap_or("")
+                    .to_string(),
+            };
+            self.say(&format!("  event from {id}: {ty} {detail}"));
+        }
+        last
+    }
+}
+
+impl Drop for Site {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            if let Some(mut c) = n.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+/// Runs the demo. Returns an error if the site did not behave (the demo is also a smoke test).
+pub fn run(opts: LiveOptions) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(run_async(opts))
+}
+
+async fn run_async(opts: LiveOptions) -> anyhow::Result<()> {
+    let temp = opts.dir.is_none();
+    let dir = opts.dir.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("buddygate-demo-{}", std::process::id()))
+    });
+    let _ = std::fs::remove_dir_all(dir.join("data"));
+    let (file, nodes) = write_site(&dir)?;
+    let mut site = Site {
+        dir: dir.clone(),
+        file,
+        nodes,
+        t0: Instant::now(),
+        client: reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()?,
+    };
+    println!(
+        "buddygate demo: 2 live servers (25 cameras, an I/O unit, an LPR and an analytics resource each)"
+    );
+    println!(
+        "and 1 spread-servers failover server, as real `buddygate run` processes on loopback over UDP."
+    );
+    println!(
+        "heartbeats every 200 ms on 2 paths, failure timeout 1 s, auto failback after 5 s stable."
+    );
+    println!("site file, stores and logs: {}\n", dir.display());
+
+    site.say("starting live-1, live-2 and fo-1");
+    for id in NODES {
+        site.start(id)?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut shown = 0;
+    loop {
+        let o = site.owners("fo-1").await.unwrap_or_default();
+        let active = o.values().filter(|(_, _, s)| s == "active").count();
+        if active != shown {
+            site.say(&format!("  {active} of 56 resources active"));
+            shown = active;
+        }
+        if active == 56 {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the site did not start within 15 s; see the logs in {}",
+                dir.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let before = site.owners("fo-1").await.unwrap_or_default();
+    let mut seq_fo = site.print_events("fo-1", 0).await;
+
+    site.say("kill -9 live-1");
+    site.kill9("live-1");
+    let killed = Instant::now();
+    let live1: Vec<String> = before
+        .keys()
+        .filter(|k| k.starts_with("live-1-"))
+        .cloned()
+        .collect();
+    let mut moved: BTreeMap<String, Duration> = BTreeMap::new();
+    let deadline = killed + Duration::from_secs(10);
+    while moved.len() < live1.len() {
+        if Instant::now() > deadline {
+            bail!(
+                "live-1's resources were not taken over within 10 s; see {}",
+                dir.display()
+            );
+        }
+        if let Some(o) = site.owners("fo-1").await {
+            for id in &live1 {
+                if let Some((owner, epoch, state)) = o.get(id)
+                    && owner == "fo-1"
+                    && state == "active"
+                    && !moved.contains_key(id)
+                {
+                    let t = killed.elapsed();
+                    moved.insert(id.clone(), t);
+                    site.say(&format!(
+                        "  {id:<20} now on fo-1 ({}) epoch {epoch}, {} ms after the kill",
+                        site.ip("fo-1"),
+                        t.as_millis()
+                    ));
+                }
+            }
+        }
+        seq_fo = site.print_events("fo-1", seq_fo).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let takeover = moved.values().max().copied().unwrap_or_default();
+    site.say(&format!(
+        "all {} resources of live-1 active on fo-1 {} ms after the kill",
+        live1.len(),
+        takeover.as_millis()
+    ));
+    let during = site.owners("fo-1").await.unwrap_or_default();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    seq_fo = site.print_events("fo-1", seq_fo).await;
+
+    site.say("restarting live-1 (it waits for failback: 5 s of stability)");
+    site.start("live-1")?;
+    let restarted = Instant::now();
+    let mut seq_l1 = 0;
+    let deadline = restarted + Duration::from_secs(20);
+    let failback = loop {
+        if Instant::now() > deadline {
+            bail!(
+                "live-1 did not fail back within 20 s; see {}",
+                dir.display()
+            );
+        }
+        seq_fo = site.print_events("fo-1", seq_fo).await;
+        seq_l1 = site.print_events("live-1", seq_l1).await;
+        if let Some(o) = site.owners("fo-1").await
+            && live1.iter().all(|id| {
+                o.get(id)
+                    .is_some_and(|(w, _, s)| w == "live-1" && s == "active")
+            })
+        {
+            break restarted.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    site.say(&format!(
+        "all resources back on live-1 {} ms after its restart",
+        failback.as_millis()
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    site.print_events("fo-1", seq_fo).await;
+    site.print_events("live-1", seq_l1).await;
+    let after = site.owners("fo-1").await.unwrap_or_default();
+
+    println!("\nsummary: live-1's resources as fo-1 saw them (owner@epoch)");
+    println!(
+        "{:<20} {:<16} {:<16} {:<16} {:>10}",
+        "resource", "before", "after kill -9", "after failback", "moved in"
+    );
+    let cell = |m: &BTreeMap<String, (String, u64, String)>, id: &str| {
+        m.get(id)
+            .map(|(o, e, _)| format!("{o}@{e}"))
+            .unwrap_or_else(|| "-".into())
+    };
+    for (i, id) in live1.iter().enumerate() {
+        if i >= 3 && i + 4 < live1.len() {
+            if i == 3 {
+                println!("{:<20} ...", "...");
+            }
+            continue;
+        }
+        println!(
+            "{:<20} {:<16} {:<16} {:<16} {:>7} ms",
+            id,
+            cell(&before, id),
+            cell(&during, id),
+            cell(&after, id),
+            moved.get(id).map_or(0, |d| d.as_millis())
+        );
+    }
+    println!(
+        "\ntakeover of {} resources: {} ms after kill -9 (failure timeout 1 s) | failback: {} ms after restart (failback_delay 5 s)",
+        live1.len(),
+        takeover.as_millis(),
+        failback.as_millis()
+    );
+
+    if opts.keep_running {
+        println!("\nthe site keeps running. dashboards:");
+        for id in NODES {
+            println!("  {id}: {}/", site.api(id));
+        }
+        println!("try: buddygate status --api {}", site.api("fo-1"));
+        println!(
+            "     buddygate failover live-2 --api {} --token {TOKEN}",
+            site.api("fo-1")
+        );
+        println!("Ctrl-C stops it.");
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    drop(site);
+    if temp && !opts.keep_running {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    Ok(())
+}

@@ -1,0 +1,304 @@
+//! Real nodes on loopback for integration tests: a site file with free ports in a temp dir,
+//! `buddygate run` processes started from the built binary, and an HTTP client for their APIs.
+
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const TOKEN: &str = "test-token-7f3a";
+
+/// A free port on `ip` for both UDP and TCP (bound, then released).
+pub fn free_port(ip: &str) -> u16 {
+    loop {
+        let udp = UdpSocket::bind(format!("{ip}:0")).expect("bind udp");
+        let port = udp.local_addr().unwrap().port();
+        if TcpListener::bind(format!("{ip}:{port}")).is_ok() {
+            return port;
+        }
+    }
+}
+
+pub struct ServerSpec {
+    pub id: String,
+    pub live: bool,
+    pub buddies: Vec<String>,
+    pub cameras: usize,
+    pub heartbeat: Vec<SocketAddr>,
+    pub api: SocketAddr,
+    pub address: String,
+}
+
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub site: PathBuf,
+    pub servers: Vec<ServerSpec>,
+    children: Vec<Option<Child>>,
+    starts: Vec<usize>,
+}
+
+/// Options of the site file.
+pub struct SiteOptions {
+    pub failback: &'static str,
+    pub failback_delay: &'static str,
+    pub extra_resource_keys: &'static str,
+}
+
+impl Default for SiteOptions {
+    fn default() -> Self {
+        Self {
+            failback: "auto",
+            failback_delay: "3s",
+            extra_resource_keys: "",
+        }
+    }
+}
+
+impl Cluster {
+    /// `live` live servers with `cameras` cameras each, all covered by one spread-servers
+    /// failover server `fo-1`. Not started.
+    pub fn new(name: &str, live: usize, cameras: usize, opts: SiteOptions) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "buddygate-it-{name}-{}-{}",
+            std::process::id(),
+            Instant::now().elapsed().as_nanos()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("site.key"),
+            "integration-test-site-key-0123456789\n",
+        )
+        .unwrap();
+        std::fs::write(dir.join("api.token"), format!("{TOKEN}\n")).unwrap();
+        let mut servers = Vec::new();
+        let n = live + 1;
+        for i in 0..n {
+            let (id, is_live) = if i < live {
+                (format!("live-{}", i + 1), true)
+            } else {
+                ("fo-1".to_string(), false)
+            };
+            let a = format!("127.0.1.{}", i + 1);
+            let b = format!("127.0.2.{}", i + 1);
+            let heartbeat = vec![
+                format!("{a}:{}", free_port(&a)).parse().unwrap(),
+                format!("{b}:{}", free_port(&b)).parse().unwrap(),
+            ];
+            let api = format!("{a}:{}", free_port(&a)).parse().unwrap();
+            servers.push(ServerSpec {
+                id,
+                live: is_live,
+                buddies: if is_live { vec!["fo-1".into()] } else { vec![] },
+                cameras: if is_live { cameras } else { 0 },
+                heartbeat,
+                api,
+                address: a,
+            });
+        }
+        let mut toml = format!(
+            "[site]\nname = \"{name}\"\nsecret = \"file:site.key\"\nheartbeat_interval = \"200ms\"\n\
+             failure_timeout = \"1s\"\nfailback = \"{}\"\nfailback_delay = \"{}\"\n\n\
+             [api]\ntoken = \"file:api.token\"\n\n",
+            opts.failback, opts.failback_delay
+        );
+        for s in &servers {
+            let hb: Vec<String> = s.heartbeat.iter().map(|a| format!("\"{a}\"")).collect();
+            toml.push_str(&format!(
+                "[[servers]]\nid = \"{}\"\naddress = \"{}\"\nheartbeat = [{}]\napi = \"{}\"\n",
+                s.id,
+                s.address,
+                hb.join(", "),
+                s.api
+            ));
+            if s.live {
+                let b: Vec<String> = s.buddies.iter().map(|b| format!("\"{b}\"")).collect();
+                toml.push_str(&format!("buddies = [{}]\n\n", b.join(", ")));
+            } else {
+                toml.push_str("role = \"failover\"\nmode = \"spread-servers\"\n\n");
+            }
+        }
+        for s in servers.iter().filter(|s| s.live && s.cameras > 0) {
+            toml.push_str(&format!(
+                "[[resources]]\nserver = \"{}\"\nid = \"{{server}}-cam-{{01..{:02}}}\"\nkind = \"camera\"\n{}\n",
+                s.id, s.cameras, opts.extra_resource_keys
+            ));
+        }
+        let site = dir.join("site.toml");
+        std::fs::write(&site, toml).unwrap();
+        Self {
+            children: servers.iter().map(|_| None).collect(),
+            starts: vec![0; servers.len()],
+            dir,
+            site,
+            servers,
+        }
+    }
+
+    pub fn index(&self, id: &str) -> usize {
+        self.servers
+            .iter()
+            .position(|s| s.id == id)
+            .expect("server")
+    }
+
+    pub fn start(&mut self, id: &str) {
+        let i = self.index(id);
+        self.starts[i] += 1;
+        let log =
+            std::fs::File::create(self.dir.join(format!("{id}.{}.log", self.starts[i]))).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_buddygate"))
+            .args(["run", "--config"])
+            .arg(&self.site)
+            .args(["--node", id])
+            .env("BUDDYGATE_LOG", "info,buddygate=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn buddygate run");
+        self.children[i] = Some(child);
+    }
+
+    pub fn start_all(&mut self) {
+        let ids: Vec<String> = self.servers.iter().map(|s| s.id.clone()).collect();
+        for id in ids {
+            self.start(&id);
+        }
+    }
+
+    pub fn pid(&self, id: &str) -> u32 {
+        self.children[self.index(id)]
+            .as_ref()
+            .expect("running")
+            .id()
+    }
+
+    pub fn kill9(&mut self, id: &str) {
+        let i = self.index(id);
+        if let Some(mut c) = self.children[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Waits for a process that was sent a signal to exit (at most 10 s).
+    pub fn term_wait(&mut self, id: &str) -> std::process::ExitStatus {
+        let i = self.index(id);
+        let mut c = self.children[i].take().expect("running");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(st) = c.try_wait().unwrap() {
+                return st;
+            }
+            assert!(Instant::now() < deadline, "{id} did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, and wait for the process to exit (at most 10 s).
+    pub fn term(&mut self, id: &str) -> std::process::ExitStatus {
+        let i = self.index(id);
+        let mut c = self.children[i].take().expect("running");
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(st) = c.try_wait().unwrap() {
+                return st;
+            }
+            assert!(Instant::now() < deadline, "{id} did not exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn api(&self, id: &str) -> String {
+        format!("http://{}", self.servers[self.index(id)].api)
+    }
+
+    pub fn data_dir(&self, id: &str) -> PathBuf {
+        self.dir.join("data").join(id)
+    }
+
+    pub fn logs(&self, id: &str) -> String {
+        let i = self.index(id);
+        (1..=self.starts[i])
+            .map(|n| {
+                std::fs::read_to_string(self.dir.join(format!("{id}.{n}.log"))).unwrap_or_default()
+            })
+            .collect::<Vec<_>>()
+            .join("\n----- restart -----\n")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for c in self.children.iter_mut().flatten() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!("logs kept in {}", self.dir.display());
+        }
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()
+        .unwrap()
+}
+
+pub async fn get(url: &str) -> Option<Value> {
+    let resp = client().get(url).send().await.ok()?;
+    resp.json().await.ok()
+}
+
+/// Polls `f` every 20 ms until it returns `Some`, or panics after `limit` with `what`.
+pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The node's view of every resource homed on `home`: (owner, address, epoch, state).
+pub async fn owners(api: &str, home: &str) -> Option<Vec<(String, String, u64, String)>> {
+    let v = get(&format!("{api}/api/v1/resources")).await?;
+    Some(
+        v["resources"]
+            .as_array()?
+            .iter()
+            .filter(|r| r["server"] == home)
+            .map(|r| {
+                (
+                    r["owner"].as_str().unwrap_or("").to_string(),
+                    r["address"].as_str().unwrap_or("").to_string(),
+                    r["epoch"].as_u64().unwrap_or(0),
+                    r["state"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect(),
+    )
+}
+
+pub fn path_exists(p: &Path) -> bool {
+    p.exists()
+}
