@@ -43,6 +43,8 @@ pub struct Cluster {
 
 /// Options of the site file.
 pub struct SiteOptions {
+    /// Failover servers `fo-1`..`fo-N`; every live server lists them all as buddies.
+    pub failover: usize,
     pub failback: &'static str,
     pub failback_delay: &'static str,
     pub extra_resource_keys: &'static str,
@@ -51,6 +53,7 @@ pub struct SiteOptions {
 impl Default for SiteOptions {
     fn default() -> Self {
         Self {
+            failover: 1,
             failback: "auto",
             failback_delay: "3s",
             extra_resource_keys: "",
@@ -59,8 +62,8 @@ impl Default for SiteOptions {
 }
 
 impl Cluster {
-    /// `live` live servers with `cameras` cameras each, all covered by one spread-servers
-    /// failover server `fo-1`. Not started.
+    /// `live` live servers with `cameras` cameras each, covered by spread-servers failover
+    /// servers `fo-1`.. (`opts.failover`). Not started.
     pub fn new(name: &str, live: usize, cameras: usize, opts: SiteOptions) -> Self {
         let dir = std::env::temp_dir().join(format!(
             "buddygate-it-{name}-{}-{}",
@@ -76,12 +79,13 @@ impl Cluster {
         .unwrap();
         std::fs::write(dir.join("api.token"), format!("{TOKEN}\n")).unwrap();
         let mut servers = Vec::new();
-        let n = live + 1;
+        let n = live + opts.failover;
+        let fos: Vec<String> = (1..=opts.failover).map(|f| format!("fo-{f}")).collect();
         for i in 0..n {
             let (id, is_live) = if i < live {
                 (format!("live-{}", i + 1), true)
             } else {
-                ("fo-1".to_string(), false)
+                (fos[i - live].clone(), false)
             };
             let a = format!("127.0.1.{}", i + 1);
             let b = format!("127.0.2.{}", i + 1);
@@ -93,7 +97,7 @@ impl Cluster {
             servers.push(ServerSpec {
                 id,
                 live: is_live,
-                buddies: if is_live { vec!["fo-1".into()] } else { vec![] },
+                buddies: if is_live { fos.clone() } else { vec![] },
                 cameras: if is_live { cameras } else { 0 },
                 heartbeat,
                 api,
