@@ -457,7 +457,7 @@ fn count(metrics: &Metrics, op: &'static str, outcome: &'static str) -> u64 {
 #[tokio::test]
 async fn pool_runs_different_resources_in_parallel_up_to_its_concurrency() {
     let vms = Vms {
-        hold: Duration::from_millis(150),
+        hold: Duration::from_millis(250),
         ..Vms::default()
     };
     let addr = vms.clone().serve().await;
@@ -728,4 +728,41 @@ fn resource_env_lists_every_agent_variable_in_order() {
         None
     );
     assert_eq!(ResourceEnv::new(&site, NODE, ResourceIdx(9), 1), None);
+}
+
+#[tokio::test]
+async fn the_example_vms_agent_follows_the_contract() {
+    let site = site(
+        "example",
+        1,
+        AgentSpec::Exec {
+            command: Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/agents/vms-camera.sh"),
+            written: PathBuf::from("agents/vms-camera.sh"),
+        },
+        timings(SHORT * 10, None, 0),
+    );
+    let r = &site.resources[0];
+    let env = ResourceEnv {
+        // Its state file is named after the resource: unique per test run.
+        resource: format!("cam-example-{}", std::process::id()),
+        ..env_of(&site)
+    };
+    let agents = Agents::new();
+    let run = |op| agents.run(&r.agent, &env, op, r.timings.timeout);
+    // BUDDYGATE_STATE_DIR is not set: its default.
+    let state = Path::new("/tmp/buddygate-vms/fo-1").join(&env.resource);
+    let monitor = run(Op::Monitor).await.expect_err("not started");
+    assert!(matches!(monitor, AgentError::NotRunning), "{monitor}");
+    run(Op::Start).await.expect("start");
+    run(Op::Start).await.expect("start again: idempotent");
+    assert_eq!(
+        std::fs::read_to_string(&state).expect("state file"),
+        "kind=camera\nhome=live-1\nepoch=7\naddress=127.1.0.2\n"
+    );
+    run(Op::Monitor).await.expect("running");
+    run(Op::Stop).await.expect("stop");
+    run(Op::Stop).await.expect("stop again: idempotent");
+    assert!(!state.exists());
+    let monitor = run(Op::Monitor).await.expect_err("stopped");
+    assert!(matches!(monitor, AgentError::NotRunning), "{monitor}");
 }

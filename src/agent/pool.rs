@@ -42,7 +42,7 @@ pub enum AgentReport {
         op: AgentOp,
         result: Result<(), String>,
     },
-    /// A started resource failed [`MONITOR_FAILURES`] monitors in a row.
+    /// A started resource failed two monitors in a row.
     MonitorFailed {
         resource: ResourceIdx,
         reason: String,
