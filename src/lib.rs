@@ -6,6 +6,8 @@
 //!   `file:line:col` diagnostics, the resolved [`config::Site`].
 //! - [`failover`]: the core. A clock-free, I/O-free state machine per node
 //!   (`Node::handle(input, now) -> outputs`): detection, placement, epochs and claims, failback.
+//! - [`agent`]: resource agents (`simulated`, `exec`, `http`) and the pool that runs their
+//!   starts, stops and monitors for the runtime.
 //! - [`runtime`]: the node daemon: tokio, UDP heartbeats on every path, agents, store, events.
 //! - [`sim`]: many nodes in virtual time over a simulated, faulty network; used by tests and
 //!   benchmarks.

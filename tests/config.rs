@@ -7,7 +7,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use buddygate::config::{
-    self, AgentKind, Failback, Kind, Mode, ResourceIdx, Role, SecretRef, ServerIdx, Severity,
+    self, AgentSpec, AgentTimings, FailMode, Failback, Kind, Mode, ResourceIdx, Role, SecretRef,
+    ServerIdx, Severity,
 };
 
 /// Lines 1-5 of most cases; their own text starts on line 6.
@@ -97,7 +98,21 @@ fn the_valid_site_resolves_with_defaults_and_no_warning() {
     let cam = &site.resources[0];
     assert_eq!((cam.id.as_str(), cam.kind), ("cam-1", Kind::Camera));
     assert_eq!((cam.server, cam.priority), (ServerIdx(0), 0));
-    assert_eq!(cam.agent, AgentKind::Simulated);
+    assert_eq!(
+        cam.agent,
+        AgentSpec::Simulated {
+            activation: Duration::from_millis(50),
+            fail: None
+        }
+    );
+    assert_eq!(
+        cam.timings,
+        AgentTimings {
+            timeout: Duration::from_secs(10),
+            monitor_interval: Some(Duration::from_secs(5)),
+            retries: 2
+        }
+    );
 }
 
 #[test]
@@ -895,6 +910,75 @@ fn the_example_site_is_valid_and_complete() {
         .map(|&r| site.resource(r).id.as_str())
         .collect();
     assert_eq!(picks, ["cam-001", "cam-002", "lpr-1", "cam-101"]);
+    // The exec agent's command is resolved against the site file's folder, and is there.
+    let lpr = site.resource(site.resource_idx("lpr-1").expect("lpr-1"));
+    let AgentSpec::Exec { command, written } = &lpr.agent else {
+        panic!("lpr-1 has an exec agent: {:?}", lpr.agent);
+    };
+    assert_eq!(written, Path::new("agents/vms-camera.sh"));
+    assert_eq!(command, &examples.join("agents/vms-camera.sh"));
+    assert!(command.is_file());
+    let analytics = site.resource(site.resource_idx("analytics-1").expect("analytics-1"));
+    assert!(
+        matches!(&analytics.agent, AgentSpec::Http { method, .. } if method == "PUT"),
+        "{:?}",
+        analytics.agent
+    );
+}
+
+#[test]
+fn load_resolves_exec_commands_and_warns_when_they_cannot_run() {
+    let root = std::env::temp_dir().join(format!("buddygate-agent-cmd-{}", std::process::id()));
+    let (a, b) = (root.join("a"), root.join("b"));
+    std::fs::create_dir_all(a.join("agents")).expect("temp dir");
+    std::fs::create_dir_all(&b).expect("temp dir");
+    let text = format!(
+        "{HEAD}{}",
+        agent_case("agent = \"exec\"\ncommand = \"agents/cam.sh\"\n")
+    );
+    for dir in [&a, &b] {
+        std::fs::write(dir.join("site.toml"), &text).expect("write");
+    }
+    let warnings = |dir: &Path| -> Vec<String> {
+        let path = dir.join("site.toml");
+        let loaded = config::load(&path).expect("valid");
+        let f = path.display().to_string();
+        loaded
+            .warnings
+            .iter()
+            .map(|w| w.to_string().replace(&f, "F"))
+            .collect()
+    };
+    let script = a.join("agents/cam.sh");
+    assert_eq!(
+        warnings(&a),
+        [format!(
+            "F:22:11: warning: resources[0].command: {} does not exist",
+            script.display()
+        )]
+    );
+    std::fs::write(&script, "#!/bin/sh\nexit 0\n").expect("write");
+    assert_eq!(
+        warnings(&a),
+        [format!(
+            "F:22:11: warning: resources[0].command: {} is not executable (chmod +x)",
+            script.display()
+        )]
+    );
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    assert_eq!(warnings(&a), Vec::<String>::new());
+    let site_a = config::load(&a.join("site.toml")).expect("valid").site;
+    let site_b = config::load(&b.join("site.toml")).expect("valid").site;
+    let command = |site: &config::Site| match &site.resources[0].agent {
+        AgentSpec::Exec { command, .. } => command.clone(),
+        other => panic!("exec agent expected: {other:?}"),
+    };
+    assert_eq!(command(&site_a), script);
+    assert_eq!(command(&site_b), b.join("agents/cam.sh"));
+    // The same site file in two folders: the same digest, so no config mismatch between servers.
+    assert_eq!(site_a.digest(), site_b.digest());
+    std::fs::remove_dir_all(&root).expect("cleanup");
 }
 
 #[test]
@@ -965,9 +1049,12 @@ fn the_invalid_example_reports_every_mistake() {
              -2147483648 to 2147483647",
             "F:42:6: resources[1].id: duplicate resource id \"cam-10\" (first declared at resources[0])",
             "F:44:10: resources[1].server: \"fo-1\" is a failover server; resources are homed on live servers",
+            "F:50:9: resources[2].agent: an exec agent needs `command`: the program to run as \
+             `COMMAND start|stop|monitor`",
+            "F:51:7: resources[2].url: only for http agents; this resource's agent is \"exec\"",
         ]
     );
-    assert_eq!(d.errors().count(), 10);
+    assert_eq!(d.errors().count(), 12);
     assert!(d.iter().all(|d| d.file == f));
 }
 
@@ -1070,6 +1157,7 @@ fn check_exits_0_with_a_summary_for_the_good_examples() {
         "  failback auto, after 30s stable",
         "servers: 4 (2 live, 2 failover)",
         "resources: 11 (6 camera, 1 io, 1 lpr, 1 analytics, 1 map, 1 middleware)",
+        "agents: 9 simulated, 1 exec, 1 http",
         "  live-1: 7 resources, 4 cameras -> fo-1 (spread-servers, max 2 servers, max 60 cameras), \
          fo-2 (spread-cameras, max 8 cameras)",
         "  live-2: 4 resources, 2 cameras -> fo-1 (spread-servers, max 2 servers, max 60 cameras)",
@@ -1109,12 +1197,12 @@ fn check_exits_64_and_prints_every_problem_for_the_invalid_example() {
     assert_eq!(code, 64);
     assert_eq!(out, "");
     let lines: Vec<&str> = err.lines().collect();
-    assert_eq!(lines.len(), 14, "{err}");
+    assert_eq!(lines.len(), 16, "{err}");
     assert_eq!(
         lines[4],
         format!("{path}:11:1: servers[0].adress: unknown key `adress`; did you mean `address`?")
     );
-    assert_eq!(lines[13], format!("{path}: invalid: 10 errors"));
+    assert_eq!(lines[15], format!("{path}: invalid: 12 errors"));
 
     let (code, out, err) = buddygate(&["check", "--config", "/nonexistent/site.toml"]);
     assert_eq!((code, out.as_str()), (64, ""));
@@ -1241,4 +1329,214 @@ fn a_buddy_listed_twice_is_one_error_not_two_live_servers() {
         invalid(&body),
         ["t.toml:10:20: servers[0].buddies[1]: \"fo-1\" is listed twice"]
     );
+}
+
+/// A live server (lines 6-10), its mirrored buddy (11-16), then a camera (17-20) with `lines`
+/// from line 21.
+fn agent_case(lines: &str) -> String {
+    format!(
+        "{}{}{}{lines}",
+        live("live-1", 11, "\"fo-1\""),
+        failover("fo-1", 21, "mirrored"),
+        resource("cam-{1..3}", "camera", "live-1")
+    )
+}
+
+#[test]
+fn agent_settings_resolve_with_defaults_per_kind() {
+    let resolve = |lines: &str| {
+        let text = format!("{HEAD}{}", agent_case(lines));
+        let loaded = config::parse_str(&text, "t.toml").expect("valid");
+        assert_eq!(loaded.warnings, [], "{text}");
+        let site = loaded.site;
+        // A range block shares its settings.
+        assert_eq!(site.resources.len(), 3);
+        assert_eq!(site.resources[0].agent, site.resources[2].agent);
+        assert_eq!(site.resources[0].timings, site.resources[2].timings);
+        (site.resources[0].agent.clone(), site.resources[0].timings)
+    };
+    assert_eq!(
+        resolve("agent = \"simulated\"\nactivation = \"2s\"\nfail = \"monitor\"\n"),
+        (
+            AgentSpec::Simulated {
+                activation: Duration::from_secs(2),
+                fail: Some(FailMode::Monitor)
+            },
+            AgentTimings::default()
+        )
+    );
+    assert_eq!(
+        resolve(
+            "agent = \"exec\"\ncommand = \"agents/cam.sh\"\ntimeout = \"3s\"\n\
+             monitor_interval = \"0s\"\nretries = 0\n"
+        ),
+        (
+            AgentSpec::Exec {
+                command: PathBuf::from("agents/cam.sh"),
+                written: PathBuf::from("agents/cam.sh")
+            },
+            AgentTimings {
+                timeout: Duration::from_secs(3),
+                monitor_interval: None,
+                retries: 0
+            }
+        )
+    );
+    assert_eq!(
+        resolve(
+            "agent = \"http\"\nurl = \"http://127.0.0.1:8080/{{ resource }}/{{ op }}\"\n\
+             headers = { \"x-b\" = \"2\", \"x-a\" = \"1\" }\nmonitor_interval = \"750ms\"\n"
+        ),
+        (
+            AgentSpec::Http {
+                url: "http://127.0.0.1:8080/{{ resource }}/{{ op }}".into(),
+                method: "POST".into(),
+                body: None,
+                headers: vec![("x-a".into(), "1".into()), ("x-b".into(), "2".into())]
+            },
+            AgentTimings {
+                monitor_interval: Some(Duration::from_millis(750)),
+                ..AgentTimings::default()
+            }
+        )
+    );
+}
+
+#[test]
+fn agent_settings_must_fit_the_agent() {
+    let cases: Vec<(String, &[&str])> = vec![
+        (
+            agent_case(
+                "agent = \"exec\"\ncommand = \"cam.sh\"\nurl = \"http://x/\"\nactivation = \"1s\"\n\
+                 headers = { a = \"b\" }\n",
+            ),
+            &[
+                "t.toml:23:7: resources[0].url: only for http agents; this resource's agent is \"exec\"",
+                "t.toml:24:14: resources[0].activation: only for simulated agents; this resource's agent is \"exec\"",
+                "t.toml:25:11: resources[0].headers: only for http agents; this resource's agent is \"exec\"",
+            ],
+        ),
+        (
+            agent_case("command = \"cam.sh\"\nfail = \"start\"\nmethod = \"GET\"\n"),
+            &[
+                "t.toml:21:11: resources[0].command: only for exec agents; this resource's agent is \"simulated\"",
+                "t.toml:23:10: resources[0].method: only for http agents; this resource's agent is \"simulated\"",
+            ],
+        ),
+        (
+            agent_case("agent = \"exec\"\ntimeout = \"0s\"\n"),
+            &[
+                "t.toml:21:9: resources[0].agent: an exec agent needs `command`: the program to run as `COMMAND start|stop|monitor`",
+                "t.toml:22:11: resources[0].timeout: must be greater than zero",
+            ],
+        ),
+        (
+            agent_case("agent = \"http\"\nbody = \"{}\"\n"),
+            &[
+                "t.toml:21:9: resources[0].agent: an http agent needs `url`: the template of the request's URL",
+            ],
+        ),
+        (
+            agent_case("agent = \"exec\"\ncommand = \"\"\n"),
+            &["t.toml:22:11: resources[0].command: must not be empty"],
+        ),
+        (
+            // Type errors are reported once, not again as missing or misplaced keys.
+            agent_case(
+                "agent = \"docker\"\nurl = \"http://x/\"\nretries = -1\nmonitor_interval = 5\n\
+                 fail = \"stop\"\n",
+            ),
+            &[
+                "t.toml:21:9: resources[0].agent: unknown value `docker`, expected one of `simulated`, `exec`, `http`",
+                "t.toml:23:11: resources[0].retries: invalid value: integer `-1`, expected an integer from 0 to 4294967295",
+                "t.toml:24:20: resources[0].monitor_interval: invalid type: integer `5`, expected a duration such as \"200ms\" or \"1s\"",
+                "t.toml:25:8: resources[0].fail: unknown value `stop`, expected `start` or `monitor`",
+            ],
+        ),
+        (
+            agent_case("agent = \"exec\"\ncommand = 7\n"),
+            &["t.toml:22:11: resources[0].command: invalid type: integer `7`, expected a string"],
+        ),
+        (
+            agent_case("agent = \"htp\"\n"),
+            &[
+                "t.toml:21:9: resources[0].agent: unknown value `htp`, expected one of `simulated`, `exec`, `http`",
+            ],
+        ),
+        (
+            agent_case("comand = \"x.sh\"\n"),
+            &["t.toml:21:1: resources[0].comand: unknown key `comand`; did you mean `command`?"],
+        ),
+    ];
+    let cases: Vec<(&str, &[&str])> = cases.iter().map(|(b, e)| (b.as_str(), *e)).collect();
+    table(&cases);
+}
+
+#[test]
+fn http_agent_templates_are_compiled_when_checked() {
+    let http = |lines: &str| agent_case(&format!("agent = \"http\"\n{lines}"));
+    let cases: Vec<(String, &[&str])> = vec![
+        (
+            http("url = \"http://127.0.0.1/{{ resource }\"\n"),
+            &[
+                "t.toml:22:7: resources[0].url: invalid template: syntax error: unexpected `}`, expected end of variable block",
+            ],
+        ),
+        (
+            http(
+                "url = \"http://127.0.0.1/{{ resouce }}/{{ colour }}\"\n\
+                 body = '''\n{\"epoch\": {{ epoch }},\n \"x\": {% if %}}\n'''\n",
+            ),
+            &[
+                "t.toml:22:7: resources[0].url: unknown template variable `colour`; agents see \
+                 `site`, `node`, `resource`, `kind`, `server`, `epoch`, `address`, `op`",
+                "t.toml:22:7: resources[0].url: unknown template variable `resouce`; did you mean `resource`?",
+                "t.toml:23:8: resources[0].body: invalid template: syntax error: unexpected end of \
+                 block (template line 2)",
+            ],
+        ),
+        (
+            http("url = \"{{ address }}:8080/{{ resource }}\"\n"),
+            &[
+                "t.toml:22:7: resources[0].url: \"{{ address }}:8080/{{ resource }}\" does not \
+                 render to a URL: relative URL without a base",
+            ],
+        ),
+        (
+            http("url = \"https://vms.local/{{ resource }}\"\n"),
+            &[
+                "t.toml:22:7: resources[0].url: https is not supported (built without TLS); use \
+                 http:// to the local VMS API",
+            ],
+        ),
+        (
+            http("url = \"ftp://vms.local/\"\n"),
+            &["t.toml:22:7: resources[0].url: `ftp:` URLs are not supported; use http://"],
+        ),
+        (
+            http(
+                "url = \"http://127.0.0.1/{{ resource | upper }}/{{ range(2) | length }}\"\n\
+                 method = \"post\"\nheaders = { \"bad name\" = \"x\", ok = \"line\\nbreak\" }\n",
+            ),
+            &[
+                "t.toml:23:10: resources[0].method: \"post\": HTTP methods are upper case (\"POST\")",
+                "t.toml:24:13: resources[0].headers.bad name: \"bad name\" is not a valid header name",
+                "t.toml:24:36: resources[0].headers.ok: not a valid header value: no control characters or line breaks",
+            ],
+        ),
+        (
+            http("url = \"http://127.0.0.1/\"\nmethod = \"GET POST\"\n"),
+            &["t.toml:23:10: resources[0].method: \"GET POST\" is not an HTTP method"],
+        ),
+        (
+            // Warnings only: the site stays valid.
+            agent_case("activation = \"2s\"\ntimeout = \"1s\"\n"),
+            &[
+                "t.toml:21:14: warning: resources[0].activation: activation (2s) is not shorter \
+                 than timeout (1s): every start times out",
+            ],
+        ),
+    ];
+    let cases: Vec<(&str, &[&str])> = cases.iter().map(|(b, e)| (b.as_str(), *e)).collect();
+    table(&cases);
 }

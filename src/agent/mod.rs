@@ -1,75 +1,270 @@
-//! Resource agents (placeholder: simulated only; the full module lands from the agents work).
+//! Resource agents: start, stop and monitor a resource the way Pacemaker's resource agents do
+//! (DESIGN section 3.8): idempotent operations with a timeout each, and a `monitor` that tells
+//! "running" from "not running".
+//!
+//! - [`Agents::run`] runs one operation with a resource's agent: `simulated` (in memory),
+//!   `exec` (`command start|stop|monitor`, the resource in `BUDDYGATE_*` variables) or `http`
+//!   (a request rendered from minijinja templates).
+//! - [`AgentPool`] runs what the failover core asks for: one resource's operations in order,
+//!   different resources in parallel up to a bound, start retries with backoff, a monitor loop
+//!   per started resource, and [`AgentReport`]s back to the task that owns the core.
 
-use std::sync::Arc;
+mod exec;
+mod http;
+mod pool;
+mod simulated;
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
+pub use pool::{AgentPool, AgentReport, Backoff, DEFAULT_CONCURRENCY};
 
-use crate::config::{ResourceIdx, ServerIdx, Site};
-use crate::failover::AgentOp;
-use crate::runtime::state::Metrics;
+use crate::config::{AGENT_VARIABLES, AgentSpec, Kind, ResourceIdx, ServerIdx, Site};
+use crate::failover::{AgentOp, Epoch};
 
+/// One operation of the resource-agent contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    Start,
+    Stop,
+    Monitor,
+}
+
+impl Op {
+    /// `start`, `stop`, `monitor`: the argument of an `exec` agent and `{{ op }}`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Start => "start",
+            Op::Stop => "stop",
+            Op::Monitor => "monitor",
+        }
+    }
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<AgentOp> for Op {
+    fn from(op: AgentOp) -> Self {
+        match op {
+            AgentOp::Start => Op::Start,
+            AgentOp::Stop => Op::Stop,
+        }
+    }
+}
+
+/// What an agent is told about the resource: `BUDDYGATE_<NAME>` for `exec` agents, `{{ name }}`
+/// in `http` templates (names as in [`AGENT_VARIABLES`]; the operation is added per call).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AgentReport {
-    Done {
-        resource: ResourceIdx,
-        epoch: u64,
-        op: AgentOp,
-        result: Result<(), String>,
-    },
-    MonitorFailed {
-        resource: ResourceIdx,
-        reason: String,
-    },
+pub struct ResourceEnv {
+    /// Site name.
+    pub site: String,
+    /// This node: the server that runs the agent.
+    pub node: String,
+    /// Resource id.
+    pub resource: String,
+    pub kind: Kind,
+    /// The resource's home server.
+    pub server: String,
+    /// The epoch of the ownership the operation is for.
+    pub epoch: Epoch,
+    /// This node's announced address.
+    pub address: IpAddr,
 }
 
-pub struct AgentPool {
-    reports: mpsc::Sender<AgentReport>,
-    metrics: Arc<Metrics>,
+impl ResourceEnv {
+    /// The environment of `resource` on `node`; `None` when either is not in `site`.
+    pub fn new(site: &Site, node: ServerIdx, resource: ResourceIdx, epoch: Epoch) -> Option<Self> {
+        let this = site.servers.get(usize::from(node.0))?;
+        let r = site.resources.get(usize::try_from(resource.0).ok()?)?;
+        let home = site.servers.get(usize::from(r.server.0))?;
+        Some(Self {
+            site: site.name.clone(),
+            node: this.id.clone(),
+            resource: r.id.clone(),
+            kind: r.kind,
+            server: home.id.clone(),
+            epoch,
+            address: this.address,
+        })
+    }
+
+    /// Every variable for operation `op`, as (name, value), in [`AGENT_VARIABLES`] order.
+    pub fn vars(&self, op: Op) -> [(&'static str, String); 8] {
+        let value = |name: &str| match name {
+            "site" => self.site.clone(),
+            "node" => self.node.clone(),
+            "resource" => self.resource.clone(),
+            "kind" => self.kind.as_str().to_string(),
+            "server" => self.server.clone(),
+            "epoch" => self.epoch.to_string(),
+            "address" => self.address.to_string(),
+            _ => op.as_str().to_string(),
+        };
+        AGENT_VARIABLES.map(|name| (name, value(name)))
+    }
 }
 
-impl AgentPool {
-    pub fn new(
-        _site: Arc<Site>,
-        _node: ServerIdx,
-        reports: mpsc::Sender<AgentReport>,
-        metrics: Arc<Metrics>,
-        _cancel: CancellationToken,
-        _concurrency: usize,
-    ) -> Self {
-        Self { reports, metrics }
+/// Why an agent operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// It took longer than the resource's `timeout` (an `exec` agent was killed).
+    #[error("timed out after {}", humantime::format_duration(*.0))]
+    TimedOut(Duration),
+    /// `monitor`: the resource is not running (exit 7, or a simulated resource never started).
+    #[error("not running")]
+    NotRunning,
+    /// The program could not be started or waited for.
+    #[error("cannot run {}: {source}", .command.display())]
+    Io {
+        command: PathBuf,
+        source: std::io::Error,
+    },
+    /// The program exited with a failure. `output`: the last lines of its stderr (or stdout).
+    #[error("{status}{}", colon(.output))]
+    Exited { status: String, output: String },
+    /// The HTTP request got a non-2xx answer; `body` starts its body.
+    #[error("HTTP {status}{}", colon(.body))]
+    Status {
+        status: reqwest::StatusCode,
+        body: String,
+    },
+    /// The HTTP request could not be sent or answered.
+    #[error("request failed: {0}")]
+    Request(String),
+    /// A template could not be rendered.
+    #[error("cannot render the {key} template: {message}")]
+    Template { key: &'static str, message: String },
+    /// Failure injected with `fail = "start"` or `fail = "monitor"`.
+    #[error("simulated {0} failure")]
+    Simulated(Op),
+    /// The pool's node or the resource is not in its site (a bug in the caller).
+    #[error("this node or resource is not in the site")]
+    NotInSite,
+}
+
+impl AgentError {
+    /// The outcome label of `metrics.agent_op`: `timeout` or `failed`.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            AgentError::TimedOut(_) => "timeout",
+            _ => "failed",
+        }
+    }
+}
+
+/// `": text"`, or nothing for no text.
+fn colon(text: &str) -> String {
+    if text.is_empty() {
+        String::new()
+    } else {
+        format!(": {text}")
+    }
+}
+
+/// What the three kinds of agents share on one node: the HTTP client and the simulated
+/// resources that are running.
+#[derive(Debug)]
+pub struct Agents {
+    /// `Err` when the client could not be built; then every `http` operation fails with it.
+    http: Result<reqwest::Client, String>,
+    simulated: simulated::Simulated,
+}
+
+impl Default for Agents {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Agents {
+    pub fn new() -> Self {
+        Self {
+            http: http::client(),
+            simulated: simulated::Simulated::default(),
+        }
     }
 
-    pub fn start(&self, resource: ResourceIdx, epoch: u64) {
-        self.run(resource, epoch, AgentOp::Start, Duration::from_millis(20));
+    /// Runs `op` with `spec` for the resource in `env`, for at most `timeout`.
+    pub async fn run(
+        &self,
+        spec: &AgentSpec,
+        env: &ResourceEnv,
+        op: Op,
+        timeout: Duration,
+    ) -> Result<(), AgentError> {
+        let run = async {
+            match spec {
+                AgentSpec::Simulated { activation, fail } => {
+                    self.simulated.run(*activation, *fail, env, op).await
+                }
+                AgentSpec::Exec { command, .. } => exec::run(command, env, op).await,
+                AgentSpec::Http {
+                    url,
+                    method,
+                    body,
+                    headers,
+                } => {
+                    let client = self
+                        .http
+                        .as_ref()
+                        .map_err(|e| AgentError::Request(format!("no HTTP client: {e}")))?;
+                    let request = http::Request {
+                        url,
+                        method,
+                        body: body.as_deref(),
+                        headers,
+                    };
+                    http::run(client, &request, env, op).await
+                }
+            }
+        };
+        tokio::time::timeout(timeout, run)
+            .await
+            .unwrap_or(Err(AgentError::TimedOut(timeout)))
     }
+}
 
-    pub fn stop(&self, resource: ResourceIdx, epoch: u64) {
-        self.run(resource, epoch, AgentOp::Stop, Duration::from_millis(5));
-    }
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-    fn run(&self, resource: ResourceIdx, epoch: u64, op: AgentOp, took: Duration) {
-        let tx = self.reports.clone();
-        let metrics = self.metrics.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(took).await;
-            metrics.agent_op(
-                if op == AgentOp::Start {
-                    "start"
-                } else {
-                    "stop"
+    #[test]
+    fn errors_read_as_sentences_for_events_and_logs() {
+        let cases: [(AgentError, &str); 5] = [
+            (
+                AgentError::TimedOut(Duration::from_secs(10)),
+                "timed out after 10s",
+            ),
+            (AgentError::NotRunning, "not running"),
+            (
+                AgentError::Exited {
+                    status: "exit status 1".into(),
+                    output: "no VMS".into(),
                 },
-                "ok",
-            );
-            let _ = tx
-                .send(AgentReport::Done {
-                    resource,
-                    epoch,
-                    op,
-                    result: Ok(()),
-                })
-                .await;
-        });
+                "exit status 1: no VMS",
+            ),
+            (
+                AgentError::Status {
+                    status: reqwest::StatusCode::INTERNAL_SERVER_ERROR,
+                    body: String::new(),
+                },
+                "HTTP 500 Internal Server Error",
+            ),
+            (
+                AgentError::Simulated(Op::Monitor),
+                "simulated monitor failure",
+            ),
+        ];
+        for (error, text) in cases {
+            assert_eq!(error.to_string(), text);
+        }
+        assert_eq!(AgentError::TimedOut(Duration::ZERO).outcome(), "timeout");
+        assert_eq!(AgentError::NotRunning.outcome(), "failed");
     }
 }

@@ -353,7 +353,7 @@ fn split_unknown(rest: &str) -> (String, Vec<String>) {
 }
 
 /// The expected key `name` is most likely a typo of.
-fn closest<'a, S: AsRef<str>>(name: &str, expected: &'a [S]) -> Option<&'a str> {
+pub(crate) fn closest<'a, S: AsRef<str>>(name: &str, expected: &'a [S]) -> Option<&'a str> {
     expected
         .iter()
         .map(|e| (edit_distance(name, e.as_ref()), e.as_ref()))
@@ -413,6 +413,9 @@ fn describe(message: &str, found: Option<&DeValue<'_>>) -> String {
         Some(rest) => format!("unknown value {rest}"),
         None => message.to_string(),
     };
+    if let Some(head) = message.strip_suffix(", expected path string") {
+        return format!("{head}, expected a string");
+    }
     if let Some(head) = message.strip_suffix(", expected u32") {
         return format!("{head}, expected an integer from 0 to {}", u32::MAX);
     }

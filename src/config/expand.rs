@@ -14,7 +14,7 @@ use std::fmt;
 use super::decode::{Block, Broken};
 use super::file::{ResourceBlock, ServerBlock};
 use super::locate::{Issue, KeyPath};
-use super::model::{AgentKind, Kind, Mode, Role};
+use super::model::{Kind, Mode, Role};
 
 /// At most this many values from one range, and entries from one block.
 pub const MAX_EXPANSION: u64 = 100_000;
@@ -238,7 +238,8 @@ impl ExServer {
     }
 }
 
-/// A resource from an expanded `[[resources]]` block.
+/// A resource from an expanded `[[resources]]` block. Its agent settings are the block's,
+/// checked once per block.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ExResource {
     /// Index of its `[[resources]]` block.
@@ -247,7 +248,6 @@ pub(crate) struct ExResource {
     pub(crate) kind: Kind,
     pub(crate) server: String,
     pub(crate) priority: i32,
-    pub(crate) agent: AgentKind,
 }
 
 impl ExResource {
@@ -534,7 +534,6 @@ pub(crate) fn expand_resources(
                     kind: raw.kind,
                     server: server.clone(),
                     priority: raw.priority,
-                    agent: raw.agent.clone(),
                 });
             }
         }

@@ -7,13 +7,14 @@
 //! than deserializing [`SiteFile`] directly: it deserializes each section and block on its own,
 //! so that every problem in the file is reported at once, with its position.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use super::model::{AgentKind, Failback, Kind, Mode, Role, SecretRef};
+use super::model::{AgentKind, AgentTimings, FailMode, Failback, Kind, Mode, Role, SecretRef};
 
 /// A whole site file.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
@@ -149,9 +150,51 @@ pub struct ResourceBlock {
     #[serde(default)]
     pub priority: i32,
     /// How the resource is started, stopped and monitored: `simulated` (default), `exec` or
-    /// `http`.
+    /// `http`. The keys below configure it; a key of another kind of agent is an error.
     #[serde(default = "default_agent")]
     pub agent: AgentKind,
+    /// Every agent: how long one start, stop or monitor may take before it counts as failed (an
+    /// `exec` agent is killed then).
+    #[serde(default = "default_agent_timeout", with = "duration")]
+    #[schemars(with = "String")]
+    pub timeout: Duration,
+    /// Every agent: how often a started resource is monitored; `"0s"` turns monitoring off. Two
+    /// failed monitors in a row fail the resource, and its buddy takes it over.
+    #[serde(default = "default_monitor_interval", with = "duration")]
+    #[schemars(with = "String")]
+    pub monitor_interval: Duration,
+    /// Every agent: how many times a failed start is tried again (with exponential backoff)
+    /// before the resource counts as failed.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// `simulated` agents: how long a start takes. Default `"50ms"`.
+    #[serde(default, deserialize_with = "duration::deserialize_option")]
+    #[schemars(with = "Option<String>", extend("default" = "50ms"))]
+    pub activation: Option<Duration>,
+    /// `simulated` agents: inject a failure, for demos and tests. `start`: every start fails;
+    /// `monitor`: the resource starts, then its monitors fail.
+    #[serde(default)]
+    pub fail: Option<FailMode>,
+    /// `exec` agents (required): the program run as `COMMAND start|stop|monitor`, with the
+    /// resource in `BUDDYGATE_*` environment variables. A relative path is relative to the site
+    /// file's folder. Exit 0 is success; for `monitor`, exit 7 means not running.
+    #[serde(default)]
+    pub command: Option<PathBuf>,
+    /// `http` agents (required): the request's URL, a minijinja template over `site`, `node`,
+    /// `resource`, `kind`, `server`, `epoch`, `address` and `op`, e.g.
+    /// `"http://127.0.0.1:8080/api/cameras/{{ resource }}/{{ op }}"`. A 2xx answer is success.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// `http` agents: the request method. Default `"POST"`.
+    #[serde(default)]
+    #[schemars(extend("default" = "POST"))]
+    pub method: Option<String>,
+    /// `http` agents: the request body, a template like `url`; no body when absent.
+    #[serde(default)]
+    pub body: Option<String>,
+    /// `http` agents: request headers, e.g. `{ "content-type" = "application/json" }`.
+    #[serde(default)]
+    pub headers: Option<BTreeMap<String, String>>,
 }
 
 const fn default_heartbeat_interval() -> Duration {
@@ -180,6 +223,21 @@ const fn default_role() -> Role {
 
 const fn default_agent() -> AgentKind {
     AgentKind::Simulated
+}
+
+const fn default_agent_timeout() -> Duration {
+    AgentTimings::DEFAULT.timeout
+}
+
+const fn default_monitor_interval() -> Duration {
+    match AgentTimings::DEFAULT.monitor_interval {
+        Some(every) => every,
+        None => Duration::ZERO,
+    }
+}
+
+const fn default_retries() -> u32 {
+    AgentTimings::DEFAULT.retries
 }
 
 /// The JSON Schema of [`SiteFile`], as committed in `schemas/site.schema.json`.
@@ -240,6 +298,12 @@ mod duration {
 
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         d.deserialize_str(Visitor)
+    }
+
+    pub(super) fn deserialize_option<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        d.deserialize_str(Visitor).map(Some)
     }
 
     struct Visitor;

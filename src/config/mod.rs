@@ -7,9 +7,11 @@
 //! - `decode`: the TOML span tree to those types, one section or block at a time.
 //! - [`expand`]: `{A..B}` id ranges and `{server}`.
 //! - `validate`: pure checks on the expanded site, then the resolved [`Site`].
+//! - `agent`: the agent settings of a `[[resources]]` block and their templates.
 //! - `locate`: key paths to `line:col`.
 //! - [`summary`]: the one-screen text `buddygate check` prints.
 
+mod agent;
 mod decode;
 mod diag;
 pub mod expand;
@@ -25,6 +27,7 @@ use std::path::Path;
 
 use toml::de::DeTable;
 
+pub use agent::template_environment;
 pub use diag::{Diagnostic, Diagnostics, Severity};
 pub use model::*;
 
@@ -37,8 +40,9 @@ pub struct Loaded {
     pub warnings: Vec<Diagnostic>,
 }
 
-/// Reads and checks the site file at `path`. Besides [`parse_str`], it warns about `file:`
-/// secrets that do not exist (relative to the site file's folder).
+/// Reads and checks the site file at `path`. Besides [`parse_str`], it resolves relative `exec`
+/// commands against the site file's folder, and warns about `file:` secrets and commands that
+/// do not exist there.
 pub fn load(path: &Path) -> Result<Loaded, Diagnostics> {
     let name = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| {
@@ -86,12 +90,15 @@ fn check(text: &str, file: &str, base: Option<&Path>) -> Result<Loaded, Diagnost
         api: decoded.api.as_ref(),
         servers,
         resources,
+        resource_blocks: &decoded.resources,
+        base,
         servers_complete,
         resources_complete,
     };
     issues.extend(validate::validate(&site));
     if let Some(base) = base {
         issues.extend(validate::missing_secret_files(&site, base));
+        issues.extend(agent::missing_commands(&decoded.resources, base));
     }
     let failed = issues.iter().any(Issue::is_error);
     let diagnostics = finish(&locator, file, issues);

@@ -138,13 +138,120 @@ pub struct Api {
     pub onvif_users: Vec<OnvifUser>,
 }
 
-/// How a resource is started, stopped and monitored (DESIGN section 3.8).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+/// How a resource is started, stopped and monitored (DESIGN section 3.8): the `agent` key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AgentKind {
     Simulated,
     Exec,
     Http,
+}
+
+impl AgentKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentKind::Simulated => "simulated",
+            AgentKind::Exec => "exec",
+            AgentKind::Http => "http",
+        }
+    }
+}
+
+/// Failure injection of a `simulated` agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FailMode {
+    /// Every start fails.
+    Start,
+    /// Starts succeed; every monitor fails.
+    Monitor,
+}
+
+/// The variables agents see: `BUDDYGATE_<NAME>` for `exec`, `{{ name }}` in `http` templates.
+pub const AGENT_VARIABLES: [&str; 8] = [
+    "site", "node", "resource", "kind", "server", "epoch", "address", "op",
+];
+
+/// A resource's agent with its settings resolved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AgentSpec {
+    /// In memory, for demos and tests: a start takes `activation`; `fail` injects failures.
+    Simulated {
+        activation: Duration,
+        fail: Option<FailMode>,
+    },
+    /// Runs `command start|stop|monitor`.
+    Exec {
+        /// The program, resolved against the site file's folder by [`crate::config::load`]:
+        /// what is run. Left out of the site digest (see `written`).
+        #[serde(skip)]
+        command: PathBuf,
+        /// The program as the site file names it. The digest covers this, so that servers that
+        /// keep the same site file in different folders agree.
+        written: PathBuf,
+    },
+    /// Sends a request rendered from minijinja templates over [`AGENT_VARIABLES`].
+    Http {
+        /// URL template.
+        url: String,
+        /// Upper-case HTTP method.
+        method: String,
+        /// Body template, if any.
+        body: Option<String>,
+        /// Literal headers, sorted by name.
+        headers: Vec<(String, String)>,
+    },
+}
+
+impl AgentSpec {
+    /// How long a simulated start takes unless `activation` says otherwise.
+    pub const DEFAULT_ACTIVATION: Duration = Duration::from_millis(50);
+    /// The method of an `http` agent unless `method` says otherwise.
+    pub const DEFAULT_METHOD: &str = "POST";
+
+    pub fn kind(&self) -> AgentKind {
+        match self {
+            AgentSpec::Simulated { .. } => AgentKind::Simulated,
+            AgentSpec::Exec { .. } => AgentKind::Exec,
+            AgentSpec::Http { .. } => AgentKind::Http,
+        }
+    }
+}
+
+impl Default for AgentSpec {
+    /// A simulated agent that starts in 50ms and never fails.
+    fn default() -> Self {
+        AgentSpec::Simulated {
+            activation: Self::DEFAULT_ACTIVATION,
+            fail: None,
+        }
+    }
+}
+
+/// Timeouts, monitoring and retries of a resource's agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentTimings {
+    /// Longest start, stop or monitor; longer counts as failed.
+    pub timeout: Duration,
+    /// How often a started resource is monitored; `None`: never.
+    pub monitor_interval: Option<Duration>,
+    /// Start attempts after the first one fails.
+    pub retries: u32,
+}
+
+impl AgentTimings {
+    /// The site file's defaults: 10s timeout, monitor every 5s, 2 retries.
+    pub const DEFAULT: Self = Self {
+        timeout: Duration::from_secs(10),
+        monitor_interval: Some(Duration::from_secs(5)),
+        retries: 2,
+    };
+}
+
+impl Default for AgentTimings {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -174,7 +281,9 @@ pub struct Resource {
     pub server: ServerIdx,
     /// Higher is taken first when capacity is short.
     pub priority: i32,
-    pub agent: AgentKind,
+    /// How it is started, stopped and monitored.
+    pub agent: AgentSpec,
+    pub timings: AgentTimings,
 }
 
 /// A validated site. Every index inside points into `servers` or `resources`.

@@ -7,7 +7,7 @@
 
 use std::fmt::Write as _;
 
-use super::model::{Kind, Mode, Role, Server, ServerIdx, Site};
+use super::model::{AgentKind, Kind, Mode, Role, Server, ServerIdx, Site};
 
 /// The whole summary, ending in a newline.
 pub fn render(site: &Site) -> String {
@@ -56,6 +56,20 @@ pub fn overview(site: &Site) -> String {
         let _ = write!(out, " ({})", kinds.join(", "));
     }
     out.push('\n');
+    let agents: Vec<String> = [AgentKind::Simulated, AgentKind::Exec, AgentKind::Http]
+        .iter()
+        .filter_map(|&k| {
+            let n = site
+                .resources
+                .iter()
+                .filter(|r| r.agent.kind() == k)
+                .count();
+            (n > 0).then(|| format!("{n} {}", k.as_str()))
+        })
+        .collect();
+    if !agents.is_empty() {
+        let _ = writeln!(out, "agents: {}", agents.join(", "));
+    }
     out
 }
 

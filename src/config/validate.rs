@@ -10,9 +10,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
+use super::agent;
 use super::decode::{Block, Broken};
 use super::expand::{ExResource, ExServer};
-use super::file::{ApiSection, SiteSection};
+use super::file::{ApiSection, ResourceBlock, SiteSection};
 use super::locate::{Issue, KeyPath};
 use super::model::{
     Api, Mode, OnvifUser, Resource, ResourceIdx, Role, SecretRef, Server, ServerIdx, Site,
@@ -28,6 +29,10 @@ pub(crate) struct Expanded<'a> {
     pub(crate) api: Option<&'a Block<ApiSection>>,
     pub(crate) servers: Vec<ExServer>,
     pub(crate) resources: Vec<ExResource>,
+    /// The `[[resources]]` blocks as decoded: their agent settings are checked once per block.
+    pub(crate) resource_blocks: &'a [Option<Block<ResourceBlock>>],
+    /// The site file's folder, when it was loaded from a file: relative `command`s start there.
+    pub(crate) base: Option<&'a Path>,
     /// Every `[[servers]]` block decoded and expanded.
     pub(crate) servers_complete: bool,
     /// Every `[[resources]]` block decoded and expanded.
@@ -55,6 +60,11 @@ pub(crate) fn validate(x: &Expanded<'_>) -> Vec<Issue> {
     }
     for r in &x.resources {
         v.resource(r);
+    }
+    for (i, block) in x.resource_blocks.iter().enumerate() {
+        if let Some(block) = block {
+            v.issues.extend(agent::check(i, block));
+        }
     }
     v.coverage();
     v.issues.extend(addresses(x));
@@ -664,16 +674,23 @@ pub(crate) fn resolve(x: &Expanded<'_>) -> Option<Site> {
             })
         })
         .collect::<Option<_>>()?;
+    let agents: Vec<_> = x
+        .resource_blocks
+        .iter()
+        .map(|b| agent::resolve(&b.as_ref()?.value, x.base))
+        .collect();
     let resources = x
         .resources
         .iter()
         .map(|r| {
+            let (agent, timings) = agents.get(r.block)?.clone()?;
             Some(Resource {
                 id: r.id.clone(),
                 kind: r.kind,
                 server: *server_idx.get(r.server.as_str())?,
                 priority: r.priority,
-                agent: r.agent.clone(),
+                agent,
+                timings,
             })
         })
         .collect::<Option<_>>()?;

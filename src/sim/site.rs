@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::config::{
-    AgentKind, Api, Failback, Kind, Mode, Resource, ResourceIdx, Role, SecretRef, Server,
-    ServerIdx, Site,
+    AgentSpec, AgentTimings, Api, Failback, Kind, Mode, Resource, ResourceIdx, Role, SecretRef,
+    Server, ServerIdx, Site,
 };
 
 #[derive(Clone)]
@@ -182,7 +182,8 @@ impl SiteBuilder {
                 kind: *kind,
                 server: idx(server),
                 priority: *priority,
-                agent: AgentKind::Simulated,
+                agent: AgentSpec::default(),
+                timings: AgentTimings::default(),
             })
             .collect();
         Site {

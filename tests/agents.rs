@@ -1,0 +1,768 @@
+//! Resource agents against real processes (the scripts in `tests/fixtures/agents/`) and a real
+//! HTTP server on 127.0.0.1, and the agent pool's ordering, concurrency, retries, monitoring
+//! and shutdown. Scripts and servers take real time, so those tests use short timeouts; the
+//! simulated agent runs in paused time.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use buddygate::agent::{AgentError, AgentPool, AgentReport, Agents, Backoff, Op, ResourceEnv};
+use buddygate::config::{
+    AgentSpec, AgentTimings, FailMode, Kind, Mode, ResourceIdx, ServerIdx, Site,
+};
+use buddygate::failover::AgentOp;
+use buddygate::runtime::state::Metrics;
+use buddygate::sim::SiteBuilder;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// The node the agents run on in these tests: the failover server.
+const NODE: ServerIdx = ServerIdx(1);
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/agents")
+        .join(name)
+}
+
+fn exec(name: &str) -> AgentSpec {
+    AgentSpec::Exec {
+        command: fixture(name),
+        written: PathBuf::from(name),
+    }
+}
+
+/// A site named `name` (unique per test: the fixtures name their files after it) with
+/// `count` cameras on live-1, all with `agent` and `timings`; the node is fo-1.
+fn site(name: &str, count: usize, agent: AgentSpec, timings: AgentTimings) -> Arc<Site> {
+    let mut site = SiteBuilder::new(&format!("{name}-{}", std::process::id()))
+        .live("live-1", &["fo-1"])
+        .failover("fo-1", Mode::Mirrored, None, None)
+        .many("live-1", Kind::Camera, count, 0)
+        .build();
+    for r in &mut site.resources {
+        r.agent = agent.clone();
+        r.timings = timings;
+    }
+    Arc::new(site)
+}
+
+fn timings(timeout: Duration, monitor_interval: Option<Duration>, retries: u32) -> AgentTimings {
+    AgentTimings {
+        timeout,
+        monitor_interval,
+        retries,
+    }
+}
+
+/// The environment of the first resource of `site` at epoch 7.
+fn env_of(site: &Site) -> ResourceEnv {
+    ResourceEnv::new(site, NODE, ResourceIdx(0), 7).expect("in the site")
+}
+
+/// A file the fixtures write: `$TMPDIR/buddygate-{what}.{site}.{resource}{suffix}`.
+fn fixture_file(what: &str, env: &ResourceEnv, suffix: &str) -> PathBuf {
+    std::env::temp_dir().join(format!(
+        "buddygate-{what}.{}.{}{suffix}",
+        env.site, env.resource
+    ))
+}
+
+/// Runs `op` on the first resource of `site` with its agent and timeout.
+async fn run(site: &Site, op: Op) -> Result<(), AgentError> {
+    let r = &site.resources[0];
+    Agents::new()
+        .run(&r.agent, &env_of(site), op, r.timings.timeout)
+        .await
+}
+
+/// Whether process `pid` is gone (or a zombie nobody has reaped yet), waiting up to 2s.
+async fn gone(pid: u32) -> bool {
+    for _ in 0..200 {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => return true,
+            Ok(stat)
+                if stat
+                    .rsplit(')')
+                    .next()
+                    .is_some_and(|s| s.trim_start().starts_with('Z')) =>
+            {
+                return true;
+            }
+            Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+    false
+}
+
+fn read_pid(path: &Path) -> u32 {
+    std::fs::read_to_string(path)
+        .expect("pid file")
+        .trim()
+        .parse()
+        .expect("a pid")
+}
+
+const SHORT: Duration = Duration::from_millis(300);
+
+#[tokio::test]
+async fn exec_agent_exit_0_is_success_and_a_failure_carries_the_scripts_stderr() {
+    let ok = site("exec-ok", 1, exec("ok.sh"), timings(SHORT * 10, None, 0));
+    for op in [Op::Start, Op::Monitor, Op::Stop] {
+        assert!(run(&ok, op).await.is_ok(), "{op}");
+    }
+    let fail = site(
+        "exec-fail",
+        1,
+        exec("fail-start.sh"),
+        timings(SHORT * 10, None, 0),
+    );
+    let error = run(&fail, Op::Start).await.expect_err("start fails");
+    assert_eq!(
+        error.to_string(),
+        "exit status 1: cannot attach live-1-camera-001: the VMS refused the connection"
+    );
+    assert_eq!(error.outcome(), "failed");
+    assert!(run(&fail, Op::Stop).await.is_ok());
+
+    let missing = site("exec-missing", 1, exec("nope.sh"), timings(SHORT, None, 0));
+    let error = run(&missing, Op::Start).await.expect_err("no such program");
+    assert_eq!(
+        error.to_string(),
+        format!(
+            "cannot run {}: No such file or directory (os error 2)",
+            fixture("nope.sh").display()
+        )
+    );
+}
+
+#[tokio::test]
+async fn exec_agent_is_killed_with_its_children_when_it_times_out() {
+    let site = site("exec-hang", 1, exec("hang.sh"), timings(SHORT, None, 0));
+    let pid_file = fixture_file("hang", &env_of(&site), ".pid");
+    let _ = std::fs::remove_file(&pid_file);
+    let began = Instant::now();
+    let error = run(&site, Op::Start).await.expect_err("times out");
+    let took = began.elapsed();
+    assert_eq!(error.to_string(), "timed out after 300ms");
+    assert_eq!(error.outcome(), "timeout");
+    assert!(took >= SHORT && took < SHORT * 4, "took {took:?}");
+    // The script's `sleep 60` went with it.
+    let sleep = read_pid(&pid_file);
+    assert!(gone(sleep).await, "sleep {sleep} outlived its agent");
+    std::fs::remove_file(&pid_file).expect("cleanup");
+}
+
+#[tokio::test]
+async fn exec_monitor_exit_7_is_not_running_and_stop_exit_7_is_done() {
+    let site = site(
+        "exec-7",
+        1,
+        exec("not-running.sh"),
+        timings(SHORT * 10, None, 0),
+    );
+    let error = run(&site, Op::Monitor).await.expect_err("not running");
+    assert!(matches!(error, AgentError::NotRunning));
+    assert_eq!(error.to_string(), "not running");
+    assert!(run(&site, Op::Stop).await.is_ok(), "idempotent stop");
+    assert!(run(&site, Op::Start).await.is_ok());
+}
+
+#[tokio::test]
+async fn exec_agent_sees_the_resource_in_its_environment_and_an_empty_stdin() {
+    let site = site("exec-env", 1, exec("env.sh"), timings(SHORT * 10, None, 0));
+    let env = env_of(&site);
+    let out = fixture_file("env", &env, ".monitor");
+    let _ = std::fs::remove_file(&out);
+    run(&site, Op::Monitor).await.expect("runs");
+    let written = std::fs::read_to_string(&out).expect("the script wrote its environment");
+    let expected = format!(
+        "arg=monitor\n\
+         BUDDYGATE_ADDRESS=127.1.0.2\n\
+         BUDDYGATE_EPOCH=7\n\
+         BUDDYGATE_KIND=camera\n\
+         BUDDYGATE_NODE=fo-1\n\
+         BUDDYGATE_OP=monitor\n\
+         BUDDYGATE_RESOURCE=live-1-camera-001\n\
+         BUDDYGATE_SERVER=live-1\n\
+         BUDDYGATE_SITE={}\n\
+         stdin=0\n",
+        site.name
+    );
+    assert_eq!(written, expected);
+    assert_eq!(site.server(NODE).address.to_string(), "127.1.0.2");
+    std::fs::remove_file(&out).expect("cleanup");
+}
+
+#[tokio::test]
+async fn exec_start_that_leaves_a_program_holding_its_output_still_returns() {
+    let site = site(
+        "exec-daemon",
+        1,
+        exec("daemon.sh"),
+        timings(SHORT * 10, None, 0),
+    );
+    let pid_file = fixture_file("daemon", &env_of(&site), ".pid");
+    let began = Instant::now();
+    run(&site, Op::Start)
+        .await
+        .expect("exit 0 counts, whoever holds stdout");
+    assert!(began.elapsed() < SHORT * 10, "{:?}", began.elapsed());
+    // The program a start leaves behind is the VMS's now: not killed.
+    let daemon = read_pid(&pid_file);
+    assert!(!gone_now(daemon), "the background program was killed");
+    let _ = std::process::Command::new("kill")
+        .arg(daemon.to_string())
+        .status();
+    std::fs::remove_file(&pid_file).expect("cleanup");
+}
+
+fn gone_now(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+        stat.rsplit(')')
+            .next()
+            .is_some_and(|s| s.trim_start().starts_with('Z'))
+    })
+}
+
+/// One request the test server received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Seen {
+    method: String,
+    uri: String,
+    body: String,
+    token: Option<String>,
+}
+
+/// A local HTTP server that records requests. Paths containing `fail` answer 500, `slow` wait
+/// 2s, everything else 204 after `hold`; it counts the most requests in flight at once.
+#[derive(Clone, Default)]
+struct Vms {
+    seen: Arc<Mutex<Vec<Seen>>>,
+    in_flight: Arc<AtomicUsize>,
+    most: Arc<AtomicUsize>,
+    hold: Duration,
+}
+
+impl Vms {
+    async fn serve(self) -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let app = Router::new().fallback(answer).with_state(self);
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        addr
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().expect("lock").clone()
+    }
+}
+
+async fn answer(
+    State(vms): State<Vms>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> (StatusCode, &'static str) {
+    let now = vms.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    vms.most.fetch_max(now, Ordering::SeqCst);
+    vms.seen.lock().expect("lock").push(Seen {
+        method: method.to_string(),
+        uri: uri.to_string(),
+        body: String::from_utf8_lossy(&body).into_owned(),
+        token: headers
+            .get("x-token")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+    });
+    let path = uri.path().to_string();
+    let wait = if path.contains("slow") {
+        Duration::from_secs(2)
+    } else {
+        vms.hold
+    };
+    tokio::time::sleep(wait).await;
+    vms.in_flight.fetch_sub(1, Ordering::SeqCst);
+    if path.contains("fail") {
+        (StatusCode::INTERNAL_SERVER_ERROR, "camera 7 is offline\n")
+    } else {
+        (StatusCode::NO_CONTENT, "")
+    }
+}
+
+fn http(url: String, method: &str, body: Option<&str>) -> AgentSpec {
+    AgentSpec::Http {
+        url,
+        method: method.into(),
+        body: body.map(str::to_string),
+        headers: vec![("x-token".into(), "s3cret".into())],
+    }
+}
+
+#[tokio::test]
+async fn http_agent_sends_the_rendered_request_and_2xx_is_success() {
+    let vms = Vms::default();
+    let addr = vms.clone().serve().await;
+    let agent = http(
+        format!(
+            "http://{addr}/api/{{{{ kind }}}}/{{{{ resource }}}}/{{{{ op }}}}?epoch={{{{ epoch }}}}"
+        ),
+        "PUT",
+        Some(
+            r#"{"epoch": {{ epoch }}, "server": "{{ node }}", "address": "{{ address }}", "home": "{{ server }}", "site": "{{ site }}"}"#,
+        ),
+    );
+    let site = site("http-ok", 1, agent, timings(SHORT * 10, None, 0));
+    run(&site, Op::Start).await.expect("204 is success");
+    run(&site, Op::Stop).await.expect("204 is success");
+    let body = format!(
+        r#"{{"epoch": 7, "server": "fo-1", "address": "127.1.0.2", "home": "live-1", "site": "{}"}}"#,
+        site.name
+    );
+    let seen = |op: &str| Seen {
+        method: "PUT".into(),
+        uri: format!("/api/camera/live-1-camera-001/{op}?epoch=7"),
+        body: body.clone(),
+        token: Some("s3cret".into()),
+    };
+    assert_eq!(vms.seen(), [seen("start"), seen("stop")]);
+}
+
+#[tokio::test]
+async fn http_agent_errors_say_what_the_server_answered_or_why_there_was_no_answer() {
+    let vms = Vms::default();
+    let addr = vms.clone().serve().await;
+    let failing = site(
+        "http-500",
+        1,
+        http(
+            format!("http://{addr}/fail/{{{{ resource }}}}"),
+            "POST",
+            None,
+        ),
+        timings(SHORT * 10, None, 0),
+    );
+    let error = run(&failing, Op::Monitor).await.expect_err("500");
+    assert_eq!(
+        error.to_string(),
+        "HTTP 500 Internal Server Error: camera 7 is offline"
+    );
+    assert_eq!(
+        vms.seen(),
+        [Seen {
+            method: "POST".into(),
+            uri: "/fail/live-1-camera-001".into(),
+            body: String::new(),
+            token: Some("s3cret".into()),
+        }]
+    );
+
+    let slow = site(
+        "http-slow",
+        1,
+        http(format!("http://{addr}/slow"), "POST", None),
+        timings(SHORT, None, 0),
+    );
+    let error = run(&slow, Op::Start).await.expect_err("too slow");
+    assert_eq!(error.to_string(), "timed out after 300ms");
+
+    // A port nobody listens on.
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind")
+        .local_addr()
+        .expect("addr");
+    let refused = site(
+        "http-refused",
+        1,
+        http(format!("http://{closed}/x"), "POST", None),
+        timings(SHORT * 10, None, 0),
+    );
+    let error = run(&refused, Op::Start).await.expect_err("refused");
+    let text = error.to_string();
+    assert!(
+        text.starts_with("request failed: error sending request for url (http://")
+            && text.contains("Connection refused"),
+        "{text}"
+    );
+}
+
+/// A pool on fo-1 of `site`, its reports and its metrics.
+fn new_pool(
+    site: &Arc<Site>,
+    concurrency: usize,
+) -> (
+    AgentPool,
+    mpsc::Receiver<AgentReport>,
+    Arc<Metrics>,
+    CancellationToken,
+) {
+    let (tx, rx) = mpsc::channel(64);
+    let metrics = Arc::new(Metrics::default());
+    let cancel = CancellationToken::new();
+    let pool = AgentPool::new(
+        site.clone(),
+        NODE,
+        tx,
+        metrics.clone(),
+        cancel.clone(),
+        concurrency,
+    )
+    .with_backoff(Backoff {
+        first: Duration::from_millis(20),
+        max: Duration::from_secs(1),
+        jitter: false,
+    });
+    (pool, rx, metrics, cancel)
+}
+
+async fn next(reports: &mut mpsc::Receiver<AgentReport>) -> AgentReport {
+    tokio::time::timeout(Duration::from_secs(60), reports.recv())
+        .await
+        .expect("a report in time")
+        .expect("the pool is alive")
+}
+
+fn done(resource: u32, epoch: u64, op: AgentOp, result: Result<(), &str>) -> AgentReport {
+    AgentReport::Done {
+        resource: ResourceIdx(resource),
+        epoch,
+        op,
+        result: result.map_err(str::to_string),
+    }
+}
+
+fn count(metrics: &Metrics, op: &'static str, outcome: &'static str) -> u64 {
+    metrics
+        .agent_ops
+        .lock()
+        .expect("lock")
+        .get(&(op, outcome))
+        .copied()
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn pool_runs_different_resources_in_parallel_up_to_its_concurrency() {
+    let vms = Vms {
+        hold: Duration::from_millis(250),
+        ..Vms::default()
+    };
+    let addr = vms.clone().serve().await;
+    let agent = http(
+        format!("http://{addr}/{{{{ resource }}}}/{{{{ op }}}}"),
+        "POST",
+        None,
+    );
+    let site = site("pool-bound", 6, agent, timings(SHORT * 10, None, 0));
+    let (pool, mut reports, metrics, _cancel) = new_pool(&site, 2);
+    for r in 0..6 {
+        pool.start(ResourceIdx(r), 3);
+    }
+    let mut got = Vec::new();
+    for _ in 0..6 {
+        got.push(next(&mut reports).await);
+    }
+    got.sort_by_key(|r| match r {
+        AgentReport::Done { resource, .. } => resource.0,
+        AgentReport::MonitorFailed { resource, .. } => resource.0 + 100,
+    });
+    let expected: Vec<_> = (0..6).map(|r| done(r, 3, AgentOp::Start, Ok(()))).collect();
+    assert_eq!(got, expected);
+    assert_eq!(
+        vms.most.load(Ordering::SeqCst),
+        2,
+        "at most 2 at once, and 2 did run together"
+    );
+    assert_eq!(vms.seen().len(), 6);
+    assert_eq!(count(&metrics, "start", "ok"), 6);
+}
+
+#[tokio::test(start_paused = true)]
+async fn pool_runs_one_resources_operations_in_the_order_asked() {
+    let agent = AgentSpec::Simulated {
+        activation: Duration::from_secs(1),
+        fail: None,
+    };
+    let site = site(
+        "pool-order",
+        2,
+        agent,
+        timings(Duration::from_secs(10), None, 0),
+    );
+    let (pool, mut reports, metrics, _cancel) = new_pool(&site, 16);
+    let began = Instant::now();
+    pool.start(ResourceIdx(0), 4);
+    pool.stop(ResourceIdx(0), 4);
+    pool.start(ResourceIdx(1), 4);
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(next(&mut reports).await);
+    }
+    // Both starts took their 1s side by side; the stop then took no time.
+    assert_eq!(began.elapsed(), Duration::from_secs(1));
+    let of = |r: u32| -> Vec<&AgentReport> {
+        got.iter()
+            .filter(|g| matches!(g, AgentReport::Done { resource, .. } if resource.0 == r))
+            .collect()
+    };
+    // The stop asked while cam 0 was starting waited for the start.
+    assert_eq!(
+        of(0),
+        [
+            &done(0, 4, AgentOp::Start, Ok(())),
+            &done(0, 4, AgentOp::Stop, Ok(()))
+        ]
+    );
+    assert_eq!(of(1), [&done(1, 4, AgentOp::Start, Ok(()))]);
+    assert_eq!(count(&metrics, "start", "ok"), 2);
+    assert_eq!(count(&metrics, "stop", "ok"), 1);
+}
+
+#[tokio::test]
+async fn pool_retries_a_failed_start_with_backoff_before_reporting() {
+    let retrying = site(
+        "pool-retry",
+        1,
+        exec("flaky.sh"),
+        timings(SHORT * 10, None, 2),
+    );
+    let counter = fixture_file("flaky", &env_of(&retrying), "");
+    let _ = std::fs::remove_file(&counter);
+    let (pool, mut reports, metrics, _cancel) = new_pool(&retrying, 4);
+    pool.start(ResourceIdx(0), 9);
+    assert_eq!(next(&mut reports).await, done(0, 9, AgentOp::Start, Ok(())));
+    let attempts = std::fs::read_to_string(&counter).expect("counter");
+    assert_eq!(attempts.lines().count(), 3);
+    assert_eq!(count(&metrics, "start", "failed"), 2);
+    assert_eq!(count(&metrics, "start", "ok"), 1);
+    std::fs::remove_file(&counter).expect("cleanup");
+
+    // With one retry the flaky start fails for good, and says how often it was tried.
+    let giving_up = site(
+        "pool-give-up",
+        1,
+        exec("flaky.sh"),
+        timings(SHORT * 10, None, 1),
+    );
+    let counter = fixture_file("flaky", &env_of(&giving_up), "");
+    let _ = std::fs::remove_file(&counter);
+    let (pool, mut reports, metrics, _cancel) = new_pool(&giving_up, 4);
+    pool.start(ResourceIdx(0), 9);
+    assert_eq!(
+        next(&mut reports).await,
+        done(
+            0,
+            9,
+            AgentOp::Start,
+            Err("exit status 1: start 2 fails (after 2 attempts)")
+        )
+    );
+    assert_eq!(count(&metrics, "start", "failed"), 2);
+    std::fs::remove_file(&counter).expect("cleanup");
+}
+
+#[tokio::test(start_paused = true)]
+async fn pool_reports_two_failed_monitors_in_a_row_and_stops_monitoring() {
+    let agent = AgentSpec::Simulated {
+        activation: Duration::from_millis(50),
+        fail: Some(FailMode::Monitor),
+    };
+    let every = Duration::from_secs(5);
+    let site = site(
+        "pool-monitor",
+        1,
+        agent,
+        timings(Duration::from_secs(1), Some(every), 0),
+    );
+    let (pool, mut reports, metrics, _cancel) = new_pool(&site, 16);
+    let began = Instant::now();
+    pool.start(ResourceIdx(0), 2);
+    assert_eq!(next(&mut reports).await, done(0, 2, AgentOp::Start, Ok(())));
+    assert_eq!(
+        next(&mut reports).await,
+        AgentReport::MonitorFailed {
+            resource: ResourceIdx(0),
+            reason: "monitor: simulated monitor failure".into()
+        }
+    );
+    assert_eq!(began.elapsed(), Duration::from_millis(50) + every * 2);
+    // No more monitors after the report.
+    tokio::time::sleep(every * 10).await;
+    assert_eq!(count(&metrics, "monitor", "failed"), 2);
+    assert!(reports.try_recv().is_err());
+}
+
+#[tokio::test(start_paused = true)]
+async fn pool_monitors_a_started_resource_until_it_is_stopped() {
+    let site = site(
+        "pool-monitor-ok",
+        1,
+        AgentSpec::default(),
+        timings(Duration::from_secs(1), Some(Duration::from_secs(5)), 0),
+    );
+    let (pool, mut reports, metrics, _cancel) = new_pool(&site, 16);
+    pool.start(ResourceIdx(0), 1);
+    assert_eq!(next(&mut reports).await, done(0, 1, AgentOp::Start, Ok(())));
+    tokio::time::sleep(Duration::from_secs(16)).await;
+    assert_eq!(count(&metrics, "monitor", "ok"), 3);
+    pool.stop(ResourceIdx(0), 1);
+    assert_eq!(next(&mut reports).await, done(0, 1, AgentOp::Stop, Ok(())));
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(count(&metrics, "monitor", "ok"), 3);
+    assert_eq!(count(&metrics, "monitor", "failed"), 0);
+}
+
+#[tokio::test]
+async fn pool_reports_an_exec_resource_whose_monitor_says_not_running() {
+    let site = site(
+        "pool-exec-monitor",
+        1,
+        exec("not-running.sh"),
+        timings(SHORT * 10, Some(Duration::from_millis(50)), 0),
+    );
+    let (pool, mut reports, metrics, _cancel) = new_pool(&site, 16);
+    pool.start(ResourceIdx(0), 5);
+    assert_eq!(next(&mut reports).await, done(0, 5, AgentOp::Start, Ok(())));
+    assert_eq!(
+        next(&mut reports).await,
+        AgentReport::MonitorFailed {
+            resource: ResourceIdx(0),
+            reason: "monitor: not running".into()
+        }
+    );
+    assert_eq!(count(&metrics, "monitor", "failed"), 2);
+}
+
+#[tokio::test]
+async fn pool_ends_everything_on_cancel_and_kills_running_agents() {
+    let site = site(
+        "pool-cancel",
+        1,
+        exec("hang.sh"),
+        timings(Duration::from_secs(30), None, 0),
+    );
+    let pid_file = fixture_file("hang", &env_of(&site), ".pid");
+    let _ = std::fs::remove_file(&pid_file);
+    let (pool, mut reports, metrics, cancel) = new_pool(&site, 16);
+    pool.start(ResourceIdx(0), 1);
+    // Wait until the agent runs.
+    for _ in 0..200 {
+        if pid_file.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let sleep = read_pid(&pid_file);
+    cancel.cancel();
+    tokio::time::timeout(Duration::from_secs(5), pool.wait())
+        .await
+        .expect("the workers end");
+    assert!(gone(sleep).await, "sleep {sleep} outlived the pool");
+    // Nothing is reported for an operation cut short by shutdown, nor counted.
+    assert!(reports.try_recv().is_err());
+    assert_eq!(
+        count(&metrics, "start", "ok") + count(&metrics, "start", "failed"),
+        0
+    );
+    // And nothing runs after it.
+    pool.start(ResourceIdx(0), 2);
+    tokio::time::timeout(Duration::from_secs(1), pool.wait())
+        .await
+        .expect("no worker was started");
+    assert!(reports.try_recv().is_err());
+    std::fs::remove_file(&pid_file).expect("cleanup");
+}
+
+#[test]
+fn reports_become_core_inputs() {
+    use buddygate::failover::Input;
+    let input: Input = done(3, 8, AgentOp::Stop, Err("exit status 2")).into();
+    assert_eq!(
+        input,
+        Input::AgentDone {
+            resource: ResourceIdx(3),
+            epoch: 8,
+            op: AgentOp::Stop,
+            result: Err("exit status 2".into())
+        }
+    );
+    let input: Input = AgentReport::MonitorFailed {
+        resource: ResourceIdx(1),
+        reason: "monitor: not running".into(),
+    }
+    .into();
+    assert_eq!(
+        input,
+        Input::MonitorFailed {
+            resource: ResourceIdx(1),
+            reason: "monitor: not running".into()
+        }
+    );
+}
+
+#[test]
+fn resource_env_lists_every_agent_variable_in_order() {
+    let site = site("vars", 1, AgentSpec::default(), AgentTimings::default());
+    let env = env_of(&site);
+    let vars: BTreeMap<&str, String> = env.vars(Op::Stop).into_iter().collect();
+    let names: Vec<&str> = env.vars(Op::Stop).iter().map(|(n, _)| *n).collect();
+    assert_eq!(names, buddygate::config::AGENT_VARIABLES);
+    assert_eq!(vars["op"], "stop");
+    assert_eq!(vars["epoch"], "7");
+    assert_eq!(vars["server"], "live-1");
+    assert_eq!(
+        ResourceEnv::new(&site, ServerIdx(9), ResourceIdx(0), 1),
+        None
+    );
+    assert_eq!(ResourceEnv::new(&site, NODE, ResourceIdx(9), 1), None);
+}
+
+#[tokio::test]
+async fn the_example_vms_agent_follows_the_contract() {
+    let site = site(
+        "example",
+        1,
+        AgentSpec::Exec {
+            command: Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/agents/vms-camera.sh"),
+            written: PathBuf::from("agents/vms-camera.sh"),
+        },
+        timings(SHORT * 10, None, 0),
+    );
+    let r = &site.resources[0];
+    let env = ResourceEnv {
+        // Its state file is named after the resource: unique per test run.
+        resource: format!("cam-example-{}", std::process::id()),
+        ..env_of(&site)
+    };
+    let agents = Agents::new();
+    let run = |op| agents.run(&r.agent, &env, op, r.timings.timeout);
+    // BUDDYGATE_STATE_DIR is not set: its default.
+    let state = Path::new("/tmp/buddygate-vms/fo-1").join(&env.resource);
+    let monitor = run(Op::Monitor).await.expect_err("not started");
+    assert!(matches!(monitor, AgentError::NotRunning), "{monitor}");
+    run(Op::Start).await.expect("start");
+    run(Op::Start).await.expect("start again: idempotent");
+    assert_eq!(
+        std::fs::read_to_string(&state).expect("state file"),
+        "kind=camera\nhome=live-1\nepoch=7\naddress=127.1.0.2\n"
+    );
+    run(Op::Monitor).await.expect("running");
+    run(Op::Stop).await.expect("stop");
+    run(Op::Stop).await.expect("stop again: idempotent");
+    assert!(!state.exists());
+    let monitor = run(Op::Monitor).await.expect_err("stopped");
+    assert!(matches!(monitor, AgentError::NotRunning), "{monitor}");
+}
