@@ -118,7 +118,9 @@ impl Default for Metrics {
             send_errors: AtomicU64::new(0),
             api_unauthorized: AtomicU64::new(0),
             agent_ops: Mutex::new(BTreeMap::new()),
-            takeover_seconds: Histogram::new(&[0.1, 0.25, 0.5, 1.0, 1.2, 1.5, 2.0, 5.0, 10.0, 30.0]),
+            takeover_seconds: Histogram::new(&[
+                0.1, 0.25, 0.5, 1.0, 1.2, 1.5, 2.0, 5.0, 10.0, 30.0,
+            ]),
             events_stored: AtomicU64::new(0),
         }
     }
