@@ -2,6 +2,8 @@
 //! gateway that tells PSIMs, MQTT subscribers and ONVIF consumers where each camera went.
 //!
 //! # Layout
+//! - [`api`]: the HTTP API: REST under `/api/v1`, server-sent events, Prometheus metrics and
+//!   the dashboard.
 //! - [`config`]: the site file: serde types, id-range expansion, pure validation with
 //!   `file:line:col` diagnostics, the resolved [`config::Site`].
 //! - [`failover`]: the core. A clock-free, I/O-free state machine per node
@@ -14,6 +16,7 @@
 //! - [`cli`]: the command line, kept thin: `main` parses and calls in here.
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod demo;
