@@ -51,13 +51,18 @@ fn parse_after(value: &str, what: &str) -> Result<u64, ApiError> {
     })
 }
 
+/// A limit above [`MAX_LIMIT`] (however large) is cut to it; 0 or a non-number is an error.
 fn parse_limit(value: &str) -> Result<usize, ApiError> {
-    match value.trim().parse::<u64>() {
-        Ok(0) | Err(_) => Err(ApiError::bad_request(format!(
+    let digits = value.trim();
+    let is_number = !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit());
+    if !is_number || digits.bytes().all(|b| b == b'0') {
+        return Err(ApiError::bad_request(format!(
             "limit must be an integer from 1 to {MAX_LIMIT}, got {value:?}"
-        ))),
-        Ok(n) => Ok(usize::try_from(n).unwrap_or(MAX_LIMIT).min(MAX_LIMIT)),
+        )));
     }
+    Ok(digits
+        .parse::<usize>()
+        .map_or(MAX_LIMIT, |n| n.min(MAX_LIMIT)))
 }
 
 fn query_error(rejection: QueryRejection) -> ApiError {
@@ -152,11 +157,7 @@ pub(crate) async fn stream(
     // last: the header is the newer of the two.
     let last_event_id = headers
         .get("last-event-id")
-        .map(|v| {
-            v.to_str()
-                .map_err(|_| ApiError::bad_request("Last-Event-ID must be a sequence number"))
-                .and_then(|v| parse_after(v, "Last-Event-ID"))
-        })
+        .map(|v| parse_after(&String::from_utf8_lossy(v.as_bytes()), "Last-Event-ID"))
         .transpose()?;
     let after = match last_event_id {
         Some(seq) => Some(seq),

@@ -46,12 +46,24 @@ fn same_token(expected: &str, given: &str) -> bool {
     }
 }
 
-/// The bearer token of the request, if it sent one.
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
-    let (scheme, token) = value.split_once(' ')?;
-    let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+/// What the request offers as credentials.
+enum Credentials<'a> {
+    Missing,
+    /// An `Authorization` header that is not `Bearer <token>`.
+    Unsupported,
+    Bearer(&'a str),
+}
+
+fn credentials(headers: &HeaderMap) -> Credentials<'_> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Credentials::Missing;
+    };
+    let bearer = value.to_str().ok().and_then(|v| {
+        let (scheme, token) = v.trim().split_once(' ')?;
+        let token = token.trim();
+        (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+    });
+    bearer.map_or(Credentials::Unsupported, Credentials::Bearer)
 }
 
 /// Checks the bearer token; counts refusals for want of a good one.
@@ -70,13 +82,17 @@ pub(crate) fn authorize(shared: &Shared, headers: &HeaderMap) -> Result<(), ApiE
         tracing::warn!(reason = message, "API mutation refused.");
         ApiError::unauthorized(message, challenge)
     };
-    match bearer(headers) {
-        None => Err(refuse(
+    match credentials(headers) {
+        Credentials::Missing => Err(refuse(
             "missing bearer token: send Authorization: Bearer <api.token>",
             CHALLENGE,
         )),
-        Some(given) if same_token(expected, given) => Ok(()),
-        Some(_) => Err(refuse("invalid bearer token", CHALLENGE_INVALID)),
+        Credentials::Unsupported => Err(refuse(
+            "unsupported Authorization header: send Authorization: Bearer <api.token>",
+            CHALLENGE,
+        )),
+        Credentials::Bearer(given) if same_token(expected, given) => Ok(()),
+        Credentials::Bearer(_) => Err(refuse("invalid bearer token", CHALLENGE_INVALID)),
     }
 }
 
