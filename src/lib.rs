@@ -2,6 +2,8 @@
 //! gateway that tells PSIMs, MQTT subscribers and ONVIF consumers where each camera went.
 //!
 //! # Layout
+//! - [`api`]: the HTTP API: REST under `/api/v1`, server-sent events, Prometheus metrics and
+//!   the dashboard.
 //! - [`config`]: the site file: serde types, id-range expansion, pure validation with
 //!   `file:line:col` diagnostics, the resolved [`config::Site`].
 //! - [`failover`]: the core. A clock-free, I/O-free state machine per node

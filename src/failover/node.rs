@@ -143,6 +143,9 @@ pub struct ServerView {
     pub known: bool,
     /// The server runs a different site file.
     pub config_mismatch: bool,
+    /// The server says it has just started and is waiting to hear its buddies (for this
+    /// node: it is still in its start-up wait).
+    pub booting: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -466,6 +469,7 @@ impl Node {
                 paths: Vec::new(),
                 known: true,
                 config_mismatch: false,
+                booting: self.is_booting(),
             };
         }
         match self.peers.get(&s) {
@@ -482,6 +486,7 @@ impl Node {
                     .collect(),
                 known: true,
                 config_mismatch: p.digest != self.digest && p.last_heard.is_some(),
+                booting: p.reported == PeerState::Booting && p.paths.iter().any(|x| x.up),
             },
             None => ServerView {
                 server: s,
@@ -489,6 +494,7 @@ impl Node {
                 paths: Vec::new(),
                 known: false,
                 config_mismatch: false,
+                booting: false,
             },
         }
     }
