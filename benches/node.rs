@@ -18,10 +18,15 @@ async fn all_on(c: &Cluster, home: &str, owner: &str) -> Option<()> {
 
 async fn ready(c: &mut Cluster) {
     c.start_all();
-    eventually(Duration::from_secs(15), "site up", || all_on(c, "live-1", "live-1")).await;
+    eventually(Duration::from_secs(15), "site up", || {
+        all_on(c, "live-1", "live-1")
+    })
+    .await;
     eventually(Duration::from_secs(15), "fo-1 sees it", || async {
         let v = owners(&c.api("fo-1"), "live-1").await?;
-        v.iter().all(|(o, _, _, s)| o == "live-1" && s == "active").then_some(())
+        v.iter()
+            .all(|(o, _, _, s)| o == "live-1" && s == "active")
+            .then_some(())
     })
     .await;
     // Let the paths settle.
@@ -30,30 +35,49 @@ async fn ready(c: &mut Cluster) {
 
 fn pct(v: &mut [Duration], p: usize) -> Duration {
     v.sort();
-    v[((v.len() * p).div_ceil(100)).saturating_sub(1).min(v.len() - 1)]
+    v[((v.len() * p).div_ceil(100))
+        .saturating_sub(1)
+        .min(v.len() - 1)]
 }
 
 async fn takeover_runs(runs: usize, sigterm: bool) -> (Vec<Duration>, Vec<u64>) {
     let mut times = Vec::new();
     let mut reported = Vec::new();
     for _ in 0..runs {
-        let mut c = Cluster::new("bench", 1, 50, SiteOptions {
-            extra_resource_keys: "activation = \"10ms\"\nmonitor_interval = \"0s\"\n",
-            ..SiteOptions::default()
-        });
+        let mut c = Cluster::new(
+            "bench",
+            1,
+            50,
+            SiteOptions {
+                extra_resource_keys: "activation = \"10ms\"\nmonitor_interval = \"0s\"\n",
+                ..SiteOptions::default()
+            },
+        );
         ready(&mut c).await;
         let t0 = Instant::now();
         if sigterm {
             let pid = c.pid("live-1");
-            let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
         } else {
             c.kill9("live-1");
         }
-        eventually(Duration::from_secs(10), "takeover", || all_on(&c, "live-1", "fo-1")).await;
+        eventually(Duration::from_secs(10), "takeover", || {
+            all_on(&c, "live-1", "fo-1")
+        })
+        .await;
         times.push(t0.elapsed());
-        if let Some(v) = get(&format!("{}/api/v1/events?after=0&limit=1000", c.api("fo-1"))).await {
+        if let Some(v) = get(&format!(
+            "{}/api/v1/events?after=0&limit=1000",
+            c.api("fo-1")
+        ))
+        .await
+        {
             if let Some(ms) = v["events"].as_array().into_iter().flatten().find_map(|e| {
-                (e["type"] == "buddygate.failover.completed").then(|| e["data"]["takeover_ms"].as_u64()).flatten()
+                (e["type"] == "buddygate.failover.completed")
+                    .then(|| e["data"]["takeover_ms"].as_u64())
+                    .flatten()
             }) {
                 reported.push(ms);
             }
@@ -86,14 +110,23 @@ fn cpu_ticks(pid: u32) -> u64 {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let runs: usize = std::env::var("RUNS").ok().and_then(|r| r.parse().ok()).unwrap_or(20);
+    let runs: usize = std::env::var("RUNS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(20);
     let (mut t, rep) = takeover_runs(runs, false).await;
     let (p50, p99, max) = (pct(&mut t, 50), pct(&mut t, 99), *t.iter().max().unwrap());
     println!(
         "kill -9, 50 cameras, {runs} runs: all active on the buddy after p50 {} ms, p99 {} ms, max {} ms \
          (from the kill, polled every 20 ms); failover.completed takeover_ms (from the last heartbeat) p50 {} ms",
-        p50.as_millis(), p99.as_millis(), max.as_millis(),
-        { let mut r = rep.clone(); r.sort(); r.get(r.len() / 2).copied().unwrap_or(0) }
+        p50.as_millis(),
+        p99.as_millis(),
+        max.as_millis(),
+        {
+            let mut r = rep.clone();
+            r.sort();
+            r.get(r.len() / 2).copied().unwrap_or(0)
+        }
     );
     let (mut t, _) = takeover_runs(runs, true).await;
     println!(
@@ -102,11 +135,16 @@ async fn main() {
         pct(&mut t, 99).as_millis()
     );
 
-    let mut c = Cluster::new("idle", 1, 50, SiteOptions {
-        failover: 5,
-        extra_resource_keys: "activation = \"10ms\"\nmonitor_interval = \"5s\"\n",
-        ..SiteOptions::default()
-    });
+    let mut c = Cluster::new(
+        "idle",
+        1,
+        50,
+        SiteOptions {
+            failover: 5,
+            extra_resource_keys: "activation = \"10ms\"\nmonitor_interval = \"5s\"\n",
+            ..SiteOptions::default()
+        },
+    );
     ready(&mut c).await;
     let pid = c.pid("live-1");
     let hz = 100.0; // USER_HZ on Linux

@@ -299,6 +299,8 @@ fn manual_failover_moves_a_healthy_server_and_holds_until_failback() {
     sim.command(fo, Action::Failover, l1);
     assert!(sim.run_until_cond(MS(500), |sim| all_on(sim, &rs, fo)));
     assert!(no_orphan_after(&sim, &rs, t0));
+    assert_eq!(count(&sim, fo, t0, "buddygate.ownership.conflict"), 0);
+    assert_eq!(count(&sim, l1, t0, "buddygate.ownership.conflict"), 0);
     sim.run_for(SECS(10));
     assert!(
         all_on(&sim, &rs, fo),
@@ -335,6 +337,11 @@ fn leaving_and_unhealthy_take_the_fast_path() {
     let took = sim.now() - t0;
     assert!(took < MS(100), "clean shutdown handed over in {took:?}");
     assert!(no_orphan_after(&sim, &rs, t0), "a gap during the hand-over");
+    assert_eq!(
+        count(&sim, fo, t0, "buddygate.ownership.conflict"),
+        0,
+        "a clean hand-over is not a conflict"
+    );
 
     // unhealthy: one camera's monitor fails on live-2; only that camera moves, at once.
     let cam = homed(&sim, l2)[3];

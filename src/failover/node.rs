@@ -1070,8 +1070,15 @@ impl Node {
                         to_stop.push((r, c.epoch));
                     }
                     if c.state == ClaimState::Active {
-                        let higher_kind = if beats(theirs, mine) { pc.kind } else { c.kind };
-                        if pc.epoch == c.epoch || higher_kind == ClaimKind::Takeover {
+                        let (higher_kind, lower_leaving) = if beats(theirs, mine) {
+                            (pc.kind, self.my_state() == PeerState::Leaving)
+                        } else {
+                            (c.kind, p.reported == PeerState::Leaving)
+                        };
+                        // A takeover from a node that said it is leaving is a planned hand-over.
+                        if pc.epoch == c.epoch
+                            || (higher_kind == ClaimKind::Takeover && !lower_leaving)
+                        {
                             conflict = true;
                             owners.push((s, pc.epoch));
                         }

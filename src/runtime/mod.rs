@@ -160,7 +160,9 @@ impl Daemon {
         );
 
         let tasks = TaskTracker::new();
-        let inner = cancel.child_token();
+        // Not a child of `cancel`: sockets, agents and the API keep working while the node
+        // hands over after a shutdown request; they stop once `run` is done.
+        let inner = CancellationToken::new();
         let metrics = Arc::new(Metrics::default());
         let (dgram_tx, dgram_rx) = mpsc::channel::<(usize, Vec<u8>)>(4096);
         for (path, sock) in sockets.iter().enumerate() {
