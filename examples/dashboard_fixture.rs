@@ -50,23 +50,7 @@ fn site() -> Site {
 }
 
 fn snapshot_of(node: &Node, now: Duration) -> Snapshot {
-    let site = node.site().clone();
-    Snapshot {
-        node: node.me(),
-        booting: node.is_booting(),
-        now,
-        taken_at: SystemTime::now(),
-        servers: site
-            .server_indices()
-            .map(|s| node.server_view(s, now))
-            .collect(),
-        resources: site
-            .resource_indices()
-            .map(|r| node.resource_view(r, now))
-            .collect(),
-        stats: node.stats().clone(),
-        site,
-    }
+    Snapshot::of(node, now)
 }
 
 /// Maps the simulator's clock to the wall clock.

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use buddygate::api;
 use buddygate::config::{Kind, Mode};
@@ -47,23 +47,7 @@ fn node_after_takeover() -> (Node, Duration) {
 }
 
 fn snapshot_of(node: &Node, now: Duration) -> Snapshot {
-    let site = node.site().clone();
-    Snapshot {
-        node: node.me(),
-        booting: node.is_booting(),
-        now,
-        taken_at: SystemTime::now(),
-        servers: site
-            .server_indices()
-            .map(|s| node.server_view(s, now))
-            .collect(),
-        resources: site
-            .resource_indices()
-            .map(|r| node.resource_view(r, now))
-            .collect(),
-        stats: node.stats().clone(),
-        site,
-    }
+    Snapshot::of(node, now)
 }
 
 fn cloud_event(seq: u64, kind: &str, data: Value) -> String {

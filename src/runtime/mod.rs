@@ -428,24 +428,7 @@ fn log_event(site: &Site, e: &Event) {
 }
 
 fn snapshot(node: &Node, origin: Instant) -> Snapshot {
-    let now = Instant::now().saturating_duration_since(origin);
-    let site = node.site().clone();
-    Snapshot {
-        node: node.me(),
-        booting: node.is_booting(),
-        now,
-        taken_at: SystemTime::now(),
-        servers: site
-            .server_indices()
-            .map(|s| node.server_view(s, now))
-            .collect(),
-        resources: site
-            .resource_indices()
-            .map(|r| node.resource_view(r, now))
-            .collect(),
-        stats: node.stats().clone(),
-        site,
-    }
+    Snapshot::of(node, Instant::now().saturating_duration_since(origin))
 }
 
 async fn recv_loop(

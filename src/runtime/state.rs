@@ -15,7 +15,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::config::{ServerIdx, Site};
 use crate::failover::wire::Action;
-use crate::failover::{ResourceView, ServerView, Stats};
+use crate::failover::{Node, ResourceView, ServerView, Stats};
 use crate::store::StoredEvent;
 
 /// The core's view at one moment.
@@ -35,6 +35,29 @@ pub struct Snapshot {
     /// One per resource of the site, in site order.
     pub resources: Vec<ResourceView>,
     pub stats: Stats,
+}
+
+impl Snapshot {
+    /// The view of `node` at the core's time `now`.
+    pub fn of(node: &Node, now: Duration) -> Self {
+        let site = node.site().clone();
+        Self {
+            node: node.me(),
+            booting: node.is_booting(),
+            now,
+            taken_at: SystemTime::now(),
+            servers: site
+                .server_indices()
+                .map(|s| node.server_view(s, now))
+                .collect(),
+            resources: site
+                .resource_indices()
+                .map(|r| node.resource_view(r, now))
+                .collect(),
+            stats: node.stats().clone(),
+            site,
+        }
+    }
 }
 
 /// A manual failover or failback for the core.
