@@ -299,6 +299,7 @@ async fn main() -> anyhow::Result<()> {
         data_dir: dir.clone(),
         token: Some("fixture-token".into()),
         metrics: metrics.clone(),
+        connectors: Default::default(),
     };
     let clock = Clock {
         sim: sim.now(),

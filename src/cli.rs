@@ -83,6 +83,14 @@ pub enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Re-deliver a connector's dead letters (and re-enable it after a 410), through any node
+    /// that runs it.
+    Replay {
+        /// The connector (its file's stem).
+        connector: String,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Print the JSON Schema of the site file (committed as schemas/site.schema.json).
     #[command(hide = true)]
     Schema,
@@ -124,6 +132,9 @@ pub fn run_with(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
         Command::Status { target } => return crate::cli_node::status(&target, out, err),
         Command::Failover { server, target } => {
             return crate::cli_node::command(&target, "failover", &server, out, err);
+        }
+        Command::Replay { connector, target } => {
+            return crate::cli_node::replay(&target, &connector, out, err);
         }
         Command::Failback { server, target } => {
             return crate::cli_node::command(&target, "failback", &server, out, err);
@@ -167,6 +178,26 @@ fn check(path: &std::path::Path, out: &mut dyn Write, err: &mut dyn Write) -> u8
                 let _ = writeln!(err, "{w}");
             }
             let _ = out.write_all(config::summary::render(&loaded.site).as_bytes());
+            if !loaded.connectors.is_empty() {
+                let _ = writeln!(out, "connectors:");
+                for c in &loaded.connectors {
+                    let config::connectors::ConnectorKind::Webhook(w) = &c.kind;
+                    let events = if w.events.is_empty() {
+                        "all events".to_string()
+                    } else {
+                        w.events.join(", ")
+                    };
+                    let _ = writeln!(
+                        out,
+                        "  {} ({}): {} {} [{events}]{}",
+                        c.name,
+                        c.kind.type_name(),
+                        w.method,
+                        w.url,
+                        if w.secrets.is_empty() { "" } else { ", signed" }
+                    );
+                }
+            }
             let _ = writeln!(out);
             let _ =
                 out.write_all(crate::failover::placement::capacity_report(&loaded.site).as_bytes());

@@ -18,12 +18,17 @@ const EXIT_UNAVAILABLE: u8 = 69;
 
 /// Loads the site file, printing diagnostics; `None` when invalid.
 fn load(config: &Path, err: &mut dyn Write) -> Option<Site> {
+    load_all(config, err).map(|l| l.site)
+}
+
+/// The site and its connector files.
+fn load_all(config: &Path, err: &mut dyn Write) -> Option<config::Loaded> {
     match config::load(config) {
         Ok(loaded) => {
             for w in &loaded.warnings {
                 let _ = writeln!(err, "{w}");
             }
-            Some(loaded.site)
+            Some(loaded)
         }
         Err(diagnostics) => {
             let _ = writeln!(err, "{diagnostics}");
@@ -55,9 +60,10 @@ fn init_logging() {
 
 /// `buddygate run`.
 pub fn run_node(config: &Path, node: &str, data_dir: Option<PathBuf>, err: &mut dyn Write) -> u8 {
-    let Some(site) = load(config, err) else {
+    let Some(loaded) = load_all(config, err) else {
         return EXIT_INVALID;
     };
+    let (site, connectors) = (loaded.site, loaded.connectors);
     let Some(idx) = site.server_idx(node) else {
         let ids: Vec<&str> = site.servers.iter().map(|s| s.id.as_str()).collect();
         let _ = writeln!(
@@ -96,6 +102,7 @@ pub fn run_node(config: &Path, node: &str, data_dir: Option<PathBuf>, err: &mut 
         api_token,
         agent_concurrency: 16,
         shutdown_grace: Duration::from_secs(5),
+        connectors,
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -216,9 +223,12 @@ pub fn status(t: &Target, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
     let fetched = rt.block_on(async {
         let site = get_json(&client, &format!("{base}/api/v1/site")).await?;
         let resources = get_json(&client, &format!("{base}/api/v1/resources")).await?;
-        Ok::<_, String>((site, resources))
+        let connectors = get_json(&client, &format!("{base}/api/v1/connectors"))
+            .await
+            .unwrap_or(Value::Null);
+        Ok::<_, String>((site, resources, connectors))
     });
-    let (site, resources) = match fetched {
+    let (site, resources, connectors) = match fetched {
         Ok(x) => x,
         Err(e) => {
             let _ = writeln!(err, "buddygate status: {e}");
@@ -226,7 +236,41 @@ pub fn status(t: &Target, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
         }
     };
     let _ = out.write_all(render_status(&site, &resources).as_bytes());
+    let _ = out.write_all(render_connectors(&connectors).as_bytes());
     0
+}
+
+/// Connector health, from the API's `connectors` document.
+pub fn render_connectors(v: &Value) -> String {
+    use std::fmt::Write as _;
+    let list = v["connectors"].as_array().cloned().unwrap_or_default();
+    if list.is_empty() {
+        return String::new();
+    }
+    let mut s = format!(
+        "\n{:<16} {:<8} {:<9} {:>9} {:>6} {:>7} {:>5}  target / last error\n",
+        "CONNECTOR", "TYPE", "STATE", "DELIVERED", "QUEUE", "RETRIED", "DEAD"
+    );
+    for c in list {
+        let last = c["disabled_reason"]
+            .as_str()
+            .or(c["last_error"].as_str())
+            .map(|e| format!(" ({e})"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            s,
+            "{:<16} {:<8} {:<9} {:>9} {:>6} {:>7} {:>5}  {}{last}",
+            c["name"].as_str().unwrap_or("?"),
+            c["type"].as_str().unwrap_or("?"),
+            c["state"].as_str().unwrap_or("?"),
+            c["delivered"].as_u64().unwrap_or(0),
+            c["queue_depth"].as_u64().unwrap_or(0),
+            c["retried"].as_u64().unwrap_or(0),
+            c["dead_letters"].as_array().map_or(0, Vec::len),
+            c["target"].as_str().unwrap_or("")
+        );
+    }
+    s
 }
 
 /// The status tables, from the API's `site` and `resources` documents.
@@ -311,6 +355,17 @@ pub fn render_status(site: &Value, resources: &Value) -> String {
     s
 }
 
+/// `buddygate replay CONNECTOR`.
+pub fn replay(t: &Target, connector: &str, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+    post(
+        t,
+        &format!("connectors/{connector}/replay"),
+        &format!("replay of {connector}"),
+        out,
+        err,
+    )
+}
+
 /// `buddygate failover|failback SERVER`.
 pub fn command(
     t: &Target,
@@ -319,13 +374,24 @@ pub fn command(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> u8 {
+    post(
+        t,
+        &format!("servers/{server}/{action}"),
+        &format!("{action} of {server} (it reaches the nodes concerned with the next heartbeats)"),
+        out,
+        err,
+    )
+}
+
+/// An authenticated POST to `{api}/api/v1/{path}`.
+fn post(t: &Target, path: &str, what: &str, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
     let Some((base, token)) = target(t, err) else {
         return EXIT_INVALID;
     };
     let Ok(rt) = client_runtime() else {
         return EXIT_UNAVAILABLE;
     };
-    let url = format!("{base}/api/v1/servers/{server}/{action}");
+    let url = format!("{base}/api/v1/{path}");
     let result = rt.block_on(async {
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
@@ -342,22 +408,19 @@ pub fn command(
     });
     match result {
         Ok((status, _)) if status.is_success() => {
-            let _ = writeln!(
-                out,
-                "{action} of {server} accepted; it reaches the nodes concerned with the next heartbeats"
-            );
+            let _ = writeln!(out, "{what} accepted");
             0
         }
         Ok((status, body)) => {
             let _ = writeln!(
                 err,
-                "buddygate {action}: {status}: {}",
+                "buddygate: {what}: {status}: {}",
                 body["error"].as_str().unwrap_or("refused")
             );
             1
         }
         Err(e) => {
-            let _ = writeln!(err, "buddygate {action}: {e}");
+            let _ = writeln!(err, "buddygate: {what}: {e}");
             EXIT_UNAVAILABLE
         }
     }

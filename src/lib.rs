@@ -23,6 +23,7 @@ pub mod api;
 pub mod cli;
 mod cli_node;
 pub mod config;
+pub mod connectors;
 pub mod demo;
 pub mod demo_live;
 pub mod failover;

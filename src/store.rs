@@ -59,7 +59,54 @@ CREATE TABLE IF NOT EXISTS events (
     json TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS cursors (connector TEXT PRIMARY KEY, seq INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    connector TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    attempts INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    time TEXT NOT NULL,
+    replay INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (connector, seq)
+);
+CREATE TABLE IF NOT EXISTS connector_state (
+    connector TEXT PRIMARY KEY,
+    disabled_reason TEXT
+);
+CREATE TABLE IF NOT EXISTS deliveries (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    connector TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    attempt INTEGER NOT NULL,
+    outcome TEXT NOT NULL,
+    latency_ms INTEGER NOT NULL,
+    time TEXT NOT NULL
+);
 ";
+
+/// A delivery that used up its retry schedule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub seq: u64,
+    pub attempts: u32,
+    pub reason: String,
+    pub time: String,
+    /// Queued for a replay.
+    pub replay: bool,
+}
+
+/// One delivery attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempt {
+    pub seq: u64,
+    pub attempt: u32,
+    /// `delivered`, `http 503`, `timeout`, `error: ...`.
+    pub outcome: String,
+    pub latency_ms: u64,
+    pub time: String,
+}
+
+/// Attempts kept per connector.
+const KEEP_ATTEMPTS: u64 = 1000;
 
 impl Store {
     /// Opens (or creates) `dir/node.db`.
@@ -215,6 +262,79 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 
+    pub fn add_dead_letter(&mut self, connector: &str, d: &DeadLetter) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO dead_letters (connector, seq, attempts, reason, time, replay)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 0)
+                 ON CONFLICT(connector, seq) DO UPDATE SET attempts = dead_letters.attempts + excluded.attempts,
+                     reason = excluded.reason, time = excluded.time, replay = 0",
+                params![connector, d.seq, d.attempts, d.reason, d.time],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn remove_dead_letter(&mut self, connector: &str, seq: u64) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "DELETE FROM dead_letters WHERE connector = ?1 AND seq = ?2",
+                params![connector, seq],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    /// Queues every dead letter of `connector` for a replay and re-enables it; returns how
+    /// many were queued.
+    pub fn queue_replay(&mut self, connector: &str) -> Result<usize, StoreError> {
+        let n = self
+            .conn
+            .execute(
+                "UPDATE dead_letters SET replay = 1 WHERE connector = ?1",
+                params![connector],
+            )
+            .map_err(|e| self.err(e))?;
+        self.set_disabled(connector, None)?;
+        Ok(n)
+    }
+
+    pub fn set_disabled(
+        &mut self,
+        connector: &str,
+        reason: Option<&str>,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO connector_state (connector, disabled_reason) VALUES (?1, ?2)
+                 ON CONFLICT(connector) DO UPDATE SET disabled_reason = excluded.disabled_reason",
+                params![connector, reason],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn record_attempt(&mut self, connector: &str, a: &Attempt) -> Result<(), StoreError> {
+        let id = self
+            .conn
+            .query_row(
+                "INSERT INTO deliveries (connector, seq, attempt, outcome, latency_ms, time)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING id",
+                params![connector, a.seq, a.attempt, a.outcome, a.latency_ms, a.time],
+                |r| r.get::<_, u64>(0),
+            )
+            .map_err(|e| self.err(e))?;
+        if id % 100 == 0 {
+            self.conn
+                .execute(
+                    "DELETE FROM deliveries WHERE connector = ?1 AND id <= ?2",
+                    params![connector, id.saturating_sub(KEEP_ATTEMPTS)],
+                )
+                .map_err(|e| self.err(e))?;
+        }
+        Ok(())
+    }
+
     pub fn reader(&self) -> Result<Reader, StoreError> {
         Self::open_reader(self.path.parent().unwrap_or(Path::new(".")))
     }
@@ -252,6 +372,87 @@ impl Reader {
             })
             .map_err(|e| self.err(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    pub fn dead_letters(&self, connector: &str) -> Result<Vec<DeadLetter>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT seq, attempts, reason, time, replay FROM dead_letters
+                 WHERE connector = ?1 ORDER BY seq",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![connector], |r| {
+                Ok(DeadLetter {
+                    seq: r.get(0)?,
+                    attempts: r.get(1)?,
+                    reason: r.get(2)?,
+                    time: r.get(3)?,
+                    replay: r.get::<_, i64>(4)? != 0,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    pub fn disabled(&self, connector: &str) -> Result<Option<String>, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT disabled_reason FROM connector_state WHERE connector = ?1",
+                params![connector],
+                |r| r.get::<_, Option<String>>(0),
+            )
+            .optional()
+            .map(Option::flatten)
+            .map_err(|e| self.err(e))
+    }
+
+    /// The last `limit` delivery attempts of `connector`, newest first.
+    pub fn attempts(&self, connector: &str, limit: usize) -> Result<Vec<Attempt>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT seq, attempt, outcome, latency_ms, time FROM deliveries
+                 WHERE connector = ?1 ORDER BY id DESC LIMIT ?2",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![connector, limit as i64], |r| {
+                Ok(Attempt {
+                    seq: r.get(0)?,
+                    attempt: r.get(1)?,
+                    outcome: r.get(2)?,
+                    latency_ms: r.get(3)?,
+                    time: r.get(4)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// The newest event's sequence number (0 when there is none).
+    pub fn last_seq(&self) -> Result<u64, StoreError> {
+        self.conn
+            .query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn event(&self, seq: u64) -> Result<Option<StoredEvent>, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT seq, type, json FROM events WHERE seq = ?1",
+                params![seq],
+                |r| {
+                    Ok(StoredEvent {
+                        seq: r.get(0)?,
+                        kind: r.get(1)?,
+                        json: r.get(2)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(|e| self.err(e))
     }
 
     pub fn cursor(&self, connector: &str) -> Result<u64, StoreError> {

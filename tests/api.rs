@@ -147,6 +147,7 @@ async fn start(setup: Setup) -> Fixture {
         data_dir: dir.clone(),
         token: setup.token.map(str::to_string),
         metrics: metrics.clone(),
+        connectors: Default::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());

@@ -20,7 +20,8 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 pub(crate) async fn handler(State(state): State<AppState>) -> Response {
     let snap = state.shared.snapshot.borrow().clone();
-    let body = render(&snap, &state.shared.metrics);
+    let mut body = render(&snap, &state.shared.metrics);
+    body.push_str(&render_connectors(&state.shared.connectors));
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response()
 }
 
@@ -304,5 +305,111 @@ pub fn render(snap: &Snapshot, metrics: &Metrics) -> String {
         "Events written to the event log since start.",
         metrics.events_stored.load(Ordering::Relaxed),
     );
+    m.out
+}
+
+/// Per-connector delivery figures.
+pub fn render_connectors(connectors: &[crate::connectors::ConnectorHandle]) -> String {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut m = Exposition { out: String::new() };
+    if connectors.is_empty() {
+        return m.out;
+    }
+    type Read = fn(&crate::connectors::ConnectorStatus) -> u64;
+    let counters: [(&str, &str, Read); 4] = [
+        (
+            "connector_delivered_total",
+            "Events delivered (acknowledged with a 2xx).",
+            |s| s.delivered.load(Relaxed),
+        ),
+        (
+            "connector_retried_total",
+            "Failed attempts that were retried.",
+            |s| s.retried.load(Relaxed),
+        ),
+        ("connector_failed_total", "Failed attempts.", |s| {
+            s.failed.load(Relaxed)
+        }),
+        (
+            "connector_dead_letters",
+            "Deliveries that used up their retries, kept for replay.",
+            |s| s.dead.load(Relaxed),
+        ),
+    ];
+    for (name, help, read) in counters {
+        let kind = if name.ends_with("_total") {
+            "counter"
+        } else {
+            "gauge"
+        };
+        m.family(name, kind, help);
+        for c in connectors {
+            m.sample(
+                name,
+                &[("connector", &c.name), ("type", c.kind)],
+                read(&c.status),
+            );
+        }
+    }
+    m.family(
+        "connector_queue_depth",
+        "gauge",
+        "Events in the log this connector has not handled yet.",
+    );
+    for c in connectors {
+        m.sample(
+            "connector_queue_depth",
+            &[("connector", &c.name)],
+            c.status.queue_depth(),
+        );
+    }
+    m.family(
+        "connector_disabled",
+        "gauge",
+        "1 when the endpoint answered 410 Gone; a replay re-enables it.",
+    );
+    for c in connectors {
+        let disabled = c
+            .status
+            .disabled
+            .lock()
+            .map(|d| d.is_some())
+            .unwrap_or(false);
+        m.sample(
+            "connector_disabled",
+            &[("connector", &c.name)],
+            u8::from(disabled),
+        );
+    }
+    m.family(
+        "connector_delivery_seconds",
+        "histogram",
+        "From the event being stored to its delivery being acknowledged.",
+    );
+    for c in connectors {
+        let (buckets, sum, count) = c.status.latency_seconds.read();
+        for (bound, n) in buckets {
+            m.sample(
+                "connector_delivery_seconds_bucket",
+                &[("connector", &c.name), ("le", &bound.to_string())],
+                n,
+            );
+        }
+        m.sample(
+            "connector_delivery_seconds_bucket",
+            &[("connector", &c.name), ("le", "+Inf")],
+            count,
+        );
+        m.sample(
+            "connector_delivery_seconds_sum",
+            &[("connector", &c.name)],
+            sum,
+        );
+        m.sample(
+            "connector_delivery_seconds_count",
+            &[("connector", &c.name)],
+            count,
+        );
+    }
     m.out
 }

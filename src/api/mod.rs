@@ -77,6 +77,7 @@ fn app(shared: Shared, cancel: CancellationToken) -> Router {
         .route("/api/v1/events/stream", get(events::stream))
         .route("/api/v1/servers/{id}/failover", post(mutations::failover))
         .route("/api/v1/servers/{id}/failback", post(mutations::failback))
+        .route("/api/v1/connectors", get(mutations::connectors))
         .route("/api/v1/connectors/{name}/replay", post(mutations::replay))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -178,7 +178,7 @@ pub(crate) async fn failback(
     command(state, Action::Failback, headers, id, body).await
 }
 
-/// Replays a connector's dead letters. No connectors exist yet, so every name is unknown.
+/// Replays a connector's dead letters (and re-enables it after a 410).
 pub(crate) async fn replay(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -188,5 +188,72 @@ pub(crate) async fn replay(
     authorize(&state.shared, &headers)?;
     let name = path_param(name)?;
     check_body(body)?;
-    Err(ApiError::not_found(format!("no connector named {name:?}")))
+    let Some(c) = state.shared.connectors.iter().find(|c| c.name == name) else {
+        return Err(ApiError::not_found(format!("no connector named {name:?}")));
+    };
+    c.replay.notify_one();
+    let dead = c.status.dead.load(std::sync::atomic::Ordering::Relaxed);
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({"accepted": true, "connector": name, "dead_letters": dead})),
+    )
+        .into_response())
+}
+
+/// `GET /api/v1/connectors`: each connector's health, dead letters and latest attempts.
+pub(crate) async fn connectors(State(state): State<AppState>) -> Result<Response, ApiError> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let shared = state.shared.clone();
+    let list = tokio::task::spawn_blocking(move || {
+        let reader = crate::store::Store::open_reader(&shared.data_dir).ok();
+        shared
+            .connectors
+            .iter()
+            .map(|c| {
+                let s = &c.status;
+                let disabled = s.disabled.lock().ok().and_then(|d| d.clone());
+                let dead_letters = reader
+                    .as_ref()
+                    .and_then(|r| r.dead_letters(&c.name).ok())
+                    .unwrap_or_default();
+                let attempts = reader
+                    .as_ref()
+                    .and_then(|r| r.attempts(&c.name, 20).ok())
+                    .unwrap_or_default();
+                let state = if disabled.is_some() {
+                    "disabled"
+                } else if s.queue_depth() > 0
+                    && s.last_error.lock().map(|e| e.is_some()).unwrap_or(false)
+                {
+                    "retrying"
+                } else {
+                    "ok"
+                };
+                serde_json::json!({
+                    "name": c.name,
+                    "type": c.kind,
+                    "target": c.target,
+                    "state": state,
+                    "disabled_reason": disabled,
+                    "cursor": s.cursor.load(Relaxed),
+                    "queue_depth": s.queue_depth(),
+                    "delivered": s.delivered.load(Relaxed),
+                    "retried": s.retried.load(Relaxed),
+                    "failed": s.failed.load(Relaxed),
+                    "last_error": s.last_error.lock().ok().and_then(|e| e.clone()),
+                    "dead_letters": dead_letters.iter().map(|d| serde_json::json!({
+                        "seq": d.seq, "attempts": d.attempts, "reason": d.reason,
+                        "time": d.time, "replay_queued": d.replay,
+                    })).collect::<Vec<_>>(),
+                    "attempts": attempts.iter().map(|a| serde_json::json!({
+                        "seq": a.seq, "attempt": a.attempt, "outcome": a.outcome,
+                        "latency_ms": a.latency_ms, "time": a.time,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(Json(serde_json::json!({"connectors": list})).into_response())
 }

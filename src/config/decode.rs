@@ -169,7 +169,7 @@ fn decode_blocks<T: Section>(
 /// exactly where it is, anything else at the block's top level, marked broken and replaced by
 /// its placeholder when required) and tries again: so every problem in the block is found, and
 /// the rest of the block can still be checked.
-fn decode_table<T: Section>(
+pub(crate) fn decode_table<T: Section>(
     value: &Spanned<DeValue<'_>>,
     path: &KeyPath,
     issues: &mut Vec<Issue>,
@@ -363,7 +363,7 @@ pub(crate) fn closest<'a, S: AsRef<str>>(name: &str, expected: &'a [S]) -> Optio
 }
 
 /// "unknown key `adress`; did you mean `address`?"
-fn unknown_key<S: AsRef<str>>(name: &str, expected: &[S]) -> String {
+pub(crate) fn unknown_key<S: AsRef<str>>(name: &str, expected: &[S]) -> String {
     match (closest(name, expected), expected) {
         (Some(e), _) => format!("unknown key `{name}`; did you mean `{e}`?"),
         (None, []) => format!("unknown key `{name}`"),
@@ -430,7 +430,7 @@ fn describe(message: &str, found: Option<&DeValue<'_>>) -> String {
 }
 
 /// "an integer", "a table", ...
-fn a_type(value: &DeValue<'_>) -> String {
+pub(crate) fn a_type(value: &DeValue<'_>) -> String {
     let t = value.type_str();
     let article = if t.starts_with(['a', 'e', 'i', 'o', 'u']) {
         "an"

@@ -286,21 +286,21 @@ fn no_null(schema: &mut schemars::Schema) {
 }
 
 /// Durations as humantime strings (`"200ms"`, `"1s"`, `"1m 30s"`).
-mod duration {
+pub(crate) mod duration {
     use std::fmt;
     use std::time::Duration;
 
     use serde::{Deserializer, Serializer, de};
 
-    pub(super) fn serialize<S: Serializer>(value: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(value: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(&humantime::format_duration(*value))
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         d.deserialize_str(Visitor)
     }
 
-    pub(super) fn deserialize_option<'de, D: Deserializer<'de>>(
+    pub(crate) fn deserialize_option<'de, D: Deserializer<'de>>(
         d: D,
     ) -> Result<Option<Duration>, D::Error> {
         d.deserialize_str(Visitor).map(Some)
@@ -323,18 +323,18 @@ mod duration {
 }
 
 /// Secrets as `file:PATH`, `env:VAR` or inline strings.
-mod secret {
+pub(crate) mod secret {
     use std::fmt;
 
     use serde::{Deserializer, de};
 
     use crate::config::model::SecretRef;
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SecretRef, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SecretRef, D::Error> {
         d.deserialize_str(Visitor)
     }
 
-    pub(super) fn deserialize_option<'de, D: Deserializer<'de>>(
+    pub(crate) fn deserialize_option<'de, D: Deserializer<'de>>(
         d: D,
     ) -> Result<Option<SecretRef>, D::Error> {
         d.deserialize_str(Visitor).map(Some)

@@ -12,6 +12,7 @@
 //! - [`summary`]: the one-screen text `buddygate check` prints.
 
 mod agent;
+pub mod connectors;
 mod decode;
 mod diag;
 pub mod expand;
@@ -37,6 +38,8 @@ use locate::{Issue, Locator};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Loaded {
     pub site: Site,
+    /// The connector files of `site.connectors` ([`load`] only).
+    pub connectors: Vec<connectors::Connector>,
     pub warnings: Vec<Diagnostic>,
 }
 
@@ -52,7 +55,42 @@ pub fn load(path: &Path) -> Result<Loaded, Diagnostics> {
         )])
     })?;
     let base = path.parent().unwrap_or(Path::new(""));
-    check(&text, &name, Some(base))
+    let site = check(&text, &name, Some(base));
+    // Connector files are checked even when the site file has errors: all problems at once.
+    let dir = match &site {
+        Ok(l) => base.join(&l.site.connectors),
+        Err(_) => base.join(connectors_dir_hint(&text)),
+    };
+    let (found, diagnostics) = connectors::load_dir(&dir);
+    match site {
+        Ok(mut loaded) if !diagnostics.iter().any(Diagnostic::is_error) => {
+            loaded.connectors = found;
+            loaded.warnings.extend(diagnostics);
+            Ok(loaded)
+        }
+        Ok(loaded) => {
+            let mut all = loaded.warnings;
+            all.extend(diagnostics);
+            Err(Diagnostics::sorted(all))
+        }
+        Err(mut d) => {
+            d.0.extend(diagnostics);
+            Err(d)
+        }
+    }
+}
+
+/// The connectors folder of a site file that did not validate, as far as it can be read.
+fn connectors_dir_hint(text: &str) -> String {
+    toml::from_str::<toml::Table>(text)
+        .ok()
+        .and_then(|t| {
+            t.get("site")?
+                .get("connectors")?
+                .as_str()
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| "connectors".into())
 }
 
 /// Checks a site file's text; `file` is the name used in diagnostics. No I/O.
@@ -108,6 +146,7 @@ fn check(text: &str, file: &str, base: Option<&Path>) -> Result<Loaded, Diagnost
     match validate::resolve(&site) {
         Some(site) => Ok(Loaded {
             site,
+            connectors: Vec::new(),
             warnings: diagnostics.0,
         }),
         None => {

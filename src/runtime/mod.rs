@@ -47,6 +47,8 @@ pub struct NodeConfig {
     pub agent_concurrency: usize,
     /// How long a clean shutdown waits for the buddies to take over.
     pub shutdown_grace: Duration,
+    /// Connector files of the site.
+    pub connectors: Vec<crate::config::connectors::Connector>,
 }
 
 #[derive(Debug, Error)]
@@ -199,6 +201,15 @@ impl Daemon {
         let (events_tx, _) = broadcast::channel(1024);
         let first = Arc::new(snapshot(&node, origin));
         let (snap_tx, snap_rx) = watch::channel(first);
+        let connectors = crate::connectors::start(
+            site.clone(),
+            me,
+            &cfg.connectors,
+            &cfg.data_dir,
+            &events_tx,
+            &tasks,
+            &inner,
+        )?;
         let shared = Shared {
             snapshot: snap_rx,
             events: events_tx.clone(),
@@ -206,6 +217,7 @@ impl Daemon {
             data_dir: cfg.data_dir.clone(),
             token: cfg.api_token.clone(),
             metrics: metrics.clone(),
+            connectors: Arc::new(connectors),
         };
         if let Some(listener) = api {
             let shared = shared.clone();

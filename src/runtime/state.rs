@@ -169,4 +169,6 @@ pub struct Shared {
     /// Bearer token for mutations; `None` refuses every mutation.
     pub token: Option<String>,
     pub metrics: Arc<Metrics>,
+    /// The node's connectors (webhook, ...), for status, metrics and replay.
+    pub connectors: Arc<Vec<crate::connectors::ConnectorHandle>>,
 }

@@ -1,0 +1,577 @@
+//! Connector files: `connectors/*.toml` beside the site file (the folder `site.connectors`
+//! names), one connector each, named by the file's stem. Loaded and checked with the same
+//! diagnostics as the site file: every problem at once, as `file:line:col: message`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use base64::Engine as _;
+use schemars::JsonSchema;
+use serde::Deserialize;
+use toml::de::DeTable;
+
+use super::decode::{Section, decode_table};
+use super::diag::{Diagnostic, Diagnostics, Severity};
+use super::file::{duration, secret};
+use super::locate::{Issue, KeyPath, Locator, Point};
+use super::model::SecretRef;
+
+/// Every event type the core emits.
+pub const EVENT_TYPES: [&str; 11] = [
+    "buddygate.server.down",
+    "buddygate.server.up",
+    "buddygate.path.down",
+    "buddygate.path.up",
+    "buddygate.failover.started",
+    "buddygate.failover.completed",
+    "buddygate.failback.completed",
+    "buddygate.resource.failed",
+    "buddygate.ownership.conflict",
+    "buddygate.ownership.resolved",
+    "buddygate.config.mismatch",
+];
+
+/// The Standard Webhooks retry schedule: after the first attempt, 5 s, 5 min, 30 min, 2 h,
+/// 5 h, 10 h and 10 h.
+pub const DEFAULT_RETRY: [Duration; 7] = [
+    Duration::from_secs(5),
+    Duration::from_secs(5 * 60),
+    Duration::from_secs(30 * 60),
+    Duration::from_secs(2 * 3600),
+    Duration::from_secs(5 * 3600),
+    Duration::from_secs(10 * 3600),
+    Duration::from_secs(10 * 3600),
+];
+
+/// One string or a list of them.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn list(&self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        }
+    }
+}
+
+/// `basic = { user = "...", password = "file:..." }`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BasicAuthFile {
+    pub user: String,
+    /// `file:PATH`, `env:VAR` or inline (with a warning).
+    #[serde(deserialize_with = "secret::deserialize")]
+    #[schemars(with = "String")]
+    pub password: SecretRef,
+}
+
+/// `tls = { ca = "...", cert = "...", key = "..." }`: paths relative to the connector file.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    /// PEM file of the CA(s) to trust for this endpoint (instead of the system roots).
+    pub ca: Option<PathBuf>,
+    /// PEM client certificate chain, for mutual TLS (with `key`).
+    pub cert: Option<PathBuf>,
+    /// PEM private key of `cert`.
+    pub key: Option<PathBuf>,
+}
+
+/// A `type = "webhook"` connector file: HTTP deliveries to a PSIM, signed the Standard Webhooks
+/// way, in order, retried, nothing lost.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "buddygate webhook connector")]
+pub struct WebhookFile {
+    /// `"webhook"`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Where to deliver: `http://` or `https://`. A minijinja template: `{{ event.type }}`,
+    /// `{{ data.new_server.address }}`, ... may appear in it (URL-encoded with `| urlencode`).
+    pub url: String,
+    /// `POST` (default), `PUT`, or `GET` (the event goes in query parameters).
+    #[serde(default = "default_method")]
+    pub method: String,
+    /// Event types to deliver; `*` globs allowed (`"buddygate.failover.*"`). Default: all.
+    #[serde(default)]
+    pub events: Vec<String>,
+    /// Standard Webhooks signing secret(s), `whsec_<base64>`: inline (with a warning),
+    /// `file:PATH` or `env:VAR`. Several sign every delivery with each (key rotation).
+    pub secret: Option<OneOrMany>,
+    /// Extra request headers.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// `Authorization: Bearer` token (`file:PATH`, `env:VAR` or inline with a warning).
+    #[serde(default, deserialize_with = "secret::deserialize_option")]
+    #[schemars(with = "Option<String>")]
+    pub bearer: Option<SecretRef>,
+    /// HTTP basic authentication.
+    pub basic: Option<BasicAuthFile>,
+    /// Per attempt, e.g. `"5s"` (default).
+    #[serde(default = "default_timeout", with = "duration")]
+    #[schemars(with = "String")]
+    pub timeout: Duration,
+    /// A minijinja template file (relative to this file) for the body, for PSIMs with their own
+    /// format. Without it the body is the CloudEvent (structured JSON).
+    pub template: Option<PathBuf>,
+    /// Content type of a templated body (default `application/json`).
+    pub content_type: Option<String>,
+    /// Delays before each retry after the first attempt; when they are used up the delivery is a
+    /// dead letter (kept, replayable). Default: the Standard Webhooks schedule.
+    pub retry: Option<Vec<String>>,
+    /// Re-send the current owner of every resource this node serves this often (e.g. `"5m"`),
+    /// so a PSIM that missed or discarded a message converges.
+    #[serde(default, deserialize_with = "duration::deserialize_option")]
+    #[schemars(with = "Option<String>")]
+    pub reassert: Option<Duration>,
+    /// TLS settings for `https://` endpoints.
+    pub tls: Option<TlsFile>,
+}
+
+impl Section for WebhookFile {}
+
+fn default_method() -> String {
+    "POST".into()
+}
+
+const fn default_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// A validated webhook connector. Secrets are still references: the runtime reads them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookConfig {
+    pub url: String,
+    pub method: String,
+    /// Empty: every event.
+    pub events: Vec<String>,
+    pub secrets: Vec<SecretRef>,
+    pub headers: Vec<(String, String)>,
+    pub bearer: Option<SecretRef>,
+    pub basic: Option<(String, SecretRef)>,
+    pub timeout: Duration,
+    /// The template's text and its path.
+    pub template: Option<(PathBuf, String)>,
+    pub content_type: String,
+    pub retry: Vec<Duration>,
+    pub reassert: Option<Duration>,
+    pub tls: TlsFile,
+    /// The connector file's folder: `file:` secrets are read from there.
+    pub base: Option<PathBuf>,
+}
+
+impl WebhookConfig {
+    /// Whether this connector delivers events of type `ty`.
+    pub fn wants(&self, ty: &str) -> bool {
+        self.events.is_empty() || self.events.iter().any(|p| glob(p, ty))
+    }
+}
+
+/// What kind of connector, with its settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectorKind {
+    Webhook(WebhookConfig),
+}
+
+impl ConnectorKind {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            ConnectorKind::Webhook(_) => "webhook",
+        }
+    }
+}
+
+/// One connector file, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Connector {
+    /// The file's stem.
+    pub name: String,
+    pub file: PathBuf,
+    pub kind: ConnectorKind,
+}
+
+/// `*` matches any run of characters.
+pub fn glob(pattern: &str, text: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == text,
+        Some((head, tail)) => {
+            let Some(rest) = text.strip_prefix(head) else {
+                return false;
+            };
+            (0..=rest.len()).any(|i| rest.is_char_boundary(i) && glob(tail, &rest[i..]))
+        }
+    }
+}
+
+/// Loads every `*.toml` in `dir` (a missing folder is no connectors). Diagnostics of all files
+/// together; connectors only when none has an error.
+pub fn load_dir(dir: &Path) -> (Vec<Connector>, Vec<Diagnostic>) {
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(rd) => rd
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .collect(),
+        Err(_) => return (Vec::new(), Vec::new()),
+    };
+    files.sort();
+    let mut connectors = Vec::new();
+    let mut diagnostics = Vec::new();
+    for path in files {
+        let name = path.display().to_string();
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let base = path.parent().unwrap_or(Path::new("."));
+                let (c, d) = check_file(&text, &name, &path, Some(base));
+                connectors.extend(c);
+                diagnostics.extend(d);
+            }
+            Err(e) => diagnostics.push(Diagnostic::whole_file(
+                &name,
+                format!("cannot read connector file: {e}"),
+            )),
+        }
+    }
+    if diagnostics.iter().any(Diagnostic::is_error) {
+        connectors.clear();
+    }
+    (connectors, diagnostics)
+}
+
+/// Checks one connector file's text. `base` (the file's folder) is where templates and TLS
+/// files are read from; `None` skips those reads.
+pub fn check_file(
+    text: &str,
+    file: &str,
+    path: &Path,
+    base: Option<&Path>,
+) -> (Option<Connector>, Vec<Diagnostic>) {
+    let (doc, syntax) = DeTable::parse_recoverable(text);
+    let mut issues = Vec::new();
+    if !syntax.is_empty() {
+        for e in &syntax {
+            issues.push(Issue::syntax(
+                e.span().unwrap_or(0..0),
+                e.message().to_string(),
+            ));
+        }
+        let d = Diagnostics::sorted(to_diagnostics(&Locator::new(text, None), file, issues));
+        return (None, d.0);
+    }
+    let locator = Locator::new(text, Some(&doc));
+    let root = KeyPath::root();
+    let kind = doc
+        .get_ref()
+        .get("type")
+        .and_then(|v| v.get_ref().as_str().map(str::to_string));
+    let connector = match kind.as_deref() {
+        Some("webhook") => {
+            let value =
+                toml::Spanned::new(doc.span(), toml::de::DeValue::Table(doc.get_ref().clone()));
+            decode_table::<WebhookFile>(&value, &root, &mut issues)
+                .and_then(|b| check_webhook(&b.value, base, &mut issues))
+                .map(ConnectorKind::Webhook)
+        }
+        Some(other) => {
+            issues.push(Issue::new(
+                Severity::Error,
+                &root.key("type"),
+                Point::Value,
+                format!("unknown connector type \"{other}\"; expected \"webhook\""),
+            ));
+            None
+        }
+        None => {
+            issues.push(Issue::error(
+                &root,
+                "missing key `type`: the kind of connector (\"webhook\")",
+            ));
+            None
+        }
+    };
+    let failed = issues.iter().any(Issue::is_error);
+    let diagnostics = to_diagnostics(&locator, file, issues);
+    let name = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let connector = connector.filter(|_| !failed).map(|kind| Connector {
+        name,
+        file: path.to_path_buf(),
+        kind,
+    });
+    (connector, Diagnostics::sorted(diagnostics).0)
+}
+
+fn to_diagnostics(locator: &Locator<'_>, file: &str, issues: Vec<Issue>) -> Vec<Diagnostic> {
+    issues
+        .into_iter()
+        .map(|issue| {
+            let (line, col) = locator.line_col(locator.offset(&issue.at));
+            Diagnostic {
+                file: file.to_string(),
+                line,
+                col,
+                severity: issue.severity,
+                message: issue.text(),
+            }
+        })
+        .collect()
+}
+
+fn check_webhook(
+    f: &WebhookFile,
+    base: Option<&Path>,
+    issues: &mut Vec<Issue>,
+) -> Option<WebhookConfig> {
+    let root = KeyPath::root();
+    let before = issues.iter().filter(|i| i.is_error()).count();
+    let env = super::template_environment();
+    // url: a template that must render to http(s) for a sample event.
+    match env.template_from_str(&f.url) {
+        Err(e) => issues.push(Issue::error(
+            &root.key("url"),
+            format!("invalid template: {e}"),
+        )),
+        Ok(_) if f.url.contains("{{") || f.url.contains("{%") => {}
+        Ok(_) => match reqwest::Url::parse(&f.url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+            Ok(u) => issues.push(Issue::error(
+                &root.key("url"),
+                format!(
+                    "\"{}\": only http:// and https:// URLs are supported",
+                    u.scheme()
+                ),
+            )),
+            Err(e) => issues.push(Issue::error(&root.key("url"), format!("not a URL: {e}"))),
+        },
+    }
+    if !matches!(f.method.as_str(), "POST" | "PUT" | "GET") {
+        issues.push(Issue::error(
+            &root.key("method"),
+            format!(
+                "method \"{}\": expected \"POST\", \"PUT\" or \"GET\"",
+                f.method
+            ),
+        ));
+    }
+    for (i, p) in f.events.iter().enumerate() {
+        if !EVENT_TYPES.iter().any(|t| glob(p, t)) {
+            issues.push(Issue::error(
+                &root.key("events").index(i),
+                format!("\"{p}\" matches no event type (they are buddygate.server.down, buddygate.failover.completed, ...)"),
+            ));
+        }
+    }
+    let mut secrets = Vec::new();
+    for (i, s) in f
+        .secret
+        .as_ref()
+        .map(OneOrMany::list)
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
+        let at = match &f.secret {
+            Some(OneOrMany::Many(_)) => root.key("secret").index(i),
+            _ => root.key("secret"),
+        };
+        let r = SecretRef::parse(s);
+        if let SecretRef::Inline(v) = &r {
+            match decode_whsec(v) {
+                Ok(_) => issues.push(Issue::warning(
+                    &at,
+                    "inline secret; use file:PATH or env:VAR in production",
+                )),
+                Err(e) => issues.push(Issue::error(&at, e)),
+            }
+        }
+        secrets.push(r);
+    }
+    let mut headers = Vec::new();
+    for (k, v) in &f.headers {
+        let at = root.key("headers").key(k);
+        if reqwest::header::HeaderName::from_bytes(k.as_bytes()).is_err() {
+            issues.push(Issue::new(
+                Severity::Error,
+                &at,
+                Point::Key,
+                format!("\"{k}\" is not a valid header name"),
+            ));
+        } else if k.to_ascii_lowercase().starts_with("webhook-") {
+            issues.push(Issue::new(
+                Severity::Error,
+                &at,
+                Point::Key,
+                format!("\"{k}\" is set by the signing; remove it"),
+            ));
+        }
+        if reqwest::header::HeaderValue::from_str(v).is_err() {
+            issues.push(Issue::error(&at, "not a valid header value"));
+        }
+        headers.push((k.clone(), v.clone()));
+    }
+    if f.bearer.is_some() && f.basic.is_some() {
+        issues.push(Issue::error(
+            &root.key("basic"),
+            "give `bearer` or `basic`, not both",
+        ));
+    }
+    if let Some(SecretRef::Inline(_)) = &f.bearer {
+        issues.push(Issue::warning(
+            &root.key("bearer"),
+            "inline secret; use file:PATH or env:VAR in production",
+        ));
+    }
+    if f.timeout.is_zero() {
+        issues.push(Issue::error(&root.key("timeout"), "must be more than 0s"));
+    }
+    let mut template = None;
+    if let Some(t) = &f.template {
+        if f.method == "GET" {
+            issues.push(Issue::error(
+                &root.key("template"),
+                "a GET request has no body to template; template the url instead",
+            ));
+        }
+        if let Some(base) = base {
+            let path = base.join(t);
+            match std::fs::read_to_string(&path) {
+                Ok(text) => match env.template_from_str(&text) {
+                    Ok(_) => template = Some((path, text)),
+                    Err(e) => issues.push(Issue::error(
+                        &root.key("template"),
+                        format!("{}: invalid template: {e}", path.display()),
+                    )),
+                },
+                Err(e) => issues.push(Issue::error(
+                    &root.key("template"),
+                    format!("cannot read {}: {e}", path.display()),
+                )),
+            }
+        }
+    }
+    if f.content_type.is_some() && f.template.is_none() {
+        issues.push(Issue::error(
+            &root.key("content_type"),
+            "only with `template` (a CloudEvent is application/cloudevents+json)",
+        ));
+    }
+    let mut retry = Vec::new();
+    match &f.retry {
+        None => retry.extend(DEFAULT_RETRY),
+        Some(list) => {
+            if list.is_empty() {
+                issues.push(Issue::error(
+                    &root.key("retry"),
+                    "empty: give at least one delay, e.g. [\"5s\"]",
+                ));
+            }
+            for (i, s) in list.iter().enumerate() {
+                match humantime::parse_duration(s) {
+                    Ok(d) => retry.push(d),
+                    Err(e) => issues.push(Issue::error(
+                        &root.key("retry").index(i),
+                        format!("invalid duration \"{s}\": {e}"),
+                    )),
+                }
+            }
+        }
+    }
+    if f.reassert.is_some_and(|d| d < Duration::from_secs(1)) {
+        issues.push(Issue::error(&root.key("reassert"), "at least 1s"));
+    }
+    let tls = f.tls.clone().unwrap_or_default();
+    if tls.cert.is_some() != tls.key.is_some() {
+        issues.push(Issue::error(
+            &root.key("tls"),
+            "`cert` and `key` go together (mutual TLS)",
+        ));
+    }
+    if (tls.ca.is_some() || tls.cert.is_some()) && f.url.starts_with("http://") {
+        issues.push(Issue::warning(
+            &root.key("tls"),
+            "TLS settings on an http:// URL are not used",
+        ));
+    }
+    if let Some(base) = base {
+        for (key, p) in [("ca", &tls.ca), ("cert", &tls.cert), ("key", &tls.key)] {
+            if let Some(p) = p
+                && !base.join(p).is_file()
+            {
+                issues.push(Issue::error(
+                    &root.key("tls").key(key),
+                    format!("{} does not exist", base.join(p).display()),
+                ));
+            }
+        }
+    }
+    let tls = TlsFile {
+        ca: tls.ca.map(|p| base.map_or(p.clone(), |b| b.join(&p))),
+        cert: tls.cert.map(|p| base.map_or(p.clone(), |b| b.join(&p))),
+        key: tls.key.map(|p| base.map_or(p.clone(), |b| b.join(&p))),
+    };
+    if issues.iter().filter(|i| i.is_error()).count() > before {
+        return None;
+    }
+    Some(WebhookConfig {
+        url: f.url.clone(),
+        method: f.method.clone(),
+        events: f.events.clone(),
+        secrets,
+        headers,
+        bearer: f.bearer.clone(),
+        basic: f
+            .basic
+            .as_ref()
+            .map(|b| (b.user.clone(), b.password.clone())),
+        timeout: f.timeout,
+        content_type: f
+            .content_type
+            .clone()
+            .unwrap_or_else(|| "application/json".into()),
+        template,
+        retry,
+        reassert: f.reassert,
+        tls,
+        base: base.map(Path::to_path_buf),
+    })
+}
+
+/// The key bytes of a `whsec_<base64>` secret.
+pub fn decode_whsec(s: &str) -> Result<Vec<u8>, String> {
+    let b64 = s
+        .trim()
+        .strip_prefix("whsec_")
+        .ok_or("a signing secret starts with `whsec_` (Standard Webhooks)")?;
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .map_err(|e| format!("the part after `whsec_` is not base64: {e}"))?;
+    if key.len() < 16 {
+        return Err("a signing secret needs at least 16 bytes (24 base64 characters)".into());
+    }
+    Ok(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        assert!(glob("buddygate.failover.*", "buddygate.failover.completed"));
+        assert!(glob("*", "buddygate.path.up"));
+        assert!(glob("*.completed", "buddygate.failback.completed"));
+        assert!(!glob(
+            "buddygate.failover.*",
+            "buddygate.failback.completed"
+        ));
+        assert!(glob("buddygate.server.up", "buddygate.server.up"));
+    }
+}

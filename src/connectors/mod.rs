@@ -1,0 +1,120 @@
+//! Connectors: tell PSIMs, MQTT subscribers and ONVIF consumers what happened. Each connector
+//! reads the node's durable event log (the outbox) from its own cursor, so a crash, a restart
+//! or a consumer that is down for hours loses nothing: the cursor moves only after a delivery
+//! succeeded or became a dead letter.
+//!
+//! One closed enum of kinds ([`crate::config::connectors::ConnectorKind`]), one module per
+//! kind with the same shape: config (in `config::connectors`), build, run.
+
+pub mod webhook;
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::{Notify, broadcast};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Site;
+use crate::config::connectors::{Connector, ConnectorKind};
+use crate::runtime::state::Histogram;
+use crate::store::StoredEvent;
+
+/// Live figures of one connector, shared with the API and metrics.
+#[derive(Debug)]
+pub struct ConnectorStatus {
+    pub delivered: AtomicU64,
+    /// Attempts that failed and were retried.
+    pub retried: AtomicU64,
+    /// Attempts that failed (all of them, retried or not).
+    pub failed: AtomicU64,
+    pub dead: AtomicU64,
+    /// Sequence number of the last event handled (delivered, skipped or dead).
+    pub cursor: AtomicU64,
+    /// Newest event in the log, as last seen.
+    pub head: AtomicU64,
+    /// From the event being stored to its delivery being acknowledged.
+    pub latency_seconds: Histogram,
+    /// Why the connector is disabled (a 410), if it is.
+    pub disabled: Mutex<Option<String>>,
+    /// The last error, for `status`.
+    pub last_error: Mutex<Option<String>>,
+}
+
+impl Default for ConnectorStatus {
+    fn default() -> Self {
+        Self {
+            delivered: AtomicU64::new(0),
+            retried: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            dead: AtomicU64::new(0),
+            cursor: AtomicU64::new(0),
+            head: AtomicU64::new(0),
+            latency_seconds: Histogram::new(&[
+                0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 300.0,
+            ]),
+            disabled: Mutex::new(None),
+            last_error: Mutex::new(None),
+        }
+    }
+}
+
+impl ConnectorStatus {
+    /// Events not yet handled.
+    pub fn queue_depth(&self) -> u64 {
+        self.head
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.cursor.load(Ordering::Relaxed))
+    }
+}
+
+/// What the API sees of a running connector.
+#[derive(Debug, Clone)]
+pub struct ConnectorHandle {
+    pub name: String,
+    pub kind: &'static str,
+    /// Where it delivers (for status).
+    pub target: String,
+    pub status: Arc<ConnectorStatus>,
+    /// Wakes the connector to replay its dead letters (and re-enable it after a 410).
+    pub replay: Arc<Notify>,
+}
+
+/// Starts every connector on `tasks`; returns their handles.
+pub fn start(
+    site: Arc<Site>,
+    node: crate::config::ServerIdx,
+    connectors: &[Connector],
+    data_dir: &std::path::Path,
+    events: &broadcast::Sender<Arc<StoredEvent>>,
+    tasks: &TaskTracker,
+    cancel: &CancellationToken,
+) -> anyhow::Result<Vec<ConnectorHandle>> {
+    let mut handles = Vec::new();
+    for c in connectors {
+        let status = Arc::new(ConnectorStatus::default());
+        let replay = Arc::new(Notify::new());
+        match &c.kind {
+            ConnectorKind::Webhook(cfg) => {
+                let w = webhook::Webhook::build(
+                    c.name.clone(),
+                    cfg.clone(),
+                    site.clone(),
+                    node,
+                    data_dir,
+                    status.clone(),
+                )?;
+                handles.push(ConnectorHandle {
+                    name: c.name.clone(),
+                    kind: "webhook",
+                    target: cfg.url.clone(),
+                    status,
+                    replay: replay.clone(),
+                });
+                tasks.spawn(w.run(events.subscribe(), replay, cancel.clone()));
+            }
+        }
+    }
+    Ok(handles)
+}
