@@ -48,6 +48,8 @@ pub struct SiteOptions {
     pub failback: &'static str,
     pub failback_delay: &'static str,
     pub extra_resource_keys: &'static str,
+    /// Connector files (name, TOML) in `connectors/` beside the site file.
+    pub connectors: Vec<(&'static str, String)>,
 }
 
 impl Default for SiteOptions {
@@ -57,6 +59,7 @@ impl Default for SiteOptions {
             failback: "auto",
             failback_delay: "3s",
             extra_resource_keys: "",
+            connectors: Vec::new(),
         }
     }
 }
@@ -134,6 +137,10 @@ impl Cluster {
         }
         let site = dir.join("site.toml");
         std::fs::write(&site, toml).unwrap();
+        std::fs::create_dir_all(dir.join("connectors")).unwrap();
+        for (name, text) in &opts.connectors {
+            std::fs::write(dir.join("connectors").join(format!("{name}.toml")), text).unwrap();
+        }
         Self {
             children: servers.iter().map(|_| None).collect(),
             starts: vec![0; servers.len()],

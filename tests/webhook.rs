@@ -1,0 +1,801 @@
+//! The webhook connector against a real HTTP receiver and a real SQLite outbox: signing,
+//! order, retries, Retry-After, 410, timeouts, dead letters and replay, a receiver that is down
+//! for a while, a crash of the sender, the shipped templates, bad connector files; and a
+//! three-node failover delivered to a PSIM.
+
+mod common;
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use buddygate::config::connectors::{self, ConnectorKind, WebhookConfig, decode_whsec};
+use buddygate::connectors::ConnectorStatus;
+use buddygate::connectors::webhook::{Webhook, sign};
+use buddygate::store::{Store, StoredEvent};
+use serde_json::{Value, json};
+use tokio::sync::{Notify, broadcast};
+use tokio_util::sync::CancellationToken;
+
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+#[derive(Debug, Clone)]
+struct Request {
+    method: String,
+    uri: String,
+    headers: HeaderMap,
+    body: String,
+    at: Instant,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Reply {
+    Status(u16),
+    RetryAfter(u16, u64),
+    Slow(Duration),
+}
+
+/// A real HTTP server that answers from a script (200 when it runs out) and records requests.
+#[derive(Clone)]
+struct Receiver {
+    addr: std::net::SocketAddr,
+    log: Arc<Mutex<Vec<Request>>>,
+    script: Arc<Mutex<VecDeque<Reply>>>,
+    cancel: CancellationToken,
+}
+
+impl Receiver {
+    async fn start(addr: &str) -> Self {
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let r = Receiver {
+            addr,
+            log: Default::default(),
+            script: Default::default(),
+            cancel: CancellationToken::new(),
+        };
+        let rr = r.clone();
+        let app = axum::Router::new().fallback(
+            move |method: axum::http::Method,
+                  uri: axum::http::Uri,
+                  headers: HeaderMap,
+                  body: Bytes| {
+                let rr = rr.clone();
+                async move {
+                    let reply = rr.script.lock().unwrap().pop_front();
+                    rr.log.lock().unwrap().push(Request {
+                        method: method.to_string(),
+                        uri: uri.to_string(),
+                        headers,
+                        body: String::from_utf8_lossy(&body).into_owned(),
+                        at: Instant::now(),
+                    });
+                    match reply {
+                        None => StatusCode::OK.into_response(),
+                        Some(Reply::Status(s)) => StatusCode::from_u16(s).unwrap().into_response(),
+                        Some(Reply::RetryAfter(s, secs)) => (
+                            StatusCode::from_u16(s).unwrap(),
+                            [("retry-after", secs.to_string())],
+                        )
+                            .into_response(),
+                        Some(Reply::Slow(d)) => {
+                            tokio::time::sleep(d).await;
+                            StatusCode::OK.into_response()
+                        }
+                    }
+                }
+            },
+        );
+        let cancel = r.cancel.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(cancel.cancelled_owned())
+                .await
+                .unwrap();
+        });
+        r
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/hook", self.addr)
+    }
+
+    fn requests(&self) -> Vec<Request> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Requests answered 2xx: those the script did not fail.
+    fn script(&self, replies: &[Reply]) {
+        self.script.lock().unwrap().extend(replies.iter().copied());
+    }
+}
+
+struct Outbox {
+    dir: PathBuf,
+    store: Store,
+    events: broadcast::Sender<Arc<StoredEvent>>,
+}
+
+impl Outbox {
+    fn new(name: &str) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("buddygate-webhook-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = Store::open(&dir).unwrap();
+        Self {
+            dir,
+            store,
+            events: broadcast::channel(64).0,
+        }
+    }
+
+    fn push(&mut self, ty: &str) -> StoredEvent {
+        let e = self
+            .store
+            .append_event(ty, |seq| {
+                json!({
+                    "specversion": "1.0", "id": format!("fo-1:{seq}"), "type": ty,
+                    "source": "buddygate://hq/fo-1", "time": buddygate::runtime::cloudevents::rfc3339(std::time::SystemTime::now()),
+                    "datacontenttype": "application/json", "seq": seq,
+                    "data": {"site": "hq", "server": {"id": "live-1", "address": "127.0.0.1"},
+                             "new_server": {"id": "fo-1", "address": "127.0.0.3"}, "epoch": 298,
+                             "resources": [{"id": "cam-1", "kind": "camera", "owner": "fo-1", "address": "127.0.0.3", "epoch": 298}]}
+                })
+                .to_string()
+            })
+            .unwrap();
+        let _ = self.events.send(Arc::new(e.clone()));
+        e
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn config(text: &str, base: Option<&Path>) -> WebhookConfig {
+    let (c, d) = connectors::check_file(text, "psim.toml", Path::new("psim.toml"), base);
+    assert!(
+        !d.iter().any(|d| d.is_error()),
+        "{}",
+        d.iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let ConnectorKind::Webhook(w) = c.unwrap().kind;
+    w
+}
+
+struct Running {
+    status: Arc<ConnectorStatus>,
+    replay: Arc<Notify>,
+    cancel: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn run(outbox: &Outbox, cfg: WebhookConfig) -> Running {
+    let site = Arc::new(
+        buddygate::sim::SiteBuilder::new("hq")
+            .live("live-1", &["fo-1"])
+            .failover("fo-1", buddygate::config::Mode::SpreadServers, None, None)
+            .build(),
+    );
+    let status = Arc::new(ConnectorStatus::default());
+    let w = Webhook::build(
+        "psim".into(),
+        cfg,
+        site.clone(),
+        site.server_idx("fo-1").unwrap(),
+        &outbox.dir,
+        status.clone(),
+    )
+    .unwrap();
+    let replay = Arc::new(Notify::new());
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(w.run(outbox.events.subscribe(), replay.clone(), cancel.clone()));
+    Running {
+        status,
+        replay,
+        cancel,
+        task,
+    }
+}
+
+async fn until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn basic(url: &str, extra: &str) -> String {
+    format!(
+        "type = \"webhook\"\nurl = \"{url}\"\nsecret = \"{SECRET}\"\nretry = [\"50ms\", \"100ms\"]\n{extra}"
+    )
+}
+
+fn ids(reqs: &[Request]) -> Vec<String> {
+    reqs.iter()
+        .map(|r| r.headers["webhook-id"].to_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn delivers_every_event_once_in_order_signed() {
+    let rx = Receiver::start("127.0.0.1:0").await;
+    let mut outbox = Outbox::new("order");
+    let sent: Vec<_> = (0..5)
+        .map(|_| outbox.push("buddygate.failover.completed"))
+        .collect();
+    let r = run(&outbox, config(&basic(&rx.url(), ""), None));
+    until(Duration::from_secs(5), "5 deliveries", || {
+        rx.requests().len() == 5
+    })
+    .await;
+    let reqs = rx.requests();
+    let key = decode_whsec(SECRET).unwrap();
+    for (req, ev) in reqs.iter().zip(&sent) {
+        assert_eq!(req.method, "POST");
+        assert_eq!(req.headers["content-type"], "application/cloudevents+json");
+        assert_eq!(req.body, ev.json, "the body is the stored CloudEvent");
+        let id = req.headers["webhook-id"].to_str().unwrap();
+        assert_eq!(id, format!("fo-1:{}", ev.seq));
+        let ts: u64 = req.headers["webhook-timestamp"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(
+            req.headers["webhook-signature"].to_str().unwrap(),
+            sign(&[key.clone()], id, ts, &req.body)
+        );
+    }
+    // More events are picked up as they are stored.
+    outbox.push("buddygate.failback.completed");
+    until(Duration::from_secs(5), "the 6th", || {
+        rx.requests().len() == 6
+    })
+    .await;
+    assert_eq!(
+        r.status
+            .delivered
+            .load(std::sync::atomic::Ordering::Relaxed),
+        6
+    );
+    r.cancel.cancel();
+}
+
+#[tokio::test]
+async fn server_errors_are_retried_on_the_schedule_and_retry_after_is_honoured() {
+    let rx = Receiver::start("127.0.0.1:0").await;
+    rx.script(&[
+        Reply::Status(500),
+        Reply::Status(503),
+        Reply::RetryAfter(429, 1),
+    ]);
+    let mut outbox = Outbox::new("retry");
+    outbox.push("buddygate.failover.completed");
+    let r = run(
+        &outbox,
+        config(
+            &basic(&rx.url(), "retry = [\"50ms\", \"100ms\", \"100ms\"]\n")
+                .replace("retry = [\"50ms\", \"100ms\"]\n", ""),
+            None,
+        ),
+    );
+    until(Duration::from_secs(5), "4 attempts", || {
+        rx.requests().len() == 4
+    })
+    .await;
+    let reqs = rx.requests();
+    assert_eq!(
+        ids(&reqs),
+        vec!["fo-1:1"; 4],
+        "the same webhook-id on every attempt"
+    );
+    let gap = |i: usize| reqs[i].at - reqs[i - 1].at;
+    assert!(
+        gap(1) >= Duration::from_millis(45),
+        "backoff before retry 1: {:?}",
+        gap(1)
+    );
+    assert!(
+        gap(2) >= Duration::from_millis(90),
+        "backoff before retry 2: {:?}",
+        gap(2)
+    );
+    assert!(
+        gap(3) >= Duration::from_millis(990),
+        "Retry-After: 1 honoured: {:?}",
+        gap(3)
+    );
+    until(Duration::from_secs(1), "delivered", || {
+        r.status
+            .delivered
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 1
+    })
+    .await;
+    assert_eq!(
+        r.status.retried.load(std::sync::atomic::Ordering::Relaxed),
+        3
+    );
+    r.cancel.cancel();
+}
+
+#[tokio::test]
+async fn a_410_disables_the_endpoint_until_a_replay() {
+    let rx = Receiver::start("127.0.0.1:0").await;
+    rx.script(&[Reply::Status(410)]);
+    let mut outbox = Outbox::new("gone");
+    outbox.push("buddygate.failover.completed");
+    outbox.push("buddygate.failback.completed");
+    let r = run(&outbox, config(&basic(&rx.url(), ""), None));
+    until(Duration::from_secs(5), "disabled", || {
+        r.status.disabled.lock().unwrap().is_some()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(rx.requests().len(), 1, "nothing more after a 410");
+    r.replay.notify_one();
+    until(
+        Duration::from_secs(5),
+        "both delivered after the replay",
+        || rx.requests().len() == 3,
+    )
+    .await;
+    assert_eq!(
+        ids(&rx.requests()),
+        ["fo-1:1", "fo-1:1", "fo-1:2"],
+        "in order"
+    );
+    r.cancel.cancel();
+}
+
+#[tokio::test]
+async fn timeouts_and_exhausted_retries_become_dead_letters_that_replay() {
+    let rx = Receiver::start("127.0.0.1:0").await;
+    // Event 1: a timeout, then two 500s: dead. Event 2: delivered.
+    rx.script(&[
+        Reply::Slow(Duration::from_secs(2)),
+        Reply::Status(500),
+        Reply::Status(500),
+    ]);
+    let mut outbox = Outbox::new("dead");
+    outbox.push("buddygate.failover.completed");
+    outbox.push("buddygate.failback.completed");
+    let r = run(
+        &outbox,
+        config(&basic(&rx.url(), "timeout = \"200ms\"\n"), None),
+    );
+    until(
+        Duration::from_secs(5),
+        "event 2 delivered past the dead letter",
+        || rx.requests().len() == 4,
+    )
+    .await;
+    assert_eq!(
+        ids(&rx.requests()),
+        ["fo-1:1", "fo-1:1", "fo-1:1", "fo-1:2"]
+    );
+    let reader = Store::open_reader(&outbox.dir).unwrap();
+    let dead = reader.dead_letters("psim").unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].seq, 1);
+    assert_eq!(dead[0].attempts, 3);
+    assert_eq!(dead[0].reason, "http 500");
+    let attempts = reader.attempts("psim", 10).unwrap();
+    assert!(
+        attempts.iter().any(|a| a.outcome.starts_with("timeout")),
+        "{attempts:?}"
+    );
+    r.replay.notify_one();
+    until(Duration::from_secs(5), "the dead letter replayed", || {
+        rx.requests().len() == 5
+    })
+    .await;
+    assert_eq!(ids(&rx.requests())[4], "fo-1:1");
+    until(Duration::from_secs(2), "dead letters cleared", || {
+        reader.dead_letters("psim").unwrap().is_empty()
+    })
+    .await;
+    r.cancel.cancel();
+}
+
+#[tokio::test]
+async fn a_receiver_down_for_a_while_gets_everything_in_order_with_the_same_ids() {
+    let rx = Receiver::start("127.0.0.1:0").await;
+    let addr = rx.addr;
+    rx.cancel.cancel();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut outbox = Outbox::new("down");
+    for _ in 0..10 {
+        outbox.push("buddygate.failover.completed");
+    }
+    let r = run(
+        &outbox,
+        config(
+            &basic(&format!("http://{addr}/hook"), "").replace("[\"50ms\", \"100ms\"]", "[\"100ms\", \"100ms\", \"100ms\", \"100ms\", \"100ms\", \"100ms\", \"100ms\", \"100ms\", \"100ms\", \"100ms\"]"),
+            None,
+        ),
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(r.status.failed.load(std::sync::atomic::Ordering::Relaxed) >= 2);
+    let rx = Receiver::start(&addr.to_string()).await;
+    until(Duration::from_secs(5), "10 deliveries", || {
+        rx.requests().len() == 10
+    })
+    .await;
+    let expected: Vec<String> = (1..=10).map(|s| format!("fo-1:{s}")).collect();
+    assert_eq!(ids(&rx.requests()), expected);
+    r.cancel.cancel();
+}
+
+#[tokio::test]
+async fn a_crash_with_deliveries_pending_loses_nothing() {
+    let rx = Receiver::start("127.0.0.1:0").await;
+    rx.script(&[Reply::Status(500); 100]);
+    let mut outbox = Outbox::new("crash");
+    for _ in 0..3 {
+        outbox.push("buddygate.failover.completed");
+    }
+    let cfg = config(
+        &basic(&rx.url(), "").replace("[\"50ms\", \"100ms\"]", "[\"10s\"]"),
+        None,
+    );
+    let r = run(&outbox, cfg.clone());
+    until(Duration::from_secs(5), "a failed attempt", || {
+        !rx.requests().is_empty()
+    })
+    .await;
+    // The sender dies mid-retry.
+    r.task.abort();
+    let _ = r.task.await;
+    rx.script.lock().unwrap().clear();
+    let r = run(&outbox, cfg);
+    until(
+        Duration::from_secs(5),
+        "all three after the restart",
+        || {
+            ids(&rx.requests())
+                .iter()
+                .filter(|i| *i != "fo-1:1")
+                .count()
+                == 2
+        },
+    )
+    .await;
+    let got = ids(&rx.requests());
+    assert_eq!(got.last().unwrap(), "fo-1:3");
+    assert!(got.contains(&"fo-1:2".to_string()));
+    assert_eq!(
+        Store::open_reader(&outbox.dir)
+            .unwrap()
+            .cursor("psim")
+            .unwrap(),
+        3
+    );
+    r.cancel.cancel();
+}
+
+#[tokio::test]
+async fn the_events_filter_skips_other_types_and_moves_on() {
+    let rx = Receiver::start("127.0.0.1:0").await;
+    let mut outbox = Outbox::new("filter");
+    outbox.push("buddygate.path.down");
+    outbox.push("buddygate.failover.completed");
+    outbox.push("buddygate.server.up");
+    outbox.push("buddygate.failback.completed");
+    let r = run(
+        &outbox,
+        config(
+            &basic(&rx.url(), "events = [\"buddygate.fail*.completed\"]\n"),
+            None,
+        ),
+    );
+    until(Duration::from_secs(5), "2 deliveries", || {
+        rx.requests().len() == 2
+    })
+    .await;
+    assert_eq!(ids(&rx.requests()), ["fo-1:2", "fo-1:4"]);
+    until(Duration::from_secs(2), "cursor at the end", || {
+        Store::open_reader(&outbox.dir)
+            .unwrap()
+            .cursor("psim")
+            .unwrap()
+            == 4
+    })
+    .await;
+    r.cancel.cancel();
+}
+
+fn shipped() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("connectors")
+}
+
+#[tokio::test]
+async fn the_shipped_templates_render_for_a_real_failover() {
+    let rx = Receiver::start("127.0.0.1:0").await;
+    let mut outbox = Outbox::new("templates");
+    outbox.push("buddygate.failover.completed");
+    let base = shipped();
+    for (template, ct) in [
+        (
+            "templates/milestone-analytics-event.xml.j2",
+            "application/xml",
+        ),
+        ("templates/nx-generic-event.json.j2", "application/json"),
+        ("templates/server-moved.json.j2", "application/json"),
+    ] {
+        let before = rx.requests().len();
+        let name = format!("t{before}");
+        let text = format!(
+            "type = \"webhook\"\nurl = \"{}\"\ntemplate = \"{template}\"\ncontent_type = \"{ct}\"\n",
+            rx.url()
+        );
+        let (c, d) = connectors::check_file(
+            &text,
+            "t.toml",
+            &base.join(format!("{name}.toml")),
+            Some(&base),
+        );
+        assert!(d.is_empty(), "{d:?}");
+        let ConnectorKind::Webhook(cfg) = c.unwrap().kind;
+        let r = run(&outbox, cfg);
+        until(Duration::from_secs(5), template, || {
+            rx.requests().len() == before + 1
+        })
+        .await;
+        r.cancel.cancel();
+        // Each template gets its own cursor in a fresh name: reset for the next one.
+        let mut s = Store::open(&outbox.dir).unwrap();
+        s.set_cursor("psim", 0).unwrap();
+        let req = rx.requests().last().unwrap().clone();
+        assert_eq!(req.headers["content-type"], ct);
+        match ct {
+            "application/xml" => {
+                assert!(req.body.contains("<AnalyticsEvent"), "{}", req.body);
+                assert!(req.body.contains("<Name>127.0.0.3</Name>"), "{}", req.body);
+                assert!(
+                    req.body.contains("<CustomTag>epoch=298</CustomTag>"),
+                    "{}",
+                    req.body
+                );
+                assert!(
+                    req.body.contains(
+                        "live-1 (127.0.0.1) is now served by fo-1 (127.0.0.3), epoch 298"
+                    )
+                );
+            }
+            _ => {
+                let v: Value =
+                    serde_json::from_str(&req.body).unwrap_or_else(|e| panic!("{e}: {}", req.body));
+                if template.contains("nx") {
+                    assert_eq!(v["caption"], "buddygate: buddygate.failover.completed");
+                    assert_eq!(
+                        v["description"],
+                        "live-1 is now served by fo-1 at 127.0.0.3 (epoch 298)"
+                    );
+                    assert_eq!(v["metadata"]["cameraRefs"], json!(["cam-1"]));
+                } else {
+                    assert_eq!(v["moved_to"], json!({"id": "fo-1", "address": "127.0.0.3"}));
+                    assert_eq!(v["epoch"], 298);
+                    assert_eq!(v["resources"], json!(["cam-1"]));
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn get_puts_the_essentials_in_the_query() {
+    let rx = Receiver::start("127.0.0.1:0").await;
+    let mut outbox = Outbox::new("get");
+    outbox.push("buddygate.failover.completed");
+    let text = format!(
+        "type = \"webhook\"\nmethod = \"GET\"\nurl = \"{}\"\n",
+        rx.url()
+    );
+    let r = run(&outbox, config(&text, None));
+    until(Duration::from_secs(5), "a GET", || rx.requests().len() == 1).await;
+    let req = &rx.requests()[0];
+    assert_eq!(req.method, "GET");
+    assert!(req.body.is_empty());
+    for part in [
+        "type=buddygate.failover.completed",
+        "id=fo-1%3A1",
+        "server=live-1",
+        "new_server=fo-1",
+        "address=127.0.0.3",
+        "epoch=298",
+    ] {
+        assert!(req.uri.contains(part), "{} lacks {part}", req.uri);
+    }
+    r.cancel.cancel();
+}
+
+#[test]
+fn bad_connector_files_report_every_problem_with_its_position() {
+    let text = "type = \"webhook\"\nurl = \"ftp://x\"\nmethod = \"DELETE\"\nevents = [\"buddygate.nothing\"]\nsecret = \"abc\"\ntimeot = \"5s\"\nretry = [\"5s\", \"soon\"]\n";
+    let (c, d) = connectors::check_file(text, "bad.toml", Path::new("bad.toml"), None);
+    assert!(c.is_none());
+    let lines: Vec<String> = d.iter().map(|d| d.to_string()).collect();
+    assert_eq!(
+        lines,
+        [
+            "bad.toml:2:7: url: \"ftp\": only http:// and https:// URLs are supported",
+            "bad.toml:3:10: method: method \"DELETE\": expected \"POST\", \"PUT\" or \"GET\"",
+            "bad.toml:4:11: events[0]: \"buddygate.nothing\" matches no event type (they are buddygate.server.down, buddygate.failover.completed, ...)",
+            "bad.toml:5:10: secret: a signing secret starts with `whsec_` (Standard Webhooks)",
+            "bad.toml:6:1: timeot: unknown key `timeot`; did you mean `timeout`?",
+            "bad.toml:7:16: retry[1]: invalid duration \"soon\": expected number at 0",
+        ]
+    );
+    let (_, d) =
+        connectors::check_file("url = \"http://x\"\n", "t.toml", Path::new("t.toml"), None);
+    assert_eq!(
+        d[0].to_string(),
+        "t.toml:1:1: missing key `type`: the kind of connector (\"webhook\")"
+    );
+    let (_, d) = connectors::check_file("type = \"kafka\"\n", "t.toml", Path::new("t.toml"), None);
+    assert_eq!(
+        d[0].to_string(),
+        "t.toml:1:8: type: unknown connector type \"kafka\"; expected \"webhook\""
+    );
+}
+
+#[test]
+fn check_reports_connector_problems_with_the_site_and_exits_64() {
+    let dir = std::env::temp_dir().join(format!("buddygate-check-conn-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("connectors")).unwrap();
+    std::fs::write(dir.join("site.key"), "k").unwrap();
+    std::fs::write(
+        dir.join("site.toml"),
+        "[site]\nname = \"s\"\nsecret = \"file:site.key\"\n[[servers]]\nid = \"a\"\naddress = \"127.0.0.1\"\nheartbeat = [\"127.0.0.1:7400\"]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("connectors/psim.toml"),
+        "type = \"webhook\"\nurl = \"http://x/\"\nmethod = \"PATCH\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_buddygate"))
+        .args(["check", "--config"])
+        .arg(dir.join("site.toml"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(
+        err.contains("connectors/psim.toml:3:10: method: method \"PATCH\""),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_committed_webhook_schema_is_fresh() {
+    let schema = serde_json::to_string_pretty(&schemars::schema_for!(connectors::WebhookFile))
+        .unwrap()
+        + "\n";
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/webhook.schema.json");
+    if std::env::var_os("BLESS").is_some() {
+        std::fs::write(&path, &schema).unwrap();
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == schema,
+        "schemas/webhook.schema.json is stale: run BLESS=1 cargo test --test webhook"
+    );
+}
+
+/// Three real nodes: a kill -9 of live-1 reaches the PSIM as `failover.completed` from fo-1,
+/// with fo-1's address and the new epoch; with the PSIM down and fo-1 killed too, nothing is
+/// lost once both are back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_failover_reaches_the_psim_and_survives_a_crash_of_the_sender() {
+    let rx = Receiver::start("127.0.0.1:0").await;
+    let mut c = common::Cluster::new(
+        "webhook",
+        1,
+        5,
+        common::SiteOptions {
+            connectors: vec![(
+                "psim",
+                format!(
+                    "type = \"webhook\"\nurl = \"{}\"\nsecret = \"{SECRET}\"\nevents = [\"buddygate.failover.*\", \"buddygate.failback.completed\"]\nretry = [\"200ms\", \"200ms\", \"200ms\", \"200ms\", \"200ms\", \"200ms\", \"200ms\", \"200ms\", \"200ms\", \"200ms\", \"200ms\", \"200ms\", \"200ms\", \"200ms\", \"200ms\", \"200ms\", \"200ms\", \"200ms\", \"200ms\", \"200ms\"]\n",
+                    rx.url()
+                ),
+            )],
+            ..Default::default()
+        },
+    );
+    c.start_all();
+    common::eventually(Duration::from_secs(10), "site up", || async {
+        let v = common::owners(&c.api("fo-1"), "live-1").await?;
+        (!v.is_empty() && v.iter().all(|r| r.0 == "live-1" && r.3 == "active")).then_some(())
+    })
+    .await;
+    let t0 = Instant::now();
+    c.kill9("live-1");
+    until(
+        Duration::from_secs(5),
+        "failover.completed at the PSIM",
+        || {
+            rx.requests()
+                .iter()
+                .any(|r| r.body.contains("buddygate.failover.completed"))
+        },
+    )
+    .await;
+    let took = t0.elapsed();
+    let req = rx
+        .requests()
+        .into_iter()
+        .find(|r| r.body.contains("buddygate.failover.completed"))
+        .unwrap();
+    let v: Value = serde_json::from_str(&req.body).unwrap();
+    let fo_addr = &c.servers[c.index("fo-1")].address;
+    assert_eq!(v["source"], "buddygate://webhook/fo-1");
+    assert_eq!(v["data"]["new_server"]["address"], fo_addr.as_str());
+    assert_eq!(v["data"]["server"]["id"], "live-1");
+    assert!(v["data"]["epoch"].as_u64().unwrap() > 199);
+    assert_eq!(v["data"]["resources"].as_array().unwrap().len(), 5);
+    assert_eq!(
+        req.headers["webhook-id"].to_str().unwrap(),
+        v["id"].as_str().unwrap()
+    );
+    assert!(took < Duration::from_secs(3), "{took:?}");
+
+    // The PSIM goes away; live-1 comes back and fails back; fo-1 is killed with that delivery
+    // pending; then everything comes back.
+    rx.cancel.cancel();
+    let before = rx.requests().len();
+    c.start("live-1");
+    common::eventually(Duration::from_secs(10), "failback", || async {
+        let v = common::owners(&c.api("fo-1"), "live-1").await?;
+        v.iter()
+            .all(|r| r.0 == "live-1" && r.3 == "active")
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.kill9("fo-1");
+    let rx2 = Receiver::start(&rx.addr.to_string()).await;
+    c.start("fo-1");
+    // fo-1 did not emit the failback (live-1 did), but its own events are all delivered:
+    // started and completed, in order, with the same ids as before the crash.
+    until(
+        Duration::from_secs(10),
+        "redelivery after the restart",
+        || !rx2.requests().is_empty(),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let first: Vec<String> = ids(&rx.requests()[..before]);
+    let all: Vec<String> = first.iter().cloned().chain(ids(&rx2.requests())).collect();
+    // live-1 delivers its own failback.completed to the same PSIM.
+    assert!(all.iter().any(|i| i.starts_with("live-1:")), "{all:?}");
+    let all: Vec<String> = all.into_iter().filter(|i| i.starts_with("fo-1:")).collect();
+    let mut seqs: Vec<u64> = all
+        .iter()
+        .map(|i| i.rsplit(':').next().unwrap().parse().unwrap())
+        .collect();
+    let sorted = {
+        let mut s = seqs.clone();
+        s.sort();
+        s
+    };
+    assert_eq!(seqs, sorted, "delivered in order: {all:?}");
+    seqs.dedup();
+    assert!(seqs.len() >= 2, "{all:?}");
+}
