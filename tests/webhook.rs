@@ -255,7 +255,7 @@ async fn delivers_every_event_once_in_order_signed() {
             .unwrap();
         assert_eq!(
             req.headers["webhook-signature"].to_str().unwrap(),
-            sign(&[key.clone()], id, ts, &req.body)
+            sign(std::slice::from_ref(&key), id, ts, &req.body)
         );
     }
     // More events are picked up as they are stored.
