@@ -138,6 +138,40 @@ impl Store {
         })
     }
 
+    /// Opens the store for a connector: its cursor, dead letters and attempts. Commits are
+    /// `synchronous = NORMAL`: durable across a crash of the process (WAL), not of the machine,
+    /// where the worst case is a delivery repeated with the same id.
+    pub fn open_for_connector(dir: &Path) -> Result<Self, StoreError> {
+        let s = Self::open(dir)?;
+        s.conn
+            .pragma_update(None, "synchronous", "NORMAL")
+            .map_err(|e| s.err(e))?;
+        Ok(s)
+    }
+
+    /// Records a successful delivery and moves the cursor, in one transaction.
+    pub fn delivered(&mut self, connector: &str, a: &Attempt) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let err = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        tx.execute(
+            "INSERT INTO deliveries (connector, seq, attempt, outcome, latency_ms, time)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![connector, a.seq, a.attempt, a.outcome, a.latency_ms, a.time],
+        )
+        .map_err(err)?;
+        tx.execute(
+            "INSERT INTO cursors (connector, seq) VALUES (?1, ?2)
+             ON CONFLICT(connector) DO UPDATE SET seq = MAX(cursors.seq, excluded.seq)",
+            params![connector, a.seq],
+        )
+        .map_err(err)?;
+        tx.commit().map_err(err)
+    }
+
     /// A read-only connection to the same store, for the API and connectors.
     pub fn open_reader(dir: &Path) -> Result<Reader, StoreError> {
         let path = dir.join("node.db");

@@ -104,7 +104,7 @@ impl Webhook {
         if let Some((path, text)) = &cfg.template {
             env.add_template_owned(path.display().to_string(), text.clone())?;
         }
-        let store = Store::open(data_dir)?;
+        let store = Store::open_for_connector(data_dir)?;
         let reader = Store::open_reader(data_dir)?;
         if let Some(reason) = reader.disabled(&name)? {
             *status.disabled.lock().expect("status lock") = Some(reason);
@@ -237,7 +237,9 @@ impl Webhook {
                 continue;
             }
             match self.deliver(&ev, cancel).await {
-                Outcome::Delivered => self.advance(ev.seq)?,
+                Outcome::Delivered => {
+                    self.status.cursor.store(ev.seq, Ordering::Relaxed);
+                }
                 Outcome::Dead(reason, attempts) => {
                     warn!(connector = %self.name, seq = ev.seq, %reason, "Delivery failed for good; kept as a dead letter.");
                     self.store().add_dead_letter(
@@ -286,17 +288,21 @@ impl Webhook {
                 Try::Gone => "http 410 gone".to_string(),
                 Try::Failed { reason, .. } => reason.clone(),
             };
-            if let Err(e) = self.store().record_attempt(
-                &self.name,
-                &Attempt {
-                    seq: ev.seq,
-                    attempt,
-                    outcome: outcome.clone(),
-                    latency_ms,
-                    time: rfc3339(SystemTime::now()),
-                },
-            ) {
-                debug!(connector = %self.name, error = %e, "Cannot record a delivery attempt.");
+            let record = Attempt {
+                seq: ev.seq,
+                attempt,
+                outcome: outcome.clone(),
+                latency_ms,
+                time: rfc3339(SystemTime::now()),
+            };
+            // A success moves the cursor in the same transaction.
+            let stored = if matches!(result, Try::Ok(_)) {
+                self.store().delivered(&self.name, &record)
+            } else {
+                self.store().record_attempt(&self.name, &record)
+            };
+            if let Err(e) = stored {
+                warn!(connector = %self.name, error = %e, "Cannot record a delivery attempt.");
             }
             match result {
                 Try::Ok(_) => {
