@@ -271,6 +271,7 @@ async fn delivers_every_event_once_in_order_signed() {
         6
     );
     r.cancel.cancel();
+    let _ = r.task.await;
 }
 
 #[tokio::test]
@@ -329,6 +330,7 @@ async fn server_errors_are_retried_on_the_schedule_and_retry_after_is_honoured()
         3
     );
     r.cancel.cancel();
+    let _ = r.task.await;
 }
 
 #[tokio::test]
@@ -358,6 +360,7 @@ async fn a_410_disables_the_endpoint_until_a_replay() {
         "in order"
     );
     r.cancel.cancel();
+    let _ = r.task.await;
 }
 
 #[tokio::test]
@@ -408,6 +411,7 @@ async fn timeouts_and_exhausted_retries_become_dead_letters_that_replay() {
     })
     .await;
     r.cancel.cancel();
+    let _ = r.task.await;
 }
 
 #[tokio::test]
@@ -437,6 +441,7 @@ async fn a_receiver_down_for_a_while_gets_everything_in_order_with_the_same_ids(
     let expected: Vec<String> = (1..=10).map(|s| format!("fo-1:{s}")).collect();
     assert_eq!(ids(&rx.requests()), expected);
     r.cancel.cancel();
+    let _ = r.task.await;
 }
 
 #[tokio::test]
@@ -484,6 +489,7 @@ async fn a_crash_with_deliveries_pending_loses_nothing() {
         3
     );
     r.cancel.cancel();
+    let _ = r.task.await;
 }
 
 #[tokio::test]
@@ -515,6 +521,7 @@ async fn the_events_filter_skips_other_types_and_moves_on() {
     })
     .await;
     r.cancel.cancel();
+    let _ = r.task.await;
 }
 
 fn shipped() -> PathBuf {
@@ -555,6 +562,7 @@ async fn the_shipped_templates_render_for_a_real_failover() {
         })
         .await;
         r.cancel.cancel();
+        let _ = r.task.await;
         // Each template gets its own cursor in a fresh name: reset for the next one.
         let mut s = Store::open(&outbox.dir).unwrap();
         s.set_cursor("psim", 0).unwrap();
@@ -620,6 +628,7 @@ async fn get_puts_the_essentials_in_the_query() {
         assert!(req.uri.contains(part), "{} lacks {part}", req.uri);
     }
     r.cancel.cancel();
+    let _ = r.task.await;
 }
 
 #[test]
@@ -798,4 +807,167 @@ async fn a_real_failover_reaches_the_psim_and_survives_a_crash_of_the_sender() {
     assert_eq!(seqs, sorted, "delivered in order: {all:?}");
     seqs.dedup();
     assert!(seqs.len() >= 2, "{all:?}");
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files in `dir`.
+fn pki(dir: &Path) -> (String, String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "buddygate test CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let server_key = KeyPair::generate().unwrap();
+    let server = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&server_key, &issuer)
+        .unwrap();
+    let client_key = KeyPair::generate().unwrap();
+    let mut client_params = CertificateParams::new(vec!["fo-1.buddygate".to_string()]).unwrap();
+    client_params
+        .distinguished_name
+        .push(DnType::CommonName, "fo-1");
+    let client = client_params.signed_by(&client_key, &issuer).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca_cert.pem()).unwrap();
+    std::fs::write(dir.join("client.pem"), client.pem()).unwrap();
+    std::fs::write(dir.join("client.key"), client_key.serialize_pem()).unwrap();
+    (
+        ca_cert.pem(),
+        server.pem(),
+        server_key.serialize_pem(),
+        client.pem(),
+    )
+}
+
+/// An HTTPS receiver that requires a client certificate from the CA.
+async fn tls_receiver(ca: &str, cert: &str, key: &str) -> (String, Arc<Mutex<Vec<String>>>) {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let certs: Vec<_> = rustls::pki_types::CertificateDer::pem_slice_iter(cert.as_bytes())
+        .map(Result::unwrap)
+        .collect();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let bodies: Arc<Mutex<Vec<String>>> = Default::default();
+    let b = bodies.clone();
+    let app = axum::Router::new().fallback(move |body: String| {
+        let b = b.clone();
+        async move {
+            b.lock().unwrap().push(body);
+            "ok"
+        }
+    });
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let (acceptor, app) = (acceptor.clone(), app.clone());
+            tokio::spawn(async move {
+                // A handshake without an accepted client certificate fails here.
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper_util::service::TowerToHyperService::new(app);
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                .await;
+            });
+        }
+    });
+    (format!("https://127.0.0.1:{}/hook", addr.port()), bodies)
+}
+
+#[tokio::test]
+async fn https_with_a_private_ca_and_a_client_certificate() {
+    let dir = std::env::temp_dir().join(format!("buddygate-pki-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (ca, cert, key, _) = pki(&dir);
+    let (url, bodies) = tls_receiver(&ca, &cert, &key).await;
+    let mut outbox = Outbox::new("tls");
+    outbox.push("buddygate.failover.completed");
+
+    // Without the client certificate: refused, retried, dead.
+    let text = format!(
+        "type = \"webhook\"\nurl = \"{url}\"\nretry = [\"20ms\"]\ntls = {{ ca = \"ca.pem\" }}\n"
+    );
+    let r = run(&outbox, config(&text, Some(&dir)));
+    until(Duration::from_secs(5), "a dead letter", || {
+        r.status.dead.load(std::sync::atomic::Ordering::Relaxed) == 1
+    })
+    .await;
+    assert!(bodies.lock().unwrap().is_empty());
+    r.cancel.cancel();
+    let _ = r.task.await;
+    let mut s = Store::open(&outbox.dir).unwrap();
+    s.set_cursor("psim", 0).unwrap();
+
+    // With it: delivered over mutual TLS.
+    let text = format!(
+        "type = \"webhook\"\nurl = \"{url}\"\nretry = [\"20ms\"]\ntls = {{ ca = \"ca.pem\", cert = \"client.pem\", key = \"client.key\" }}\n"
+    );
+    let r = run(&outbox, config(&text, Some(&dir)));
+    until(Duration::from_secs(5), "a delivery over mTLS", || {
+        bodies.lock().unwrap().len() == 1
+    })
+    .await;
+    assert!(bodies.lock().unwrap()[0].contains("buddygate.failover.completed"));
+    r.cancel.cancel();
+    let _ = r.task.await;
+
+    // A server certificate from another CA: refused.
+    let other = dir.join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    let (other_ca, _, _, _) = pki(&other);
+    std::fs::write(dir.join("other-ca.pem"), other_ca).unwrap();
+    let mut s = Store::open(&outbox.dir).unwrap();
+    s.set_cursor("psim", 0).unwrap();
+    let text = format!(
+        "type = \"webhook\"\nurl = \"{url}\"\nretry = [\"20ms\"]\ntls = {{ ca = \"other-ca.pem\", cert = \"client.pem\", key = \"client.key\" }}\n"
+    );
+    let r = run(&outbox, config(&text, Some(&dir)));
+    until(Duration::from_secs(5), "refused", || {
+        r.status.failed.load(std::sync::atomic::Ordering::Relaxed) >= 2
+    })
+    .await;
+    let reader = Store::open_reader(&outbox.dir).unwrap();
+    let attempts = reader.attempts("psim", 10).unwrap();
+    assert!(
+        attempts[0].outcome.contains("invalid peer certificate"),
+        "{attempts:?}"
+    );
+    assert!(
+        attempts
+            .iter()
+            .any(|a| a.outcome.contains("CertificateRequired")),
+        "{attempts:?}"
+    );
+    assert_eq!(bodies.lock().unwrap().len(), 1);
+    r.cancel.cancel();
+    let _ = r.task.await;
+    let _ = std::fs::remove_dir_all(&dir);
 }

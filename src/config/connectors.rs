@@ -126,11 +126,6 @@ pub struct WebhookFile {
     /// Delays before each retry after the first attempt; when they are used up the delivery is a
     /// dead letter (kept, replayable). Default: the Standard Webhooks schedule.
     pub retry: Option<Vec<String>>,
-    /// Re-send the current owner of every resource this node serves this often (e.g. `"5m"`),
-    /// so a PSIM that missed or discarded a message converges.
-    #[serde(default, deserialize_with = "duration::deserialize_option")]
-    #[schemars(with = "Option<String>")]
-    pub reassert: Option<Duration>,
     /// TLS settings for `https://` endpoints.
     pub tls: Option<TlsFile>,
 }
@@ -161,7 +156,6 @@ pub struct WebhookConfig {
     pub template: Option<(PathBuf, String)>,
     pub content_type: String,
     pub retry: Vec<Duration>,
-    pub reassert: Option<Duration>,
     pub tls: TlsFile,
     /// The connector file's folder: `file:` secrets are read from there.
     pub base: Option<PathBuf>,
@@ -484,9 +478,6 @@ fn check_webhook(
             }
         }
     }
-    if f.reassert.is_some_and(|d| d < Duration::from_secs(1)) {
-        issues.push(Issue::error(&root.key("reassert"), "at least 1s"));
-    }
     let tls = f.tls.clone().unwrap_or_default();
     if tls.cert.is_some() != tls.key.is_some() {
         issues.push(Issue::error(
@@ -538,7 +529,6 @@ fn check_webhook(
             .unwrap_or_else(|| "application/json".into()),
         template,
         retry,
-        reassert: f.reassert,
         tls,
         base: base.map(Path::to_path_buf),
     })

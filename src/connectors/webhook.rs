@@ -96,10 +96,28 @@ impl Webhook {
             Some((user, pw)) => Some((user.clone(), secret_text(pw, &base, "the password")?)),
             None => None,
         };
-        let client = reqwest::Client::builder()
-            .timeout(cfg.timeout)
-            .no_proxy()
-            .build()?;
+        let mut builder = reqwest::Client::builder().timeout(cfg.timeout).no_proxy();
+        if let Some(ca) = &cfg.tls.ca {
+            let pem = std::fs::read(ca).map_err(|e| {
+                anyhow::anyhow!("connector {name}: cannot read {}: {e}", ca.display())
+            })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| anyhow::anyhow!("connector {name}: {}: {e}", ca.display()))?;
+            // Only this CA: an endpoint with a private CA is not also trusted by public ones.
+            builder = builder.tls_certs_only(certs);
+        }
+        if let (Some(cert), Some(key)) = (&cfg.tls.cert, &cfg.tls.key) {
+            let mut pem = std::fs::read(cert).map_err(|e| {
+                anyhow::anyhow!("connector {name}: cannot read {}: {e}", cert.display())
+            })?;
+            pem.extend(std::fs::read(key).map_err(|e| {
+                anyhow::anyhow!("connector {name}: cannot read {}: {e}", key.display())
+            })?);
+            let identity = reqwest::Identity::from_pem(&pem)
+                .map_err(|e| anyhow::anyhow!("connector {name}: client certificate: {e}"))?;
+            builder = builder.identity(identity);
+        }
+        let client = builder.build()?;
         let mut env = crate::config::template_environment();
         if let Some((path, text)) = &cfg.template {
             env.add_template_owned(path.display().to_string(), text.clone())?;
@@ -183,6 +201,9 @@ impl Webhook {
         replay: &Notify,
         cancel: &CancellationToken,
     ) -> anyhow::Result<bool> {
+        self.status
+            .head
+            .store(self.reader().last_seq()?, Ordering::Relaxed);
         if self.status.disabled.lock().expect("status lock").is_some() {
             // Disabled by a 410: only a replay re-enables it.
             tokio::select! {
