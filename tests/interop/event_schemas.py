@@ -13,6 +13,7 @@ differ from what this script builds.
 import copy
 import json
 import pathlib
+import re
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -298,9 +299,19 @@ def render(schema):
     return json.dumps(schema, indent=2) + "\n"
 
 
+def rust_event_types():
+    """`EVENT_TYPES` of src/config/connectors.rs: the types the core emits."""
+    src = (ROOT / "src" / "config" / "connectors.rs").read_text()
+    block = re.search(r"pub const EVENT_TYPES: \[&str; \d+\] = \[(.*?)\];", src, re.S)
+    return re.findall(r'"([a-z.]+)"', block.group(1)) if block else []
+
+
 def stale():
-    """Names of committed files that differ from what this script builds (or are missing)."""
+    """Names of committed files that differ from what this script builds (or are missing), and
+    a note when the event types here are not the ones src/ emits."""
     bad = []
+    if rust_event_types() != ORDER:
+        bad.append(f"event types {rust_event_types()} in src/config/connectors.rs (this script has {ORDER})")
     for name, schema in files().items():
         p = OUT / name
         if not p.exists() or p.read_text() != render(schema):
