@@ -1,0 +1,338 @@
+#!/usr/bin/env python3
+"""The JSON Schemas of buddygate's CloudEvents (schemas/events/), built from one description.
+
+The payloads are the ones src/runtime/cloudevents.rs builds; that file is the source of truth,
+and this one follows it field for field. Run
+
+    python3 tests/interop/event_schemas.py --write
+
+after changing a payload; the interop test (webhook_interop.py) fails while the committed files
+differ from what this script builds.
+"""
+
+import copy
+import json
+import pathlib
+import re
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+OUT = ROOT / "schemas" / "events"
+DRAFT = "https://json-schema.org/draft/2020-12/schema"
+ID_BASE = "urn:buddygate:schemas:events:"
+
+# --- pieces ------------------------------------------------------------------------------
+
+# Site name and server/resource ids: letters, digits, '.', '_' and '-', at most 64 (the site
+# file's validation).
+NAME = {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"}
+# An announced address: a server's `address` (an IP, v4 or v6).
+IP = {
+    "type": "string",
+    "description": "The IP address the server announces (its `address` in the site file).",
+    "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}],
+    "pattern": "^[0-9A-Fa-f.:]+$",
+}
+# humantime::format_rfc3339_millis: UTC, always milliseconds and `Z`.
+TIME = {
+    "type": "string",
+    "format": "date-time",
+    "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\\.[0-9]{3}Z$",
+}
+EPOCH = {
+    "type": "integer",
+    "minimum": 0,
+    "description": "Fencing token: round*100 + (99 - rank). Higher wins; not consecutive.",
+}
+KIND = {"enum": ["camera", "io", "lpr", "analytics", "map", "middleware"]}
+MILLIS = {"type": "integer", "minimum": 0}
+
+
+def obj(props, required=None, description=None):
+    """A closed object: every listed property required unless `required` says otherwise."""
+    o = {
+        "type": "object",
+        "required": list(props) if required is None else required,
+        "properties": props,
+        "additionalProperties": False,
+    }
+    if description:
+        o = {"description": description, **o}
+    return o
+
+
+def ref(name):
+    return {"$ref": f"#/$defs/{name}"}
+
+
+DEFS = {
+    "name": NAME,
+    "ip": IP,
+    "time": TIME,
+    "epoch": EPOCH,
+    "kind": KIND,
+    "server": obj({"id": ref("name"), "address": ref("ip")}, description="A server: its id and announced address."),
+    "resource": obj({"id": ref("name"), "kind": ref("kind")}),
+    "owned_resource": obj(
+        {
+            "id": ref("name"),
+            "kind": ref("kind"),
+            "owner": ref("name"),
+            "address": ref("ip"),
+            "epoch": ref("epoch"),
+        },
+        description="A resource and who serves it now: owner id, the owner's address, the claim's epoch.",
+    ),
+    "failed_resource": obj(
+        {"id": ref("name"), "kind": ref("kind"), "reason": {"type": "string"}},
+        description="A resource that did not come up, and why.",
+    ),
+}
+
+# --- the data of each event type (cloudevents.rs, `to_cloudevent`) -------------------------
+
+EVENTS = {
+    "buddygate.server.down": (
+        "A server stopped answering on every path (`timeout`) or said it is leaving.",
+        obj(
+            {
+                "site": ref("name"),
+                "server": ref("server"),
+                "reason": {"enum": ["timeout", "leaving"]},
+                "down_since": ref("time"),
+            }
+        ),
+    ),
+    "buddygate.server.up": (
+        "A server is heard again.",
+        obj({"site": ref("name"), "server": ref("server")}),
+    ),
+    "buddygate.path.down": (
+        "One network path to a server went silent (not a failover while another path answers).",
+        obj(
+            {
+                "site": ref("name"),
+                "server": ref("server"),
+                "path": {"type": "integer", "minimum": 0, "description": "Index in the server's `heartbeat` list."},
+                "address": {
+                    "type": ["string", "null"],
+                    "description": "That path's heartbeat address, ip:port.",
+                    "pattern": "^([0-9.]+|\\[[0-9A-Fa-f:.]+(%[0-9]+)?\\]):[0-9]{1,5}$",
+                },
+            }
+        ),
+    ),
+    "buddygate.failover.started": (
+        "A buddy began taking over a server's resources.",
+        obj(
+            {
+                "site": ref("name"),
+                "server": ref("server"),
+                "new_server": ref("server"),
+                "epoch": ref("epoch"),
+                "resources": {"type": "array", "items": ref("owned_resource")},
+            }
+        ),
+    ),
+    "buddygate.failover.completed": (
+        "A buddy serves a server's resources: tell everyone the new address.",
+        obj(
+            {
+                "site": ref("name"),
+                "server": ref("server"),
+                "new_server": ref("server"),
+                "epoch": ref("epoch"),
+                "resources": {"type": "array", "items": ref("owned_resource")},
+                "failed": {"type": "array", "items": ref("failed_resource")},
+                "down_since": ref("time"),
+                "takeover_ms": MILLIS,
+            }
+        ),
+    ),
+    "buddygate.failback.completed": (
+        "A server serves its own resources again (`new_server` is the server itself).",
+        obj(
+            {
+                "site": ref("name"),
+                "server": ref("server"),
+                "new_server": ref("server"),
+                "epoch": ref("epoch"),
+                "resources": {"type": "array", "items": ref("owned_resource")},
+                "failed": {"type": "array", "items": ref("failed_resource")},
+                "failback_ms": MILLIS,
+            }
+        ),
+    ),
+    "buddygate.resource.failed": (
+        "A resource failed to start or its monitor failed on `server`.",
+        obj(
+            {
+                "site": ref("name"),
+                "resource": ref("resource"),
+                "server": ref("server"),
+                "epoch": ref("epoch"),
+                "reason": {"type": "string"},
+            }
+        ),
+    ),
+    "buddygate.ownership.conflict": (
+        "Two servers serve one resource (a partition healed); the winner is first.",
+        obj(
+            {
+                "site": ref("name"),
+                "resource": ref("resource"),
+                "owners": {
+                    "type": "array",
+                    "minItems": 2,
+                    "items": obj({"id": ref("name"), "address": ref("ip"), "epoch": ref("epoch")}),
+                },
+            }
+        ),
+    ),
+    "buddygate.ownership.resolved": (
+        "A conflict ended: `owner` serves the resource at `epoch`.",
+        obj(
+            {
+                "site": ref("name"),
+                "resource": ref("resource"),
+                "owner": ref("name"),
+                "address": ref("ip"),
+                "epoch": ref("epoch"),
+            }
+        ),
+    ),
+    "buddygate.config.mismatch": (
+        "A peer runs a different site file (first 8 bytes of each digest, hex).",
+        obj(
+            {
+                "site": ref("name"),
+                "server": ref("server"),
+                "local_digest": {"type": "string", "pattern": "^[0-9a-f]{16}$"},
+                "remote_digest": {"type": "string", "pattern": "^[0-9a-f]{16}$"},
+            }
+        ),
+    ),
+}
+# path.up has path.down's data.
+EVENTS["buddygate.path.up"] = ("A silent path answers again.", copy.deepcopy(EVENTS["buddygate.path.down"][1]))
+ORDER = [
+    "buddygate.server.down",
+    "buddygate.server.up",
+    "buddygate.path.down",
+    "buddygate.path.up",
+    "buddygate.failover.started",
+    "buddygate.failover.completed",
+    "buddygate.failback.completed",
+    "buddygate.resource.failed",
+    "buddygate.ownership.conflict",
+    "buddygate.ownership.resolved",
+    "buddygate.config.mismatch",
+]
+assert sorted(ORDER) == sorted(EVENTS)
+
+
+def envelope(ty, data):
+    """The whole CloudEvent of type `ty` with `data` (its `$defs` live at the root)."""
+    return obj(
+        {
+            "specversion": {"const": "1.0"},
+            "id": {
+                "type": "string",
+                "pattern": "^[A-Za-z0-9._-]{1,64}:[0-9]+$",
+                "description": "`{node}:{seq}`: unique in the site, the same on every retry; also the `webhook-id` header.",
+            },
+            "type": {"const": ty},
+            "source": {
+                "type": "string",
+                "pattern": "^buddygate://[A-Za-z0-9._-]{1,64}/[A-Za-z0-9._-]{1,64}$",
+                "description": "`buddygate://{site}/{node}`: the node that emitted the event.",
+            },
+            "time": ref("time"),
+            "datacontenttype": {"const": "application/json"},
+            "seq": {
+                "type": "integer",
+                "minimum": 1,
+                "description": "The sending node's event sequence number (increasing, never reused).",
+            },
+            "data": data,
+        }
+    )
+
+
+def per_type(ty):
+    desc, data = EVENTS[ty]
+    return {
+        "$schema": DRAFT,
+        "$id": f"{ID_BASE}{ty}",
+        "title": ty,
+        "description": desc + " A CloudEvent 1.0 (structured JSON) as buddygate delivers it.",
+        **envelope(ty, data),
+        "$defs": DEFS,
+    }
+
+
+def union():
+    defs = dict(DEFS)
+    for ty in ORDER:
+        defs[ty] = envelope(ty, EVENTS[ty][1])
+    return {
+        "$schema": DRAFT,
+        "$id": f"{ID_BASE}cloudevent",
+        "title": "buddygate CloudEvent",
+        "description": "Any event buddygate delivers: a CloudEvent 1.0 (structured JSON) whose `type` picks exactly one of the shapes.",
+        "type": "object",
+        "required": ["type"],
+        "properties": {"type": {"enum": ORDER}},
+        "oneOf": [ref(ty) for ty in ORDER],
+        "$defs": defs,
+    }
+
+
+def files():
+    """{file name: schema} for schemas/events/."""
+    out = {f"{ty}.schema.json": per_type(ty) for ty in ORDER}
+    out["cloudevent.schema.json"] = union()
+    return out
+
+
+def render(schema):
+    return json.dumps(schema, indent=2) + "\n"
+
+
+def rust_event_types():
+    """`EVENT_TYPES` of src/config/connectors.rs: the types the core emits."""
+    src = (ROOT / "src" / "config" / "connectors.rs").read_text()
+    block = re.search(r"pub const EVENT_TYPES: \[&str; \d+\] = \[(.*?)\];", src, re.S)
+    return re.findall(r'"([a-z.]+)"', block.group(1)) if block else []
+
+
+def stale():
+    """Names of committed files that differ from what this script builds (or are missing), and
+    a note when the event types here are not the ones src/ emits."""
+    bad = []
+    if rust_event_types() != ORDER:
+        bad.append(f"event types {rust_event_types()} in src/config/connectors.rs (this script has {ORDER})")
+    for name, schema in files().items():
+        p = OUT / name
+        if not p.exists() or p.read_text() != render(schema):
+            bad.append(name)
+    return bad
+
+
+def main(argv):
+    if argv[1:] == ["--write"]:
+        OUT.mkdir(parents=True, exist_ok=True)
+        for name, schema in files().items():
+            (OUT / name).write_text(render(schema))
+        print(f"wrote {len(files())} schemas to {OUT.relative_to(ROOT)}")
+        return 0
+    bad = stale()
+    if bad:
+        print("stale: " + ", ".join(bad) + " (run: python3 tests/interop/event_schemas.py --write)")
+        return 1
+    print("schemas/events is fresh")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
