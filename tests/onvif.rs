@@ -128,6 +128,9 @@ fn envelope(header: &str, body: &str) -> String {
     )
 }
 
+/// A received notification: (topic, property operation, Source and Data items by name).
+type Got = (String, Option<String>, Vec<(String, String)>);
+
 /// A parsed response.
 struct Soap {
     status: u16,
@@ -175,7 +178,7 @@ impl Soap {
     }
 
     /// Notification messages as (topic, operation, items by name).
-    fn messages(&self) -> Vec<(String, Option<String>, Vec<(String, String)>)> {
+    fn messages(&self) -> Vec<Got> {
         self.all("NotificationMessage")
             .iter()
             .map(|n| {
@@ -279,7 +282,7 @@ impl Fixture {
     }
 
     /// Pulls until nothing more is ready.
-    async fn drain(&self, address: &str) -> Vec<(String, Option<String>, Vec<(String, String)>)> {
+    async fn drain(&self, address: &str) -> Vec<Got> {
         let mut all = Vec::new();
         loop {
             let r = self.pull(address, "PT0S", 1000).await;
@@ -678,10 +681,7 @@ fn expected_owners(f: &Fixture) -> Vec<(String, String, String, String)> {
     v
 }
 
-fn owners_in(
-    messages: &[(String, Option<String>, Vec<(String, String)>)],
-    op: &str,
-) -> Vec<(String, String, String, String)> {
+fn owners_in(messages: &[Got], op: &str) -> Vec<(String, String, String, String)> {
     let mut v: Vec<_> = messages
         .iter()
         .filter(|(t, o, _)| t == "bg:Ownership/Resource" && o.as_deref() == Some(op))

@@ -210,7 +210,7 @@ pub fn parse(bytes: &[u8]) -> Result<Element, ParseError> {
     root.ok_or(ParseError::Empty)
 }
 
-fn close(stack: &mut Vec<Element>, root: &mut Option<Element>, el: Element) {
+fn close(stack: &mut [Element], root: &mut Option<Element>, el: Element) {
     match stack.last_mut() {
         Some(parent) => parent.children.push(el),
         None => *root = Some(el),
