@@ -15,6 +15,16 @@ use quick_xml::reader::NsReader;
 pub const MAX_DEPTH: usize = 64;
 /// Elements in one document at most.
 pub const MAX_ELEMENTS: usize = 20_000;
+/// Namespace declarations in one document at most.
+pub const MAX_NAMESPACES: usize = 256;
+
+/// One prefix binding, linked to the bindings in scope around it (shared, never copied).
+#[derive(Debug, PartialEq, Eq)]
+struct Binding {
+    prefix: String,
+    ns: String,
+    parent: Option<Arc<Binding>>,
+}
 
 /// One element: namespace URI (`""` when unqualified), local name, attributes, children and
 /// the text directly inside it.
@@ -27,7 +37,7 @@ pub struct Element {
     pub children: Vec<Element>,
     pub text: String,
     /// Prefix bindings in scope (`""` is the default namespace), for QName values.
-    scope: Arc<Vec<(String, String)>>,
+    scope: Option<Arc<Binding>>,
 }
 
 impl Element {
@@ -56,11 +66,14 @@ impl Element {
 
     /// The namespace bound to `prefix` where this element stands.
     pub fn resolve_prefix(&self, prefix: &str) -> Option<&str> {
-        self.scope
-            .iter()
-            .rev()
-            .find(|(p, _)| p == prefix)
-            .map(|(_, ns)| ns.as_str())
+        let mut b = self.scope.as_deref();
+        while let Some(binding) = b {
+            if binding.prefix == prefix {
+                return Some(&binding.ns);
+            }
+            b = binding.parent.as_deref();
+        }
+        None
     }
 }
 
@@ -79,7 +92,7 @@ pub enum ParseError {
     Prefix(String),
     #[error("elements nested deeper than {MAX_DEPTH}")]
     TooDeep,
-    #[error("more than {MAX_ELEMENTS} elements")]
+    #[error("more than {MAX_ELEMENTS} elements or {MAX_NAMESPACES} namespace declarations")]
     TooMany,
     #[error("no root element")]
     Empty,
@@ -104,6 +117,7 @@ pub fn parse(bytes: &[u8]) -> Result<Element, ParseError> {
     let mut stack: Vec<Element> = Vec::new();
     let mut root: Option<Element> = None;
     let mut count = 0usize;
+    let mut declarations = 0usize;
     loop {
         let (resolved, event) = reader.read_resolved_event().map_err(syntax)?;
         let ns = match &event {
@@ -122,11 +136,7 @@ pub fn parse(bytes: &[u8]) -> Result<Element, ParseError> {
                 if stack.len() >= MAX_DEPTH {
                     return Err(ParseError::TooDeep);
                 }
-                let parent_scope = stack
-                    .last()
-                    .map(|p| p.scope.clone())
-                    .unwrap_or_else(|| Arc::new(Vec::new()));
-                let mut declared = Vec::new();
+                let mut scope = stack.last().and_then(|p| p.scope.clone());
                 let mut attrs = Vec::new();
                 for attr in start.attributes() {
                     let attr = attr.map_err(syntax)?;
@@ -136,12 +146,21 @@ pub fn parse(bytes: &[u8]) -> Result<Element, ParseError> {
                         .map_err(syntax)?
                         .into_owned();
                     let raw = key.as_ref().to_string();
-                    if raw == "xmlns" {
-                        declared.push((String::new(), value));
-                        continue;
-                    }
-                    if let Some(p) = raw.strip_prefix("xmlns:") {
-                        declared.push((p.to_string(), value));
+                    let prefix = if raw == "xmlns" {
+                        Some("")
+                    } else {
+                        raw.strip_prefix("xmlns:")
+                    };
+                    if let Some(prefix) = prefix {
+                        declarations += 1;
+                        if declarations > MAX_NAMESPACES {
+                            return Err(ParseError::TooMany);
+                        }
+                        scope = Some(Arc::new(Binding {
+                            prefix: prefix.to_string(),
+                            ns: value,
+                            parent: scope,
+                        }));
                         continue;
                     }
                     let (r, local) = reader.resolver().resolve_attribute(key);
@@ -149,13 +168,6 @@ pub fn parse(bytes: &[u8]) -> Result<Element, ParseError> {
                     let local = local.as_ref().to_string();
                     attrs.push((ans, local, value));
                 }
-                let scope = if declared.is_empty() {
-                    parent_scope
-                } else {
-                    let mut s = (*parent_scope).clone();
-                    s.extend(declared);
-                    Arc::new(s)
-                };
                 let name = start.local_name().as_ref().to_string();
                 let el = Element {
                     ns: ns.unwrap_or_default(),
@@ -337,6 +349,13 @@ mod tests {
         );
         assert_eq!(parse(b"<a>&x;</a>"), Err(ParseError::Entity("x".into())));
         assert_eq!(parse(b"<p:a/>"), Err(ParseError::Prefix("p".into())));
+        let many: String = (0..=MAX_NAMESPACES)
+            .map(|i| format!("<a xmlns:p{i}=\"urn:x\"/>"))
+            .collect();
+        assert_eq!(
+            parse(format!("<r>{many}</r>").as_bytes()),
+            Err(ParseError::TooMany)
+        );
         let deep = "<a>".repeat(MAX_DEPTH + 1) + &"</a>".repeat(MAX_DEPTH + 1);
         assert_eq!(parse(deep.as_bytes()), Err(ParseError::TooDeep));
     }
