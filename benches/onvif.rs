@@ -67,7 +67,7 @@ fn envelope(body: &str) -> String {
     let nonce: [u8; 16] = std::array::from_fn(|_| fastrand::u8(..));
     let created = format_datetime(SystemTime::now());
     format!(
-        r#"<s:Envelope xmlns:s="{}" xmlns:tev="{}" xmlns:wsnt="{}" xmlns:bg="{}"><s:Header><wsse:Security xmlns:wsse="{}" xmlns:wsu="{}"><wsse:UsernameToken><wsse:Username>{USER}</wsse:Username><wsse:Password Type="#PasswordDigest">{}</wsse:Password><wsse:Nonce>{}</wsse:Nonce><wsu:Created>{created}</wsu:Created></wsse:UsernameToken></wsse:Security></s:Header><s:Body>{body}</s:Body></s:Envelope>"#,
+        r##"<s:Envelope xmlns:s="{}" xmlns:tev="{}" xmlns:wsnt="{}" xmlns:bg="{}"><s:Header><wsse:Security xmlns:wsse="{}" xmlns:wsu="{}"><wsse:UsernameToken><wsse:Username>{USER}</wsse:Username><wsse:Password Type="#PasswordDigest">{}</wsse:Password><wsse:Nonce>{}</wsse:Nonce><wsu:Created>{created}</wsu:Created></wsse:UsernameToken></wsse:Security></s:Header><s:Body>{body}</s:Body></s:Envelope>"##,
         ns::ENV,
         ns::TEV,
         ns::WSNT,
