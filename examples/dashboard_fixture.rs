@@ -298,6 +298,7 @@ async fn main() -> anyhow::Result<()> {
         commands: commands_tx,
         data_dir: dir.clone(),
         token: Some("fixture-token".into()),
+        onvif_users: Vec::new(),
         metrics: metrics.clone(),
         connectors: Default::default(),
     };

@@ -92,6 +92,20 @@ pub fn run_node(config: &Path, node: &str, data_dir: Option<PathBuf>, err: &mut 
         },
         None => None,
     };
+    let mut onvif_users = Vec::new();
+    for (i, u) in site.api.onvif_users.iter().enumerate() {
+        match read_secret(
+            &format!("api.onvif_users[{i}].password"),
+            &u.password,
+            &base,
+        ) {
+            Ok(p) => onvif_users.push((u.user.clone(), String::from_utf8_lossy(&p).to_string())),
+            Err(e) => {
+                let _ = writeln!(err, "buddygate: {e}");
+                return EXIT_INVALID;
+            }
+        }
+    }
     let data_dir = data_dir.unwrap_or_else(|| base.join("data").join(node));
     init_logging();
     let cfg = NodeConfig {
@@ -100,6 +114,7 @@ pub fn run_node(config: &Path, node: &str, data_dir: Option<PathBuf>, err: &mut 
         data_dir,
         key,
         api_token,
+        onvif_users,
         agent_concurrency: 16,
         shutdown_grace: Duration::from_secs(5),
         connectors,

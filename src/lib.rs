@@ -2,8 +2,8 @@
 //! gateway that tells PSIMs, MQTT subscribers and ONVIF consumers where each camera went.
 //!
 //! # Layout
-//! - [`api`]: the HTTP API: REST under `/api/v1`, server-sent events, Prometheus metrics and
-//!   the dashboard.
+//! - [`api`]: the HTTP API: REST under `/api/v1`, server-sent events, Prometheus metrics,
+//!   the dashboard, and the ONVIF device and event services (SOAP 1.2).
 //! - [`config`]: the site file: serde types, id-range expansion, pure validation with
 //!   `file:line:col` diagnostics, the resolved [`config::Site`].
 //! - [`failover`]: the core. A clock-free, I/O-free state machine per node

@@ -146,6 +146,7 @@ async fn start(setup: Setup) -> Fixture {
         commands: commands_tx,
         data_dir: dir.clone(),
         token: setup.token.map(str::to_string),
+        onvif_users: Vec::new(),
         metrics: metrics.clone(),
         connectors: Default::default(),
     };

@@ -8,6 +8,8 @@
 //!   subscriber lags.
 //! - [`mutations`]: bearer-authenticated manual failover, failback and connector replay.
 //! - [`metrics`]: the Prometheus text exposition.
+//! - [`onvif`]: ONVIF device and event services over SOAP 1.2 (`/onvif/...`); their errors are
+//!   SOAP faults, not JSON.
 //! - `dashboard.html`: the page at `/`, one self-contained file.
 //!
 //! Handlers only read the snapshot, the store and the counters, and send [`Command`]s: the
@@ -19,6 +21,7 @@
 pub mod events;
 pub mod metrics;
 pub mod mutations;
+pub mod onvif;
 pub mod views;
 
 use axum::Router;
@@ -39,6 +42,7 @@ use crate::runtime::state::Shared;
 pub(crate) struct AppState {
     pub(crate) shared: Shared,
     pub(crate) cancel: CancellationToken,
+    pub(crate) onvif: std::sync::Arc<onvif::Onvif>,
 }
 
 /// The API's routes over `shared`. Event streams run until the client leaves or the event
@@ -64,7 +68,12 @@ pub async fn serve(
 }
 
 fn app(shared: Shared, cancel: CancellationToken) -> Router {
-    let state = AppState { shared, cancel };
+    let onvif = std::sync::Arc::new(onvif::Onvif::new(shared.clone(), cancel.clone()));
+    let state = AppState {
+        shared,
+        cancel,
+        onvif,
+    };
     Router::new()
         .route("/", get(dashboard))
         .route("/healthz", get(healthz))
@@ -79,6 +88,7 @@ fn app(shared: Shared, cancel: CancellationToken) -> Router {
         .route("/api/v1/servers/{id}/failback", post(mutations::failback))
         .route("/api/v1/connectors", get(mutations::connectors))
         .route("/api/v1/connectors/{name}/replay", post(mutations::replay))
+        .merge(onvif::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::map_response(json_errors))
@@ -191,18 +201,20 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
     )
 }
 
-/// Turns every error response that is not JSON yet (extractor rejections, body limits) into `{"error": ...}`, keeping its status and headers.
+/// Turns every error response that is not JSON yet (extractor rejections, body limits) into `{"error": ...}`, keeping its status and headers. SOAP faults stay as they are.
 async fn json_errors(resp: Response) -> Response {
     let status = resp.status();
     if !(status.is_client_error() || status.is_server_error()) {
         return resp;
     }
-    let is_json = resp
+    let keep = resp
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
-    if is_json {
+        .is_some_and(|v| {
+            v.starts_with("application/json") || v.starts_with("application/soap+xml")
+        });
+    if keep {
         return resp;
     }
     let (mut parts, body) = resp.into_parts();

@@ -43,6 +43,8 @@ pub struct NodeConfig {
     /// The heartbeat HMAC key.
     pub key: Vec<u8>,
     pub api_token: Option<String>,
+    /// ONVIF accounts `(user, password)`, secrets resolved.
+    pub onvif_users: Vec<(String, String)>,
     /// Resources started at once at most.
     pub agent_concurrency: usize,
     /// How long a clean shutdown waits for the buddies to take over.
@@ -216,6 +218,7 @@ impl Daemon {
             commands: cmd_tx,
             data_dir: cfg.data_dir.clone(),
             token: cfg.api_token.clone(),
+            onvif_users: cfg.onvif_users.clone(),
             metrics: metrics.clone(),
             connectors: Arc::new(connectors),
         };

@@ -168,6 +168,9 @@ pub struct Shared {
     pub data_dir: PathBuf,
     /// Bearer token for mutations; `None` refuses every mutation.
     pub token: Option<String>,
+    /// ONVIF WS-UsernameToken accounts, `(user, password)`, resolved from the site's
+    /// `api.onvif_users`; empty refuses every ONVIF operation but `GetSystemDateAndTime`.
+    pub onvif_users: Vec<(String, String)>,
     pub metrics: Arc<Metrics>,
     /// The node's connectors (webhook, ...), for status, metrics and replay.
     pub connectors: Arc<Vec<crate::connectors::ConnectorHandle>>,
