@@ -11,8 +11,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use std::sync::{Arc, Mutex};
+
 use anyhow::{Context as _, bail};
 use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::demo_consumers::{Received, onvif_consumer, webhook_receiver};
 
 /// Options of the live demo.
 #[derive(Debug, Clone)]
@@ -53,17 +59,34 @@ fn free_port(ip: &str) -> anyhow::Result<u16> {
     bail!("no free port on {ip}")
 }
 
-fn write_site(dir: &Path) -> anyhow::Result<(PathBuf, Vec<Node>)> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+/// The PSIM's signing secret in the demo.
+const WHSEC: &str = "whsec_ZGVtby1zaWduaW5nLWtleS1mb3ItYnVkZHlnYXRl";
+const ONVIF_USER: &str = "demo";
+const ONVIF_PASS: &str = "demo-onvif-pass";
+
+fn write_site(dir: &Path, psim_url: &str) -> anyhow::Result<(PathBuf, Vec<Node>)> {
+    std::fs::create_dir_all(dir.join("connectors"))
+        .with_context(|| format!("cannot create {}", dir.display()))?;
     std::fs::write(
         dir.join("site.key"),
         format!("demo-{}\n", std::process::id()),
     )?;
     std::fs::write(dir.join("api.token"), format!("{TOKEN}\n"))?;
-    let mut toml = String::from(
+    std::fs::write(dir.join("onvif.pass"), format!("{ONVIF_PASS}\n"))?;
+    std::fs::write(dir.join("connectors/psim.secret"), format!("{WHSEC}\n"))?;
+    std::fs::write(
+        dir.join("connectors/psim.toml"),
+        format!(
+            "# The demo's PSIM: signed CloudEvents of failovers and failbacks.\n\
+             type = \"webhook\"\nurl = \"{psim_url}\"\nsecret = \"file:psim.secret\"\n\
+             events = [\"buddygate.failover.completed\", \"buddygate.failback.completed\"]\n"
+        ),
+    )?;
+    let mut toml = format!(
         "# Written by `buddygate demo`.\n[site]\nname = \"demo\"\nsecret = \"file:site.key\"\n\
          heartbeat_interval = \"200ms\"\nfailure_timeout = \"1s\"\nfailback = \"auto\"\n\
-         failback_delay = \"5s\"\n\n[api]\ntoken = \"file:api.token\"\n\n",
+         failback_delay = \"5s\"\n\n[api]\ntoken = \"file:api.token\"\n\
+         onvif_users = [{{ user = \"{ONVIF_USER}\", password = \"file:onvif.pass\" }}]\n\n",
     );
     let mut nodes = Vec::new();
     for (i, id) in NODES.iter().enumerate() {
@@ -267,7 +290,13 @@ async fn run_async(opts: LiveOptions) -> anyhow::Result<()> {
         std::env::temp_dir().join(format!("buddygate-demo-{}", std::process::id()))
     });
     let _ = std::fs::remove_dir_all(dir.join("data"));
-    let (file, nodes) = write_site(&dir)?;
+    // The consumers: a PSIM receiving signed webhooks, an ONVIF pull-point client.
+    let cancel = CancellationToken::new();
+    let _stop = cancel.clone().drop_guard();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Received>();
+    let key = crate::config::connectors::decode_whsec(WHSEC).map_err(anyhow::Error::msg)?;
+    let psim_url = webhook_receiver(key, tx.clone(), cancel.clone()).await?;
+    let (file, nodes) = write_site(&dir, &psim_url)?;
     let mut site = Site {
         dir: dir.clone(),
         file,
@@ -286,7 +315,24 @@ async fn run_async(opts: LiveOptions) -> anyhow::Result<()> {
     println!(
         "heartbeats every 200 ms on 2 paths, failure timeout 1 s, auto failback after 5 s stable."
     );
+    println!("a PSIM webhook receiver checks every signature: {psim_url}");
+    println!("an ONVIF client pulls events from fo-1 (WS-UsernameToken, pull point).");
     println!("site file, stores and logs: {}\n", dir.display());
+    let received: Arc<Mutex<Vec<(Instant, Received)>>> = Arc::default();
+    {
+        let (t0, received) = (site.t0, received.clone());
+        tokio::spawn(async move {
+            while let Some(r) = rx.recv().await {
+                println!(
+                    "[{:>7.3}s]   >> {} received: {}",
+                    t0.elapsed().as_secs_f64(),
+                    r.by,
+                    r.what
+                );
+                received.lock().expect("lock").push((Instant::now(), r));
+            }
+        });
+    }
 
     site.say("starting live-1, live-2 and fo-1");
     for id in NODES {
@@ -314,6 +360,14 @@ async fn run_async(opts: LiveOptions) -> anyhow::Result<()> {
     }
     let before = site.owners("fo-1").await.unwrap_or_default();
     let mut seq_fo = site.print_events("fo-1", 0).await;
+    tokio::spawn(onvif_consumer(
+        site.api("fo-1"),
+        ONVIF_USER.into(),
+        ONVIF_PASS.into(),
+        tx.clone(),
+        cancel.clone(),
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
 
     site.say("kill -9 live-1");
     site.kill9("live-1");
@@ -427,6 +481,29 @@ async fn run_async(opts: LiveOptions) -> anyhow::Result<()> {
         takeover.as_millis(),
         failback.as_millis()
     );
+
+    let got = received.lock().expect("lock").clone();
+    let first = |by: &str, what: &str| {
+        got.iter()
+            .find(|(_, r)| r.by == by && r.what.contains(what))
+            .map(|(t, _)| t.saturating_duration_since(killed).as_millis())
+    };
+    let psim = first("PSIM webhook", "failover.completed");
+    let onvif = first("ONVIF client", "Failover/Completed");
+    let bad = got
+        .iter()
+        .filter(|(_, r)| r.what.contains("BAD SIGNATURE"))
+        .count();
+    println!(
+        "consumers: the PSIM got failover.completed {} after the kill ({} deliveries, {} bad signatures); the ONVIF client pulled it {} after the kill",
+        psim.map_or("never".into(), |ms| format!("{ms} ms")),
+        got.iter().filter(|(_, r)| r.by == "PSIM webhook").count(),
+        bad,
+        onvif.map_or("never".into(), |ms| format!("{ms} ms"))
+    );
+    if psim.is_none() || onvif.is_none() || bad > 0 {
+        bail!("a consumer did not get the failover; see {}", dir.display());
+    }
 
     if opts.keep_running {
         println!("\nthe site keeps running. dashboards:");

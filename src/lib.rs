@@ -25,6 +25,7 @@ mod cli_node;
 pub mod config;
 pub mod connectors;
 pub mod demo;
+pub mod demo_consumers;
 pub mod demo_live;
 pub mod failover;
 pub mod runtime;

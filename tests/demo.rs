@@ -30,6 +30,18 @@ fn the_live_demo_runs_the_whole_story() {
         "{text}"
     );
     assert!(text.contains("all resources back on live-1"), "{text}");
+    // The consumers: a PSIM checking signatures and an ONVIF pull-point client.
+    assert!(
+        text.contains("PSIM webhook received: buddygate.failover.completed: live-1 now at fo-1"),
+        "{text}"
+    );
+    assert!(text.contains("signature ok"), "{text}");
+    assert!(!text.contains("BAD SIGNATURE"), "{text}");
+    assert!(
+        text.contains("ONVIF client received: bg:Failover/Completed Server=live-1 NewServer=fo-1"),
+        "{text}"
+    );
+    assert!(text.contains("Epoch=298"), "{text}");
     // The summary: every row moved to fo-1 and came home at a higher epoch.
     let rows: Vec<&str> = text.lines().filter(|l| l.starts_with("live-1-")).collect();
     assert!(rows.len() >= 7, "{text}");
