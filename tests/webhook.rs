@@ -971,3 +971,103 @@ async fn https_with_a_private_ca_and_a_client_certificate() {
     let _ = r.task.await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn reassert_resends_the_current_ownership_when_nothing_is_queued() {
+    use buddygate::runtime::state::Snapshot;
+    // fo-1 after taking live-1's cameras over, in the simulator.
+    let mut sim = buddygate::sim::Sim::new(
+        buddygate::sim::SiteBuilder::new("hq")
+            .live("live-1", &["fo-1"])
+            .failover("fo-1", buddygate::config::Mode::SpreadServers, None, None)
+            .many("live-1", buddygate::config::Kind::Camera, 3, 0)
+            .build(),
+        buddygate::sim::SimOptions::default(),
+    );
+    sim.run_for(Duration::from_secs(3));
+    let (live, fo) = (sim.idx("live-1"), sim.idx("fo-1"));
+    sim.crash(live);
+    sim.run_for(Duration::from_secs(2));
+    let node = sim.clone_node(fo).unwrap();
+    let snap = Arc::new(Snapshot::of(&node, sim.now()));
+    let (_keep, rx_snap) = tokio::sync::watch::channel(snap);
+
+    let rx = Receiver::start("127.0.0.1:0").await;
+    let mut outbox = Outbox::new("reassert");
+    outbox.push("buddygate.failover.completed");
+    let (c, d) = connectors::check_file(
+        &format!(
+            "type = \"webhook\"\nurl = \"{}\"\nsecret = \"{SECRET}\"\nreassert = \"1s\"\n",
+            rx.url()
+        ),
+        "r.toml",
+        Path::new("r.toml"),
+        None,
+    );
+    assert!(!d.iter().any(|d| d.is_error()), "{d:?}");
+    let ConnectorKind::Webhook(cfg) = c.unwrap().kind;
+    let site = sim.site().clone();
+    let status = Arc::new(ConnectorStatus::default());
+    let w = Webhook::build("psim".into(), cfg, site, fo, &outbox.dir, status.clone())
+        .unwrap()
+        .with_snapshot(rx_snap);
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(w.run(
+        outbox.events.subscribe(),
+        Arc::new(Notify::new()),
+        cancel.clone(),
+    ));
+    until(
+        Duration::from_secs(5),
+        "two re-assertions after the event",
+        || {
+            rx.requests()
+                .iter()
+                .filter(|r| r.body.contains("ownership.reasserted"))
+                .count()
+                >= 2
+        },
+    )
+    .await;
+    let reqs = rx.requests();
+    assert!(
+        reqs[0].body.contains("buddygate.failover.completed"),
+        "the event first"
+    );
+    let v: Value = serde_json::from_str(&reqs[1].body).unwrap();
+    assert_eq!(v["type"], "buddygate.ownership.reasserted");
+    assert_eq!(v["data"]["server"]["id"], "fo-1");
+    assert_eq!(v["data"]["epoch"], 298);
+    let ids: Vec<&str> = v["data"]["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            "live-1-camera-001",
+            "live-1-camera-002",
+            "live-1-camera-003"
+        ]
+    );
+    let id = reqs[1].headers["webhook-id"].to_str().unwrap();
+    assert!(id.starts_with("fo-1:1.r"), "{id}");
+    let ts: u64 = reqs[1].headers["webhook-timestamp"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        reqs[1].headers["webhook-signature"].to_str().unwrap(),
+        sign(&[decode_whsec(SECRET).unwrap()], id, ts, &reqs[1].body)
+    );
+    // Not stored: the log still has the one event, the cursor is on it.
+    assert_eq!(
+        Store::open_reader(&outbox.dir).unwrap().last_seq().unwrap(),
+        1
+    );
+    cancel.cancel();
+    let _ = task.await;
+}

@@ -18,7 +18,7 @@ use super::locate::{Issue, KeyPath, Locator, Point};
 use super::model::SecretRef;
 
 /// Every event type the core emits.
-pub const EVENT_TYPES: [&str; 11] = [
+pub const EVENT_TYPES: [&str; 12] = [
     "buddygate.server.down",
     "buddygate.server.up",
     "buddygate.path.down",
@@ -30,6 +30,7 @@ pub const EVENT_TYPES: [&str; 11] = [
     "buddygate.ownership.conflict",
     "buddygate.ownership.resolved",
     "buddygate.config.mismatch",
+    "buddygate.ownership.reasserted",
 ];
 
 /// The Standard Webhooks retry schedule: after the first attempt, 5 s, 5 min, 30 min, 2 h,
@@ -126,6 +127,12 @@ pub struct WebhookFile {
     /// Delays before each retry after the first attempt; when they are used up the delivery is a
     /// dead letter (kept, replayable). Default: the Standard Webhooks schedule.
     pub retry: Option<Vec<String>>,
+    /// Re-send this node's current ownership this often (e.g. `"5m"`, at least `1s`) as a
+    /// `buddygate.ownership.reasserted` event, when nothing else is queued, so a PSIM that
+    /// missed or discarded a message converges.
+    #[serde(default, deserialize_with = "duration::deserialize_option")]
+    #[schemars(with = "Option<String>")]
+    pub reassert: Option<Duration>,
     /// TLS settings for `https://` endpoints.
     pub tls: Option<TlsFile>,
 }
@@ -156,6 +163,7 @@ pub struct WebhookConfig {
     pub template: Option<(PathBuf, String)>,
     pub content_type: String,
     pub retry: Vec<Duration>,
+    pub reassert: Option<Duration>,
     pub tls: TlsFile,
     /// The connector file's folder: `file:` secrets are read from there.
     pub base: Option<PathBuf>,
@@ -478,6 +486,9 @@ fn check_webhook(
             }
         }
     }
+    if f.reassert.is_some_and(|d| d < Duration::from_secs(1)) {
+        issues.push(Issue::error(&root.key("reassert"), "at least 1s"));
+    }
     let tls = f.tls.clone().unwrap_or_default();
     if tls.cert.is_some() != tls.key.is_some() {
         issues.push(Issue::error(
@@ -529,6 +540,7 @@ fn check_webhook(
             .unwrap_or_else(|| "application/json".into()),
         template,
         retry,
+        reassert: f.reassert,
         tls,
         base: base.map(Path::to_path_buf),
     })

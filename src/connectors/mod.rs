@@ -88,6 +88,7 @@ pub fn start(
     connectors: &[Connector],
     data_dir: &std::path::Path,
     events: &broadcast::Sender<Arc<StoredEvent>>,
+    snapshot: &tokio::sync::watch::Receiver<Arc<crate::runtime::state::Snapshot>>,
     tasks: &TaskTracker,
     cancel: &CancellationToken,
 ) -> anyhow::Result<Vec<ConnectorHandle>> {
@@ -104,7 +105,8 @@ pub fn start(
                     node,
                     data_dir,
                     status.clone(),
-                )?;
+                )?
+                .with_snapshot(snapshot.clone());
                 handles.push(ConnectorHandle {
                     name: c.name.clone(),
                     kind: "webhook",

@@ -24,6 +24,7 @@ use super::ConnectorStatus;
 use crate::config::connectors::{WebhookConfig, decode_whsec};
 use crate::config::{ServerIdx, Site};
 use crate::runtime::cloudevents::rfc3339;
+use crate::runtime::state::Snapshot;
 use crate::store::{Attempt, DeadLetter, Reader, Store, StoredEvent};
 
 /// Longest `Retry-After` honoured.
@@ -44,6 +45,8 @@ pub struct Webhook {
     store: std::sync::Mutex<Store>,
     reader: std::sync::Mutex<Reader>,
     status: Arc<ConnectorStatus>,
+    /// The node's view, for `reassert`.
+    snapshot: Option<tokio::sync::watch::Receiver<Arc<Snapshot>>>,
 }
 
 /// How one delivery ended.
@@ -143,7 +146,14 @@ impl Webhook {
             store: std::sync::Mutex::new(store),
             reader: std::sync::Mutex::new(reader),
             status,
+            snapshot: None,
         })
+    }
+
+    /// Gives the connector the node's view, which `reassert` re-sends.
+    pub fn with_snapshot(mut self, rx: tokio::sync::watch::Receiver<Arc<Snapshot>>) -> Self {
+        self.snapshot = Some(rx);
+        self
     }
 
     /// Delivers until `cancel`.
@@ -154,6 +164,7 @@ impl Webhook {
         cancel: CancellationToken,
     ) {
         info!(connector = %self.name, url = %self.cfg.url, "Webhook connector running.");
+        let mut reassert_at = self.cfg.reassert.map(|d| tokio::time::Instant::now() + d);
         loop {
             if cancel.is_cancelled() {
                 return;
@@ -172,6 +183,10 @@ impl Webhook {
                 _ = events.recv() => {}
                 _ = replay.notified() => self.queue_replay(),
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = tokio::time::sleep_until(reassert_at.unwrap_or_else(far_future)), if reassert_at.is_some() => {
+                    reassert_at = self.cfg.reassert.map(|d| tokio::time::Instant::now() + d);
+                    self.reassert().await;
+                }
             }
         }
     }
@@ -182,6 +197,38 @@ impl Webhook {
 
     fn reader(&self) -> std::sync::MutexGuard<'_, Reader> {
         self.reader.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sends this node's current ownership once, as `buddygate.ownership.reasserted` (not
+    /// stored, one attempt: the next interval tries again). Only with nothing queued, so it
+    /// never overtakes an event.
+    async fn reassert(&mut self) {
+        let Some(snapshot) = self.snapshot.as_ref().map(|s| s.borrow().clone()) else {
+            return;
+        };
+        if self.status.queue_depth() > 0
+            || self.status.disabled.lock().expect("status lock").is_some()
+            || !self.cfg.wants(REASSERTED)
+        {
+            return;
+        }
+        let Some(json) = reassertion(&snapshot, self.status.head.load(Ordering::Relaxed)) else {
+            return;
+        };
+        let ev = StoredEvent {
+            seq: self.status.head.load(Ordering::Relaxed),
+            kind: REASSERTED.into(),
+            json,
+        };
+        match self.attempt(&ev).await {
+            Try::Ok(_) => debug!(connector = %self.name, "Ownership re-asserted."),
+            Try::Gone => {
+                let _ = self.disable("410 Gone on a re-assertion".into());
+            }
+            Try::Failed { reason, .. } => {
+                debug!(connector = %self.name, %reason, "Re-assertion not delivered; next interval.")
+            }
+        }
     }
 
     fn queue_replay(&mut self) {
@@ -458,6 +505,60 @@ impl Webhook {
             },
         }
     }
+}
+
+/// The type of the periodic re-assertion.
+pub const REASSERTED: &str = "buddygate.ownership.reasserted";
+
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(86_400 * 365)
+}
+
+/// The CloudEvent re-asserting what `snap`'s node serves now; `None` when it serves nothing.
+/// `seq` is the newest event of the node's log it reflects.
+pub fn reassertion(snap: &Snapshot, seq: u64) -> Option<String> {
+    let site = &snap.site;
+    let me = site.server(snap.node);
+    let owned: Vec<_> = snap
+        .resources
+        .iter()
+        .filter(|r| r.owner == Some(snap.node) && r.state == crate::failover::ResourceState::Active)
+        .collect();
+    if owned.is_empty() {
+        return None;
+    }
+    let epoch = owned.iter().map(|r| r.epoch).max().unwrap_or(0);
+    let now = SystemTime::now();
+    let millis = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    let resources: Vec<Value> = owned
+        .iter()
+        .map(|r| {
+            let res = site.resource(r.resource);
+            serde_json::json!({"id": res.id, "kind": res.kind.as_str(), "owner": me.id,
+                "address": me.address.to_string(), "epoch": r.epoch})
+        })
+        .collect();
+    Some(
+        serde_json::json!({
+            "specversion": "1.0",
+            "id": format!("{}:{seq}.r{millis}", me.id),
+            "type": REASSERTED,
+            "source": format!("buddygate://{}/{}", site.name, me.id),
+            "time": rfc3339(now),
+            "datacontenttype": "application/json",
+            "seq": seq,
+            "data": {
+                "site": site.name,
+                "server": {"id": me.id, "address": me.address.to_string()},
+                "epoch": epoch,
+                "resources": resources,
+            }
+        })
+        .to_string(),
+    )
 }
 
 /// The folder `file:` secrets of a connector are read from: its file's folder.

@@ -209,6 +209,7 @@ impl Daemon {
             &cfg.connectors,
             &cfg.data_dir,
             &events_tx,
+            &snap_rx,
             &tasks,
             &inner,
         )?;

@@ -212,6 +212,17 @@ EVENTS = {
             }
         ),
     ),
+    "buddygate.ownership.reasserted": (
+        "Periodic (connector `reassert`): what `server` serves now; not in the event log.",
+        obj(
+            {
+                "site": ref("name"),
+                "server": ref("server"),
+                "epoch": ref("epoch"),
+                "resources": {"type": "array", "minItems": 1, "items": ref("owned_resource")},
+            }
+        ),
+    ),
 }
 # path.up has path.down's data.
 EVENTS["buddygate.path.up"] = ("A silent path answers again.", copy.deepcopy(EVENTS["buddygate.path.down"][1]))
@@ -227,6 +238,7 @@ ORDER = [
     "buddygate.ownership.conflict",
     "buddygate.ownership.resolved",
     "buddygate.config.mismatch",
+    "buddygate.ownership.reasserted",
 ]
 assert sorted(ORDER) == sorted(EVENTS)
 
@@ -238,8 +250,8 @@ def envelope(ty, data):
             "specversion": {"const": "1.0"},
             "id": {
                 "type": "string",
-                "pattern": "^[A-Za-z0-9._-]{1,64}:[0-9]+$",
-                "description": "`{node}:{seq}`: unique in the site, the same on every retry; also the `webhook-id` header.",
+                "pattern": "^[A-Za-z0-9._-]{1,64}:[0-9]+(\\.r[0-9]+)?$",
+                "description": "`{node}:{seq}`: unique in the site, the same on every retry; also the `webhook-id` header. A re-assertion is `{node}:{seq}.r{unix ms}`.",
             },
             "type": {"const": ty},
             "source": {
