@@ -81,17 +81,32 @@ pub struct ConnectorHandle {
     pub replay: Arc<Notify>,
 }
 
+/// What connectors read from the node.
+pub struct NodeFeeds<'a> {
+    pub site: Arc<Site>,
+    pub node: crate::config::ServerIdx,
+    /// The node's data dir: its store holds the outbox and the cursors.
+    pub data_dir: &'a std::path::Path,
+    /// Every event as it is stored.
+    pub events: &'a broadcast::Sender<Arc<StoredEvent>>,
+    /// The node's view of servers and resources.
+    pub snapshot: &'a tokio::sync::watch::Receiver<Arc<crate::runtime::state::Snapshot>>,
+}
+
 /// Starts every connector on `tasks`; returns their handles.
 pub fn start(
-    site: Arc<Site>,
-    node: crate::config::ServerIdx,
+    feeds: NodeFeeds<'_>,
     connectors: &[Connector],
-    data_dir: &std::path::Path,
-    events: &broadcast::Sender<Arc<StoredEvent>>,
-    snapshot: &tokio::sync::watch::Receiver<Arc<crate::runtime::state::Snapshot>>,
     tasks: &TaskTracker,
     cancel: &CancellationToken,
 ) -> anyhow::Result<Vec<ConnectorHandle>> {
+    let NodeFeeds {
+        site,
+        node,
+        data_dir,
+        events,
+        snapshot,
+    } = feeds;
     let mut handles = Vec::new();
     for c in connectors {
         let status = Arc::new(ConnectorStatus::default());

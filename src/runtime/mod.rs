@@ -204,12 +204,14 @@ impl Daemon {
         let first = Arc::new(snapshot(&node, origin));
         let (snap_tx, snap_rx) = watch::channel(first);
         let connectors = crate::connectors::start(
-            site.clone(),
-            me,
+            crate::connectors::NodeFeeds {
+                site: site.clone(),
+                node: me,
+                data_dir: &cfg.data_dir,
+                events: &events_tx,
+                snapshot: &snap_rx,
+            },
             &cfg.connectors,
-            &cfg.data_dir,
-            &events_tx,
-            &snap_rx,
             &tasks,
             &inner,
         )?;
