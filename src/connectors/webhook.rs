@@ -597,12 +597,17 @@ pub fn sign(keys: &[Vec<u8>], id: &str, timestamp: u64, body: &str) -> String {
         .join(" ")
 }
 
-/// `Retry-After` in seconds (HTTP dates are not honoured: the schedule applies).
+/// `Retry-After`: seconds, or an HTTP date; at most [`MAX_RETRY_AFTER`].
 fn parse_retry_after(v: &str) -> Option<Duration> {
-    v.trim()
-        .parse::<u64>()
-        .ok()
-        .map(|s| Duration::from_secs(s).min(MAX_RETRY_AFTER))
+    let v = v.trim();
+    let wait = match v.parse::<u64>() {
+        Ok(s) => Duration::from_secs(s),
+        Err(_) => httpdate::parse_http_date(v)
+            .ok()?
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    };
+    Some(wait.min(MAX_RETRY_AFTER))
 }
 
 /// +-10 %, so that many nodes do not retry in step.
@@ -680,6 +685,17 @@ mod tests {
     fn retry_after_is_seconds_capped() {
         assert_eq!(parse_retry_after("3"), Some(Duration::from_secs(3)));
         assert_eq!(parse_retry_after("999999"), Some(MAX_RETRY_AFTER));
-        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+        // A date in the past: retry at once.
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
+        let in_a_minute = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(60));
+        let d = parse_retry_after(&in_a_minute).unwrap();
+        assert!(
+            d > Duration::from_secs(55) && d <= Duration::from_secs(60),
+            "{d:?}"
+        );
+        assert_eq!(parse_retry_after("soon"), None);
     }
 }
