@@ -186,11 +186,53 @@ fn c_a_buddy_cut_off_from_the_live_server_and_the_witnesses_does_not_take_over()
     );
     assert_eq!(count(&sim, fo, Duration::ZERO, "buddygate.server.down"), 1);
 
-    // Control: the same cut while the buddy reaches a majority of witnesses: it takes over.
+    // Control: the same cut while the buddy reaches a majority of witnesses: it takes over,
+    // once the silence has lasted failure_timeout with the witnesses in reach.
     sim.set_witness(fo, 1, true);
-    assert!(sim.run_until_cond(MS(100), |sim| {
+    let ft = sim.site().failure_timeout;
+    assert!(!sim.run_until_cond(ft - MS(50), |sim| {
+        rs.iter().any(|&r| sim.owners(r).iter().any(|o| o.0 == fo))
+    }));
+    assert!(sim.run_until_cond(MS(150), |sim| {
         rs.iter().all(|&r| sim.owners(r).iter().any(|o| o.0 == fo))
     }));
+}
+
+/// Found by the fault harness on a real network (tests/faults, scenario `fo-isolated`): a
+/// failover server cut off from everything, live servers and witnesses, comes back. Its witness
+/// probe may answer a moment before the first heartbeat arrives; the silence it "heard" while
+/// it was cut off must not count, or it takes over every live server that never failed.
+#[test]
+fn c_a_buddy_back_from_isolation_does_not_take_over_on_stale_silence() {
+    for seed in 1..=5 {
+        let mut sim = started(seed, with_witnesses());
+        let (l1, l2, fo) = (sim.idx("live-1"), sim.idx("live-2"), sim.idx("fo-1"));
+        let t0 = sim.now();
+        sim.partition(&[fo], &[l1, l2], true);
+        for w in 0..3 {
+            sim.set_witness(fo, w, false);
+        }
+        sim.run_for(SECS(4));
+        // The heal: the witnesses answer first, the heartbeats follow within one interval.
+        for w in 0..3 {
+            sim.set_witness(fo, w, true);
+        }
+        sim.run_for(MS(150));
+        sim.partition(&[fo], &[l1, l2], false);
+        sim.run_for(SECS(5));
+        for live in [l1, l2] {
+            assert!(
+                all_on(&sim, &homed(&sim, live), live),
+                "seed {seed}: {} lost its resources",
+                sim.site().server(live).id
+            );
+        }
+        assert_eq!(
+            count(&sim, fo, t0, "buddygate.failover.started"),
+            0,
+            "seed {seed}"
+        );
+    }
 }
 
 #[test]

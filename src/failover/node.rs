@@ -267,6 +267,9 @@ pub struct Node {
     /// Highest epoch seen per resource.
     known: Vec<Epoch>,
     witnesses: Vec<bool>,
+    /// Set when a witness majority is regained: until then, silence does not count (it was
+    /// heard while this node was cut off; see `silence_counts`).
+    majority_settles_at: Option<Duration>,
     forced: BTreeSet<ServerIdx>,
     directives: Vec<(Directive, Duration)>,
     seen_directives: HashMap<(String, u64), Duration>,
@@ -328,6 +331,7 @@ impl Node {
             ids: Arc::new(site.resource_map()),
             digest: site.digest(),
             witnesses: vec![false; site.witnesses.len()],
+            majority_settles_at: None,
             site,
             topo,
             me,
@@ -400,6 +404,9 @@ impl Node {
         if self.failback_pending() {
             next = next.min(self.stable_since + self.site.failback_delay);
         }
+        if let Some(t) = self.majority_settles_at {
+            next = next.min(t);
+        }
         next
     }
 
@@ -425,11 +432,19 @@ impl Node {
                 }
             }
             Input::Witness { index, reachable } => {
+                let had = self.witness_majority();
                 if let Some(w) = self.witnesses.get_mut(index)
                     && *w != reachable
                 {
                     *w = reachable;
                     self.placement_dirty = true;
+                }
+                match (had, self.witness_majority()) {
+                    (false, true) => {
+                        self.majority_settles_at = Some(now + self.site.failure_timeout)
+                    }
+                    (true, false) => self.majority_settles_at = None,
+                    _ => {}
                 }
             }
             Input::Command { action, server } => {
@@ -813,6 +828,10 @@ impl Node {
     // ---- the step after every input ----------------------------------------------------
 
     fn step(&mut self, now: Duration, out: &mut Vec<Output>) {
+        if self.majority_settles_at.is_some_and(|t| now >= t) {
+            self.majority_settles_at = None;
+            self.placement_dirty = true;
+        }
         self.refresh_peers(now, out);
         self.directives.retain(|(_, exp)| *exp > now);
         self.seen_directives.retain(|_, exp| *exp > now);
@@ -1237,6 +1256,14 @@ impl Node {
         n == 0 || self.witnesses.iter().filter(|&&w| w).count() * 2 > n
     }
 
+    /// Whether silence may be taken for a failure: this node reaches a majority of the
+    /// witnesses and has for `failure_timeout`. Silence heard while it was cut off from them
+    /// proves nothing: coming back, its witness probe may answer a moment before the first
+    /// heartbeat arrives, and it would take over live servers that never failed.
+    fn silence_counts(&self) -> bool {
+        self.witness_majority() && self.majority_settles_at.is_none()
+    }
+
     /// Why the resources of live server `home` need a new host, if they do.
     /// `Some(true)` when the cause is silence, which a witness majority must confirm.
     fn home_gone(&self, home: ServerIdx, now: Duration) -> Option<bool> {
@@ -1288,7 +1315,7 @@ impl Node {
             |s| self.available(s, now),
             |r, s| self.failed_at(r, s),
         );
-        let majority = self.witness_majority();
+        let majority = self.silence_counts();
         let mut by_home: BTreeMap<ServerIdx, Vec<ResourceIdx>> = BTreeMap::new();
         for (r, s) in placement.assigned {
             if s != self.me || self.claims.contains_key(&r) {
