@@ -235,6 +235,50 @@ fn c_a_buddy_back_from_isolation_does_not_take_over_on_stale_silence() {
     }
 }
 
+/// Found by the fault harness on a real network (tests/faults, scenario `partition`): a cross
+/// partition {live-1, fo-2} | {live-2, fo-1} heals. live-1 stands down for fo-1's higher
+/// epoch; fo-2 must not then claim live-1's cameras because fo-1's paths are still in their
+/// up-hysteresis (heard, claims applied, but not yet two good heartbeats): that started a
+/// chain of needless moves (fo-1 -> fo-2 -> fo-1 -> live-1) for every camera.
+#[test]
+fn d_a_healed_cross_partition_moves_nothing_but_the_failback() {
+    let site = SiteBuilder::new("hq")
+        .live("live-1", &["fo-1", "fo-2"])
+        .live("live-2", &["fo-2", "fo-1"])
+        .failover("fo-1", Mode::SpreadServers, Some(2), Some(100))
+        .failover("fo-2", Mode::SpreadServers, Some(2), Some(100))
+        .many("live-1", Kind::Camera, 4, 0)
+        .many("live-2", Kind::Camera, 4, 0)
+        .witnesses(1);
+    for seed in 1..=5 {
+        let mut sim = started(seed, site.clone());
+        let (l1, l2) = (sim.idx("live-1"), sim.idx("live-2"));
+        let (f1, f2) = (sim.idx("fo-1"), sim.idx("fo-2"));
+        sim.partition(&[l1, f2], &[l2, f1], true);
+        sim.run_for(SECS(4));
+        let heal = sim.now();
+        sim.heal_all();
+        sim.run_for(SECS(2));
+        let after: Vec<String> = sim
+            .events()
+            .iter()
+            .filter(|(t, _, e)| *t >= heal && e.type_name() == "buddygate.failover.started")
+            .map(|(t, n, _)| format!("{:?} {}", *t - heal, sim.site().server(*n).id))
+            .collect();
+        assert!(
+            after.is_empty(),
+            "seed {seed}: failovers after the heal: {after:?}"
+        );
+        for (live, buddy) in [(l1, f1), (l2, f2)] {
+            assert!(
+                all_on(&sim, &homed(&sim, live), buddy),
+                "seed {seed}: {} not on its first buddy until failback",
+                sim.site().server(live).id
+            );
+        }
+    }
+}
+
 #[test]
 fn d_a_healed_partition_leaves_one_owner_per_resource_within_two_intervals() {
     for seed in 1..=10 {

@@ -1232,10 +1232,8 @@ impl Node {
             return self.phase == Phase::Running;
         }
         self.peers.get(&s).is_some_and(|p| {
-            matches!(
-                self.peer_state(p, now),
-                ServerState::Up | ServerState::Suspect | ServerState::Unhealthy
-            ) && p.reported != PeerState::Booting
+            self.recently_heard(p, now)
+                && !matches!(p.reported, PeerState::Booting | PeerState::Leaving)
                 && !self.forced.contains(&s)
         })
     }
