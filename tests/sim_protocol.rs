@@ -166,6 +166,36 @@ fn b_one_path_lost_is_a_path_event_never_a_failover() {
     assert!(all_on(&sim, &rs, live));
 }
 
+/// Found by the fault harness on a real network (tests/faults, soak: a partition right after
+/// a flapping path): path 1 is down, comes back, and one heartbeat gets through on it (one good
+/// heartbeat: not up yet) while path 0 drops out; then the live server dies. Path 0 times out
+/// first and the server is marked down while it was still "heard" (on path 1) within
+/// failure_timeout; nothing re-ran placement when that silence reached failure_timeout, so the
+/// server was never taken over.
+#[test]
+fn b_a_server_last_heard_on_a_path_not_up_yet_is_still_taken_over() {
+    let site = SiteBuilder::new("hq")
+        .live("live-1", &["fo-1"])
+        .failover("fo-1", Mode::SpreadServers, Some(2), Some(100))
+        .many("live-1", Kind::Camera, 4, 0);
+    for seed in 1..=20 {
+        let mut sim = started(seed, site.clone());
+        let (live, fo) = (sim.idx("live-1"), sim.idx("fo-1"));
+        let rs = homed(&sim, live);
+        sim.link(live, fo, 1).cut = true;
+        sim.run_for(SECS(2));
+        sim.link(live, fo, 1).cut = false;
+        sim.link(live, fo, 0).cut = true;
+        sim.run_for(MS(20 + seed * 9));
+        sim.crash(live);
+        let bound = sim.site().failure_timeout + 2 * sim.site().heartbeat_interval;
+        assert!(
+            sim.run_until_cond(bound, |sim| all_on(sim, &rs, fo)),
+            "seed {seed}: not taken over within {bound:?} of the crash"
+        );
+    }
+}
+
 fn with_witnesses() -> SiteBuilder {
     two_live_one_buddy().witnesses(3)
 }

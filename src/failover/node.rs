@@ -219,6 +219,9 @@ struct Peer {
     mismatch_reported: Option<[u8; 8]>,
     /// A `server.down` was emitted and no `server.up` since.
     announced_down: bool,
+    /// Nothing heard on any path for `failure_timeout` (the takeover rule), as of the last
+    /// refresh: its change must re-run placement even when no path or server state changes.
+    silent: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -322,6 +325,7 @@ impl Node {
                     digest: [0; 8],
                     mismatch_reported: None,
                     announced_down: false,
+                    silent: true,
                 };
                 (p, peer)
             })
@@ -399,6 +403,9 @@ impl Node {
                 if let (true, Some(t)) = (path.up, path.last_heard) {
                     next = next.min(t + ft);
                 }
+            }
+            if let (false, Some(t)) = (peer.silent, peer.last_heard) {
+                next = next.min(t + ft);
             }
         }
         if self.failback_pending() {
@@ -927,6 +934,15 @@ impl Node {
             let peer = self.peers.get_mut(&s).expect("peer");
             peer.state = new_state;
             if prev != new_state {
+                self.placement_dirty = true;
+            }
+            // The server state follows the paths (with hysteresis); takeovers follow silence
+            // on every path. A heartbeat on a path not up yet keeps a server "heard" past the
+            // moment its last up path times out: when that silence reaches failure_timeout,
+            // placement must run again, or the server is never taken over.
+            let silent = last_heard.is_none_or(|t| now >= t + ft);
+            if peer.silent != silent {
+                peer.silent = silent;
                 self.placement_dirty = true;
             }
             if booting {
