@@ -13,7 +13,9 @@
 #
 # Environment, besides buddygate's BUDDYGATE_*:
 #   FAULTS_AGENT_DIR        where the logs and state files go (required)
-#   FAULTS_START_DELAY_MS   a start takes this long (default 0): "the middle of a takeover"
+#   FAULTS_START_DELAY_MS   a start takes this long (default 0): "the middle of a takeover";
+#                           $FAULTS_AGENT_DIR/start-delay-ms.$BUDDYGATE_NODE, when it exists,
+#                           overrides it (the harness changes it while the daemon runs)
 set -eu
 
 op="${1:-}"
@@ -34,6 +36,9 @@ case "$op" in
 start)
     line begin
     delay="${FAULTS_START_DELAY_MS:-0}"
+    if [ -f "$dir/start-delay-ms.$node" ]; then
+        delay="$(cat "$dir/start-delay-ms.$node")"
+    fi
     if [ "$delay" -gt 0 ]; then
         sleep "$(printf '%d.%03d' $((delay / 1000)) $((delay % 1000)))"
     fi

@@ -329,6 +329,16 @@ class Lab:
         for s in self.servers:
             self.start(s.id, env=(env or {}).get(s.id))
 
+    def set_start_delay(self, sid, ms):
+        """Every start by `sid`'s agent takes `ms` from now on (0: as fast as it can)."""
+        path = os.path.join(self.dir, "agent", f"start-delay-ms.{sid}")
+        if ms:
+            with open(path + ".tmp", "w") as f:
+                f.write(f"{int(ms)}\n")
+            os.replace(path + ".tmp", path)
+        elif os.path.exists(path):
+            os.unlink(path)
+
     def running(self, sid):
         s = self.by_id[sid]
         return s.proc is not None and s.proc.poll() is None
