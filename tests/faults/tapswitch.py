@@ -16,7 +16,8 @@ The control socket (UNIX stream, one JSON object per line, one JSON reply per li
     {"cmd":"impair","net":1,"host":"live-1","loss":0.3,"delay_ms":0,"jitter_ms":100,
      "reorder":0.1,"duplicate":0.02}        net or host null = every net / every host
     {"cmd":"block","groups":[["live-1","fo-2"],["live-2","fo-1"]],"net":null}
-                                            drop frames between hosts of different groups
+                                            drop IP frames between hosts of different groups
+                                            (ARP passes, as with iptables partitions)
     {"cmd":"clear"}                         no impairment, no block
     {"cmd":"stats"}                         counters
 An impairment belongs to a host's port and applies to frames in both directions through it, so
@@ -122,7 +123,9 @@ class Switch:
         if not frame[0] & 1 and frame[12:14] == b"\x08\x00":
             pair = self.pairs.setdefault(f"{src.host}>{dst.host}", [0, 0])
             pair[0] += 1
-        if self.blocked(src.net, src.host, dst.host):
+        # A partition drops IP, not ARP (as Jepsen's iptables partitions do): a heal is a heal
+        # at once, not after the hosts' ARP retransmission timers.
+        if frame[12:14] != b"\x08\x06" and self.blocked(src.net, src.host, dst.host):
             self.stats["blocked"] += 1
             return
         a, b = src.imp, dst.imp
