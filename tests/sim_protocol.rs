@@ -166,6 +166,36 @@ fn b_one_path_lost_is_a_path_event_never_a_failover() {
     assert!(all_on(&sim, &rs, live));
 }
 
+/// Found by the fault harness on a real network (tests/faults, soak: a partition right after
+/// a flapping path): path 1 is down, comes back, and one heartbeat gets through on it (one good
+/// heartbeat: not up yet) while path 0 drops out; then the live server dies. Path 0 times out
+/// first and the server is marked down while it was still "heard" (on path 1) within
+/// failure_timeout; nothing re-ran placement when that silence reached failure_timeout, so the
+/// server was never taken over.
+#[test]
+fn b_a_server_last_heard_on_a_path_not_up_yet_is_still_taken_over() {
+    let site = SiteBuilder::new("hq")
+        .live("live-1", &["fo-1"])
+        .failover("fo-1", Mode::SpreadServers, Some(2), Some(100))
+        .many("live-1", Kind::Camera, 4, 0);
+    for seed in 1..=20 {
+        let mut sim = started(seed, site.clone());
+        let (live, fo) = (sim.idx("live-1"), sim.idx("fo-1"));
+        let rs = homed(&sim, live);
+        sim.link(live, fo, 1).cut = true;
+        sim.run_for(SECS(2));
+        sim.link(live, fo, 1).cut = false;
+        sim.link(live, fo, 0).cut = true;
+        sim.run_for(MS(20 + seed * 9));
+        sim.crash(live);
+        let bound = sim.site().failure_timeout + 2 * sim.site().heartbeat_interval;
+        assert!(
+            sim.run_until_cond(bound, |sim| all_on(sim, &rs, fo)),
+            "seed {seed}: not taken over within {bound:?} of the crash"
+        );
+    }
+}
+
 fn with_witnesses() -> SiteBuilder {
     two_live_one_buddy().witnesses(3)
 }
@@ -186,11 +216,97 @@ fn c_a_buddy_cut_off_from_the_live_server_and_the_witnesses_does_not_take_over()
     );
     assert_eq!(count(&sim, fo, Duration::ZERO, "buddygate.server.down"), 1);
 
-    // Control: the same cut while the buddy reaches a majority of witnesses: it takes over.
+    // Control: the same cut while the buddy reaches a majority of witnesses: it takes over,
+    // once the silence has lasted failure_timeout with the witnesses in reach.
     sim.set_witness(fo, 1, true);
-    assert!(sim.run_until_cond(MS(100), |sim| {
+    let ft = sim.site().failure_timeout;
+    assert!(!sim.run_until_cond(ft - MS(50), |sim| {
+        rs.iter().any(|&r| sim.owners(r).iter().any(|o| o.0 == fo))
+    }));
+    assert!(sim.run_until_cond(MS(150), |sim| {
         rs.iter().all(|&r| sim.owners(r).iter().any(|o| o.0 == fo))
     }));
+}
+
+/// Found by the fault harness on a real network (tests/faults, scenario `fo-isolated`): a
+/// failover server cut off from everything, live servers and witnesses, comes back. Its witness
+/// probe may answer a moment before the first heartbeat arrives; the silence it "heard" while
+/// it was cut off must not count, or it takes over every live server that never failed.
+#[test]
+fn c_a_buddy_back_from_isolation_does_not_take_over_on_stale_silence() {
+    for seed in 1..=5 {
+        let mut sim = started(seed, with_witnesses());
+        let (l1, l2, fo) = (sim.idx("live-1"), sim.idx("live-2"), sim.idx("fo-1"));
+        let t0 = sim.now();
+        sim.partition(&[fo], &[l1, l2], true);
+        for w in 0..3 {
+            sim.set_witness(fo, w, false);
+        }
+        sim.run_for(SECS(4));
+        // The heal: the witnesses answer first, the heartbeats follow within one interval.
+        for w in 0..3 {
+            sim.set_witness(fo, w, true);
+        }
+        sim.run_for(MS(150));
+        sim.partition(&[fo], &[l1, l2], false);
+        sim.run_for(SECS(5));
+        for live in [l1, l2] {
+            assert!(
+                all_on(&sim, &homed(&sim, live), live),
+                "seed {seed}: {} lost its resources",
+                sim.site().server(live).id
+            );
+        }
+        assert_eq!(
+            count(&sim, fo, t0, "buddygate.failover.started"),
+            0,
+            "seed {seed}"
+        );
+    }
+}
+
+/// Found by the fault harness on a real network (tests/faults, scenario `partition`): a cross
+/// partition {live-1, fo-2} | {live-2, fo-1} heals. live-1 stands down for fo-1's higher
+/// epoch; fo-2 must not then claim live-1's cameras because fo-1's paths are still in their
+/// up-hysteresis (heard, claims applied, but not yet two good heartbeats): that started a
+/// chain of needless moves (fo-1 -> fo-2 -> fo-1 -> live-1) for every camera.
+#[test]
+fn d_a_healed_cross_partition_moves_nothing_but_the_failback() {
+    let site = SiteBuilder::new("hq")
+        .live("live-1", &["fo-1", "fo-2"])
+        .live("live-2", &["fo-2", "fo-1"])
+        .failover("fo-1", Mode::SpreadServers, Some(2), Some(100))
+        .failover("fo-2", Mode::SpreadServers, Some(2), Some(100))
+        .many("live-1", Kind::Camera, 4, 0)
+        .many("live-2", Kind::Camera, 4, 0)
+        .witnesses(1);
+    for seed in 1..=5 {
+        let mut sim = started(seed, site.clone());
+        let (l1, l2) = (sim.idx("live-1"), sim.idx("live-2"));
+        let (f1, f2) = (sim.idx("fo-1"), sim.idx("fo-2"));
+        sim.partition(&[l1, f2], &[l2, f1], true);
+        sim.run_for(SECS(4));
+        let heal = sim.now();
+        sim.heal_all();
+        sim.run_for(SECS(2));
+        let after: Vec<String> = sim
+            .events()
+            .iter()
+            .filter(|(t, _, e)| *t >= heal && e.type_name() == "buddygate.failover.started")
+            .map(|(t, n, _)| format!("{:?} {}", *t - heal, sim.site().server(*n).id))
+            .collect();
+        assert!(
+            after.is_empty(),
+            "seed {seed}: failovers after the heal: {after:?}"
+        );
+        for (live, buddy) in [(l1, f1), (l2, f2)] {
+            assert!(
+                all_on(&sim, &homed(&sim, live), buddy),
+                "seed {seed}: {} not on its first buddy until failback",
+                sim.site().server(live).id
+            );
+        }
+    }
 }
 
 #[test]

@@ -219,6 +219,9 @@ struct Peer {
     mismatch_reported: Option<[u8; 8]>,
     /// A `server.down` was emitted and no `server.up` since.
     announced_down: bool,
+    /// Nothing heard on any path for `failure_timeout` (the takeover rule), as of the last
+    /// refresh: its change must re-run placement even when no path or server state changes.
+    silent: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -267,6 +270,9 @@ pub struct Node {
     /// Highest epoch seen per resource.
     known: Vec<Epoch>,
     witnesses: Vec<bool>,
+    /// Set when a witness majority is regained: until then, silence does not count (it was
+    /// heard while this node was cut off; see `silence_counts`).
+    majority_settles_at: Option<Duration>,
     forced: BTreeSet<ServerIdx>,
     directives: Vec<(Directive, Duration)>,
     seen_directives: HashMap<(String, u64), Duration>,
@@ -319,6 +325,7 @@ impl Node {
                     digest: [0; 8],
                     mismatch_reported: None,
                     announced_down: false,
+                    silent: true,
                 };
                 (p, peer)
             })
@@ -328,6 +335,7 @@ impl Node {
             ids: Arc::new(site.resource_map()),
             digest: site.digest(),
             witnesses: vec![false; site.witnesses.len()],
+            majority_settles_at: None,
             site,
             topo,
             me,
@@ -396,9 +404,15 @@ impl Node {
                     next = next.min(t + ft);
                 }
             }
+            if let (false, Some(t)) = (peer.silent, peer.last_heard) {
+                next = next.min(t + ft);
+            }
         }
         if self.failback_pending() {
             next = next.min(self.stable_since + self.site.failback_delay);
+        }
+        if let Some(t) = self.majority_settles_at {
+            next = next.min(t);
         }
         next
     }
@@ -425,11 +439,19 @@ impl Node {
                 }
             }
             Input::Witness { index, reachable } => {
+                let had = self.witness_majority();
                 if let Some(w) = self.witnesses.get_mut(index)
                     && *w != reachable
                 {
                     *w = reachable;
                     self.placement_dirty = true;
+                }
+                match (had, self.witness_majority()) {
+                    (false, true) => {
+                        self.majority_settles_at = Some(now + self.site.failure_timeout)
+                    }
+                    (true, false) => self.majority_settles_at = None,
+                    _ => {}
                 }
             }
             Input::Command { action, server } => {
@@ -813,6 +835,10 @@ impl Node {
     // ---- the step after every input ----------------------------------------------------
 
     fn step(&mut self, now: Duration, out: &mut Vec<Output>) {
+        if self.majority_settles_at.is_some_and(|t| now >= t) {
+            self.majority_settles_at = None;
+            self.placement_dirty = true;
+        }
         self.refresh_peers(now, out);
         self.directives.retain(|(_, exp)| *exp > now);
         self.seen_directives.retain(|_, exp| *exp > now);
@@ -908,6 +934,15 @@ impl Node {
             let peer = self.peers.get_mut(&s).expect("peer");
             peer.state = new_state;
             if prev != new_state {
+                self.placement_dirty = true;
+            }
+            // The server state follows the paths (with hysteresis); takeovers follow silence
+            // on every path. A heartbeat on a path not up yet keeps a server "heard" past the
+            // moment its last up path times out: when that silence reaches failure_timeout,
+            // placement must run again, or the server is never taken over.
+            let silent = last_heard.is_none_or(|t| now >= t + ft);
+            if peer.silent != silent {
+                peer.silent = silent;
                 self.placement_dirty = true;
             }
             if booting {
@@ -1213,10 +1248,8 @@ impl Node {
             return self.phase == Phase::Running;
         }
         self.peers.get(&s).is_some_and(|p| {
-            matches!(
-                self.peer_state(p, now),
-                ServerState::Up | ServerState::Suspect | ServerState::Unhealthy
-            ) && p.reported != PeerState::Booting
+            self.recently_heard(p, now)
+                && !matches!(p.reported, PeerState::Booting | PeerState::Leaving)
                 && !self.forced.contains(&s)
         })
     }
@@ -1235,6 +1268,14 @@ impl Node {
     fn witness_majority(&self) -> bool {
         let n = self.witnesses.len();
         n == 0 || self.witnesses.iter().filter(|&&w| w).count() * 2 > n
+    }
+
+    /// Whether silence may be taken for a failure: this node reaches a majority of the
+    /// witnesses and has for `failure_timeout`. Silence heard while it was cut off from them
+    /// proves nothing: coming back, its witness probe may answer a moment before the first
+    /// heartbeat arrives, and it would take over live servers that never failed.
+    fn silence_counts(&self) -> bool {
+        self.witness_majority() && self.majority_settles_at.is_none()
     }
 
     /// Why the resources of live server `home` need a new host, if they do.
@@ -1288,7 +1329,7 @@ impl Node {
             |s| self.available(s, now),
             |r, s| self.failed_at(r, s),
         );
-        let majority = self.witness_majority();
+        let majority = self.silence_counts();
         let mut by_home: BTreeMap<ServerIdx, Vec<ResourceIdx>> = BTreeMap::new();
         for (r, s) in placement.assigned {
             if s != self.me || self.claims.contains_key(&r) {

@@ -1,0 +1,323 @@
+#!/usr/bin/env python3
+"""The fault harness's checker: what really happened, from the files a lab run leaves.
+
+Ground truth is the agent logs (`agent/<node>.agent.log`: who served which resource when,
+written by tests/faults/agent.sh), corrected by the harness's markers (`markers.jsonl`): a node
+killed with -9 stops serving everything at the kill (its VMS died with it), and lines written
+by an agent whose daemon was not the node's current boot are ignored. The APIs' view is in the
+snapshots (`api/<tag>.json`: every running node's `/api/v1/resources` and event log).
+
+Per window it computes:
+  - takeover latency: fault -> every resource of the failed server served by another node;
+  - orphan time per resource (served by nobody) and dual-owner time (served by two or more);
+  - the dual-owner time left at a heal (how long after the heal until one owner remains) and the
+    longest overlap of a planned hand-over (make-before-break failback);
+  - the final owner and epoch of every resource, from the APIs, whether every node concerned
+    (the home server and its buddies) reports the same, and whether that is the ground truth.
+
+    checker.py RUN_DIR [--tag TAG]      the table for a whole run (from the first boot)
+"""
+
+import argparse
+import datetime
+import json
+import os
+import sys
+
+
+def parse_time(s):
+    """RFC 3339 (as the daemon writes it) -> ns since the epoch."""
+    s = s.replace("Z", "+00:00")
+    if "." in s:
+        head, rest = s.split(".", 1)
+        n = 0
+        while n < len(rest) and rest[n].isdigit():
+            n += 1
+        frac = rest[:n]
+        tz = rest[len(frac):]
+        dt = datetime.datetime.fromisoformat(head + tz)
+        return int(dt.timestamp()) * 10**9 + int((frac + "000000000")[:9])
+    return int(datetime.datetime.fromisoformat(s).timestamp()) * 10**9
+
+
+class Run:
+    def __init__(self, run_dir):
+        self.dir = run_dir
+        self.markers = []
+        path = os.path.join(run_dir, "markers.jsonl")
+        if os.path.exists(path):
+            with open(path) as f:
+                self.markers = [json.loads(ln) for ln in f if ln.strip()]
+        self.lines = []  # (t, op, node, resource, epoch, pid)
+        adir = os.path.join(run_dir, "agent")
+        for name in sorted(os.listdir(adir)) if os.path.isdir(adir) else []:
+            if not name.endswith(".agent.log"):
+                continue
+            with open(os.path.join(adir, name)) as f:
+                for ln in f:
+                    parts = ln.rstrip("\n").split("|")
+                    if len(parts) != 6 or not parts[0].isdigit():
+                        continue
+                    t, op, node, res, epoch, pid = parts
+                    self.lines.append((int(t), op, node, res, int(epoch or 0), int(pid or 0)))
+        self.lines.sort()
+        self._build()
+
+    def _build(self):
+        """Ownership changes per resource: a list of (t, {node: epoch}) after each change."""
+        boots = {}  # node -> [(t_boot, pid, t_crash or None)]
+        for m in self.markers:
+            if m["kind"] == "boot":
+                boots.setdefault(m["node"], []).append([m["t"], m["pid"], None])
+            elif m["kind"] == "crash":
+                for b in boots.get(m["node"], []):
+                    if b[1] == m["pid"]:
+                        b[2] = m["t"]
+        self.boots = boots
+        changes = [(ln[0], "agent", ln) for ln in self.lines]
+        for node, bs in boots.items():
+            for t_boot, pid, t_crash in bs:
+                if t_crash is not None:
+                    changes.append((t_crash, "crash", (node, pid)))
+        changes.sort(key=lambda c: c[0])
+        self.ignored = 0
+        state = {}  # resource -> {node: epoch}
+        self.steps = {}  # resource -> [(t, dict)]
+        self.resources = set()
+
+        def current_pid(node, t):
+            """The pid of the node's newest boot not after t, unless that boot had crashed."""
+            live = None
+            for t_boot, pid, t_crash in boots.get(node, []):
+                if t_boot <= t:
+                    live = pid if (t_crash is None or t < t_crash) else None
+            return live
+
+        for t, kind, data in changes:
+            if kind == "crash":
+                node, _ = data
+                for res, owners in state.items():
+                    if node in owners:
+                        owners = dict(owners)
+                        del owners[node]
+                        state[res] = owners
+                        self.steps.setdefault(res, []).append((t, owners))
+                continue
+            _, op, node, res, epoch, pid = data
+            self.resources.add(res)
+            if op == "begin":
+                continue
+            if boots and current_pid(node, t) != pid:
+                self.ignored += 1
+                continue
+            owners = dict(state.get(res, {}))
+            if op == "start":
+                owners[node] = epoch
+            elif op == "stop":
+                owners.pop(node, None)
+            else:
+                continue
+            state[res] = owners
+            self.steps.setdefault(res, []).append((t, owners))
+
+    # -- queries ---------------------------------------------------------------------------
+    def owners_at(self, res, t):
+        cur = {}
+        for ts, owners in self.steps.get(res, []):
+            if ts > t:
+                break
+            cur = owners
+        return cur
+
+    def intervals(self, res, a, b):
+        """[(start, end, owners)] covering [a, b]."""
+        out, cur, start = [], self.owners_at(res, a), a
+        for ts, owners in self.steps.get(res, []):
+            if ts <= a:
+                continue
+            if ts >= b:
+                break
+            out.append((start, ts, cur))
+            start, cur = ts, owners
+        out.append((start, b, cur))
+        return out
+
+    def orphan_ns(self, res, a, b):
+        return sum(e - s for s, e, o in self.intervals(res, a, b) if not o)
+
+    def dual_ns(self, res, a, b):
+        return sum(e - s for s, e, o in self.intervals(res, a, b) if len(o) >= 2)
+
+    def dual_spans(self, res, a, b):
+        """Maximal stretches with two or more owners: [(start, end)]."""
+        spans = []
+        for s, e, o in self.intervals(res, a, b):
+            if len(o) >= 2:
+                if spans and spans[-1][1] == s:
+                    spans[-1] = (spans[-1][0], e)
+                else:
+                    spans.append((s, e))
+        return spans
+
+    def settle_ns(self, res, heal, b):
+        """How long after `heal` the resource still had two owners (0 if it had one)."""
+        for s, e in self.dual_spans(res, heal, b):
+            if s <= heal:
+                return e - heal
+        return 0
+
+    def first_time(self, resources, pred, a, b):
+        """The first t in [a, b] at which pred(owners) holds for every resource at once."""
+        points = sorted({a} | {ts for r in resources for ts, _ in self.steps.get(r, [])
+                               if a <= ts <= b})
+        for t in points:
+            if all(pred(r, self.owners_at(r, t)) for r in resources):
+                return t
+        return None
+
+    def starts(self, a, b, nodes=None):
+        """Completed starts in [a, b] (counted ones), optionally only by `nodes`."""
+        out = []
+        for res, steps in self.steps.items():
+            prev = self.owners_at(res, a - 1)
+            for ts, owners in steps:
+                if ts < a:
+                    continue
+                if ts > b:
+                    break
+                for n in owners:
+                    if n not in prev and (nodes is None or n in nodes):
+                        out.append((ts, n, res, owners[n]))
+                prev = owners
+        return sorted(out)
+
+
+def home_of(res):
+    return res.rsplit("-cam-", 1)[0]
+
+
+def load_snapshot(run_dir, tag):
+    with open(os.path.join(run_dir, "api", f"{tag}.json")) as f:
+        return json.load(f)
+
+
+def final_state(run, snap, concerned):
+    """Per resource: the owner and epoch the APIs report, whether every concerned node agrees,
+    and whether that matches the ground truth at the snapshot."""
+    out = {}
+    for res in sorted(run.resources):
+        views = {}
+        for node, v in snap["nodes"].items():
+            if node not in concerned(res) or not v.get("resources"):
+                continue
+            r = v["resources"].get(res)
+            if r is not None:
+                views[node] = (r["owner"], r["epoch"], r["state"])
+        distinct = set(views.values())
+        owner, epoch, state = (sorted(distinct, key=str)[0] if distinct else (None, 0, "?"))
+        truth = run.owners_at(res, snap["t"])
+        out[res] = {
+            "owner": owner,
+            "epoch": epoch,
+            "state": state,
+            "agree": len(distinct) == 1 and state == "active",
+            "views": views,
+            "truth": truth,
+            "truth_ok": truth == ({owner: epoch} if owner else {}),
+        }
+    return out
+
+
+def events_in(snap, a, b):
+    """Events (type, node, data) from every node's log whose time is in [a, b]."""
+    out = []
+    for node, v in snap["nodes"].items():
+        for e in v.get("events") or []:
+            t = parse_time(e["time"])
+            if a <= t <= b:
+                out.append((t, node, e["type"].removeprefix("buddygate."), e.get("data", {})))
+    return sorted(out, key=lambda x: x[0])
+
+
+def analyze(run_dir, a, b, tag, concerned, fault=None, heal=None, failed=None):
+    """Everything the scenarios assert on, for the window [a, b]."""
+    run = Run(run_dir)
+    snap = load_snapshot(run_dir, tag)
+    res = sorted(run.resources)
+    rep = {"per_resource": {}, "ignored_lines": run.ignored}
+    for r in res:
+        rep["per_resource"][r] = {
+            "orphan_ms": run.orphan_ns(r, a, b) / 1e6,
+            "dual_ms": run.dual_ns(r, a, b) / 1e6,
+            "settle_ms": (run.settle_ns(r, heal, b) / 1e6) if heal else 0.0,
+            "max_overlap_after_settle_ms": max(
+                [(e - s) / 1e6 for s, e in run.dual_spans(r, heal or a, b) if s > (heal or a)],
+                default=0.0),
+        }
+    rep["takeover_ms"] = None
+    if failed and fault:
+        mine = [r for r in res if home_of(r) == failed]
+        t = run.first_time(mine, lambda r, o: any(n != home_of(r) for n in o), fault, b)
+        rep["takeover_ms"] = None if t is None else (t - fault) / 1e6
+    rep["final"] = final_state(run, snap, concerned)
+    rep["agree"] = all(f["agree"] and f["truth_ok"] for f in rep["final"].values())
+    rep["events"] = events_in(snap, a, b)
+    rep["foreign_starts"] = [s for s in run.starts(a, b) if s[1] != home_of(s[2])]
+    rep["run"] = run
+    return rep
+
+
+def summary(rep):
+    pr = rep["per_resource"].values()
+    return {
+        "takeover_ms": rep["takeover_ms"],
+        "orphan_ms": max((p["orphan_ms"] for p in pr), default=0.0),
+        "dual_ms": max((p["dual_ms"] for p in pr), default=0.0),
+        "settle_ms": max((p["settle_ms"] for p in pr), default=0.0),
+        "overlap_ms": max((p["max_overlap_after_settle_ms"] for p in pr), default=0.0),
+        "agree": rep["agree"],
+        "finals": sorted({(f["owner"], f["epoch"]) for f in rep["final"].values()}, key=str),
+    }
+
+
+def print_resource_table(rep, out=sys.stdout):
+    print(f"{'resource':<16} {'orphan ms':>10} {'dual ms':>9} {'settle ms':>10} "
+          f"{'owner':<8} {'epoch':>6} {'APIs agree':>10} {'truth':>6}", file=out)
+    for r, p in rep["per_resource"].items():
+        f = rep["final"][r]
+        print(f"{r:<16} {p['orphan_ms']:>10.1f} {p['dual_ms']:>9.1f} {p['settle_ms']:>10.1f} "
+              f"{str(f['owner']):<8} {f['epoch']:>6} {str(f['agree']):>10} "
+              f"{str(f['truth_ok']):>6}", file=out)
+
+
+def main():
+    ap = argparse.ArgumentParser(description="Check a fault-lab run directory.")
+    ap.add_argument("run_dir")
+    ap.add_argument("--tag", default=None, help="API snapshot to use (default: the newest)")
+    a = ap.parse_args()
+    snaps = sorted(os.listdir(os.path.join(a.run_dir, "api")),
+                   key=lambda n: os.path.getmtime(os.path.join(a.run_dir, "api", n)))
+    tag = a.tag or snaps[-1].removesuffix(".json")
+    run = Run(a.run_dir)
+    first = min((m["t"] for m in run.markers if m["kind"] == "boot"), default=0)
+    site_buddies = {"live-1": ["fo-1", "fo-2"], "live-2": ["fo-2", "fo-1"]}
+
+    def concerned(r):
+        return [home_of(r)] + site_buddies.get(home_of(r), [])
+
+    snap = load_snapshot(a.run_dir, tag)
+    # From the first moment everything was served to the snapshot.
+    start = run.first_time(sorted(run.resources), lambda r, o: bool(o), first, snap["t"]) or first
+    rep = analyze(a.run_dir, start, snap["t"], tag, concerned)
+    print(f"window: {(snap['t'] - start) / 1e9:.1f} s from the first moment everything was "
+          f"served; {rep['ignored_lines']} agent lines of dead boots ignored")
+    print_resource_table(rep)
+    kinds = {}
+    for _, _, k, _ in rep["events"]:
+        kinds[k] = kinds.get(k, 0) + 1
+    print("events:", ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())))
+    return 0 if rep["agree"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

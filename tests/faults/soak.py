@@ -1,0 +1,419 @@
+#!/usr/bin/env python3
+"""Soak: one fault lab (tests/faults/lab.py) for N minutes, random faults from the menu, the
+checker after every heal.
+
+    soak.py --bin target/release/buddygate --minutes 10 [--seed N] [--json FILE] [--keep]
+
+Every episode: pick a fault, inject it, hold it, heal it, wait until every resource is back
+home and every API concerned agrees (failback_delay included), then check the episode's window
+from the ground truth (agent logs) and the APIs. Figures printed at the end:
+
+  takeover latency p50 / p99    fault -> every resource of the failed live server served by
+                                another node (faults that make a live server unreachable)
+  false failovers               episodes whose fault leaves every live server reachable but in
+                                which a resource was started away from home, or a failover began
+                                (and, in failover episodes, starts of a server that did not fail)
+  worst orphan time             the longest a resource was served by nobody
+  worst dual-owner after heal   how long two owners remained after a heal (one owner within two
+                                heartbeat intervals is the target); also the longest overlap of
+                                a planned hand-over (make-before-break failback)
+  consumers converged           episodes that ended with every API concerned agreeing on the
+                                owner and epoch the ground truth shows (target 100%)
+
+Exit status 1 on a false failover, an unconverged episode, a daemon that died on its own, or a
+takeover / settle time over its bound.
+"""
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import traceback
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import checker  # noqa: E402
+from lab import Lab, now_ns  # noqa: E402
+
+HB_MS, FT_MS, FBD_S = 200, 1000, 3
+
+MENU = [
+    # (kind, weight)
+    ("path-cut", 2),
+    ("both-paths", 2),
+    ("fo-isolated", 1),
+    ("pause-short", 1),
+    ("pause-long", 2),
+    ("partition", 2),
+    ("lossy", 1),
+    ("flap", 1),
+    ("kill-live", 2),
+    ("kill-buddy", 1),
+    ("kill-fo", 1),
+]
+
+
+def pct(xs, p):
+    if not xs:
+        return None
+    xs = sorted(xs)
+    k = max(0, min(len(xs) - 1, int(round(p / 100 * len(xs) + 0.4999)) - 1))
+    return xs[k]
+
+
+class Soak:
+    def __init__(self, lab, rng, args):
+        self.lab, self.rng, self.args = lab, rng, args
+        self.episodes = []
+
+    def log(self, msg):
+        print(f"  {msg}", file=sys.stderr, flush=True)
+
+    def served_away(self, home, nodes=None):
+        run, t = checker.Run(self.lab.dir), now_ns()
+        mine = [r for r in self.lab.resource_ids() if checker.home_of(r) == home]
+        return all(any((n != home) if nodes is None else (n in nodes)
+                       for n in run.owners_at(r, t)) for r in mine)
+
+    def wait_away(self, home, timeout=6, nodes=None):
+        return self.lab.wait_until(f"{home}'s resources served away from home",
+                                   lambda: self.served_away(home, nodes), timeout, every=0.02)
+
+    def hold(self, lo, hi):
+        time.sleep(self.rng.uniform(lo, hi))
+
+    # -- the menu: each returns (failed live servers, fault t, heal t, detail) ----------------
+    def f_path_cut(self):
+        s = self.rng.choice(self.lab.servers).id
+        dev = self.rng.choice(["hb0", "hb1"])
+        fault = self.lab.link(s, dev, False)
+        self.hold(1.5, 4)
+        heal = self.lab.link(s, dev, True)
+        return [], fault, heal, f"{s} {dev}"
+
+    def f_both_paths(self):
+        s = self.rng.choice(["live-1", "live-2"])
+        self.lab.link(s, "hb0", False)
+        fault = self.lab.link(s, "hb1", False)
+        self.wait_away(s)
+        self.hold(0.5, 3)
+        self.lab.link(s, "hb0", True)
+        heal = self.lab.link(s, "hb1", True)
+        return [s], fault, heal, s
+
+    def f_fo_isolated(self):
+        s = self.rng.choice(["fo-1", "fo-2"])
+        fault = None
+        for dev in ("hb0", "hb1", "wt0"):
+            t = self.lab.link(s, dev, False)
+            fault = fault or t
+        self.hold(1.5, 4)
+        devs = ["hb0", "hb1", "wt0"]
+        self.rng.shuffle(devs)  # the witness may come back first: the heal race
+        for dev in devs:
+            heal = self.lab.link(s, dev, True)
+        return [], fault, heal, f"{s} (heal order {','.join(devs)})"
+
+    def f_pause_short(self):
+        s = self.rng.choice(["live-1", "live-2"])
+        fault = self.lab.pause(s)
+        self.hold(0.2, 0.5)
+        heal = self.lab.resume(s)
+        return [], fault, heal, s
+
+    def f_pause_long(self):
+        s = self.rng.choice(["live-1", "live-2"])
+        fault = self.lab.pause(s)
+        self.wait_away(s)
+        self.hold(0.3, 2.5)
+        heal = self.lab.resume(s)
+        return [s], fault, heal, s
+
+    def f_partition(self):
+        groups = self.rng.choice([
+            [["live-1", "fo-2"], ["live-2", "fo-1"]],
+            [["live-1", "fo-1"], ["live-2", "fo-2"]],
+            [["live-1"], ["live-2", "fo-1", "fo-2"]],
+            [["live-2"], ["live-1", "fo-1", "fo-2"]],
+        ])
+        fault = self.lab.partition(groups)
+        # A live server with a buddy on the other side is taken over by it (availability
+        # first: that buddy sees it silent while reaching the witness); here every partition
+        # does that to both live servers.
+        side = {h: i for i, g in enumerate(groups) for h in g}
+        failed = [live for live in ("live-1", "live-2")
+                  if any(side[b] != side[live] for b in self.lab.by_id[live].buddies)]
+        for live in failed:
+            self.wait_away(live)
+        self.hold(0.5, 2.5)
+        heal = self.lab.clear_net()
+        return failed, fault, heal, " | ".join(",".join(g) for g in groups)
+
+    def f_lossy(self):
+        s = self.rng.choice(["live-1", "live-2"])
+        net = self.rng.choice([1, 2])
+        self.lab.impair(None, None, loss=0.05)
+        fault = self.lab.impair(net, s, loss=1 - 0.7 * 0.95, delay_ms=100, jitter_ms=100,
+                                reorder=0.10, duplicate=0.05)
+        self.hold(8, 16)
+        heal = self.lab.clear_net()
+        return [], fault, heal, f"{s} path {net - 1}"
+
+    def f_flap(self):
+        s = self.rng.choice(self.lab.servers).id
+        end = time.monotonic() + self.rng.uniform(6, 12)
+        fault = self.lab.link(s, "hb0", False)
+        while time.monotonic() < end:
+            time.sleep(1.5)
+            self.lab.link(s, "hb0", True)
+            self.lab.link(s, "hb1", False)
+            time.sleep(1.5)
+            self.lab.link(s, "hb1", True)
+            self.lab.link(s, "hb0", False)
+        heal = self.lab.link(s, "hb0", True)
+        return [], fault, heal, s
+
+    def f_kill_live(self):
+        s = self.rng.choice(["live-1", "live-2"])
+        fault = self.lab.kill9(s)
+        self.wait_away(s)
+        self.hold(0.5, 2.5)
+        empty = self.rng.random() < 0.5
+        heal = self.lab.mark("restart", node=s, empty=empty)
+        self.lab.start(s, empty=empty)
+        return [s], fault, heal, f"{s}{' (empty data dir)' if empty else ''}"
+
+    def f_kill_buddy(self):
+        s = self.rng.choice(["live-1", "live-2"])
+        first, second = self.lab.by_id[s].buddies
+        # The first buddy's starts take 1.5 s: it dies with them in progress.
+        self.lab.set_start_delay(first, 1500)
+        killed = self.lab.kill9(s)
+        self.lab.wait_until(f"{first} beginning the takeover", lambda: any(
+            int(ln[0]) > killed and ln[1] == "begin" and ln[3].startswith(s)
+            for ln in self.lab.agent_lines(first)), 5, every=0.005)
+        self.hold(0.1, 1.0)
+        fault = self.lab.kill9(first)
+        self.lab.set_start_delay(first, 0)
+        self.wait_away(s, nodes={second})
+        self.hold(0.5, 2)
+        heal = self.lab.mark("restart", node=s)
+        self.lab.start(s)
+        self.lab.start(first)
+        return [s], fault, heal, f"{s} then {first}; {second} takes over"
+
+    def f_kill_fo(self):
+        s = self.rng.choice(["fo-1", "fo-2"])
+        fault = self.lab.kill9(s)
+        self.hold(1, 3)
+        heal = self.lab.mark("restart", node=s)
+        self.lab.start(s, empty=self.rng.random() < 0.5)
+        return [], fault, heal, s
+
+    # -- one episode -----------------------------------------------------------------------
+    def episode(self, n, kind):
+        a = now_ns()
+        fn = getattr(self, "f_" + kind.replace("-", "_"))
+        failed, fault, heal, detail = fn()
+        ok_home = self.lab.wait_home(FBD_S + 15)
+        dead = self.lab.check_alive()
+        self.lab.snapshot_apis(f"ep{n:03d}")
+        b = now_ns()
+        rep = checker.analyze(self.lab.dir, a, b, f"ep{n:03d}", self.lab.concerned,
+                              heal=heal)
+        run = rep["run"]
+        ep = {"n": n, "kind": kind, "detail": detail, "failed": failed,
+              "seconds": (b - a) / 1e9, "problems": []}
+        # Takeover latency per failed live server.
+        ep["takeover_ms"] = {}
+        for s in failed:
+            mine = [r for r in self.lab.resource_ids() if checker.home_of(r) == s]
+            t = run.first_time(mine, lambda r, o: any(x != checker.home_of(r) for x in o),
+                               fault, b)
+            ep["takeover_ms"][s] = None if t is None else (t - fault) / 1e6
+            if t is None or (t - fault) / 1e6 > self.args.takeover_bound:
+                ep["problems"].append(f"takeover of {s}: {ep['takeover_ms'][s]} ms "
+                                      f"(bound {self.args.takeover_bound})")
+        # False failovers: resources started away from home whose home did not fail, and
+        # failovers begun of servers that did not fail.
+        false_starts = [(x[1], x[2]) for x in rep["foreign_starts"]
+                        if checker.home_of(x[2]) not in failed]
+        began = [(node, (d.get("server") or {}).get("id")) for _, node, k, d in rep["events"]
+                 if k == "failover.started" and (d.get("server") or {}).get("id") not in failed]
+        ep["false_failover"] = bool(false_starts or began)
+        if ep["false_failover"]:
+            ep["problems"].append(f"false failover: starts {false_starts[:6]}, "
+                                  f"failover.started {began[:6]}")
+        # After the heal only failbacks move anything; a returning first buddy taking over
+        # from the second (kill-buddy) is placement's documented re-placement.
+        moves = [(x[1], x[2], x[3]) for x in rep["foreign_starts"] if x[0] >= heal]
+        ep["moves_after_heal"] = len(moves)
+        if moves and kind != "kill-buddy":
+            ep["problems"].append(f"{len(moves)} takeover starts after the heal: {moves[:6]}")
+        pr = rep["per_resource"].values()
+        ep["orphan_ms"] = max(p["orphan_ms"] for p in pr)
+        ep["settle_ms"] = max(p["settle_ms"] for p in pr)
+        ep["overlap_ms"] = max(p["max_overlap_after_settle_ms"] for p in pr)
+        ep["dual_ms"] = max(p["dual_ms"] for p in pr)
+        if ep["settle_ms"] > self.args.settle_bound:
+            ep["problems"].append(f"two owners {ep['settle_ms']:.0f} ms after the heal "
+                                  f"(bound {self.args.settle_bound})")
+        if ep["overlap_ms"] > self.args.settle_bound:
+            ep["problems"].append(f"hand-over overlap {ep['overlap_ms']:.0f} ms "
+                                  f"(bound {self.args.settle_bound})")
+        # Orphans are expected only where a server died (kill -9) or a takeover was needed
+        # while its home was unreachable and not serving (kill): elsewhere the home kept
+        # serving, so any orphan time is a problem.
+        if not kind.startswith("kill-") or kind == "kill-fo":
+            if ep["orphan_ms"] > 0:
+                ep["problems"].append(f"a resource had no owner for {ep['orphan_ms']:.0f} ms")
+        ep["converged"] = bool(ok_home and rep["agree"])
+        if not ep["converged"]:
+            bad = {r: (f["owner"], f["epoch"], f["views"]) for r, f in rep["final"].items()
+                   if not (f["agree"] and f["truth_ok"])}
+            ep["problems"].append(f"not converged (home: {ok_home}): {bad}")
+        if dead:
+            ep["problems"].append(f"daemon(s) exited on their own: {dead}")
+        ep["events"] = {}
+        for _, _, k, _ in rep["events"]:
+            ep["events"][k] = ep["events"].get(k, 0) + 1
+        self.episodes.append(ep)
+        tk = ", ".join(f"{s} {v:.0f} ms" if v is not None else f"{s} -"
+                       for s, v in ep["takeover_ms"].items())
+        self.log(f"ep {n:3d} {kind:<12} {detail:<40} "
+                 f"{'ok' if not ep['problems'] else 'PROBLEM'} "
+                 f"takeover [{tk}] orphan {ep['orphan_ms']:.0f} settle {ep['settle_ms']:.0f} "
+                 f"overlap {ep['overlap_ms']:.0f} ms, {ep['seconds']:.1f} s")
+        for p in ep["problems"]:
+            self.log(f"    PROBLEM: {p}")
+        return ep
+
+    def run(self, seconds, only=None):
+        menu = [(k, w) for k, w in MENU if not only or k in only]
+        kinds = [k for k, w in menu for _ in range(w)]
+        # Every kind once first (shuffled), then at random: a short soak still covers the menu.
+        order = [k for k, _ in menu]
+        self.rng.shuffle(order)
+        end = time.monotonic() + seconds
+        n = 0
+        while time.monotonic() < end:
+            kind = order[n] if n < len(order) else self.rng.choice(kinds)
+            n += 1
+            self.episode(n, kind)
+
+
+def figures(episodes):
+    lat = [v for e in episodes for v in e["takeover_ms"].values() if v is not None]
+    return {
+        "episodes": len(episodes),
+        "by_kind": {k: sum(1 for e in episodes if e["kind"] == k) for k, _ in MENU},
+        "takeovers": len(lat),
+        "takeover_p50_ms": pct(lat, 50),
+        "takeover_p99_ms": pct(lat, 99),
+        "takeover_max_ms": max(lat) if lat else None,
+        "false_failovers": sum(1 for e in episodes if e["false_failover"]),
+        "no_failover_episodes": sum(1 for e in episodes if not e["failed"]),
+        "worst_orphan_ms": max((e["orphan_ms"] for e in episodes), default=0.0),
+        "worst_orphan_kind": max(episodes, key=lambda e: e["orphan_ms"])["kind"]
+        if episodes else None,
+        "worst_orphan_by_kind": {k: max(e["orphan_ms"] for e in episodes if e["kind"] == k)
+                                 for k, _ in MENU if any(e["kind"] == k for e in episodes)},
+        "worst_settle_ms": max((e["settle_ms"] for e in episodes), default=0.0),
+        "worst_overlap_ms": max((e["overlap_ms"] for e in episodes), default=0.0),
+        "converged": sum(1 for e in episodes if e["converged"]),
+        "moves_after_heal": sum(e["moves_after_heal"] for e in episodes
+                                if e["kind"] != "kill-buddy"),
+        "problems": sum(1 for e in episodes if e["problems"]),
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser(description="Random faults on a real network, checked.")
+    ap.add_argument("--bin", default=os.environ.get("BUDDYGATE_BIN"))
+    ap.add_argument("--minutes", type=float, default=10)
+    ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--slack-ms", type=int, default=400)
+    ap.add_argument("--settle-slack-ms", type=int, default=100)
+    ap.add_argument("--workdir", default=None)
+    ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--prefix", default=f"bgs{os.getpid() % 100000}")
+    ap.add_argument("--kinds", default=None,
+                    help="only these faults (comma-separated): " + ",".join(k for k, _ in MENU))
+    args = ap.parse_args()
+    only = set(args.kinds.split(",")) if args.kinds else None
+    if only and only - {k for k, _ in MENU}:
+        ap.error(f"unknown fault kind(s): {sorted(only - {k for k, _ in MENU})}")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    if not args.bin or not os.access(args.bin, os.X_OK):
+        ap.error("give the buddygate binary with --bin or $BUDDYGATE_BIN")
+    args.takeover_bound = FT_MS + 100 + args.slack_ms
+    args.settle_bound = 2 * HB_MS + args.settle_slack_ms
+    seed = args.seed if args.seed is not None else random.randrange(1 << 31)
+    print(f"soak: {args.minutes} min, seed {seed} (replay the same fault sequence with "
+          f"--seed {seed})", file=sys.stderr, flush=True)
+    root = args.workdir or tempfile.mkdtemp(prefix="buddygate-soak-")
+    t0 = time.monotonic()
+    lab = Lab(args.bin, root, prefix=args.prefix, heartbeat_ms=HB_MS, failure_timeout_ms=FT_MS,
+              failback_delay_s=FBD_S, seed=seed)
+    soak = Soak(lab, random.Random(seed), args)
+    error = None
+    try:
+        with lab:
+            lab.start_all()
+            if not lab.wait_home(20):
+                raise RuntimeError("the site never converged at start")
+            soak.run(args.minutes * 60, only)
+    except Exception as e:
+        error = repr(e)
+        traceback.print_exc()
+    f = figures(soak.episodes)
+    f["seed"] = seed
+    f["seconds"] = time.monotonic() - t0
+    n = f["episodes"]
+
+    def ms(v):
+        return "-" if v is None else f"{v:.0f} ms"
+
+    print()
+    print(f"soak: {n} episodes in {f['seconds']:.0f} s (seed {seed}): " +
+          ", ".join(f"{k} {c}" for k, c in f["by_kind"].items() if c))
+    print(f"  takeover latency        p50 {ms(f['takeover_p50_ms'])}, p99 "
+          f"{ms(f['takeover_p99_ms'])}, max {ms(f['takeover_max_ms'])} "
+          f"({f['takeovers']} takeovers; bound {args.takeover_bound} ms)")
+    print(f"  false failovers         {f['false_failovers']} "
+          f"(in {f['no_failover_episodes']} episodes whose fault left every live server "
+          f"reachable, and in the others for servers that did not fail)")
+    by = f["worst_orphan_by_kind"]
+    others = max([v for k, v in by.items() if not k.startswith("kill-")] + [0.0])
+    print(f"  worst orphan time       {ms(f['worst_orphan_ms'])} ({f['worst_orphan_kind']}); "
+          f"kill -9 of a live server {ms(by.get('kill-live'))}, then of its buddy too "
+          f"{ms(by.get('kill-buddy'))}, every other fault {ms(others)}")
+    print(f"  worst dual-owner after heal {ms(f['worst_settle_ms'])} (target <= "
+          f"{2 * HB_MS} ms); longest planned hand-over overlap {ms(f['worst_overlap_ms'])}")
+    print(f"  needless moves after heals {f['moves_after_heal']} (takeover starts after a heal, "
+          f"besides a returning first buddy's re-placement)")
+    print(f"  consumers converged     {f['converged']}/{n} episodes "
+          f"({100 * f['converged'] / n if n else 0:.0f}%)")
+    if error:
+        print(f"  ERROR: {error}")
+    bad = [e for e in soak.episodes if e["problems"]]
+    for e in bad:
+        print(f"  episode {e['n']} ({e['kind']}: {e['detail']}): " + "; ".join(e["problems"]))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"figures": f, "episodes": soak.episodes}, fh, indent=1, default=str)
+    failed = bool(bad or error or n == 0)
+    if failed or args.keep:
+        print(f"  run directory kept: {root}")
+    else:
+        shutil.rmtree(root, ignore_errors=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
