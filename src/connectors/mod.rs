@@ -6,19 +6,20 @@
 //! One closed enum of kinds ([`crate::config::connectors::ConnectorKind`]), one module per
 //! kind with the same shape: config (in `config::connectors`), build, run.
 
+pub mod mqtt;
 pub mod webhook;
 
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use tokio::sync::{Notify, broadcast};
+use tokio::sync::{Notify, broadcast, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Site;
 use crate::config::connectors::{Connector, ConnectorKind};
-use crate::runtime::state::Histogram;
+use crate::runtime::state::{Histogram, Snapshot};
 use crate::store::StoredEvent;
 
 /// Live figures of one connector, shared with the API and metrics.
@@ -81,13 +82,20 @@ pub struct ConnectorHandle {
     pub replay: Arc<Notify>,
 }
 
+/// What the runtime feeds the connectors: new events (a wake-up; the store is the truth) and
+/// the node's view, for retained state.
+pub struct Feeds<'a> {
+    pub events: &'a broadcast::Sender<Arc<StoredEvent>>,
+    pub snapshot: &'a watch::Receiver<Arc<Snapshot>>,
+}
+
 /// Starts every connector on `tasks`; returns their handles.
 pub fn start(
     site: Arc<Site>,
     node: crate::config::ServerIdx,
     connectors: &[Connector],
     data_dir: &std::path::Path,
-    events: &broadcast::Sender<Arc<StoredEvent>>,
+    feeds: Feeds<'_>,
     tasks: &TaskTracker,
     cancel: &CancellationToken,
 ) -> anyhow::Result<Vec<ConnectorHandle>> {
@@ -112,7 +120,29 @@ pub fn start(
                     status,
                     replay: replay.clone(),
                 });
-                tasks.spawn(w.run(events.subscribe(), replay, cancel.clone()));
+                tasks.spawn(w.run(feeds.events.subscribe(), replay, cancel.clone()));
+            }
+            ConnectorKind::Mqtt(cfg) => {
+                let m = mqtt::Mqtt::build(
+                    c.name.clone(),
+                    cfg.clone(),
+                    site.clone(),
+                    node,
+                    data_dir,
+                    status.clone(),
+                )?;
+                handles.push(ConnectorHandle {
+                    name: c.name.clone(),
+                    kind: "mqtt",
+                    target: cfg.url.clone(),
+                    status,
+                    replay,
+                });
+                tasks.spawn(m.run(
+                    feeds.events.subscribe(),
+                    feeds.snapshot.clone(),
+                    cancel.clone(),
+                ));
             }
         }
     }

@@ -208,7 +208,10 @@ impl Daemon {
             me,
             &cfg.connectors,
             &cfg.data_dir,
-            &events_tx,
+            crate::connectors::Feeds {
+                events: &events_tx,
+                snapshot: &snap_rx,
+            },
             &tasks,
             &inner,
         )?;
