@@ -327,6 +327,80 @@ async fn a_late_subscriber_learns_every_new_owner_and_the_will_and_birth_follow_
         (after.last(online)?["online"] == true).then_some(())
     })
     .await;
+
+    // A clean stop publishes the death message itself, then disconnects (no will).
+    let status = c.term("live-1");
+    assert!(status.success(), "{status:?}");
+    let death = after.last(online).unwrap();
+    assert_eq!(
+        death["online"], false,
+        "the death is out before the process exits"
+    );
+    assert!(c.logs("live-1").contains("MQTT disconnected cleanly."));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_credentials_are_reported_and_retried_while_the_node_runs() {
+    // A broker that answers every CONNECT with CONNACK 4, "bad user name or password" (rumqttd
+    // just closes the connection).
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = [0u8; 512];
+                if conn
+                    .read(&mut buf)
+                    .await
+                    .is_ok_and(|n| n > 0 && buf[0] == 0x10)
+                {
+                    let _ = conn.write_all(&[0x20, 0x02, 0x00, 0x04]).await;
+                    let _ = conn.shutdown().await;
+                }
+            });
+        }
+    });
+    let mut c = common::Cluster::new(
+        "mqttauth",
+        1,
+        1,
+        common::SiteOptions {
+            connectors: vec![(
+                "bus",
+                format!(
+                    "type = \"mqtt\"\nurl = \"mqtt://127.0.0.1:{port}\"\nusername = \"buddygate\"\npassword = \"file:wrong.pass\"\n"
+                ),
+            )],
+            ..Default::default()
+        },
+    );
+    std::fs::write(c.dir.join("connectors").join("wrong.pass"), "wrong\n").unwrap();
+    c.start_all();
+    let api = c.api("fo-1");
+    let status = common::eventually(Duration::from_secs(10), "refusal reported", || async {
+        let v = common::get(&format!("{api}/api/v1/connectors")).await?;
+        let bus = v["connectors"].as_array()?.first()?.clone();
+        (bus["retried"].as_u64()? >= 2).then_some(bus)
+    })
+    .await;
+    assert_eq!(status["type"], "mqtt", "{status}");
+    assert!(
+        status["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("the broker refused the credentials")),
+        "{status}"
+    );
+    let health = common::client()
+        .get(format!("{api}/healthz"))
+        .send()
+        .await
+        .expect("the daemon keeps running");
+    assert!(health.status().is_success());
+    assert!(
+        c.logs("fo-1")
+            .contains("the broker refused the credentials")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
