@@ -50,7 +50,9 @@ fn start(
         "type = \"webhook\"\nurl = \"{url}\"\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n"
     );
     let (c, _) = connectors::check_file(&text, "b.toml", Path::new("b.toml"), None);
-    let ConnectorKind::Webhook(cfg) = c.unwrap().kind;
+    let ConnectorKind::Webhook(cfg) = c.unwrap().kind else {
+        panic!("not a webhook")
+    };
     let site = Arc::new(
         buddygate::sim::SiteBuilder::new("hq")
             .live("live-1", &["fo-1"])

@@ -181,20 +181,26 @@ fn check(path: &std::path::Path, out: &mut dyn Write, err: &mut dyn Write) -> u8
             if !loaded.connectors.is_empty() {
                 let _ = writeln!(out, "connectors:");
                 for c in &loaded.connectors {
-                    let config::connectors::ConnectorKind::Webhook(w) = &c.kind;
-                    let events = if w.events.is_empty() {
+                    let (events, target, suffix) = match &c.kind {
+                        config::connectors::ConnectorKind::Webhook(w) => (
+                            &w.events,
+                            format!("{} {}", w.method, w.url),
+                            if w.secrets.is_empty() { "" } else { ", signed" },
+                        ),
+                        config::connectors::ConnectorKind::Mqtt(m) => {
+                            (&m.events, format!("{} qos {}", m.url, m.qos), "")
+                        }
+                    };
+                    let events = if events.is_empty() {
                         "all events".to_string()
                     } else {
-                        w.events.join(", ")
+                        events.join(", ")
                     };
                     let _ = writeln!(
                         out,
-                        "  {} ({}): {} {} [{events}]{}",
+                        "  {} ({}): {target} [{events}]{suffix}",
                         c.name,
-                        c.kind.type_name(),
-                        w.method,
-                        w.url,
-                        if w.secrets.is_empty() { "" } else { ", signed" }
+                        c.kind.type_name()
                     );
                 }
             }

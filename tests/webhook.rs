@@ -169,7 +169,9 @@ fn config(text: &str, base: Option<&Path>) -> WebhookConfig {
             .collect::<Vec<_>>()
             .join("\n")
     );
-    let ConnectorKind::Webhook(w) = c.unwrap().kind;
+    let ConnectorKind::Webhook(w) = c.unwrap().kind else {
+        panic!("not a webhook")
+    };
     w
 }
 
@@ -555,7 +557,9 @@ async fn the_shipped_templates_render_for_a_real_failover() {
             Some(&base),
         );
         assert!(d.is_empty(), "{d:?}");
-        let ConnectorKind::Webhook(cfg) = c.unwrap().kind;
+        let ConnectorKind::Webhook(cfg) = c.unwrap().kind else {
+            panic!("not a webhook")
+        };
         let r = run(&outbox, cfg);
         until(Duration::from_secs(5), template, || {
             rx.requests().len() == before + 1
@@ -652,12 +656,12 @@ fn bad_connector_files_report_every_problem_with_its_position() {
         connectors::check_file("url = \"http://x\"\n", "t.toml", Path::new("t.toml"), None);
     assert_eq!(
         d[0].to_string(),
-        "t.toml:1:1: missing key `type`: the kind of connector (\"webhook\")"
+        "t.toml:1:1: missing key `type`: the kind of connector (\"webhook\" or \"mqtt\")"
     );
     let (_, d) = connectors::check_file("type = \"kafka\"\n", "t.toml", Path::new("t.toml"), None);
     assert_eq!(
         d[0].to_string(),
-        "t.toml:1:8: type: unknown connector type \"kafka\"; expected \"webhook\""
+        "t.toml:1:8: type: unknown connector type \"kafka\"; expected \"webhook\" or \"mqtt\""
     );
 }
 
@@ -1005,7 +1009,9 @@ async fn reassert_resends_the_current_ownership_when_nothing_is_queued() {
         None,
     );
     assert!(!d.iter().any(|d| d.is_error()), "{d:?}");
-    let ConnectorKind::Webhook(cfg) = c.unwrap().kind;
+    let ConnectorKind::Webhook(cfg) = c.unwrap().kind else {
+        panic!("a webhook connector");
+    };
     let site = sim.site().clone();
     let status = Arc::new(ConnectorStatus::default());
     let w = Webhook::build("psim".into(), cfg, site, fo, &outbox.dir, status.clone())

@@ -176,16 +176,91 @@ impl WebhookConfig {
     }
 }
 
+/// A `type = "mqtt"` connector file: retained state of every server and resource, the node's
+/// birth and Last Will, and every event at QoS 1 (MQTT 3.1.1).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "buddygate mqtt connector")]
+pub struct MqttFile {
+    /// `"mqtt"`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The broker: `mqtt://host:port` (port default 1883).
+    pub url: String,
+    pub username: Option<String>,
+    /// `file:PATH`, `env:VAR` or inline (with a warning); only with `username`.
+    #[serde(default, deserialize_with = "secret::deserialize_option")]
+    #[schemars(with = "Option<String>")]
+    pub password: Option<SecretRef>,
+    /// Default `buddygate-{site}-{node}`.
+    pub client_id: Option<String>,
+    /// Default `buddygate/{site}`.
+    pub topic_prefix: Option<String>,
+    /// 0 or 1 (default).
+    #[serde(default = "default_qos")]
+    pub qos: u8,
+    /// Event types to publish; `*` globs allowed. Default: all.
+    #[serde(default)]
+    pub events: Vec<String>,
+    /// MQTT keep-alive, e.g. `"5s"` (default): how soon the broker notices a silent node and
+    /// publishes its Last Will.
+    #[serde(default = "default_keep_alive", with = "duration")]
+    #[schemars(with = "String")]
+    pub keep_alive: Duration,
+}
+
+impl Section for MqttFile {}
+
+const fn default_qos() -> u8 {
+    1
+}
+
+const fn default_keep_alive() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// A validated MQTT connector. The password is still a reference: the runtime reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MqttConfig {
+    /// As written, for status.
+    pub url: String,
+    pub host: String,
+    pub port: u16,
+    pub username: Option<String>,
+    pub password: Option<SecretRef>,
+    /// `None`: `buddygate-{site}-{node}`.
+    pub client_id: Option<String>,
+    /// `None`: `buddygate/{site}`.
+    pub topic_prefix: Option<String>,
+    pub qos: u8,
+    /// Empty: every event.
+    pub events: Vec<String>,
+    pub keep_alive: Duration,
+    /// The connector file's folder: `file:` secrets are read from there.
+    pub base: Option<PathBuf>,
+}
+
+impl MqttConfig {
+    /// Whether this connector publishes events of type `ty`.
+    pub fn wants(&self, ty: &str) -> bool {
+        self.events.is_empty() || self.events.iter().any(|p| glob(p, ty))
+    }
+}
+
 /// What kind of connector, with its settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
+// Built once at start-up; the size of a variant does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum ConnectorKind {
     Webhook(WebhookConfig),
+    Mqtt(MqttConfig),
 }
 
 impl ConnectorKind {
     pub fn type_name(&self) -> &'static str {
         match self {
             ConnectorKind::Webhook(_) => "webhook",
+            ConnectorKind::Mqtt(_) => "mqtt",
         }
     }
 }
@@ -280,19 +355,26 @@ pub fn check_file(
                 .and_then(|b| check_webhook(&b.value, base, &mut issues))
                 .map(ConnectorKind::Webhook)
         }
+        Some("mqtt") => {
+            let value =
+                toml::Spanned::new(doc.span(), toml::de::DeValue::Table(doc.get_ref().clone()));
+            decode_table::<MqttFile>(&value, &root, &mut issues)
+                .and_then(|b| check_mqtt(&b.value, base, &mut issues))
+                .map(ConnectorKind::Mqtt)
+        }
         Some(other) => {
             issues.push(Issue::new(
                 Severity::Error,
                 &root.key("type"),
                 Point::Value,
-                format!("unknown connector type \"{other}\"; expected \"webhook\""),
+                format!("unknown connector type \"{other}\"; expected \"webhook\" or \"mqtt\""),
             ));
             None
         }
         None => {
             issues.push(Issue::error(
                 &root,
-                "missing key `type`: the kind of connector (\"webhook\")",
+                "missing key `type`: the kind of connector (\"webhook\" or \"mqtt\")",
             ));
             None
         }
@@ -363,14 +445,7 @@ fn check_webhook(
             ),
         ));
     }
-    for (i, p) in f.events.iter().enumerate() {
-        if !EVENT_TYPES.iter().any(|t| glob(p, t)) {
-            issues.push(Issue::error(
-                &root.key("events").index(i),
-                format!("\"{p}\" matches no event type (they are buddygate.server.down, buddygate.failover.completed, ...)"),
-            ));
-        }
-    }
+    check_events(&f.events, issues);
     let mut secrets = Vec::new();
     for (i, s) in f
         .secret
@@ -542,6 +617,116 @@ fn check_webhook(
         retry,
         reassert: f.reassert,
         tls,
+        base: base.map(Path::to_path_buf),
+    })
+}
+
+fn check_events(events: &[String], issues: &mut Vec<Issue>) {
+    let root = KeyPath::root();
+    for (i, p) in events.iter().enumerate() {
+        if !EVENT_TYPES.iter().any(|t| glob(p, t)) {
+            issues.push(Issue::error(
+                &root.key("events").index(i),
+                format!("\"{p}\" matches no event type (they are buddygate.server.down, buddygate.failover.completed, ...)"),
+            ));
+        }
+    }
+}
+
+fn check_mqtt(f: &MqttFile, base: Option<&Path>, issues: &mut Vec<Issue>) -> Option<MqttConfig> {
+    let root = KeyPath::root();
+    let before = issues.iter().filter(|i| i.is_error()).count();
+    let mut host = String::new();
+    let mut port = 1883;
+    match reqwest::Url::parse(&f.url) {
+        Ok(u) if u.scheme() == "mqtts" => issues.push(Issue::error(
+            &root.key("url"),
+            "mqtts:// (MQTT over TLS) is not supported yet; use mqtt://",
+        )),
+        Ok(u) if u.scheme() != "mqtt" => issues.push(Issue::error(
+            &root.key("url"),
+            format!("\"{}\": expected mqtt://host:port", u.scheme()),
+        )),
+        Ok(u) => match u.host_str() {
+            None | Some("") => issues.push(Issue::error(
+                &root.key("url"),
+                "no host: expected mqtt://host:port",
+            )),
+            Some(_) if !matches!(u.path(), "" | "/") || u.query().is_some() => {
+                issues.push(Issue::error(
+                    &root.key("url"),
+                    "expected mqtt://host:port, without a path",
+                ))
+            }
+            Some(_) if !u.username().is_empty() || u.password().is_some() => {
+                issues.push(Issue::error(
+                    &root.key("url"),
+                    "credentials go in `username` and `password`, not in the URL",
+                ))
+            }
+            Some(h) => {
+                host = h.trim_start_matches('[').trim_end_matches(']').to_string();
+                port = u.port().unwrap_or(1883);
+            }
+        },
+        Err(e) => issues.push(Issue::error(&root.key("url"), format!("not a URL: {e}"))),
+    }
+    if f.password.is_some() && f.username.is_none() {
+        issues.push(Issue::error(
+            &root.key("password"),
+            "a password needs a `username`",
+        ));
+    }
+    if let Some(SecretRef::Inline(_)) = &f.password {
+        issues.push(Issue::warning(
+            &root.key("password"),
+            "inline secret; use file:PATH or env:VAR in production",
+        ));
+    }
+    if let Some(id) = &f.client_id
+        && (id.is_empty() || id.len() > 65535)
+    {
+        issues.push(Issue::error(&root.key("client_id"), "must not be empty"));
+    }
+    if let Some(p) = &f.topic_prefix {
+        if p.is_empty() {
+            issues.push(Issue::error(&root.key("topic_prefix"), "must not be empty"));
+        } else if p.contains(['+', '#', '\0']) {
+            issues.push(Issue::error(
+                &root.key("topic_prefix"),
+                format!("\"{p}\": a topic prefix cannot contain the wildcards + or #"),
+            ));
+        } else if p.ends_with('/') || p.starts_with('$') {
+            issues.push(Issue::error(
+                &root.key("topic_prefix"),
+                format!("\"{p}\": must not end with / nor start with $"),
+            ));
+        }
+    }
+    if f.qos > 1 {
+        issues.push(Issue::error(
+            &root.key("qos"),
+            format!("qos {}: expected 0 or 1", f.qos),
+        ));
+    }
+    check_events(&f.events, issues);
+    if f.keep_alive < Duration::from_secs(1) {
+        issues.push(Issue::error(&root.key("keep_alive"), "must be at least 1s"));
+    }
+    if issues.iter().filter(|i| i.is_error()).count() > before {
+        return None;
+    }
+    Some(MqttConfig {
+        url: f.url.clone(),
+        host,
+        port,
+        username: f.username.clone(),
+        password: f.password.clone(),
+        client_id: f.client_id.clone(),
+        topic_prefix: f.topic_prefix.clone(),
+        qos: f.qos,
+        events: f.events.clone(),
+        keep_alive: f.keep_alive,
         base: base.map(Path::to_path_buf),
     })
 }

@@ -6,6 +6,7 @@
 //! One closed enum of kinds ([`crate::config::connectors::ConnectorKind`]), one module per
 //! kind with the same shape: config (in `config::connectors`), build, run.
 
+pub mod mqtt;
 pub mod webhook;
 
 use std::sync::Arc;
@@ -130,6 +131,24 @@ pub fn start(
                     replay: replay.clone(),
                 });
                 tasks.spawn(w.run(events.subscribe(), replay, cancel.clone()));
+            }
+            ConnectorKind::Mqtt(cfg) => {
+                let m = mqtt::Mqtt::build(
+                    c.name.clone(),
+                    cfg.clone(),
+                    site.clone(),
+                    node,
+                    data_dir,
+                    status.clone(),
+                )?;
+                handles.push(ConnectorHandle {
+                    name: c.name.clone(),
+                    kind: "mqtt",
+                    target: cfg.url.clone(),
+                    status,
+                    replay,
+                });
+                tasks.spawn(m.run(events.subscribe(), snapshot.clone(), cancel.clone()));
             }
         }
     }

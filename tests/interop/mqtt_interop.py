@@ -1,0 +1,313 @@
+#!/usr/bin/env python3
+"""MQTT interop: real `buddygate run` nodes publish to a real Mosquitto broker; the Python
+`paho-mqtt` client (MQTT 3.1.1) is the subscriber.
+
+    pip install -r tests/interop/requirements.txt
+    BUDDYGATE_BIN=target/debug/buddygate python3 tests/interop/mqtt_interop.py [--mosquitto PATH]
+
+The script starts Mosquitto on a free loopback port (no persistence, anonymous), and a site of
+live-1 (3 cameras), live-2 (2 cameras) and fo-1 (spread-servers) whose nodes all run
+`connectors/bus.toml` (`type = "mqtt"`, default topics `buddygate/mqttinterop/...`). The story:
+
+1. An early subscriber sees every node's retained birth (`nodes/{id}/online`, `online: true`).
+2. kill -9 live-1: its Last Will (`online: false`) appears; fo-1 publishes
+   `events/buddygate.failover.completed` at QoS 1, after `server.down` and `failover.started`.
+3. A subscriber that connects after the failover receives, retained, every live-1 camera owned by
+   fo-1 with fo-1's address and the epoch the REST API shows, and `servers/live-1` down and
+   served by fo-1; no event is retained.
+4. live-1 restarts: its birth replaces the will; after the failback every camera is retained as
+   live-1's again, with a higher epoch.
+5. SIGTERM fo-1: its death message (`online: false`) is published before it exits.
+
+Exit 0 only when all checks pass.
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+import paho.mqtt.client as mqtt
+
+SITE = "mqttinterop"
+PREFIX = f"buddygate/{SITE}"
+CAMERAS = {"live-1": 3, "live-2": 2}
+
+
+def log(msg):
+    print(f"[mqtt-interop {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+class Failure(Exception):
+    pass
+
+
+def free_port(ip):
+    """A port free for both UDP and TCP on `ip` (like tests/common/mod.rs)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            u.bind((ip, 0))
+            port = u.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+                try:
+                    t.bind((ip, port))
+                    return port
+                except OSError:
+                    continue
+
+
+def wait(what, pred, timeout=15.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise Failure(f"timed out waiting for: {what}")
+        time.sleep(0.05)
+
+
+class Subscriber:
+    """A paho-mqtt 3.1.1 client subscribed to `{PREFIX}/#` at QoS 1, recording every message."""
+
+    def __init__(self, port, name):
+        self.msgs = []
+        self.lock = threading.Lock()
+        self.subscribed = threading.Event()
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=name, protocol=mqtt.MQTTv311)
+        self.c.on_connect = lambda c, u, f, rc, p: c.subscribe(f"{PREFIX}/#", qos=1)
+        self.c.on_subscribe = lambda c, u, mid, rc, p: self.subscribed.set()
+        self.c.on_message = self.on_message
+        self.c.connect("127.0.0.1", port, keepalive=10)
+        self.c.loop_start()
+        if not self.subscribed.wait(5):
+            raise Failure(f"{name}: no SUBACK")
+
+    def on_message(self, c, u, m):
+        try:
+            payload = json.loads(m.payload)
+        except ValueError:
+            payload = None
+        with self.lock:
+            self.msgs.append((m.topic, payload, m.qos, m.retain))
+
+    def all(self):
+        with self.lock:
+            return list(self.msgs)
+
+    def last(self, topic):
+        for t, p, _, _ in reversed(self.all()):
+            if t == topic:
+                return p
+        return None
+
+    def events(self, source):
+        seen, out = set(), []
+        for t, p, q, r in self.all():
+            if "/events/" in t and p and p.get("source") == source and p["id"] not in seen:
+                seen.add(p["id"])
+                out.append((t, p, q, r))
+        return out
+
+    def stop(self):
+        self.c.loop_stop()
+        self.c.disconnect()
+
+
+class Site:
+    def __init__(self, binary, dir, broker_port):
+        self.binary, self.dir, self.procs, self.starts = binary, dir, {}, {}
+        self.servers = {}
+        for i, sid in enumerate(["live-1", "live-2", "fo-1"]):
+            a, b = f"127.0.1.{i + 1}", f"127.0.2.{i + 1}"
+            self.servers[sid] = {
+                "address": a,
+                "heartbeat": [f"{a}:{free_port(a)}", f"{b}:{free_port(b)}"],
+                "api": f"{a}:{free_port(a)}",
+            }
+        (dir / "site.key").write_text("mqtt-interop-site-key-0123456789\n")
+        (dir / "api.token").write_text("mqtt-interop-token\n")
+        (dir / "connectors").mkdir()
+        (dir / "connectors" / "bus.toml").write_text(
+            f'type = "mqtt"\nurl = "mqtt://127.0.0.1:{broker_port}"\nkeep_alive = "2s"\n'
+        )
+        s = [
+            f'[site]\nname = "{SITE}"\nsecret = "file:site.key"\nheartbeat_interval = "200ms"\n'
+            'failure_timeout = "1s"\nfailback = "auto"\nfailback_delay = "3s"\nconnectors = "connectors"\n\n'
+            '[api]\ntoken = "file:api.token"\n'
+        ]
+        for sid, srv in self.servers.items():
+            hb = ", ".join(f'"{h}"' for h in srv["heartbeat"])
+            s.append(f'\n[[servers]]\nid = "{sid}"\naddress = "{srv["address"]}"\nheartbeat = [{hb}]\napi = "{srv["api"]}"\n')
+            s.append('buddies = ["fo-1"]\n' if sid.startswith("live") else 'role = "failover"\nmode = "spread-servers"\n')
+        for sid, n in CAMERAS.items():
+            s.append(f'\n[[resources]]\nserver = "{sid}"\nid = "{{server}}-cam-{{01..{n:02}}}"\nkind = "camera"\n')
+        (dir / "site.toml").write_text("".join(s))
+
+    def start(self, sid):
+        n = self.starts[sid] = self.starts.get(sid, 0) + 1
+        out = open(self.dir / f"{sid}.{n}.log", "wb")
+        self.procs[sid] = subprocess.Popen(
+            [self.binary, "run", "--config", str(self.dir / "site.toml"), "--node", sid],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "BUDDYGATE_LOG": "info,buddygate=debug"},
+        )
+        out.close()
+
+    def kill9(self, sid):
+        p = self.procs.pop(sid)
+        p.kill()
+        p.wait()
+
+    def term(self, sid):
+        p = self.procs.pop(sid)
+        p.send_signal(signal.SIGTERM)
+        return p.wait(timeout=10)
+
+    def stop_all(self):
+        for p in self.procs.values():
+            p.kill()
+            p.wait()
+        self.procs.clear()
+
+    def resources(self, view, home):
+        try:
+            with urllib.request.urlopen(f"http://{self.servers[view]['api']}/api/v1/resources", timeout=3) as r:
+                rs = json.load(r)["resources"]
+        except OSError:
+            return None
+        return [r for r in rs if r["server"] == home]
+
+    def owned(self, view, home, owner):
+        rs = self.resources(view, home)
+        if rs and all(r["owner"] == owner and r["state"] == "active" for r in rs):
+            return rs
+        return None
+
+
+def run(binary, mosquitto):
+    checks = []
+
+    def check(name, ok, detail=""):
+        checks.append((name, ok))
+        log(f"{'ok  ' if ok else 'FAIL'} {name}{'' if ok else f': {detail}'}")
+
+    dir = pathlib.Path(tempfile.mkdtemp(prefix="buddygate-mqtt-interop-"))
+    port = free_port("127.0.0.1")
+    (dir / "mosquitto.conf").write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+    )
+    broker = subprocess.Popen(
+        [mosquitto, "-c", str(dir / "mosquitto.conf")],
+        stdout=open(dir / "mosquitto.log", "wb"),
+        stderr=subprocess.STDOUT,
+    )
+    site = Site(binary, dir, port)
+    subs = []
+    try:
+        def listening():
+            if broker.poll() is not None:
+                raise Failure(f"mosquitto exited: {(dir / 'mosquitto.log').read_text()}")
+            try:
+                socket.create_connection(("127.0.0.1", port), 1).close()
+                return True
+            except OSError:
+                return False
+
+        wait("mosquitto listening", listening, 5)
+        for sid in site.servers:
+            site.start(sid)
+        wait("site up", lambda: site.owned("fo-1", "live-1", "live-1") and site.owned("fo-1", "live-2", "live-2"))
+        early = Subscriber(port, "early")
+        subs.append(early)
+        for sid in site.servers:
+            wait(f"{sid} birth", lambda sid=sid: (early.last(f"{PREFIX}/nodes/{sid}/online") or {}).get("online") is True)
+        check("retained birth of every node", True)
+
+        site.kill9("live-1")
+        owners = wait("fo-1 serves live-1", lambda: site.owned("fo-1", "live-1", "fo-1"))
+        will = wait("live-1 will", lambda: (p := early.last(f"{PREFIX}/nodes/live-1/online")) and p["online"] is False and p)
+        check("Last Will of the killed node", isinstance(will.get("timestamp"), str), will)
+        src = f"buddygate://{SITE}/fo-1"
+        wait("failover.completed", lambda: any(p["type"] == "buddygate.failover.completed" for _, p, _, _ in early.events(src)))
+        evs = early.events(src)
+        types = [p["type"] for _, p, _, _ in evs]
+        pos = {t: types.index(t) for t in reversed(types)}
+        check("events in order", pos.get("buddygate.server.down", 99) < pos.get("buddygate.failover.started", 99)
+              < pos["buddygate.failover.completed"], types)
+        check("events at QoS 1, not retained, on events/{type}",
+              all(q == 1 and not r and t == f"{PREFIX}/events/{p['type']}" for t, p, q, r in evs), evs)
+        done = next(p for _, p, _, _ in evs if p["type"] == "buddygate.failover.completed")
+        check("failover.completed names fo-1 and its address",
+              done["data"]["new_server"] == {"id": "fo-1", "address": "127.0.1.3"}, done["data"])
+
+        late = Subscriber(port, "late")
+        subs.append(late)
+        want = {r["id"]: r for r in owners}
+
+        def retained_owners():
+            got = {t.rsplit("/", 1)[1]: (p, r) for t, p, _, r in late.all() if t.startswith(f"{PREFIX}/resources/")}
+            return all(i in got and got[i][0]["owner"] == "fo-1" and got[i][0]["address"] == "127.0.1.3"
+                       and got[i][0]["epoch"] == want[i]["epoch"] and got[i][1] for i in want) and got
+
+        wait("retained owners for a late subscriber", retained_owners, 5)
+        check("late subscriber: every live-1 camera retained with fo-1, its address and epoch", True)
+        server = late.last(f"{PREFIX}/servers/live-1") or {}
+        check("late subscriber: servers/live-1 down, served by fo-1",
+              server.get("state") == "down" and server.get("served_by") == "fo-1"
+              and server.get("served_address") == "127.0.1.3", server)
+        check("no event is retained", not any("/events/" in t for t, _, _, _ in late.all()))
+
+        site.start("live-1")
+        wait("live-1 birth again", lambda: (early.last(f"{PREFIX}/nodes/live-1/online") or {}).get("online") is True)
+        check("birth replaces the will", True)
+        back = wait("failback", lambda: site.owned("fo-1", "live-1", "live-1"), 20)
+
+        def failed_back():
+            return all((p := late.last(f"{PREFIX}/resources/{r['id']}")) and p["owner"] == "live-1"
+                       and p["epoch"] == r["epoch"] and p["epoch"] > want[r["id"]]["epoch"] for r in back)
+
+        wait("retained owners after the failback", failed_back, 10)
+        check("after the failback every camera is live-1's again, with a higher epoch", True)
+
+        code = site.term("fo-1")
+        death = late.last(f"{PREFIX}/nodes/fo-1/online") or {}
+        check("death message published before a clean exit", code == 0 and death.get("online") is False, (code, death))
+    except Failure as e:
+        check(str(e), False)
+    finally:
+        for s in subs:
+            s.stop()
+        site.stop_all()
+        broker.terminate()
+        broker.wait()
+    failed = [n for n, ok in checks if not ok]
+    if failed:
+        log(f"{len(failed)} check(s) failed; logs kept in {dir}")
+        return 1
+    shutil.rmtree(dir, ignore_errors=True)
+    log(f"all {len(checks)} checks passed")
+    return 0
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--bin", default=os.environ.get("BUDDYGATE_BIN", "target/debug/buddygate"))
+    ap.add_argument("--mosquitto", default=shutil.which("mosquitto") or "/usr/sbin/mosquitto")
+    a = ap.parse_args()
+    sys.exit(run(a.bin, a.mosquitto))
+
+
+if __name__ == "__main__":
+    main()

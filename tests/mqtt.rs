@@ -1,0 +1,515 @@
+//! The MQTT connector against an embedded broker (rumqttd, in-process on a free loopback port)
+//! and real `buddygate run` nodes.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use buddygate::config::connectors::{self, ConnectorKind};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use serde_json::Value;
+use tokio::io::copy_bidirectional;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+/// Starts an embedded rumqttd on 127.0.0.1; returns its port. It runs until the test process
+/// ends (rumqttd has no stop): tests that need an outage put a [`Proxy`] in front of it.
+fn broker() -> u16 {
+    let port = common::free_port("127.0.0.1");
+    let settings = rumqttd::ServerSettings {
+        name: "v4".into(),
+        listen: format!("127.0.0.1:{port}").parse().unwrap(),
+        tls: None,
+        next_connection_delay_ms: 1,
+        connections: rumqttd::ConnectionSettings {
+            connection_timeout_ms: 5000,
+            max_payload_size: 1 << 20,
+            max_inflight_count: 200,
+            auth: None,
+            external_auth: None,
+            dynamic_filters: true,
+        },
+    };
+    let config = rumqttd::Config {
+        id: 0,
+        router: rumqttd::RouterConfig {
+            max_connections: 100,
+            max_outgoing_packet_count: 200,
+            max_segment_size: 100 << 20,
+            max_segment_count: 10,
+            ..Default::default()
+        },
+        v4: Some(HashMap::from([("v4".to_string(), settings)])),
+        ..Default::default()
+    };
+    let mut broker = rumqttd::Broker::new(config);
+    std::thread::spawn(move || {
+        let _ = broker.start();
+    });
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("embedded broker did not start");
+}
+
+/// A TCP relay in front of the broker that can be stopped (every connection cut, the port
+/// closed) and started again on the same port: the broker as the nodes see it.
+struct Proxy {
+    port: u16,
+    upstream: u16,
+    stop: Option<CancellationToken>,
+}
+
+impl Proxy {
+    fn new(upstream: u16) -> Self {
+        Self {
+            port: common::free_port("127.0.0.1"),
+            upstream,
+            stop: None,
+        }
+    }
+
+    async fn start(&mut self) {
+        let listener = loop {
+            match TcpListener::bind(("127.0.0.1", self.port)).await {
+                Ok(l) => break l,
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        };
+        let stop = CancellationToken::new();
+        self.stop = Some(stop.clone());
+        let upstream = self.upstream;
+        tokio::spawn(async move {
+            loop {
+                let (mut down, _) = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    c = listener.accept() => match c { Ok(c) => c, Err(_) => continue },
+                };
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    let Ok(mut up) = TcpStream::connect(("127.0.0.1", upstream)).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = stop.cancelled() => {}
+                        _ = copy_bidirectional(&mut down, &mut up) => {}
+                    }
+                });
+            }
+        });
+    }
+
+    fn stop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            s.cancel();
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Msg {
+    topic: String,
+    payload: Value,
+    qos: QoS,
+}
+
+/// A subscriber to `filter` at QoS 1, recording what it receives.
+struct Sub {
+    msgs: Arc<Mutex<Vec<Msg>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Sub {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Sub {
+    async fn start(port: u16, id: &str, filter: &str) -> Self {
+        let mut o = MqttOptions::new(id, "127.0.0.1", port);
+        o.set_keep_alive(Duration::from_secs(5));
+        let (client, mut eventloop) = AsyncClient::new(o, 100);
+        client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
+        let msgs = Arc::new(Mutex::new(Vec::new()));
+        let (subscribed_tx, subscribed_rx) = tokio::sync::oneshot::channel();
+        let mut subscribed_tx = Some(subscribed_tx);
+        let m = msgs.clone();
+        let task = tokio::spawn(async move {
+            let _client = client;
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::Publish(p))) => m.lock().unwrap().push(Msg {
+                        topic: p.topic.clone(),
+                        payload: serde_json::from_slice(&p.payload).unwrap_or(Value::Null),
+                        qos: p.qos,
+                    }),
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        if let Some(tx) = subscribed_tx.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(5), subscribed_rx)
+            .await
+            .expect("SUBACK")
+            .unwrap();
+        Self { msgs, task }
+    }
+
+    fn all(&self) -> Vec<Msg> {
+        self.msgs.lock().unwrap().clone()
+    }
+
+    /// The last message on `topic`.
+    fn last(&self, topic: &str) -> Option<Value> {
+        self.all()
+            .into_iter()
+            .rev()
+            .find(|m| m.topic == topic)
+            .map(|m| m.payload)
+    }
+}
+
+fn mqtt_connector(port: u16) -> String {
+    format!("type = \"mqtt\"\nurl = \"mqtt://127.0.0.1:{port}\"\nkeep_alive = \"2s\"\n")
+}
+
+async fn site_up(c: &common::Cluster) {
+    common::eventually(Duration::from_secs(15), "site up", || async {
+        let v = common::owners(&c.api("fo-1"), "live-1").await?;
+        (!v.is_empty() && v.iter().all(|r| r.0 == "live-1" && r.3 == "active")).then_some(())
+    })
+    .await;
+}
+
+/// `(id, owner, address, epoch)` of live-1's resources once fo-1 serves them all.
+async fn failed_over(c: &common::Cluster) -> Vec<(String, String, String, u64)> {
+    common::eventually(Duration::from_secs(15), "fo-1 serves live-1", || async {
+        let v = common::get(&format!("{}/api/v1/resources", c.api("fo-1"))).await?;
+        let rs: Vec<_> = v["resources"]
+            .as_array()?
+            .iter()
+            .filter(|r| r["server"] == "live-1")
+            .map(|r| {
+                (
+                    r["id"].as_str().unwrap_or("").to_string(),
+                    r["owner"].as_str().unwrap_or("").to_string(),
+                    r["address"].as_str().unwrap_or("").to_string(),
+                    r["epoch"].as_u64().unwrap_or(0),
+                    r["state"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect();
+        rs.iter()
+            .all(|r| r.1 == "fo-1" && r.4 == "active")
+            .then(|| rs.into_iter().map(|r| (r.0, r.1, r.2, r.3)).collect())
+    })
+    .await
+}
+
+/// Event types from `source`, in the order received, duplicates (same id) dropped.
+fn event_types(msgs: &[Msg], source: &str) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    msgs.iter()
+        .filter(|m| m.topic.contains("/events/") && m.payload["source"] == source)
+        .filter(|m| seen.insert(m.payload["id"].as_str().unwrap_or("").to_string()))
+        .map(|m| m.payload["type"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_subscriber_learns_every_new_owner_and_the_will_and_birth_follow_the_node() {
+    let port = broker();
+    let mut c = common::Cluster::new(
+        "mqtt",
+        2,
+        3,
+        common::SiteOptions {
+            connectors: vec![("bus", mqtt_connector(port))],
+            ..Default::default()
+        },
+    );
+    c.start_all();
+    site_up(&c).await;
+    let early = Sub::start(port, "early", "buddygate/mqtt/#").await;
+    let online = "buddygate/mqtt/nodes/live-1/online";
+    common::eventually(Duration::from_secs(10), "live-1 birth", || async {
+        (early.last(online)?["online"] == true).then_some(())
+    })
+    .await;
+
+    c.kill9("live-1");
+    let owners = failed_over(&c).await;
+    assert_eq!(owners.len(), 3);
+    // The Last Will of the killed node.
+    common::eventually(Duration::from_secs(10), "live-1 will", || async {
+        (early.last(online)?["online"] == false).then_some(())
+    })
+    .await;
+    // Events at QoS 1, in order.
+    common::eventually(Duration::from_secs(10), "failover.completed", || async {
+        event_types(&early.all(), "buddygate://mqtt/fo-1")
+            .contains(&"buddygate.failover.completed".to_string())
+            .then_some(())
+    })
+    .await;
+    let types = event_types(&early.all(), "buddygate://mqtt/fo-1");
+    let pos = |t: &str| types.iter().position(|x| x == t).unwrap_or(usize::MAX);
+    assert!(
+        pos("buddygate.server.down") < pos("buddygate.failover.started"),
+        "{types:?}"
+    );
+    assert!(
+        pos("buddygate.failover.started") < pos("buddygate.failover.completed"),
+        "{types:?}"
+    );
+    for m in early.all().iter().filter(|m| m.topic.contains("/events/")) {
+        assert_eq!(m.qos, QoS::AtLeastOnce, "{m:?}");
+        assert_eq!(
+            m.topic,
+            format!(
+                "buddygate/mqtt/events/{}",
+                m.payload["type"].as_str().unwrap()
+            )
+        );
+    }
+
+    // A subscriber that connects after the failover learns the owners from retained state.
+    let late = Sub::start(port, "late", "buddygate/mqtt/#").await;
+    common::eventually(Duration::from_secs(5), "retained owners", || async {
+        owners
+            .iter()
+            .all(|(id, _, address, epoch)| {
+                late.last(&format!("buddygate/mqtt/resources/{id}"))
+                    .is_some_and(|v| {
+                        v["owner"] == "fo-1"
+                            && v["address"] == address.as_str()
+                            && v["epoch"] == *epoch
+                            && v["kind"] == "camera"
+                            && v["timestamp"].is_string()
+                    })
+            })
+            .then_some(())
+    })
+    .await;
+    let server = late
+        .last("buddygate/mqtt/servers/live-1")
+        .expect("server state");
+    assert_eq!(server["state"], "down", "{server}");
+    assert_eq!(server["served_by"], "fo-1", "{server}");
+    assert_eq!(server["served_address"], "127.0.1.3", "{server}");
+    assert_eq!(server["address"], "127.0.1.1", "{server}");
+    assert_eq!(late.last(online).unwrap()["online"], false);
+    assert!(
+        late.all().iter().all(|m| !m.topic.contains("/events/")),
+        "events are not retained"
+    );
+
+    // Restart: the birth replaces the will.
+    c.start("live-1");
+    common::eventually(Duration::from_secs(10), "live-1 birth again", || async {
+        (early.last(online)?["online"] == true).then_some(())
+    })
+    .await;
+    let after = Sub::start(port, "after", online).await;
+    common::eventually(Duration::from_secs(5), "retained birth", || async {
+        (after.last(online)?["online"] == true).then_some(())
+    })
+    .await;
+
+    // A clean stop publishes the death message itself, then disconnects (no will).
+    let status = c.term("live-1");
+    assert!(status.success(), "{status:?}");
+    let death = after.last(online).unwrap();
+    assert_eq!(
+        death["online"], false,
+        "the death is out before the process exits"
+    );
+    assert!(c.logs("live-1").contains("MQTT disconnected cleanly."));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_credentials_are_reported_and_retried_while_the_node_runs() {
+    // A broker that answers every CONNECT with CONNACK 4, "bad user name or password" (rumqttd
+    // just closes the connection).
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = [0u8; 512];
+                if conn
+                    .read(&mut buf)
+                    .await
+                    .is_ok_and(|n| n > 0 && buf[0] == 0x10)
+                {
+                    let _ = conn.write_all(&[0x20, 0x02, 0x00, 0x04]).await;
+                    let _ = conn.shutdown().await;
+                }
+            });
+        }
+    });
+    let mut c = common::Cluster::new(
+        "mqttauth",
+        1,
+        1,
+        common::SiteOptions {
+            connectors: vec![(
+                "bus",
+                format!(
+                    "type = \"mqtt\"\nurl = \"mqtt://127.0.0.1:{port}\"\nusername = \"buddygate\"\npassword = \"file:wrong.pass\"\n"
+                ),
+            )],
+            ..Default::default()
+        },
+    );
+    std::fs::write(c.dir.join("connectors").join("wrong.pass"), "wrong\n").unwrap();
+    c.start_all();
+    let api = c.api("fo-1");
+    let status = common::eventually(Duration::from_secs(10), "refusal reported", || async {
+        let v = common::get(&format!("{api}/api/v1/connectors")).await?;
+        let bus = v["connectors"].as_array()?.first()?.clone();
+        (bus["retried"].as_u64()? >= 2).then_some(bus)
+    })
+    .await;
+    assert_eq!(status["type"], "mqtt", "{status}");
+    assert!(
+        status["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("the broker refused the credentials")),
+        "{status}"
+    );
+    let health = common::client()
+        .get(format!("{api}/healthz"))
+        .send()
+        .await
+        .expect("the daemon keeps running");
+    assert!(health.status().is_success());
+    assert!(
+        c.logs("fo-1")
+            .contains("the broker refused the credentials")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_down_during_a_failover_gets_every_event_once_it_is_back() {
+    let port = broker();
+    let mut proxy = Proxy::new(port);
+    proxy.start().await;
+    let mut c = common::Cluster::new(
+        "mqttdown",
+        2,
+        3,
+        common::SiteOptions {
+            connectors: vec![("bus", mqtt_connector(proxy.port))],
+            ..Default::default()
+        },
+    );
+    c.start_all();
+    site_up(&c).await;
+    let sub = Sub::start(port, "watcher", "buddygate/mqttdown/#").await;
+    common::eventually(Duration::from_secs(10), "fo-1 birth", || async {
+        (sub.last("buddygate/mqttdown/nodes/fo-1/online")?["online"] == true).then_some(())
+    })
+    .await;
+
+    proxy.stop();
+    c.kill9("live-1");
+    let owners = failed_over(&c).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !event_types(&sub.all(), "buddygate://mqttdown/fo-1")
+            .contains(&"buddygate.failover.completed".to_string()),
+        "nothing can arrive while the broker is away"
+    );
+
+    proxy.start().await;
+    common::eventually(
+        Duration::from_secs(20),
+        "events after the outage",
+        || async {
+            event_types(&sub.all(), "buddygate://mqttdown/fo-1")
+                .contains(&"buddygate.failover.completed".to_string())
+                .then_some(())
+        },
+    )
+    .await;
+    let types = event_types(&sub.all(), "buddygate://mqttdown/fo-1");
+    let pos = |t: &str| types.iter().position(|x| x == t).unwrap_or(usize::MAX);
+    assert!(
+        pos("buddygate.server.down") < pos("buddygate.failover.started"),
+        "{types:?}"
+    );
+    assert!(
+        pos("buddygate.failover.started") < pos("buddygate.failover.completed"),
+        "{types:?}"
+    );
+    for (id, _, address, epoch) in &owners {
+        let v = common::eventually(Duration::from_secs(5), "retained owner", || async {
+            sub.last(&format!("buddygate/mqttdown/resources/{id}"))
+                .filter(|v| v["owner"] == "fo-1")
+        })
+        .await;
+        assert_eq!(v["address"], address.as_str());
+        assert_eq!(v["epoch"], *epoch);
+    }
+    // fo-1 heals its birth after the outage (its will fired when the relay cut it).
+    common::eventually(Duration::from_secs(10), "fo-1 birth again", || async {
+        (sub.last("buddygate/mqttdown/nodes/fo-1/online")?["online"] == true).then_some(())
+    })
+    .await;
+}
+
+#[test]
+fn bad_mqtt_files_report_every_problem_with_its_position() {
+    let text = "type = \"mqtt\"\nurl = \"http://x\"\npassword = \"hunter2\"\nqos = 2\ntopic_prefix = \"a/#\"\nevents = [\"buddygate.nothing\"]\nkeepalive = \"5s\"\n";
+    let (c, d) = connectors::check_file(text, "bad.toml", Path::new("bad.toml"), None);
+    assert!(c.is_none());
+    let lines: Vec<String> = d.iter().map(|d| d.to_string()).collect();
+    assert_eq!(
+        lines,
+        [
+            "bad.toml:2:7: url: \"http\": expected mqtt://host:port",
+            "bad.toml:3:12: password: a password needs a `username`",
+            "bad.toml:3:12: warning: password: inline secret; use file:PATH or env:VAR in production",
+            "bad.toml:4:7: qos: qos 2: expected 0 or 1",
+            "bad.toml:5:16: topic_prefix: \"a/#\": a topic prefix cannot contain the wildcards + or #",
+            "bad.toml:6:11: events[0]: \"buddygate.nothing\" matches no event type (they are buddygate.server.down, buddygate.failover.completed, ...)",
+            "bad.toml:7:1: keepalive: unknown key `keepalive`; did you mean `keep_alive`?",
+        ]
+    );
+    let (_, d) = connectors::check_file(
+        "type = \"mqtt\"\nurl = \"mqtts://broker:8883\"\n",
+        "t.toml",
+        Path::new("t.toml"),
+        None,
+    );
+    assert_eq!(
+        d[0].to_string(),
+        "t.toml:2:7: url: mqtts:// (MQTT over TLS) is not supported yet; use mqtt://"
+    );
+    let (c, d) = connectors::check_file(
+        "type = \"mqtt\"\nurl = \"mqtt://broker\"\nusername = \"bg\"\npassword = \"env:MQTT_PASS\"\nevents = [\"buddygate.failover.*\"]\n",
+        "ok.toml",
+        Path::new("ok.toml"),
+        None,
+    );
+    assert!(d.is_empty(), "{d:?}");
+    let ConnectorKind::Mqtt(m) = c.unwrap().kind else {
+        panic!("not mqtt")
+    };
+    assert_eq!((m.host.as_str(), m.port, m.qos), ("broker", 1883, 1));
+    assert!(m.wants("buddygate.failover.completed") && !m.wants("buddygate.path.up"));
+}
