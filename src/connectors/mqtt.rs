@@ -96,8 +96,11 @@ pub struct Mqtt {
     store: std::sync::Mutex<Store>,
     reader: std::sync::Mutex<Reader>,
     status: Arc<ConnectorStatus>,
-    /// Retained state as last published on this connection (without its timestamp).
+    /// Retained state as last queued on this connection (without its timestamp).
     published: HashMap<String, Value>,
+    /// Retained state changed and not yet queued, by topic (the newest value wins); published
+    /// within the window, before events.
+    dirty: BTreeMap<String, Value>,
 }
 
 /// What a queued publish was.
@@ -190,6 +193,7 @@ impl Mqtt {
             backoff: Backoff::default(),
             status,
             published: HashMap::new(),
+            dirty: BTreeMap::new(),
         })
     }
 
@@ -307,8 +311,9 @@ impl Mqtt {
         let birth = json!({"online": true, "timestamp": rfc3339(SystemTime::now())});
         self.publish(&mut s, self.online_topic(), birth, true, Sent::State);
         self.published.clear();
+        self.dirty.clear();
         let snap = snapshot.borrow_and_update().clone();
-        self.publish_state(&mut s, &snap);
+        self.publish_state(&snap);
         match self.reader().cursor(&self.name) {
             Ok(c) => s.read = c,
             Err(e) => return End::Lost(format!("store: {e}")),
@@ -339,7 +344,7 @@ impl Mqtt {
                         return End::Cancelled;
                     }
                     let snap = snapshot.borrow_and_update().clone();
-                    self.publish_state(&mut s, &snap);
+                    self.publish_state(&snap);
                 }
                 r = events.recv() => {
                     if matches!(r, Err(broadcast::error::RecvError::Closed)) {
@@ -376,8 +381,18 @@ impl Mqtt {
         }
     }
 
-    /// Reads the next events after the last one read, within the window.
+    /// Queues changed retained state, then the next events after the last one read, within
+    /// the window.
     fn pump(&mut self, s: &mut Session) -> anyhow::Result<()> {
+        while s.outstanding() < WINDOW {
+            let Some((topic, payload)) = self.dirty.pop_first() else {
+                break;
+            };
+            self.publish(s, topic, payload, true, Sent::State);
+        }
+        if !self.dirty.is_empty() {
+            return Ok(());
+        }
         let head = self.reader().last_seq()?;
         self.status.head.store(head, Ordering::Relaxed);
         while s.outstanding() < WINDOW && s.read < head {
@@ -505,8 +520,8 @@ impl Mqtt {
         out
     }
 
-    /// Publishes what changed since the last publish on this connection.
-    fn publish_state(&mut self, s: &mut Session, snap: &Snapshot) {
+    /// Queues what changed since the last publish on this connection; [`Self::pump`] sends it.
+    fn publish_state(&mut self, snap: &Snapshot) {
         if snap.booting {
             return;
         }
@@ -517,7 +532,7 @@ impl Mqtt {
             }
             let mut payload = value.clone();
             payload["timestamp"] = Value::String(now.clone());
-            self.publish(s, topic.clone(), payload, true, Sent::State);
+            self.dirty.insert(topic.clone(), payload);
             self.published.insert(topic, value);
         }
     }
