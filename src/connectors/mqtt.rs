@@ -211,6 +211,7 @@ impl Mqtt {
     ) {
         info!(connector = %self.name, url = %self.cfg.url, client_id = %self.client_id, "MQTT connector running.");
         let mut failures = 0u32;
+        self.refresh_status();
         loop {
             let ended = match self.connect_once(&cancel).await {
                 Ok(Some(session)) => {
@@ -225,16 +226,32 @@ impl Mqtt {
                 End::Cancelled => return,
                 End::Lost(reason) => reason,
             };
+            self.refresh_status();
             let delay = self.backoff.delay(failures);
             failures = failures.saturating_add(1);
             warn!(connector = %self.name, error = %reason, retry_in = ?delay, "MQTT connection failed; retrying.");
             self.status.failed.fetch_add(1, Ordering::Relaxed);
             self.status.retried.fetch_add(1, Ordering::Relaxed);
             *self.status.last_error.lock().expect("status lock") = Some(reason);
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(delay) => {}
+            let sleep = tokio::time::sleep(delay);
+            tokio::pin!(sleep);
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = &mut sleep => break,
+                    // New events while away: the queue grows (status).
+                    _ = events.recv() => self.refresh_status(),
+                }
             }
+        }
+    }
+
+    /// Cursor and head from the store, for status while there is no connection.
+    fn refresh_status(&self) {
+        let reader = self.reader();
+        if let (Ok(head), Ok(cursor)) = (reader.last_seq(), reader.cursor(&self.name)) {
+            self.status.head.store(head, Ordering::Relaxed);
+            self.status.cursor.store(cursor, Ordering::Relaxed);
         }
     }
 
