@@ -303,9 +303,11 @@ async fn a_late_subscriber_learns_every_new_owner_and_the_will_and_birth_follow_
             .then_some(())
     })
     .await;
-    let server = late
-        .last("buddygate/mqtt/servers/live-1")
-        .expect("server state");
+    let server = common::eventually(Duration::from_secs(5), "retained server", || async {
+        late.last("buddygate/mqtt/servers/live-1")
+            .filter(|v| v["served_by"] == "fo-1")
+    })
+    .await;
     assert_eq!(server["state"], "down", "{server}");
     assert_eq!(server["served_by"], "fo-1", "{server}");
     assert_eq!(server["served_address"], "127.0.1.3", "{server}");
@@ -331,11 +333,10 @@ async fn a_late_subscriber_learns_every_new_owner_and_the_will_and_birth_follow_
     // A clean stop publishes the death message itself, then disconnects (no will).
     let status = c.term("live-1");
     assert!(status.success(), "{status:?}");
-    let death = after.last(online).unwrap();
-    assert_eq!(
-        death["online"], false,
-        "the death is out before the process exits"
-    );
+    common::eventually(Duration::from_secs(5), "death message", || async {
+        (after.last(online)?["online"] == false).then_some(())
+    })
+    .await;
     assert!(c.logs("live-1").contains("MQTT disconnected cleanly."));
 }
 
@@ -434,6 +435,16 @@ async fn a_broker_down_during_a_failover_gets_every_event_once_it_is_back() {
             .contains(&"buddygate.failover.completed".to_string()),
         "nothing can arrive while the broker is away"
     );
+    // The cursor is held: fo-1's events are queued, not handled.
+    let bus = |api: String| async move {
+        let v = common::get(&format!("{api}/api/v1/connectors")).await?;
+        v["connectors"].as_array()?.first().cloned()
+    };
+    common::eventually(Duration::from_secs(5), "events queued", || async {
+        let v = bus(c.api("fo-1")).await?;
+        (v["queue_depth"].as_u64()? > 0 && v["delivered"] == 0).then_some(())
+    })
+    .await;
 
     proxy.start().await;
     common::eventually(
@@ -465,6 +476,11 @@ async fn a_broker_down_during_a_failover_gets_every_event_once_it_is_back() {
         assert_eq!(v["address"], address.as_str());
         assert_eq!(v["epoch"], *epoch);
     }
+    common::eventually(Duration::from_secs(10), "cursor caught up", || async {
+        let v = bus(c.api("fo-1")).await?;
+        (v["queue_depth"] == 0 && v["delivered"].as_u64()? > 0).then_some(())
+    })
+    .await;
     // fo-1 heals its birth after the outage (its will fired when the relay cut it).
     common::eventually(Duration::from_secs(10), "fo-1 birth again", || async {
         (sub.last("buddygate/mqttdown/nodes/fo-1/online")?["online"] == true).then_some(())
@@ -512,4 +528,106 @@ fn bad_mqtt_files_report_every_problem_with_its_position() {
     };
     assert_eq!((m.host.as_str(), m.port, m.qos), ("broker", 1883, 1));
     assert!(m.wants("buddygate.failover.completed") && !m.wants("buddygate.path.up"));
+}
+
+/// More retained state than the window at once (a failover of 1,000 resources): every topic
+/// gets out, through flow control.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_of_1000_resources_publishes_every_retained_owner() {
+    use buddygate::config::{Kind, Mode, ResourceIdx};
+    use buddygate::failover::{ResourceState, ResourceView, ServerState, ServerView, Stats};
+    use buddygate::runtime::state::Snapshot;
+    use std::sync::Arc;
+
+    let port = broker();
+    let site = Arc::new(
+        buddygate::sim::SiteBuilder::new("big")
+            .live("live-1", &["fo-1"])
+            .failover("fo-1", Mode::SpreadServers, None, None)
+            .many("live-1", Kind::Camera, 1000, 0)
+            .build(),
+    );
+    let fo = site.server_idx("fo-1").unwrap();
+    let live = site.server_idx("live-1").unwrap();
+    let snapshot = |owner, epoch| Snapshot {
+        site: site.clone(),
+        node: fo,
+        booting: false,
+        now: Duration::ZERO,
+        taken_at: std::time::SystemTime::now(),
+        servers: [live, fo]
+            .into_iter()
+            .map(|s| ServerView {
+                server: s,
+                state: if s == live {
+                    ServerState::Down
+                } else {
+                    ServerState::Up
+                },
+                paths: Vec::new(),
+                known: true,
+                config_mismatch: false,
+                booting: false,
+            })
+            .collect(),
+        resources: (0..1000)
+            .map(|i| ResourceView {
+                resource: ResourceIdx(i),
+                owner: Some(owner),
+                epoch,
+                state: ResourceState::Active,
+            })
+            .collect(),
+        stats: Stats::default(),
+    };
+    let (c, _) = connectors::check_file(
+        &format!("type = \"mqtt\"\nurl = \"mqtt://127.0.0.1:{port}\"\n"),
+        "b.toml",
+        Path::new("b.toml"),
+        None,
+    );
+    let ConnectorKind::Mqtt(cfg) = c.unwrap().kind else {
+        panic!("not mqtt")
+    };
+    let dir = std::env::temp_dir().join(format!("buddygate-mqtt-big-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    drop(buddygate::store::Store::open(&dir).unwrap());
+    let (tx, _) = tokio::sync::broadcast::channel(16);
+    let (snap_tx, snap_rx) = tokio::sync::watch::channel(Arc::new(snapshot(live, 1)));
+    let cancel = CancellationToken::new();
+    let m = buddygate::connectors::mqtt::Mqtt::build(
+        "bus".into(),
+        cfg,
+        site.clone(),
+        fo,
+        &dir,
+        Arc::new(buddygate::connectors::ConnectorStatus::default()),
+    )
+    .unwrap();
+    let task = tokio::spawn(m.run(tx.subscribe(), snap_rx, cancel.clone()));
+    let sub = Sub::start(port, "big-sub", "buddygate/big/#").await;
+    common::eventually(Duration::from_secs(5), "birth", || async {
+        sub.last("buddygate/big/nodes/fo-1/online")
+    })
+    .await;
+    snap_tx.send(Arc::new(snapshot(fo, 2))).unwrap();
+    common::eventually(Duration::from_secs(20), "1,000 retained owners", || async {
+        let got: std::collections::HashSet<String> = sub
+            .all()
+            .into_iter()
+            .filter(|m| m.topic.starts_with("buddygate/big/resources/") && m.payload["epoch"] == 2)
+            .map(|m| m.topic)
+            .collect();
+        (got.len() == 1000).then_some(())
+    })
+    .await;
+    let server = sub.last("buddygate/big/servers/live-1").unwrap();
+    assert_eq!(server["served_by"], "fo-1");
+    cancel.cancel();
+    task.await.unwrap();
+    common::eventually(Duration::from_secs(5), "death", || async {
+        (sub.last("buddygate/big/nodes/fo-1/online")?["online"] == false).then_some(())
+    })
+    .await;
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -96,8 +96,11 @@ pub struct Mqtt {
     store: std::sync::Mutex<Store>,
     reader: std::sync::Mutex<Reader>,
     status: Arc<ConnectorStatus>,
-    /// Retained state as last published on this connection (without its timestamp).
+    /// Retained state as last queued on this connection (without its timestamp).
     published: HashMap<String, Value>,
+    /// Retained state changed and not yet queued, by topic (the newest value wins); published
+    /// within the window, before events.
+    dirty: BTreeMap<String, Value>,
 }
 
 /// What a queued publish was.
@@ -190,6 +193,7 @@ impl Mqtt {
             backoff: Backoff::default(),
             status,
             published: HashMap::new(),
+            dirty: BTreeMap::new(),
         })
     }
 
@@ -207,6 +211,7 @@ impl Mqtt {
     ) {
         info!(connector = %self.name, url = %self.cfg.url, client_id = %self.client_id, "MQTT connector running.");
         let mut failures = 0u32;
+        self.refresh_status();
         loop {
             let ended = match self.connect_once(&cancel).await {
                 Ok(Some(session)) => {
@@ -221,16 +226,32 @@ impl Mqtt {
                 End::Cancelled => return,
                 End::Lost(reason) => reason,
             };
+            self.refresh_status();
             let delay = self.backoff.delay(failures);
             failures = failures.saturating_add(1);
             warn!(connector = %self.name, error = %reason, retry_in = ?delay, "MQTT connection failed; retrying.");
             self.status.failed.fetch_add(1, Ordering::Relaxed);
             self.status.retried.fetch_add(1, Ordering::Relaxed);
             *self.status.last_error.lock().expect("status lock") = Some(reason);
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(delay) => {}
+            let sleep = tokio::time::sleep(delay);
+            tokio::pin!(sleep);
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = &mut sleep => break,
+                    // New events while away: the queue grows (status).
+                    _ = events.recv() => self.refresh_status(),
+                }
             }
+        }
+    }
+
+    /// Cursor and head from the store, for status while there is no connection.
+    fn refresh_status(&self) {
+        let reader = self.reader();
+        if let (Ok(head), Ok(cursor)) = (reader.last_seq(), reader.cursor(&self.name)) {
+            self.status.head.store(head, Ordering::Relaxed);
+            self.status.cursor.store(cursor, Ordering::Relaxed);
         }
     }
 
@@ -307,8 +328,9 @@ impl Mqtt {
         let birth = json!({"online": true, "timestamp": rfc3339(SystemTime::now())});
         self.publish(&mut s, self.online_topic(), birth, true, Sent::State);
         self.published.clear();
+        self.dirty.clear();
         let snap = snapshot.borrow_and_update().clone();
-        self.publish_state(&mut s, &snap);
+        self.publish_state(&snap);
         match self.reader().cursor(&self.name) {
             Ok(c) => s.read = c,
             Err(e) => return End::Lost(format!("store: {e}")),
@@ -339,7 +361,7 @@ impl Mqtt {
                         return End::Cancelled;
                     }
                     let snap = snapshot.borrow_and_update().clone();
-                    self.publish_state(&mut s, &snap);
+                    self.publish_state(&snap);
                 }
                 r = events.recv() => {
                     if matches!(r, Err(broadcast::error::RecvError::Closed)) {
@@ -376,8 +398,18 @@ impl Mqtt {
         }
     }
 
-    /// Reads the next events after the last one read, within the window.
+    /// Queues changed retained state, then the next events after the last one read, within
+    /// the window.
     fn pump(&mut self, s: &mut Session) -> anyhow::Result<()> {
+        while s.outstanding() < WINDOW {
+            let Some((topic, payload)) = self.dirty.pop_first() else {
+                break;
+            };
+            self.publish(s, topic, payload, true, Sent::State);
+        }
+        if !self.dirty.is_empty() {
+            return Ok(());
+        }
         let head = self.reader().last_seq()?;
         self.status.head.store(head, Ordering::Relaxed);
         while s.outstanding() < WINDOW && s.read < head {
@@ -505,8 +537,8 @@ impl Mqtt {
         out
     }
 
-    /// Publishes what changed since the last publish on this connection.
-    fn publish_state(&mut self, s: &mut Session, snap: &Snapshot) {
+    /// Queues what changed since the last publish on this connection; [`Self::pump`] sends it.
+    fn publish_state(&mut self, snap: &Snapshot) {
         if snap.booting {
             return;
         }
@@ -517,7 +549,7 @@ impl Mqtt {
             }
             let mut payload = value.clone();
             payload["timestamp"] = Value::String(now.clone());
-            self.publish(s, topic.clone(), payload, true, Sent::State);
+            self.dirty.insert(topic.clone(), payload);
             self.published.insert(topic, value);
         }
     }

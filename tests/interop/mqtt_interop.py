@@ -282,8 +282,9 @@ def run(binary, mosquitto):
         check("after the failback every camera is live-1's again, with a higher epoch", True)
 
         code = site.term("fo-1")
-        death = late.last(f"{PREFIX}/nodes/fo-1/online") or {}
-        check("death message published before a clean exit", code == 0 and death.get("online") is False, (code, death))
+        death = wait("fo-1 death", lambda: (p := late.last(f"{PREFIX}/nodes/fo-1/online")) and p["online"] is False and p, 5)
+        clean = "MQTT disconnected cleanly." in (dir / f"fo-1.{site.starts['fo-1']}.log").read_text()
+        check("death message on a clean exit (no will)", code == 0 and clean, (code, death))
     except Failure as e:
         check(str(e), False)
     finally:

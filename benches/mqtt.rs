@@ -1,0 +1,229 @@
+//! MQTT connector: `cargo bench --bench mqtt`, against an embedded rumqttd on loopback.
+//! - `failover.completed` stored -> received by a subscriber (QoS 1), one at a time: p50/p99;
+//! - retained state for a failover of 1,000 resources: from the new snapshot to the subscriber
+//!   holding the last of the 1,000 `resources/{id}` messages.
+//!
+//! Prints figures for docs/benchmarks.md; asserts nothing about time.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use buddygate::config::connectors::{self, ConnectorKind};
+use buddygate::config::{Kind, Mode, ResourceIdx};
+use buddygate::connectors::ConnectorStatus;
+use buddygate::connectors::mqtt::Mqtt;
+use buddygate::failover::{ResourceState, ResourceView, ServerState, ServerView, Stats};
+use buddygate::runtime::state::Snapshot;
+use buddygate::store::Store;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use serde_json::json;
+use tokio::sync::{Notify, broadcast, watch};
+use tokio_util::sync::CancellationToken;
+
+fn broker() -> u16 {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let settings = rumqttd::ServerSettings {
+        name: "v4".into(),
+        listen: format!("127.0.0.1:{port}").parse().unwrap(),
+        tls: None,
+        next_connection_delay_ms: 1,
+        connections: rumqttd::ConnectionSettings {
+            connection_timeout_ms: 5000,
+            max_payload_size: 1 << 20,
+            max_inflight_count: 200,
+            auth: None,
+            external_auth: None,
+            dynamic_filters: true,
+        },
+    };
+    let config = rumqttd::Config {
+        router: rumqttd::RouterConfig {
+            max_connections: 100,
+            max_outgoing_packet_count: 2000,
+            max_segment_size: 100 << 20,
+            max_segment_count: 10,
+            ..Default::default()
+        },
+        v4: Some(HashMap::from([("v4".to_string(), settings)])),
+        ..Default::default()
+    };
+    let mut broker = rumqttd::Broker::new(config);
+    std::thread::spawn(move || {
+        let _ = broker.start();
+    });
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    port
+}
+
+/// Subscribes to `filter`; every received topic goes to `seen`, and `notify` wakes.
+async fn subscriber(port: u16, filter: &str, seen: Arc<Mutex<Vec<String>>>, notify: Arc<Notify>) {
+    let (client, mut eventloop) =
+        AsyncClient::new(MqttOptions::new("bench-sub", "127.0.0.1", port), 100);
+    client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let mut ready_tx = Some(ready_tx);
+    tokio::spawn(async move {
+        let _client = client;
+        while let Ok(ev) = eventloop.poll().await {
+            match ev {
+                Event::Incoming(Packet::Publish(p)) => {
+                    seen.lock().unwrap().push(p.topic.clone());
+                    notify.notify_waiters();
+                }
+                Event::Incoming(Packet::SubAck(_)) => {
+                    if let Some(tx) = ready_tx.take() {
+                        let _ = tx.send(());
+                    }
+                }
+                _ => {}
+            }
+        }
+    });
+    ready_rx.await.unwrap();
+}
+
+fn event(ty: &str, seq: u64) -> String {
+    json!({"specversion": "1.0", "id": format!("fo-1:{seq}"), "type": ty, "source": "buddygate://hq/fo-1",
+        "time": buddygate::runtime::cloudevents::rfc3339(SystemTime::now()), "datacontenttype": "application/json",
+        "seq": seq, "data": {"site": "hq", "new_server": {"id": "fo-1", "address": "127.0.0.3"}, "epoch": 298}})
+    .to_string()
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let base = std::env::temp_dir().join(format!("buddygate-bench-mqtt-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let port = broker();
+    let site = Arc::new(
+        buddygate::sim::SiteBuilder::new("hq")
+            .live("live-1", &["fo-1"])
+            .failover("fo-1", Mode::SpreadServers, None, None)
+            .many("live-1", Kind::Camera, 1000, 0)
+            .build(),
+    );
+    let fo = site.server_idx("fo-1").unwrap();
+    let live = site.server_idx("live-1").unwrap();
+    let text = format!("type = \"mqtt\"\nurl = \"mqtt://127.0.0.1:{port}\"\n");
+    let (c, _) = connectors::check_file(&text, "b.toml", Path::new("b.toml"), None);
+    let ConnectorKind::Mqtt(cfg) = c.unwrap().kind else {
+        panic!("not mqtt")
+    };
+    let snapshot = |owner, epoch| Snapshot {
+        site: site.clone(),
+        node: fo,
+        booting: false,
+        now: Duration::ZERO,
+        taken_at: SystemTime::now(),
+        servers: [live, fo]
+            .into_iter()
+            .map(|s| ServerView {
+                server: s,
+                state: if s == live {
+                    ServerState::Down
+                } else {
+                    ServerState::Up
+                },
+                paths: Vec::new(),
+                known: true,
+                config_mismatch: false,
+                booting: false,
+            })
+            .collect(),
+        resources: (0..1000)
+            .map(|i| ResourceView {
+                resource: ResourceIdx(i),
+                owner: Some(owner),
+                epoch,
+                state: ResourceState::Active,
+            })
+            .collect(),
+        stats: Stats::default(),
+    };
+
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let notify = Arc::new(Notify::new());
+    subscriber(port, "buddygate/hq/#", seen.clone(), notify.clone()).await;
+
+    let dir = base.join("node");
+    let mut store = Store::open(&dir).unwrap();
+    let (tx, _) = broadcast::channel(1024);
+    let (snap_tx, snap_rx) = watch::channel(Arc::new(snapshot(live, 1)));
+    let cancel = CancellationToken::new();
+    let m = Mqtt::build(
+        "bus".into(),
+        cfg,
+        site.clone(),
+        fo,
+        &dir,
+        Arc::new(ConnectorStatus::default()),
+    )
+    .unwrap();
+    tokio::spawn(m.run(tx.subscribe(), snap_rx, cancel.clone()));
+    // Connected: its birth has arrived.
+    while !seen
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|t| t == "buddygate/hq/nodes/fo-1/online")
+    {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    // Latency.
+    let mut lat = Vec::new();
+    for i in 0..300u64 {
+        let waiter = notify.notified();
+        let t0 = Instant::now();
+        let e = store
+            .append_event("buddygate.failover.completed", |seq| {
+                event("buddygate.failover.completed", seq)
+            })
+            .unwrap();
+        let _ = tx.send(Arc::new(e));
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("delivered");
+        if i >= 20 {
+            lat.push(t0.elapsed());
+        }
+    }
+    lat.sort();
+    println!(
+        "failover.completed stored -> received by a subscriber ({} events, one at a time, QoS 1): p50 {:?}, p99 {:?}",
+        lat.len(),
+        lat[lat.len() / 2],
+        lat[lat.len() * 99 / 100]
+    );
+
+    // Retained state for a failover of 1,000 resources.
+    seen.lock().unwrap().clear();
+    let t0 = Instant::now();
+    snap_tx.send(Arc::new(snapshot(fo, 2))).unwrap();
+    loop {
+        let n = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|t| t.starts_with("buddygate/hq/resources/"))
+            .collect::<HashSet<_>>()
+            .len();
+        if n == 1000 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    println!(
+        "retained state for a failover of 1,000 resources: the last resources/{{id}} at the subscriber {:.2?} after the snapshot",
+        t0.elapsed()
+    );
+    cancel.cancel();
+    let _ = std::fs::remove_dir_all(&base);
+}
