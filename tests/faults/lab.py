@@ -177,7 +177,8 @@ class Lab:
             p = subprocess.Popen(
                 [sys.executable, os.path.join(HERE, "tapswitch.py"), "--control", ctl,
                  "--seed", str(self.rng.randrange(1 << 30))] + ports,
-                stdout=subprocess.PIPE, stderr=log, text=True)
+                stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True)
+            p.what = f"switch {net} (heartbeat path {net - 1}; log switch{net}.log)"
             self.aux.append(p)
             if p.stdout.readline().strip() != "ready":
                 raise RuntimeError(f"switch {net} did not start; see switch{net}.log")
@@ -188,14 +189,34 @@ class Lab:
                 sh("ip", "-n", s.ns, "link", "set", dev, "up")
         wlog = open(os.path.join(self.dir, "witness.log"), "w")
         host, port = WITNESS.split(":")
-        self.aux.append(subprocess.Popen(
+        witness = subprocess.Popen(
             ["ip", "netns", "exec", wns, sys.executable, "-c",
              "import socket\n"
              "s = socket.create_server((%r, %s), backlog=64)\n"
              "while True:\n"
              "    c, _ = s.accept()\n"
              "    c.close()\n" % (host, port)],
-            stdout=wlog, stderr=wlog))
+            stdout=wlog, stderr=wlog, start_new_session=True)
+        witness.what = "the witness listener (log witness.log)"
+        self.aux.append(witness)
+        # How long an fsync takes on this disk (the daemons fsync claims and events): stalls
+        # over 20 ms are logged, so a slow takeover can be told from a slow disk.
+        self.aux.append(subprocess.Popen(
+            [sys.executable, "-c",
+             "import os, sys, time\n"
+             "fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT, 0o644)\n"
+             "log = open(sys.argv[2], 'a', buffering=1)\n"
+             "while True:\n"
+             "    os.pwrite(fd, b'x' * 4096, 0)\n"
+             "    t = time.perf_counter()\n"
+             "    os.fsync(fd)\n"
+             "    d = time.perf_counter() - t\n"
+             "    if d > 0.02:\n"
+             "        log.write(f'{time.time_ns() - int(d * 1e9)} {d * 1000:.0f}\\n')\n"
+             "    time.sleep(0.05)\n",
+             os.path.join(self.dir, "fsync-probe.dat"), os.path.join(self.dir, "fsync.log")],
+            start_new_session=True))
+        self.aux[-1].what = "the fsync probe"
         self.write_site()
 
     def write_site(self):
@@ -367,12 +388,29 @@ class Lab:
         return self.mark("resume", node=sid)
 
     def check_alive(self):
-        """Names of daemons that exited on their own (a crash of the daemon under test)."""
+        """Daemons that exited on their own (a crash of the daemon under test), and harness
+        processes (switches, witness) that died: either makes the run meaningless."""
         dead = []
         for s in self.servers:
             if s.proc is not None and s.proc.poll() is not None:
                 dead.append(f"{s.id} exited with {s.proc.returncode}")
+        for p in self.aux:
+            if p.poll() is not None:
+                dead.append(f"harness: {p.what} exited with {p.returncode}")
         return dead
+
+    def fsync_stalls(self, a, b):
+        """The longest fsync (ms) the probe saw on this disk in [a, b], or 0."""
+        worst = 0.0
+        try:
+            with open(os.path.join(self.dir, "fsync.log")) as f:
+                for ln in f:
+                    t, d = ln.split()
+                    if a <= int(t) <= b:
+                        worst = max(worst, float(d))
+        except (OSError, ValueError):
+            pass
+        return worst
 
     # -- network faults --------------------------------------------------------------------
     def link(self, sid, dev, up):

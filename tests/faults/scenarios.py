@@ -20,6 +20,7 @@ import tempfile
 import time
 import traceback
 
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import checker  # noqa: E402
 from lab import Lab, now_ns  # noqa: E402
@@ -42,7 +43,9 @@ class Ctx:
 
     def expect(self, cond, msg):
         if not cond:
-            self.failures.append(msg)
+            f = self.figures.get("fsync_ms")
+            self.failures.append(msg + (f" [slowest fsync on this disk during the scenario: "
+                                        f"{f:.0f} ms]" if f else ""))
         return cond
 
     def log(self, msg):
@@ -88,6 +91,7 @@ class Ctx:
             "finals": s["finals"],
             "moves_after_heal": len([x for x in rep["foreign_starts"] if x[0] >= heal])
             if heal else None,
+            "fsync_ms": self.lab.fsync_stalls(a, b),
         })
         return rep
 

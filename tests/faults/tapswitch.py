@@ -32,6 +32,7 @@ import json
 import os
 import random
 import select
+import signal
 import socket
 import struct
 import sys
@@ -281,8 +282,14 @@ def main():
     Switch(ports, a.control, a.seed).run()
 
 
+def _on_signal(signum, _frame):
+    # Say why the network went away: the harness reports this log when a switch dies.
+    print(f"tapswitch: stopped by signal {signal.Signals(signum).name}", file=sys.stderr,
+          flush=True)
+    sys.exit(128 + signum)
+
+
 if __name__ == "__main__":
-    try:
-        main()
-    except KeyboardInterrupt:
-        sys.exit(0)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, _on_signal)
+    main()
