@@ -237,25 +237,8 @@ impl Store {
 
     /// Writes claims in one transaction; durable when this returns.
     pub fn persist_claims(&mut self, claims: &[StoredClaim]) -> Result<(), StoreError> {
-        let path = self.path.clone();
-        let err = |source| StoreError::Sqlite {
-            path: path.clone(),
-            source,
-        };
-        let tx = self.conn.transaction().map_err(err)?;
-        {
-            let mut stmt = tx
-                .prepare_cached(
-                    "INSERT INTO claims (resource, epoch, held) VALUES (?1, ?2, ?3)
-                     ON CONFLICT(resource) DO UPDATE SET epoch = excluded.epoch, held = excluded.held",
-                )
-                .map_err(err)?;
-            for c in claims {
-                stmt.execute(params![c.resource, c.epoch, c.held as i64])
-                    .map_err(err)?;
-            }
-        }
-        tx.commit().map_err(err)
+        self.commit(claims, &[], |_, _| unreachable!("no events"))
+            .map(|_| ())
     }
 
     /// The sequence number the next event will get.
@@ -269,20 +252,66 @@ impl Store {
         kind: &str,
         json: impl FnOnce(u64) -> String,
     ) -> Result<StoredEvent, StoreError> {
-        let seq = self.last_seq + 1;
-        let json = json(seq);
-        self.conn
-            .execute(
-                "INSERT INTO events (seq, type, json) VALUES (?1, ?2, ?3)",
-                params![seq, kind, json],
-            )
-            .map_err(|e| self.err(e))?;
-        self.last_seq = seq;
-        Ok(StoredEvent {
-            seq,
-            kind: kind.to_string(),
-            json,
-        })
+        let mut json = Some(json);
+        let mut stored =
+            self.append_events(&[kind], |seq, _| (json.take().expect("one event"))(seq))?;
+        Ok(stored.pop().expect("one event stored"))
+    }
+
+    /// Appends several events in one transaction (one fsync): `json(seq, i)` builds the i-th,
+    /// of type `kinds[i]`. All or none are stored.
+    pub fn append_events(
+        &mut self,
+        kinds: &[&str],
+        json: impl FnMut(u64, usize) -> String,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        self.commit(&[], kinds, json)
+    }
+
+    /// Stores claims and events in one transaction, so one fsync makes both durable: all or
+    /// nothing. Events are numbered on from the last one; `json(seq, i)` builds the i-th.
+    pub fn commit(
+        &mut self,
+        claims: &[StoredClaim],
+        kinds: &[&str],
+        mut json: impl FnMut(u64, usize) -> String,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let path = self.path.clone();
+        let err = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        let mut stored = Vec::with_capacity(kinds.len());
+        {
+            let mut claim = tx
+                .prepare_cached(
+                    "INSERT INTO claims (resource, epoch, held) VALUES (?1, ?2, ?3)
+                     ON CONFLICT(resource) DO UPDATE SET epoch = excluded.epoch, held = excluded.held",
+                )
+                .map_err(err)?;
+            for c in claims {
+                claim
+                    .execute(params![c.resource, c.epoch, c.held as i64])
+                    .map_err(err)?;
+            }
+            let mut event = tx
+                .prepare_cached("INSERT INTO events (seq, type, json) VALUES (?1, ?2, ?3)")
+                .map_err(err)?;
+            for (i, kind) in kinds.iter().enumerate() {
+                let seq = self.last_seq + 1 + i as u64;
+                let json = json(seq, i);
+                event.execute(params![seq, kind, json]).map_err(err)?;
+                stored.push(StoredEvent {
+                    seq,
+                    kind: kind.to_string(),
+                    json,
+                });
+            }
+        }
+        tx.commit().map_err(err)?;
+        self.last_seq += kinds.len() as u64;
+        Ok(stored)
     }
 
     pub fn set_cursor(&mut self, connector: &str, seq: u64) -> Result<(), StoreError> {
@@ -572,6 +601,40 @@ mod tests {
         assert_eq!(events[0].json, "{\"seq\":2}");
         assert_eq!(r.cursor("psim").unwrap(), 1);
         assert_eq!(r.cursor("other").unwrap(), 0);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_commit_stores_claims_and_events_together_or_not_at_all() {
+        let dir = tmp("commit");
+        let claim = |epoch| StoredClaim {
+            resource: "cam-1".into(),
+            epoch,
+            held: true,
+        };
+        let mut s = Store::open(&dir).unwrap();
+        let stored = s
+            .commit(&[claim(199)], &["a", "b"], |seq, i| format!("{seq}/{i}"))
+            .unwrap();
+        assert_eq!(
+            stored
+                .iter()
+                .map(|e| (e.seq, e.json.as_str()))
+                .collect::<Vec<_>>(),
+            [(1, "1/0"), (2, "2/1")]
+        );
+        // Make the second event's insert fail (seq 2 is taken): the claim must not land either.
+        s.last_seq = 0;
+        assert!(
+            s.commit(&[claim(298)], &["c", "d"], |seq, _| seq.to_string())
+                .is_err()
+        );
+        assert_eq!(s.claims().unwrap(), vec![claim(199)]);
+        s.last_seq = 2;
+        drop(s);
+        let s = Store::open(&dir).unwrap();
+        assert_eq!(s.next_seq(), 3);
+        assert_eq!(s.reader().unwrap().events_after(0, 10).unwrap().len(), 2);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -349,51 +349,68 @@ impl Core {
         self.snapshots.send_replace(Arc::new(snap));
     }
 
+    /// Carries out the core's outputs. What must be durable (claims, rule 4) and the events
+    /// are stored first, in one transaction, so a takeover pays one fsync before its agents
+    /// start and a crash at any moment after that loses neither a claim nor an event. Then the
+    /// actions run in the order given.
     fn carry_out(&mut self, outputs: Vec<Output>, now: Duration) -> anyhow::Result<()> {
-        let mut persist_failed = false;
+        let mut claims = Vec::new();
+        let mut events = Vec::new();
+        let mut actions = Vec::with_capacity(outputs.len());
         for o in outputs {
             match o {
+                Output::Persist(records) => claims.extend(records.iter().map(|c| StoredClaim {
+                    resource: self.site.resource(c.resource).id.clone(),
+                    epoch: c.epoch,
+                    held: c.held,
+                })),
+                Output::Event(e) => events.push(e),
+                action => actions.push(action),
+            }
+        }
+        let durable = claims.is_empty() && events.is_empty() || {
+            match self.store_events(&claims, &events, now) {
+                Ok(()) => {
+                    events.clear();
+                    true
+                }
+                Err(e) => {
+                    error!(error = %e, "Cannot persist claims; their resources will not start.");
+                    false
+                }
+            }
+        };
+        for action in actions {
+            match action {
                 Output::Send { path, to, bytes } => self.send(path, to, &bytes),
-                Output::Persist(records) => {
-                    let claims: Vec<StoredClaim> = records
-                        .iter()
-                        .map(|c| StoredClaim {
-                            resource: self.site.resource(c.resource).id.clone(),
-                            epoch: c.epoch,
-                            held: c.held,
-                        })
-                        .collect();
-                    if let Err(e) = self.store.persist_claims(&claims) {
-                        error!(error = %e, "Cannot persist claims; their resources will not start.");
-                        persist_failed = true;
-                    } else {
-                        persist_failed = false;
-                    }
+                Output::Start { resource, epoch } if !durable => {
+                    // Rule 4: never start what is not durable. Report it failed.
+                    let out = self.node.handle(
+                        Input::AgentDone {
+                            resource,
+                            epoch,
+                            op: crate::failover::AgentOp::Start,
+                            result: Err("claim could not be stored".into()),
+                        },
+                        now,
+                    );
+                    self.carry_out(out, now)?;
                 }
                 Output::Start { resource, epoch } => {
-                    if persist_failed {
-                        // Rule 4: never start what is not durable. Report it failed.
-                        let out = self.node.handle(
-                            Input::AgentDone {
-                                resource,
-                                epoch,
-                                op: crate::failover::AgentOp::Start,
-                                result: Err("claim could not be stored".into()),
-                            },
-                            now,
-                        );
-                        self.carry_out(out, now)?;
-                    } else {
-                        debug!(resource = %self.site.resource(resource).id, epoch, "Starting.");
-                        self.agents.start(resource, epoch);
-                    }
+                    debug!(resource = %self.site.resource(resource).id, epoch, "Starting.");
+                    self.agents.start(resource, epoch);
                 }
                 Output::Stop { resource, epoch } => {
                     debug!(resource = %self.site.resource(resource).id, epoch, "Stopping.");
                     self.agents.stop(resource, epoch);
                 }
-                Output::Event(e) => self.store_event(&e, now)?,
+                Output::Persist(_) | Output::Event(_) => unreachable!("stored above"),
             }
+        }
+        if !events.is_empty() {
+            // The store failed above; an event we cannot store is fatal (nothing may be lost).
+            self.store_events(&[], &events, now)
+                .context("cannot store events")?;
         }
         Ok(())
     }
@@ -413,22 +430,30 @@ impl Core {
         }
     }
 
-    fn store_event(&mut self, e: &Event, now: Duration) -> anyhow::Result<()> {
-        let epochs: HashMap<ResourceIdx, u64> =
-            self.node.held().map(|(r, epoch, _)| (r, epoch)).collect();
+    fn store_events(
+        &mut self,
+        claims: &[StoredClaim],
+        events: &[Event],
+        now: Duration,
+    ) -> Result<(), crate::store::StoreError> {
+        let epochs: HashMap<ResourceIdx, u64> = if events.is_empty() {
+            HashMap::new()
+        } else {
+            self.node.held().map(|(r, epoch, _)| (r, epoch)).collect()
+        };
         let (site, me, clock) = (self.site.clone(), self.me, self.clock);
-        let stored = self
-            .store
-            .append_event(e.type_name(), |seq| {
-                cloudevents::to_cloudevent(&site, me, seq, now, clock, e, &epochs).to_string()
-            })
-            .context("cannot store an event")?;
-        self.metrics.events_stored.fetch_add(1, Ordering::Relaxed);
-        if let Event::FailoverCompleted { takeover, .. } = e {
-            self.metrics.takeover_seconds.observe(*takeover);
+        let kinds: Vec<&str> = events.iter().map(Event::type_name).collect();
+        let stored = self.store.commit(claims, &kinds, |seq, i| {
+            cloudevents::to_cloudevent(&site, me, seq, now, clock, &events[i], &epochs).to_string()
+        })?;
+        for (e, stored) in events.iter().zip(stored) {
+            self.metrics.events_stored.fetch_add(1, Ordering::Relaxed);
+            if let Event::FailoverCompleted { takeover, .. } = e {
+                self.metrics.takeover_seconds.observe(*takeover);
+            }
+            log_event(&site, e);
+            let _ = self.events.send(Arc::new(stored));
         }
-        log_event(&site, e);
-        let _ = self.events.send(Arc::new(stored));
         Ok(())
     }
 }
