@@ -51,6 +51,7 @@ fn placement_bench() {
             black_box(&orphans),
             |_| true,
             |_, _| false,
+            |_| None,
         ));
         t.elapsed()
     });

@@ -2,7 +2,7 @@
 //! resource. Property tests over random sites check the rules on every answer; table tests
 //! check one hand-worked answer per mode.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use buddygate::config::{Kind, Mode, ResourceIdx, ServerIdx, Site};
 use buddygate::failover::Topology;
@@ -25,6 +25,8 @@ struct Scenario {
     available: Vec<bool>,
     /// (resource, server) pairs that already failed.
     failed: HashSet<(ResourceIdx, ServerIdx)>,
+    /// Who holds a resource now (placement keeps it there when it can).
+    holders: HashMap<ResourceIdx, ServerIdx>,
 }
 
 impl Scenario {
@@ -49,6 +51,7 @@ impl Scenario {
             orphans,
             available,
             failed,
+            holders: HashMap::new(),
         }
     }
 
@@ -67,7 +70,16 @@ impl Scenario {
             orphans,
             |s| self.is_available(s),
             |r, s| self.has_failed(r, s),
+            |r| self.holders.get(&r).copied(),
         )
+    }
+
+    /// The holder of `r` if placement should have kept it there: a candidate that is
+    /// available and has not failed it.
+    fn keeper(&self, r: ResourceIdx) -> Option<ServerIdx> {
+        self.holders.get(&r).copied().filter(|&h| {
+            self.topo.candidates(r).contains(&h) && self.is_available(h) && !self.has_failed(r, h)
+        })
     }
 
     fn rid(&self, r: ResourceIdx) -> &str {
@@ -130,6 +142,20 @@ impl Scenario {
             let pos = cands.iter().position(|&c| c == s).ok_or_else(|| {
                 format!("(d) {} on {}, not a candidate", self.rid(r), self.sid(s))
             })?;
+            // (e) sticky: a resource stays with its holder unless the holder is full (of
+            // resources placed first); it moves to the buddy order only then.
+            match self.keeper(r) {
+                Some(h) if h == s => continue,
+                Some(h) => self.blocked(&end, h, r).map_err(|e| {
+                    format!(
+                        "(e) {} moved from its holder {} to {}: {e}",
+                        self.rid(r),
+                        self.sid(h),
+                        self.sid(s)
+                    )
+                })?,
+                None => {}
+            }
             for &c in &cands[..pos] {
                 if self.is_available(c) && !self.has_failed(r, c) {
                     self.blocked(&end, c, r).map_err(|e| {
@@ -277,6 +303,8 @@ struct Spec {
     fo: Vec<FoSpec>,
     /// (orphan, candidate of it) pairs that failed.
     failed: Vec<(Index, Index)>,
+    /// (orphan, candidate of it) pairs: who holds the orphan now.
+    held: Vec<(Index, Index)>,
     /// Seed of the orphan shuffle.
     seed: u64,
 }
@@ -323,12 +351,14 @@ fn spec() -> impl Strategy<Value = Spec> {
             prop::collection::vec(live_spec(n_fo), n_live),
             prop::collection::vec(fo_spec(), n_fo),
             prop::collection::vec((any::<Index>(), any::<Index>()), 0..8),
+            prop::collection::vec((any::<Index>(), any::<Index>()), 0..8),
             any::<u64>(),
         )
-            .prop_map(|(live, fo, failed, seed)| Spec {
+            .prop_map(|(live, fo, failed, held, seed)| Spec {
                 live,
                 fo,
                 failed,
+                held,
                 seed,
             })
     })
@@ -402,6 +432,13 @@ fn build(spec: &Spec) -> Scenario {
                 sc.failed.insert((r, cands[ci.index(cands.len())]));
             }
         }
+        for (ri, ci) in &spec.held {
+            let r = sc.orphans[ri.index(sc.orphans.len())];
+            let cands = sc.topo.candidates(r);
+            if !cands.is_empty() {
+                sc.holders.insert(r, cands[ci.index(cands.len())]);
+            }
+        }
     }
     sc
 }
@@ -425,7 +462,7 @@ proptest! {
     // minimal case instead.
     #![proptest_config(Config { cases: 256, failure_persistence: None, ..Config::default() })]
 
-    /// (a)-(d): the rule check, every orphan accounted for, priority, buddy order.
+    /// (a)-(e): the rule check, every orphan accounted for, priority, buddy order, sticky.
     #[test]
     fn every_answer_keeps_the_rules(spec in spec()) {
         let sc = build(&spec);
@@ -453,8 +490,8 @@ proptest! {
 fn generator_covers_every_rule() {
     let mut runner = TestRunner::deterministic();
     let strategy = spec();
-    let mut counts = [0usize; 8];
-    const NAMES: [&str; 8] = [
+    let mut counts = [0usize; 9];
+    const NAMES: [&str; 9] = [
         "mirrored takes",
         "spread-cameras takes",
         "unplaced",
@@ -463,13 +500,14 @@ fn generator_covers_every_rule() {
         "skip: max_servers",
         "skip: max_cameras",
         "not on first candidate",
+        "kept by its holder, not the first candidate",
     ];
     for _ in 0..512 {
         let spec = strategy.new_tree(&mut runner).expect("value").current();
         let sc = build(&spec);
         let p = sc.place(&sc.orphans);
         let end = End::of(&sc.site, &p);
-        let mut hit = [false; 8];
+        let mut hit = [false; 9];
         for &(r, s) in &p.assigned {
             match sc.site.server(s).mode {
                 Some(Mode::Mirrored) => hit[0] = true,
@@ -479,6 +517,7 @@ fn generator_covers_every_rule() {
             let cands = sc.topo.candidates(r);
             let pos = cands.iter().position(|&c| c == s).unwrap();
             hit[7] |= pos > 0;
+            hit[8] |= pos > 0 && sc.holders.get(&r) == Some(&s);
             for &c in &cands[..pos] {
                 let srv = sc.site.server(c);
                 let home = sc.site.resource(r).server;
@@ -549,6 +588,28 @@ fn checker_rejects_wrong_answers() {
     assert!(wrong(vec![(a, fo1), (c, fo2), (b, fo2), (d, fo3)], vec![]).starts_with("(a)"));
     assert!(wrong(vec![(a, fo1), (c, fo2)], vec![]).starts_with("(b)"));
     assert!(wrong(vec![(a, fo1), (c, fo2), (b, fo2)], vec![d]).starts_with("(b)"));
+
+    // Sticky: c held by fo-2 stays there, b held by fo-1 yields fo-1's one camera slot to a
+    // (higher priority, placed first) and goes on to fo-2.
+    let mut sc = sc;
+    sc.holders = HashMap::from([(c, fo2), (b, fo1)]);
+    let sticky = Placement {
+        assigned: vec![(a, fo1), (c, fo2), (b, fo2)],
+        unplaced: vec![],
+    };
+    assert_eq!(sc.place(&sc.orphans), sticky);
+    assert_eq!(sc.check(&sticky), Ok(()));
+    // a held by fo-2 stays there; c (next in priority) then gets fo-1's slot; b moves on.
+    sc.holders = HashMap::from([(a, fo2)]);
+    let kept = Placement {
+        assigned: vec![(a, fo2), (c, fo1), (b, fo2)],
+        unplaced: vec![],
+    };
+    assert_eq!(sc.place(&sc.orphans), kept);
+    assert_eq!(sc.check(&kept), Ok(()));
+    // Moved off a holder with room: the buddy-order answer is wrong now.
+    let err = sc.check(&ok).unwrap_err();
+    assert!(err.starts_with("(e)"), "{err}");
 }
 
 // ---- one hand-worked answer per mode ----------------------------------------------------------

@@ -309,6 +309,81 @@ fn d_a_healed_cross_partition_moves_nothing_but_the_failback() {
     }
 }
 
+/// Sticky placement (docs/protocol.md): a partition in which each side's failover server took
+/// the other side's live server over, then heals. Each camera stays with the buddy that holds
+/// it until its failback; before, every one moved to its preferred buddy first (two moves).
+#[test]
+fn d_a_healed_crossed_takeover_stays_put_until_failback() {
+    let site = SiteBuilder::new("hq")
+        .live("live-1", &["fo-1", "fo-2"])
+        .live("live-2", &["fo-2", "fo-1"])
+        .failover("fo-1", Mode::SpreadServers, Some(2), Some(100))
+        .failover("fo-2", Mode::SpreadServers, Some(2), Some(100))
+        .many("live-1", Kind::Camera, 4, 0)
+        .many("live-2", Kind::Camera, 4, 0);
+    for seed in 1..=5 {
+        let mut sim = started(seed, site.clone());
+        let (l1, l2) = (sim.idx("live-1"), sim.idx("live-2"));
+        let (f1, f2) = (sim.idx("fo-1"), sim.idx("fo-2"));
+        // Each live server's first buddy is on its own side: the second buddy, across the
+        // partition, takes it over.
+        sim.partition(&[l1, f1], &[l2, f2], true);
+        sim.run_for(SECS(4));
+        for (live, buddy) in [(l1, f2), (l2, f1)] {
+            for &r in &homed(&sim, live) {
+                assert!(
+                    sim.owners(r).iter().any(|o| o.0 == buddy),
+                    "seed {seed}: {} taken over on its side",
+                    sim.site().resource(r).id
+                );
+            }
+        }
+        let heal = sim.now();
+        sim.heal_all();
+        sim.run_for(SECS(2));
+        let moves: Vec<String> = sim
+            .events()
+            .iter()
+            .filter(|(t, _, e)| *t >= heal && e.type_name() == "buddygate.failover.started")
+            .map(|(t, n, _)| format!("{:?} {}", *t - heal, sim.site().server(*n).id))
+            .collect();
+        assert!(
+            moves.is_empty(),
+            "seed {seed}: moves after the heal: {moves:?}"
+        );
+        for (live, buddy) in [(l1, f2), (l2, f1)] {
+            assert!(
+                all_on(&sim, &homed(&sim, live), buddy),
+                "seed {seed}: {} left the buddy holding it before failback",
+                sim.site().server(live).id
+            );
+        }
+    }
+}
+
+/// Sticky placement: the first buddy dies after taking over, the second takes over, and the
+/// first one's return moves nothing.
+#[test]
+fn a_first_buddy_back_from_a_crash_leaves_the_second_buddy_serving() {
+    let site = SiteBuilder::new("hq")
+        .live("live-1", &["fo-1", "fo-2"])
+        .failover("fo-1", Mode::SpreadServers, None, None)
+        .failover("fo-2", Mode::SpreadServers, None, None)
+        .many("live-1", Kind::Camera, 10, 0);
+    let mut sim = started(3, site);
+    let (l1, f1, f2) = (sim.idx("live-1"), sim.idx("fo-1"), sim.idx("fo-2"));
+    let rs = homed(&sim, l1);
+    sim.crash(l1);
+    assert!(sim.run_until_cond(SECS(3), |sim| all_on(sim, &rs, f1)));
+    sim.crash(f1);
+    assert!(sim.run_until_cond(SECS(3), |sim| all_on(sim, &rs, f2)));
+    let back = sim.now();
+    sim.restart(f1);
+    sim.run_for(SECS(10));
+    assert_eq!(count(&sim, f1, back, "buddygate.failover.started"), 0);
+    assert!(all_on(&sim, &rs, f2), "the cameras stayed on fo-2");
+}
+
 #[test]
 fn d_a_healed_partition_leaves_one_owner_per_resource_within_two_intervals() {
     for seed in 1..=10 {

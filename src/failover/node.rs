@@ -1254,6 +1254,31 @@ impl Node {
         })
     }
 
+    /// Who holds each resource (starting or active) in this node's view, by highest epoch:
+    /// placement keeps a resource where it is when it can.
+    fn holders(&self) -> HashMap<ResourceIdx, (Epoch, ServerIdx)> {
+        let mut out: HashMap<ResourceIdx, (Epoch, ServerIdx)> = HashMap::new();
+        let held = |state| matches!(state, ClaimState::Starting | ClaimState::Active);
+        let mine = self
+            .claims
+            .iter()
+            .filter(|(_, c)| held(c.state))
+            .map(|(&r, c)| (r, c.epoch, self.me));
+        let theirs = self.peers.iter().flat_map(|(&s, p)| {
+            p.claims
+                .iter()
+                .filter(|c| held(c.state))
+                .map(move |c| (c.resource, c.epoch, s))
+        });
+        for (r, epoch, s) in mine.chain(theirs) {
+            let e = out.entry(r).or_insert((epoch, s));
+            if epoch > e.0 {
+                *e = (epoch, s);
+            }
+        }
+        out
+    }
+
     fn failed_at(&self, r: ResourceIdx, s: ServerIdx) -> bool {
         if s == self.me {
             return self.failed_here.contains_key(&r);
@@ -1322,12 +1347,14 @@ impl Node {
         if orphans.is_empty() {
             return;
         }
+        let holders = self.holders();
         let placement = placement::place(
             &self.site,
             &self.topo,
             &orphans,
             |s| self.available(s, now),
             |r, s| self.failed_at(r, s),
+            |r| holders.get(&r).map(|&(_, s)| s),
         );
         let majority = self.silence_counts();
         let mut by_home: BTreeMap<ServerIdx, Vec<ResourceIdx>> = BTreeMap::new();

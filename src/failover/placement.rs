@@ -5,9 +5,11 @@
 //! its own view; equal views give equal answers, so buddies agree without talking. Rules
 //! (DESIGN section 1, "Failover modes"):
 //! - resources are placed one by one, highest `priority` first (ties by site order);
-//! - each goes to the first candidate in its home server's `buddies` order that is available,
-//!   has not failed it, and has room: `max_servers` distinct home servers and `max_cameras`
-//!   cameras at once; a spread-cameras server takes only what it `pick`s;
+//! - each stays with the failover server holding it now if that one is available, has not
+//!   failed it and has room (sticky: a heal or a buddy coming back moves nothing); else it goes
+//!   to the first candidate in its home server's `buddies` order that is available, has not
+//!   failed it, and has room: `max_servers` distinct home servers and `max_cameras` cameras at
+//!   once; a spread-cameras server takes only what it `pick`s;
 //! - what finds no room stays unplaced.
 
 use std::collections::HashSet;
@@ -36,13 +38,15 @@ struct Load {
 }
 
 /// Places `orphans`. `available(s)` says whether failover server `s` may take work;
-/// `failed(r, s)` whether `s` already failed to run `r`.
+/// `failed(r, s)` whether `s` already failed to run `r`; `holder(r)` which server holds `r`
+/// now (the highest epoch known), if any.
 pub fn place(
     site: &Site,
     topo: &Topology,
     orphans: &[ResourceIdx],
     available: impl Fn(ServerIdx) -> bool,
     failed: impl Fn(ResourceIdx, ServerIdx) -> bool,
+    holder: impl Fn(ResourceIdx) -> Option<ServerIdx>,
 ) -> Placement {
     let mut order: Vec<ResourceIdx> = orphans.to_vec();
     order.sort_unstable_by_key(|&r| (std::cmp::Reverse(site.resource(r).priority), r));
@@ -52,9 +56,13 @@ pub fn place(
     for r in order {
         let res = site.resource(r);
         let home = res.server;
-        let chosen = topo.candidates(r).iter().copied().find(|&s| {
+        let candidates = topo.candidates(r);
+        let takes = |s: ServerIdx| {
             available(s) && !failed(r, s) && fits(site, &loads[s.0 as usize], s, home, res.kind)
-        });
+        };
+        let chosen = holder(r)
+            .filter(|&s| candidates.contains(&s) && takes(s))
+            .or_else(|| candidates.iter().copied().find(|&s| takes(s)));
         match chosen {
             Some(s) => {
                 let load = &mut loads[s.0 as usize];
@@ -95,7 +103,14 @@ fn fits(site: &Site, load: &Load, s: ServerIdx, home: ServerIdx, kind: Kind) -> 
 /// Placement when `failed` alone is down and every failover server is up: what `check`
 /// prints as "capacity left if each live server failed alone".
 pub fn place_alone(site: &Site, topo: &Topology, failed: ServerIdx) -> Placement {
-    place(site, topo, topo.homed(failed), |_| true, |_, _| false)
+    place(
+        site,
+        topo,
+        topo.homed(failed),
+        |_| true,
+        |_, _| false,
+        |_| None,
+    )
 }
 
 /// Checks the placement rules on an answer; used by property tests and the simulator.
