@@ -265,76 +265,39 @@ fn c_a_buddy_back_from_isolation_does_not_take_over_on_stale_silence() {
     }
 }
 
-/// Found by the fault harness on a real network (tests/faults, scenario `partition`): a cross
-/// partition {live-1, fo-2} | {live-2, fo-1} heals. live-1 stands down for fo-1's higher
-/// epoch; fo-2 must not then claim live-1's cameras because fo-1's paths are still in their
-/// up-hysteresis (heard, claims applied, but not yet two good heartbeats): that started a
-/// chain of needless moves (fo-1 -> fo-2 -> fo-1 -> live-1) for every camera.
-#[test]
-fn d_a_healed_cross_partition_moves_nothing_but_the_failback() {
-    let site = SiteBuilder::new("hq")
+/// Two live servers, each with the other's first buddy as its second.
+fn crossed_buddies() -> SiteBuilder {
+    SiteBuilder::new("hq")
         .live("live-1", &["fo-1", "fo-2"])
         .live("live-2", &["fo-2", "fo-1"])
         .failover("fo-1", Mode::SpreadServers, Some(2), Some(100))
         .failover("fo-2", Mode::SpreadServers, Some(2), Some(100))
         .many("live-1", Kind::Camera, 4, 0)
         .many("live-2", Kind::Camera, 4, 0)
-        .witnesses(1);
-    for seed in 1..=5 {
-        let mut sim = started(seed, site.clone());
-        let (l1, l2) = (sim.idx("live-1"), sim.idx("live-2"));
-        let (f1, f2) = (sim.idx("fo-1"), sim.idx("fo-2"));
-        sim.partition(&[l1, f2], &[l2, f1], true);
-        sim.run_for(SECS(4));
-        let heal = sim.now();
-        sim.heal_all();
-        sim.run_for(SECS(2));
-        let after: Vec<String> = sim
-            .events()
-            .iter()
-            .filter(|(t, _, e)| *t >= heal && e.type_name() == "buddygate.failover.started")
-            .map(|(t, n, _)| format!("{:?} {}", *t - heal, sim.site().server(*n).id))
-            .collect();
-        assert!(
-            after.is_empty(),
-            "seed {seed}: failovers after the heal: {after:?}"
-        );
-        for (live, buddy) in [(l1, f1), (l2, f2)] {
-            assert!(
-                all_on(&sim, &homed(&sim, live), buddy),
-                "seed {seed}: {} not on its first buddy until failback",
-                sim.site().server(live).id
-            );
-        }
-    }
 }
 
-/// Sticky placement (docs/protocol.md): a partition in which each side's failover server took
-/// the other side's live server over, then heals. Each camera stays with the buddy that holds
-/// it until its failback; before, every one moved to its preferred buddy first (two moves).
-#[test]
-fn d_a_healed_crossed_takeover_stays_put_until_failback() {
-    let site = SiteBuilder::new("hq")
-        .live("live-1", &["fo-1", "fo-2"])
-        .live("live-2", &["fo-2", "fo-1"])
-        .failover("fo-1", Mode::SpreadServers, Some(2), Some(100))
-        .failover("fo-2", Mode::SpreadServers, Some(2), Some(100))
-        .many("live-1", Kind::Camera, 4, 0)
-        .many("live-2", Kind::Camera, 4, 0);
+/// Partitions `left | right` (server ids) for 4 s and heals; asserts each live server's
+/// resources were taken over by `holder` during the partition, nothing moved in the 2 s after
+/// the heal (failback waits longer) and every one is still on its holder.
+fn heal_moves_nothing(
+    site: SiteBuilder,
+    left: [&str; 2],
+    right: [&str; 2],
+    holder: [(&str, &str); 2],
+) {
     for seed in 1..=5 {
         let mut sim = started(seed, site.clone());
-        let (l1, l2) = (sim.idx("live-1"), sim.idx("live-2"));
-        let (f1, f2) = (sim.idx("fo-1"), sim.idx("fo-2"));
-        // Each live server's first buddy is on its own side: the second buddy, across the
-        // partition, takes it over.
-        sim.partition(&[l1, f1], &[l2, f2], true);
+        let ids = |ids: [&str; 2]| ids.map(|id| sim.idx(id));
+        sim.partition(&ids(left), &ids(right), true);
         sim.run_for(SECS(4));
-        for (live, buddy) in [(l1, f2), (l2, f1)] {
+        let holder = holder.map(|(live, buddy)| (sim.idx(live), sim.idx(buddy)));
+        for (live, buddy) in holder {
             for &r in &homed(&sim, live) {
                 assert!(
                     sim.owners(r).iter().any(|o| o.0 == buddy),
-                    "seed {seed}: {} taken over on its side",
-                    sim.site().resource(r).id
+                    "seed {seed}: {} not taken over by {}",
+                    sim.site().resource(r).id,
+                    sim.site().server(buddy).id
                 );
             }
         }
@@ -349,16 +312,45 @@ fn d_a_healed_crossed_takeover_stays_put_until_failback() {
             .collect();
         assert!(
             moves.is_empty(),
-            "seed {seed}: moves after the heal: {moves:?}"
+            "seed {seed}: failovers after the heal: {moves:?}"
         );
-        for (live, buddy) in [(l1, f2), (l2, f1)] {
+        for (live, buddy) in holder {
             assert!(
                 all_on(&sim, &homed(&sim, live), buddy),
-                "seed {seed}: {} left the buddy holding it before failback",
-                sim.site().server(live).id
+                "seed {seed}: {} left {} before failback",
+                sim.site().server(live).id,
+                sim.site().server(buddy).id
             );
         }
     }
+}
+
+/// Found by the fault harness on a real network (tests/faults, scenario `partition`): a cross
+/// partition {live-1, fo-2} | {live-2, fo-1} heals. live-1 stands down for fo-1's higher
+/// epoch; fo-2 must not then claim live-1's cameras because fo-1's paths are still in their
+/// up-hysteresis (heard, claims applied, but not yet two good heartbeats): that started a
+/// chain of needless moves (fo-1 -> fo-2 -> fo-1 -> live-1) for every camera.
+#[test]
+fn d_a_healed_cross_partition_moves_nothing_but_the_failback() {
+    heal_moves_nothing(
+        crossed_buddies().witnesses(1),
+        ["live-1", "fo-2"],
+        ["live-2", "fo-1"],
+        [("live-1", "fo-1"), ("live-2", "fo-2")],
+    );
+}
+
+/// Sticky placement (docs/protocol.md): each live server's first buddy is on its own side, so
+/// its second buddy, across the partition, takes it over. After the heal every camera stays
+/// with the buddy holding it until failback; before, each moved to its first buddy (two moves).
+#[test]
+fn d_a_healed_crossed_takeover_stays_put_until_failback() {
+    heal_moves_nothing(
+        crossed_buddies(),
+        ["live-1", "fo-1"],
+        ["live-2", "fo-2"],
+        [("live-1", "fo-2"), ("live-2", "fo-1")],
+    );
 }
 
 /// Sticky placement: the first buddy dies after taking over, the second takes over, and the
