@@ -5,7 +5,7 @@
 //!
 //! Prints figures for docs/benchmarks.md; asserts nothing about time.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -23,44 +23,7 @@ use tokio::sync::{Notify, broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
 fn broker() -> u16 {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let settings = rumqttd::ServerSettings {
-        name: "v4".into(),
-        listen: format!("127.0.0.1:{port}").parse().unwrap(),
-        tls: None,
-        next_connection_delay_ms: 1,
-        connections: rumqttd::ConnectionSettings {
-            connection_timeout_ms: 5000,
-            max_payload_size: 1 << 20,
-            max_inflight_count: 200,
-            auth: None,
-            external_auth: None,
-            dynamic_filters: true,
-        },
-    };
-    let config = rumqttd::Config {
-        router: rumqttd::RouterConfig {
-            max_connections: 100,
-            max_outgoing_packet_count: 2000,
-            max_segment_size: 100 << 20,
-            max_segment_count: 10,
-            ..Default::default()
-        },
-        v4: Some(HashMap::from([("v4".to_string(), settings)])),
-        ..Default::default()
-    };
-    let mut broker = rumqttd::Broker::new(config);
-    std::thread::spawn(move || {
-        let _ = broker.start();
-    });
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    port
+    buddygate::demo_consumers::embedded_broker(false).expect("embedded broker")
 }
 
 /// Subscribes to `filter`; every received topic goes to `seen`, and `notify` wakes.

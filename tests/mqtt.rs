@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,46 +22,7 @@ fn broker() -> u16 {
 
 /// [`broker`], with an MQTT 5 listener instead of the 3.1.1 one when `v5`.
 fn start_broker(v5: bool) -> u16 {
-    let port = common::free_port("127.0.0.1");
-    let name = if v5 { "v5" } else { "v4" };
-    let settings = rumqttd::ServerSettings {
-        name: name.into(),
-        listen: format!("127.0.0.1:{port}").parse().unwrap(),
-        tls: None,
-        next_connection_delay_ms: 1,
-        connections: rumqttd::ConnectionSettings {
-            connection_timeout_ms: 5000,
-            max_payload_size: 1 << 20,
-            max_inflight_count: 200,
-            auth: None,
-            external_auth: None,
-            dynamic_filters: true,
-        },
-    };
-    let config = rumqttd::Config {
-        id: 0,
-        router: rumqttd::RouterConfig {
-            max_connections: 100,
-            max_outgoing_packet_count: 200,
-            max_segment_size: 100 << 20,
-            max_segment_count: 10,
-            ..Default::default()
-        },
-        v4: (!v5).then(|| HashMap::from([(name.to_string(), settings.clone())])),
-        v5: v5.then(|| HashMap::from([(name.to_string(), settings)])),
-        ..Default::default()
-    };
-    let mut broker = rumqttd::Broker::new(config);
-    std::thread::spawn(move || {
-        let _ = broker.start();
-    });
-    for _ in 0..200 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    panic!("embedded broker did not start");
+    buddygate::demo_consumers::embedded_broker(v5).expect("embedded broker")
 }
 
 /// A TCP relay in front of the broker that can be stopped (every connection cut, the port
