@@ -38,8 +38,17 @@ pub enum Note {
     Acked(u16, Option<String>),
     /// The DISCONNECT went out.
     Disconnected,
+    /// The broker answered the CONNECT with a refusal: why, in words an operator acts on.
+    Refused(String),
     /// The connection is over: why.
     Failed(String),
+}
+
+impl Note {
+    /// Whether the connection is over after this.
+    pub fn is_end(&self) -> bool {
+        matches!(self, Note::Refused(_) | Note::Failed(_))
+    }
 }
 
 /// Everything the event loop needs to connect, besides the will and the transport.
@@ -215,13 +224,13 @@ async fn poll_v311(mut eventloop: rumqttc::EventLoop, tx: mpsc::Sender<Note>) {
             Ok(Event::Outgoing(Outgoing::Publish(pkid))) => Note::Written(pkid),
             Ok(Event::Outgoing(Outgoing::Disconnect)) => Note::Disconnected,
             Ok(_) => continue,
-            Err(ConnectionError::ConnectionRefused(code)) => Note::Failed(refused(
+            Err(ConnectionError::ConnectionRefused(code)) => Note::Refused(refused(
                 code,
                 matches!(code, C::BadUserNamePassword | C::NotAuthorized),
             )),
             Err(e) => Note::Failed(e.to_string()),
         };
-        let stop = matches!(note, Note::Failed(_));
+        let stop = note.is_end();
         if tx.send(note).await.is_err() || stop {
             return;
         }
@@ -243,7 +252,7 @@ async fn poll_v5(mut eventloop: rumqttc::v5::EventLoop, tx: mpsc::Sender<Note>) 
             Ok(Event::Outgoing(Outgoing::Publish(pkid))) => Note::Written(pkid),
             Ok(Event::Outgoing(Outgoing::Disconnect)) => Note::Disconnected,
             Ok(_) => continue,
-            Err(ConnectionError::ConnectionRefused(code)) => Note::Failed(refused(
+            Err(ConnectionError::ConnectionRefused(code)) => Note::Refused(refused(
                 code,
                 matches!(
                     code,
@@ -252,7 +261,7 @@ async fn poll_v5(mut eventloop: rumqttc::v5::EventLoop, tx: mpsc::Sender<Note>) 
             )),
             Err(e) => Note::Failed(e.to_string()),
         };
-        let stop = matches!(note, Note::Failed(_));
+        let stop = note.is_end();
         if tx.send(note).await.is_err() || stop {
             return;
         }

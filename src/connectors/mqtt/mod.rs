@@ -306,7 +306,7 @@ impl Mqtt {
         };
         match first {
             Some(Note::Connected) => Ok(Some(session)),
-            Some(Note::Failed(e)) if e.starts_with("the broker refused") => Err(e),
+            Some(Note::Refused(e)) => Err(e),
             Some(Note::Failed(e)) => Err(format!("cannot connect to {}: {e}", self.cfg.url)),
             Some(other) => Err(format!("unexpected first packet {other:?}")),
             None => Err("connection task ended".into()),
@@ -344,7 +344,9 @@ impl Mqtt {
                     return End::Cancelled;
                 }
                 note = s.rx.recv() => match note {
-                    Some(Note::Failed(e)) => return End::Lost(format!("connection lost: {e}")),
+                    Some(Note::Failed(e) | Note::Refused(e)) => {
+                        return End::Lost(format!("connection lost: {e}"));
+                    }
                     Some(note) => {
                         if let Err(e) = self.on_note(&mut s, note) {
                             return End::Lost(format!("store: {e}"));
@@ -627,7 +629,7 @@ impl Mqtt {
         if s.client.try_disconnect().is_ok() {
             let _ = tokio::time::timeout(Duration::from_millis(500), async {
                 while let Some(note) = s.rx.recv().await {
-                    if matches!(note, Note::Disconnected | Note::Failed(_)) {
+                    if matches!(note, Note::Disconnected) || note.is_end() {
                         break;
                     }
                 }
