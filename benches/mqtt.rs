@@ -3,9 +3,12 @@
 //! - retained state for a failover of 1,000 resources: from the new snapshot to the subscriber
 //!   holding the last of the 1,000 `resources/{id}` messages.
 //!
+//! Both over MQTT 3.1.1, then the latency again over MQTT 5 (connector, broker listener and
+//! subscriber all v5; every publish carrying its properties).
+//!
 //! Prints figures for docs/benchmarks.md; asserts nothing about time.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -22,45 +25,40 @@ use serde_json::json;
 use tokio::sync::{Notify, broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
-fn broker() -> u16 {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let settings = rumqttd::ServerSettings {
-        name: "v4".into(),
-        listen: format!("127.0.0.1:{port}").parse().unwrap(),
-        tls: None,
-        next_connection_delay_ms: 1,
-        connections: rumqttd::ConnectionSettings {
-            connection_timeout_ms: 5000,
-            max_payload_size: 1 << 20,
-            max_inflight_count: 200,
-            auth: None,
-            external_auth: None,
-            dynamic_filters: true,
-        },
-    };
-    let config = rumqttd::Config {
-        router: rumqttd::RouterConfig {
-            max_connections: 100,
-            max_outgoing_packet_count: 2000,
-            max_segment_size: 100 << 20,
-            max_segment_count: 10,
-            ..Default::default()
-        },
-        v4: Some(HashMap::from([("v4".to_string(), settings)])),
-        ..Default::default()
-    };
-    let mut broker = rumqttd::Broker::new(config);
-    std::thread::spawn(move || {
-        let _ = broker.start();
+fn broker(v5: bool) -> u16 {
+    buddygate::demo_consumers::embedded_broker(v5).expect("embedded broker")
+}
+
+/// The MQTT 5 [`subscriber`].
+async fn subscriber5(port: u16, filter: &str, seen: Arc<Mutex<Vec<String>>>, notify: Arc<Notify>) {
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+    let (client, mut eventloop) =
+        AsyncClient::new(MqttOptions::new("bench-sub5", "127.0.0.1", port), 100);
+    client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let mut ready_tx = Some(ready_tx);
+    tokio::spawn(async move {
+        let _client = client;
+        while let Ok(ev) = eventloop.poll().await {
+            match ev {
+                Event::Incoming(Packet::Publish(p)) => {
+                    seen.lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(&p.topic).into_owned());
+                    notify.notify_waiters();
+                }
+                Event::Incoming(Packet::SubAck(_)) => {
+                    if let Some(tx) = ready_tx.take() {
+                        let _ = tx.send(());
+                    }
+                }
+                _ => {}
+            }
+        }
     });
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    port
+    ready_rx.await.unwrap();
 }
 
 /// Subscribes to `filter`; every received topic goes to `seen`, and `notify` wakes.
@@ -101,7 +99,15 @@ fn event(ty: &str, seq: u64) -> String {
 async fn main() {
     let base = std::env::temp_dir().join(format!("buddygate-bench-mqtt-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&base);
-    let port = broker();
+    measure(false, &base.join("v3")).await;
+    measure(true, &base.join("v5")).await;
+    let _ = std::fs::remove_dir_all(&base);
+}
+
+/// The figures over MQTT 3.1.1, or (`v5`) the latency over MQTT 5.
+async fn measure(v5: bool, base: &Path) {
+    let port = broker(v5);
+    let version = if v5 { "MQTT 5" } else { "MQTT 3.1.1" };
     let site = Arc::new(
         buddygate::sim::SiteBuilder::new("hq")
             .live("live-1", &["fo-1"])
@@ -111,7 +117,9 @@ async fn main() {
     );
     let fo = site.server_idx("fo-1").unwrap();
     let live = site.server_idx("live-1").unwrap();
-    let text = format!("type = \"mqtt\"\nurl = \"mqtt://127.0.0.1:{port}\"\n");
+    let protocol = if v5 { "v5" } else { "v3.1.1" };
+    let text =
+        format!("type = \"mqtt\"\nurl = \"mqtt://127.0.0.1:{port}\"\nprotocol = \"{protocol}\"\n");
     let (c, _) = connectors::check_file(&text, "b.toml", Path::new("b.toml"), None);
     let ConnectorKind::Mqtt(cfg) = c.unwrap().kind else {
         panic!("not mqtt")
@@ -150,7 +158,11 @@ async fn main() {
 
     let seen = Arc::new(Mutex::new(Vec::new()));
     let notify = Arc::new(Notify::new());
-    subscriber(port, "buddygate/hq/#", seen.clone(), notify.clone()).await;
+    if v5 {
+        subscriber5(port, "buddygate/hq/#", seen.clone(), notify.clone()).await;
+    } else {
+        subscriber(port, "buddygate/hq/#", seen.clone(), notify.clone()).await;
+    }
 
     let dir = base.join("node");
     let mut store = Store::open(&dir).unwrap();
@@ -197,11 +209,16 @@ async fn main() {
     }
     lat.sort();
     println!(
-        "failover.completed stored -> received by a subscriber ({} events, one at a time, QoS 1): p50 {:?}, p99 {:?}",
+        "{version}: failover.completed stored -> received by a subscriber ({} events, one at a time, QoS 1): p50 {:?}, p99 {:?}",
         lat.len(),
         lat[lat.len() / 2],
         lat[lat.len() * 99 / 100]
     );
+
+    if v5 {
+        cancel.cancel();
+        return;
+    }
 
     // Retained state for a failover of 1,000 resources.
     seen.lock().unwrap().clear();
@@ -225,5 +242,4 @@ async fn main() {
         t0.elapsed()
     );
     cancel.cancel();
-    let _ = std::fs::remove_dir_all(&base);
 }

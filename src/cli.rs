@@ -187,9 +187,19 @@ fn check(path: &std::path::Path, out: &mut dyn Write, err: &mut dyn Write) -> u8
                             format!("{} {}", w.method, w.url),
                             if w.secrets.is_empty() { "" } else { ", signed" },
                         ),
-                        config::connectors::ConnectorKind::Mqtt(m) => {
-                            (&m.events, format!("{} qos {}", m.url, m.qos), "")
-                        }
+                        config::connectors::ConnectorKind::Mqtt(m) => (
+                            &m.events,
+                            format!("{} qos {}", m.url, m.qos),
+                            match (
+                                m.protocol == config::connectors::MqttProtocol::V5,
+                                m.tls.cert.is_some(),
+                            ) {
+                                (true, true) => ", MQTT 5, client certificate",
+                                (true, false) => ", MQTT 5",
+                                (false, true) => ", client certificate",
+                                (false, false) => "",
+                            },
+                        ),
                     };
                     let events = if events.is_empty() {
                         "all events".to_string()

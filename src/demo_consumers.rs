@@ -1,7 +1,9 @@
 //! The consumers `buddygate demo` runs beside its nodes: a PSIM webhook receiver that checks
-//! every signature, and an ONVIF pull-point consumer (WS-UsernameToken digest, SOAP 1.2). Each
-//! reports what it received, as it arrives, on a channel the demo prints from.
+//! every signature, an ONVIF pull-point consumer (WS-UsernameToken digest, SOAP 1.2), and an
+//! MQTT subscriber on an embedded broker (rumqttd). Each reports what it received, as it
+//! arrives, on a channel the demo prints from.
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -197,5 +199,205 @@ pub async fn onvif_consumer(
                 what: format!("{topic} {}", items.join(" ")),
             });
         }
+    }
+}
+
+/// Starts an embedded MQTT broker (rumqttd) on 127.0.0.1 in its own threads, with an MQTT 3.1.1
+/// listener, or an MQTT 5 one when `v5`; returns its port once it accepts connections. It lives
+/// as long as the process (rumqttd has no stop); its logs go to `tracing`, which the demo does
+/// not print. The demo's broker, and the tests' and benchmarks'.
+pub fn embedded_broker(v5: bool) -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    drop(listener);
+    let name = if v5 { "v5" } else { "v4" };
+    let settings = rumqttd::ServerSettings {
+        name: name.into(),
+        listen: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        tls: None,
+        next_connection_delay_ms: 1,
+        connections: rumqttd::ConnectionSettings {
+            connection_timeout_ms: 5000,
+            max_payload_size: 1 << 20,
+            max_inflight_count: 200,
+            auth: None,
+            external_auth: None,
+            dynamic_filters: true,
+        },
+    };
+    let listeners = HashMap::from([(name.to_string(), settings)]);
+    let (v4, v5) = if v5 {
+        (None, Some(listeners))
+    } else {
+        (Some(listeners), None)
+    };
+    let config = rumqttd::Config {
+        id: 0,
+        router: rumqttd::RouterConfig {
+            max_connections: 100,
+            max_outgoing_packet_count: 2000,
+            max_segment_size: 100 << 20,
+            max_segment_count: 10,
+            ..Default::default()
+        },
+        v4,
+        v5,
+        ..Default::default()
+    };
+    let mut broker = rumqttd::Broker::new(config);
+    std::thread::Builder::new()
+        .name("mqtt-broker".into())
+        .spawn(move || {
+            let _ = broker.start();
+        })?;
+    for _ in 0..300 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    anyhow::bail!("the embedded MQTT broker did not start on 127.0.0.1:{port}")
+}
+
+/// Retained resource topics are many (one a camera): the subscriber shows the first few of a
+/// new owner, then how many more followed, once the burst is over.
+const SHOWN_PER_OWNER: usize = 2;
+const BURST_IDLE: Duration = Duration::from_millis(250);
+
+/// Resource topics seen for one owner in the current burst.
+struct Burst {
+    shown: usize,
+    hidden: usize,
+    first: tokio::time::Instant,
+    last: tokio::time::Instant,
+}
+
+/// An MQTT subscriber to `{prefix}/#` on the broker at 127.0.0.1:`port`, reporting (as "MQTT")
+/// the retained snapshot it finds, then every owner, server state, online flag and event as it
+/// arrives (path events left out).
+pub async fn mqtt_subscriber(
+    port: u16,
+    prefix: String,
+    tx: mpsc::UnboundedSender<Received>,
+    cancel: CancellationToken,
+) {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    let mut o = MqttOptions::new("buddygate-demo-subscriber", "127.0.0.1", port);
+    o.set_keep_alive(Duration::from_secs(5));
+    let (client, mut eventloop) = AsyncClient::new(o, 64);
+    if client
+        .subscribe(format!("{prefix}/#"), QoS::AtLeastOnce)
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let report = |what: String| {
+        let _ = tx.send(Received { by: "MQTT", what });
+    };
+    // While `Some`: the retained messages that arrive right after the SUBACK, by kind.
+    let mut snapshot: Option<BTreeMap<String, usize>> = None;
+    let mut bursts: BTreeMap<String, Burst> = BTreeMap::new();
+    let mut idle_at: Option<tokio::time::Instant> = None;
+    loop {
+        let idle = async {
+            match idle_at {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        let ev = tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = idle => {
+                idle_at = None;
+                if let Some(kinds) = snapshot.take() {
+                    let n: usize = kinds.values().sum();
+                    let kinds: Vec<String> =
+                        kinds.iter().map(|(k, n)| format!("{n} {k}/")).collect();
+                    report(format!("subscribed to {prefix}/#: {n} retained topics ({})", kinds.join(", ")));
+                }
+                for (owner, b) in std::mem::take(&mut bursts) {
+                    if b.hidden > 0 {
+                        report(format!(
+                            "... and {} more resources/ -> {owner}, the last {} ms after the first",
+                            b.hidden,
+                            (b.last - b.first).as_millis()
+                        ));
+                    }
+                }
+                continue;
+            }
+            ev = eventloop.poll() => ev,
+        };
+        let p = match ev {
+            Ok(Event::Incoming(Packet::SubAck(_))) => {
+                snapshot = Some(BTreeMap::new());
+                idle_at = Some(tokio::time::Instant::now() + BURST_IDLE);
+                continue;
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => p,
+            Ok(_) => continue,
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        let now = tokio::time::Instant::now();
+        idle_at = Some(now + BURST_IDLE);
+        let topic = p
+            .topic
+            .strip_prefix(&format!("{prefix}/"))
+            .unwrap_or(&p.topic);
+        let v: serde_json::Value = serde_json::from_slice(&p.payload).unwrap_or_default();
+        let kind = topic.split('/').next().unwrap_or("");
+        if let Some(kinds) = snapshot.as_mut() {
+            *kinds.entry(kind.to_string()).or_default() += 1;
+            continue;
+        }
+        let s = |k: &str| v[k].as_str().unwrap_or("?").to_string();
+        let what = match kind {
+            "resources" => {
+                let b = bursts.entry(s("owner")).or_insert(Burst {
+                    shown: 0,
+                    hidden: 0,
+                    first: now,
+                    last: now,
+                });
+                b.last = now;
+                if b.shown == SHOWN_PER_OWNER {
+                    b.hidden += 1;
+                    continue;
+                }
+                b.shown += 1;
+                format!(
+                    "{topic} -> {} {} epoch {}",
+                    s("owner"),
+                    s("address"),
+                    v["epoch"]
+                )
+            }
+            "servers" => format!(
+                "{topic} {}, served by {} {} epoch {}",
+                s("state"),
+                s("served_by"),
+                s("served_address"),
+                v["epoch"]
+            ),
+            "nodes" => format!("{topic} {}", v["online"]),
+            "events" if topic.contains(".path.") => continue,
+            "events" => {
+                let d = &v["data"];
+                let server = d["server"]["id"].as_str().unwrap_or("?");
+                match d["new_server"]["id"].as_str() {
+                    _ if topic.ends_with("failback.completed") => {
+                        format!("{topic} {server} home epoch {}", d["epoch"])
+                    }
+                    Some(new) => format!("{topic} {server} -> {new} epoch {}", d["epoch"]),
+                    None => topic.to_string(),
+                }
+            }
+            _ => topic.to_string(),
+        };
+        report(what);
     }
 }

@@ -2,7 +2,9 @@
 //! loopback talking UDP, each with its own store and API. It starts two live servers (25
 //! cameras, an I/O unit, an LPR and an analytics resource each) and a spread-servers failover
 //! server, kills a live node with SIGKILL, prints the takeover resource by resource with its
-//! timing, restarts the node, prints the failback, and ends with a summary table.
+//! timing, restarts the node, prints the failback, and ends with a summary table. Beside them
+//! run the consumers ([`crate::demo_consumers`]): a PSIM webhook receiver, an ONVIF pull-point
+//! client and an MQTT subscriber on an embedded broker that every node publishes to.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -18,7 +20,9 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::demo_consumers::{Received, onvif_consumer, webhook_receiver};
+use crate::demo_consumers::{
+    Received, embedded_broker, mqtt_subscriber, onvif_consumer, webhook_receiver,
+};
 
 /// Options of the live demo.
 #[derive(Debug, Clone)]
@@ -64,7 +68,7 @@ const WHSEC: &str = "whsec_ZGVtby1zaWduaW5nLWtleS1mb3ItYnVkZHlnYXRl";
 const ONVIF_USER: &str = "demo";
 const ONVIF_PASS: &str = "demo-onvif-pass";
 
-fn write_site(dir: &Path, psim_url: &str) -> anyhow::Result<(PathBuf, Vec<Node>)> {
+fn write_site(dir: &Path, psim_url: &str, mqtt_port: u16) -> anyhow::Result<(PathBuf, Vec<Node>)> {
     std::fs::create_dir_all(dir.join("connectors"))
         .with_context(|| format!("cannot create {}", dir.display()))?;
     std::fs::write(
@@ -80,6 +84,13 @@ fn write_site(dir: &Path, psim_url: &str) -> anyhow::Result<(PathBuf, Vec<Node>)
             "# The demo's PSIM: signed CloudEvents of failovers and failbacks.\n\
              type = \"webhook\"\nurl = \"{psim_url}\"\nsecret = \"file:psim.secret\"\n\
              events = [\"buddygate.failover.completed\", \"buddygate.failback.completed\"]\n"
+        ),
+    )?;
+    std::fs::write(
+        dir.join("connectors/bus.toml"),
+        format!(
+            "# The demo's embedded MQTT broker: retained owners, online flags, every event.\n\
+             type = \"mqtt\"\nurl = \"mqtt://127.0.0.1:{mqtt_port}\"\nkeep_alive = \"2s\"\n"
         ),
     )?;
     let mut toml = format!(
@@ -296,7 +307,8 @@ async fn run_async(opts: LiveOptions) -> anyhow::Result<()> {
     let (tx, mut rx) = mpsc::unbounded_channel::<Received>();
     let key = crate::config::connectors::decode_whsec(WHSEC).map_err(anyhow::Error::msg)?;
     let psim_url = webhook_receiver(key, tx.clone(), cancel.clone()).await?;
-    let (file, nodes) = write_site(&dir, &psim_url)?;
+    let mqtt_port = embedded_broker(false)?;
+    let (file, nodes) = write_site(&dir, &psim_url, mqtt_port)?;
     let mut site = Site {
         dir: dir.clone(),
         file,
@@ -317,18 +329,28 @@ async fn run_async(opts: LiveOptions) -> anyhow::Result<()> {
     );
     println!("a PSIM webhook receiver checks every signature: {psim_url}");
     println!("an ONVIF client pulls events from fo-1 (WS-UsernameToken, pull point).");
+    println!(
+        "every node publishes to an embedded MQTT broker on 127.0.0.1:{mqtt_port}; a subscriber prints what it gets,\n\
+         in ms since the kill (then since the restart)."
+    );
     println!("site file, stores and logs: {}\n", dir.display());
     let received: Arc<Mutex<Vec<(Instant, Received)>>> = Arc::default();
+    // The kill, then the restart: what MQTT lines are timed from.
+    let mark: Arc<Mutex<Option<Instant>>> = Arc::default();
     {
-        let (t0, received) = (site.t0, received.clone());
+        let (t0, received, mark) = (site.t0, received.clone(), mark.clone());
         tokio::spawn(async move {
             while let Some(r) = rx.recv().await {
-                println!(
-                    "[{:>7.3}s]   >> {} received: {}",
-                    t0.elapsed().as_secs_f64(),
-                    r.by,
-                    r.what
-                );
+                let t = t0.elapsed().as_secs_f64();
+                match *mark.lock().expect("lock") {
+                    Some(m) if r.by == "MQTT" => println!(
+                        "[{t:>7.3}s]   mqtt {:>+7} ms  {}",
+                        m.elapsed().as_millis(),
+                        r.what
+                    ),
+                    None if r.by == "MQTT" => println!("[{t:>7.3}s]   mqtt  {}", r.what),
+                    _ => println!("[{t:>7.3}s]   >> {} received: {}", r.by, r.what),
+                }
                 received.lock().expect("lock").push((Instant::now(), r));
             }
         });
@@ -367,11 +389,19 @@ async fn run_async(opts: LiveOptions) -> anyhow::Result<()> {
         tx.clone(),
         cancel.clone(),
     ));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::spawn(mqtt_subscriber(
+        mqtt_port,
+        "buddygate/demo".into(),
+        tx.clone(),
+        cancel.clone(),
+    ));
+    // Both consumers subscribed, the subscriber's retained snapshot printed.
+    tokio::time::sleep(Duration::from_millis(600)).await;
 
     site.say("kill -9 live-1");
     site.kill9("live-1");
     let killed = Instant::now();
+    *mark.lock().expect("lock") = Some(killed);
     let live1: Vec<String> = before
         .keys()
         .filter(|k| k.starts_with("live-1-"))
@@ -419,6 +449,7 @@ async fn run_async(opts: LiveOptions) -> anyhow::Result<()> {
     site.say("restarting live-1 (it waits for failback: 5 s of stability)");
     site.start("live-1")?;
     let restarted = Instant::now();
+    *mark.lock().expect("lock") = Some(restarted);
     let mut seq_l1 = 0;
     let deadline = restarted + Duration::from_secs(20);
     let failback = loop {
@@ -490,6 +521,13 @@ async fn run_async(opts: LiveOptions) -> anyhow::Result<()> {
     };
     let psim = first("PSIM webhook", "failover.completed");
     let onvif = first("ONVIF client", "Failover/Completed");
+    let mqtt_event = first("MQTT", "events/buddygate.failover.completed");
+    let mqtt_owner = got
+        .iter()
+        .find(|(_, r)| {
+            r.by == "MQTT" && r.what.starts_with("resources/") && r.what.contains(" -> fo-1 ")
+        })
+        .map(|(t, _)| t.saturating_duration_since(killed).as_millis());
     let bad = got
         .iter()
         .filter(|(_, r)| r.what.contains("BAD SIGNATURE"))
@@ -501,7 +539,13 @@ async fn run_async(opts: LiveOptions) -> anyhow::Result<()> {
         bad,
         onvif.map_or("never".into(), |ms| format!("{ms} ms"))
     );
-    if psim.is_none() || onvif.is_none() || bad > 0 {
+    println!(
+        "           the MQTT subscriber got the first retained owner fo-1 {} and events/buddygate.failover.completed {} after the kill",
+        mqtt_owner.map_or("never".into(), |ms| format!("{ms} ms")),
+        mqtt_event.map_or("never".into(), |ms| format!("{ms} ms")),
+    );
+    if psim.is_none() || onvif.is_none() || mqtt_event.is_none() || mqtt_owner.is_none() || bad > 0
+    {
         bail!("a consumer did not get the failover; see {}", dir.display());
     }
 

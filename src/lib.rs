@@ -14,7 +14,8 @@
 //! - [`sim`]: many nodes in virtual time over a simulated, faulty network; used by tests and
 //!   benchmarks.
 //! - [`store`]: SQLite (WAL) in the node's data dir: claims, epochs, event log, outbox cursors.
-//! - [`demo`]: `buddygate demo`, a whole site on this machine.
+//! - [`demo`]: `buddygate demo`, a whole site on this machine ([`demo_live`]: real processes;
+//!   [`demo_consumers`]: the PSIM, ONVIF and MQTT consumers and the embedded broker).
 //! - [`cli`]: the command line, kept thin: `main` parses and calls in here.
 #![forbid(unsafe_code)]
 

@@ -42,6 +42,40 @@ fn the_live_demo_runs_the_whole_story() {
         "{text}"
     );
     assert!(text.contains("Epoch=298"), "{text}");
+    // The MQTT subscriber on the embedded broker: the retained snapshot, the will of the killed
+    // node, the new owners and the event, timed from the kill; then the failback.
+    assert!(
+        text.contains("mqtt  subscribed to buddygate/demo/#: 62 retained topics"),
+        "{text}"
+    );
+    let mqtt = |what: &str| {
+        text.lines()
+            .find(|l| l.contains("   mqtt ") && l.contains(what))
+            .unwrap_or_else(|| panic!("no MQTT line with {what:?} in:\n{text}"))
+    };
+    mqtt("ms  nodes/live-1/online false");
+    let owner = mqtt("ms  resources/live-1-");
+    assert!(owner.contains(" -> fo-1 127.0.0.13 epoch 298"), "{owner}");
+    let ms: i64 = owner
+        .split("mqtt")
+        .nth(1)
+        .unwrap()
+        .split("ms")
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(ms > 0, "{owner}");
+    mqtt("ms  servers/live-1 down, served by fo-1 127.0.0.13 epoch 298");
+    mqtt("ms  events/buddygate.failover.completed live-1 -> fo-1 epoch 298");
+    mqtt("more resources/ -> fo-1");
+    mqtt("ms  events/buddygate.failback.completed live-1 home epoch 399");
+    mqtt(" -> live-1 127.0.0.11 epoch 399");
+    assert!(
+        text.contains("the MQTT subscriber got the first retained owner fo-1"),
+        "{text}"
+    );
     // The summary: every row moved to fo-1 and came home at a higher epoch.
     let rows: Vec<&str> = text.lines().filter(|l| l.starts_with("live-1-")).collect();
     assert!(rows.len() >= 7, "{text}");

@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,44 +17,12 @@ use tokio_util::sync::CancellationToken;
 /// Starts an embedded rumqttd on 127.0.0.1; returns its port. It runs until the test process
 /// ends (rumqttd has no stop): tests that need an outage put a [`Proxy`] in front of it.
 fn broker() -> u16 {
-    let port = common::free_port("127.0.0.1");
-    let settings = rumqttd::ServerSettings {
-        name: "v4".into(),
-        listen: format!("127.0.0.1:{port}").parse().unwrap(),
-        tls: None,
-        next_connection_delay_ms: 1,
-        connections: rumqttd::ConnectionSettings {
-            connection_timeout_ms: 5000,
-            max_payload_size: 1 << 20,
-            max_inflight_count: 200,
-            auth: None,
-            external_auth: None,
-            dynamic_filters: true,
-        },
-    };
-    let config = rumqttd::Config {
-        id: 0,
-        router: rumqttd::RouterConfig {
-            max_connections: 100,
-            max_outgoing_packet_count: 200,
-            max_segment_size: 100 << 20,
-            max_segment_count: 10,
-            ..Default::default()
-        },
-        v4: Some(HashMap::from([("v4".to_string(), settings)])),
-        ..Default::default()
-    };
-    let mut broker = rumqttd::Broker::new(config);
-    std::thread::spawn(move || {
-        let _ = broker.start();
-    });
-    for _ in 0..200 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    panic!("embedded broker did not start");
+    start_broker(false)
+}
+
+/// [`broker`], with an MQTT 5 listener instead of the 3.1.1 one when `v5`.
+fn start_broker(v5: bool) -> u16 {
+    buddygate::demo_consumers::embedded_broker(v5).expect("embedded broker")
 }
 
 /// A TCP relay in front of the broker that can be stopped (every connection cut, the port
@@ -497,7 +464,7 @@ fn bad_mqtt_files_report_every_problem_with_its_position() {
     assert_eq!(
         lines,
         [
-            "bad.toml:2:7: url: \"http\": expected mqtt://host:port",
+            "bad.toml:2:7: url: \"http\": expected mqtt://host:port or mqtts://host:port",
             "bad.toml:3:12: password: a password needs a `username`",
             "bad.toml:3:12: warning: password: inline secret; use file:PATH or env:VAR in production",
             "bad.toml:4:7: qos: qos 2: expected 0 or 1",
@@ -506,16 +473,62 @@ fn bad_mqtt_files_report_every_problem_with_its_position() {
             "bad.toml:7:1: keepalive: unknown key `keepalive`; did you mean `keep_alive`?",
         ]
     );
-    let (_, d) = connectors::check_file(
-        "type = \"mqtt\"\nurl = \"mqtts://broker:8883\"\n",
+    // TLS files are read at load: a bad PEM is a config error with its position.
+    let dir = std::env::temp_dir().join(format!("buddygate-mqtt-pem-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("ca.pem"), "not a certificate\n").unwrap();
+    std::fs::write(
+        dir.join("bad.pem"),
+        "-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let text = "type = \"mqtt\"\nurl = \"mqtts://broker\"\nprotocol = \"v3\"\nmessage_expiry = \"1d\"\ntls = { ca = \"ca.pem\",\n  cert = \"bad.pem\", key = \"missing.key\" }\n";
+    let (c, d) = connectors::check_file(text, "t.toml", Path::new("t.toml"), Some(&dir));
+    assert!(c.is_none());
+    let lines: Vec<String> = d.iter().map(|d| d.to_string()).collect();
+    let p = |f: &str| dir.join(f).display().to_string();
+    assert_eq!(lines.len(), 4, "{lines:#?}");
+    assert_eq!(
+        lines[0],
+        "t.toml:4:18: message_expiry: message expiry is an MQTT 5 property; set protocol = \"v5\""
+    );
+    assert_eq!(
+        lines[1],
+        format!(
+            "t.toml:5:14: tls.ca: {}: no PEM certificate (-----BEGIN CERTIFICATE-----) in it",
+            p("ca.pem")
+        )
+    );
+    assert!(
+        lines[2].starts_with(&format!(
+            "t.toml:6:10: tls.cert: {}: invalid PEM: ",
+            p("bad.pem")
+        )),
+        "{}",
+        lines[2]
+    );
+    assert!(
+        lines[3].starts_with(&format!(
+            "t.toml:6:27: tls.key: cannot read {}: ",
+            p("missing.key")
+        )),
+        "{}",
+        lines[3]
+    );
+    let (c, d) = connectors::check_file(
+        "type = \"mqtt\"\nurl = \"mqtts://broker\"\nprotocol = \"v5\"\nmessage_expiry = \"1d\"\n",
         "t.toml",
         Path::new("t.toml"),
         None,
     );
-    assert_eq!(
-        d[0].to_string(),
-        "t.toml:2:7: url: mqtts:// (MQTT over TLS) is not supported yet; use mqtt://"
-    );
+    assert!(d.is_empty(), "{d:?}");
+    let ConnectorKind::Mqtt(m) = c.unwrap().kind else {
+        panic!("not mqtt")
+    };
+    assert_eq!((m.port, m.tls_enabled), (8883, true));
+    assert_eq!(m.message_expiry, Some(Duration::from_secs(86400)));
+    let _ = std::fs::remove_dir_all(&dir);
     let (c, d) = connectors::check_file(
         "type = \"mqtt\"\nurl = \"mqtt://broker\"\nusername = \"bg\"\npassword = \"env:MQTT_PASS\"\nevents = [\"buddygate.failover.*\"]\n",
         "ok.toml",
@@ -630,4 +643,355 @@ async fn a_failover_of_1000_resources_publishes_every_retained_owner() {
     })
     .await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A TLS listener in front of the broker (as stunnel or a load balancer would be) that
+/// requires a client certificate from `ca`; returns its port.
+async fn tls_front(upstream: u16, ca: &str, cert: &str, key: &str) -> u16 {
+    let acceptor = tokio_rustls::TlsAcceptor::from(common::tls_server_config(ca, cert, key));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                // No accepted client certificate: the handshake fails here.
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut up) = TcpStream::connect(("127.0.0.1", upstream)).await else {
+                    return;
+                };
+                let _ = copy_bidirectional(&mut tls, &mut up).await;
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtts_with_a_private_ca_and_a_client_certificate() {
+    let port = broker();
+    let tls_connector = |port: u16, prefix: &str, tls: &str| {
+        format!(
+            "type = \"mqtt\"\nurl = \"mqtts://127.0.0.1:{port}\"\ntopic_prefix = \"{prefix}\"\nkeep_alive = \"2s\"\ntls = {{ {tls} }}\n"
+        )
+    };
+    let mut c = common::Cluster::new(
+        "mqtts",
+        1,
+        2,
+        common::SiteOptions {
+            connectors: vec![
+                ("tls", String::new()),
+                ("nocert", String::new()),
+                ("otherca", String::new()),
+            ],
+            ..Default::default()
+        },
+    );
+    let dir = c.dir.join("connectors");
+    let (ca, cert, key, _) = common::pki(&dir);
+    let other = dir.join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    common::pki(&other);
+    let tls_port = tls_front(port, &ca, &cert, &key).await;
+    for (name, prefix, tls) in [
+        (
+            "tls",
+            "tls",
+            "ca = \"ca.pem\", cert = \"client.pem\", key = \"client.key\"",
+        ),
+        ("nocert", "nocert", "ca = \"ca.pem\""),
+        (
+            "otherca",
+            "otherca",
+            "ca = \"other/ca.pem\", cert = \"client.pem\", key = \"client.key\"",
+        ),
+    ] {
+        std::fs::write(
+            dir.join(format!("{name}.toml")),
+            tls_connector(tls_port, prefix, tls),
+        )
+        .unwrap();
+    }
+    let sub = Sub::start(port, "tls-sub", "#").await;
+    c.start_all();
+    site_up(&c).await;
+    common::eventually(Duration::from_secs(10), "birth over TLS", || async {
+        (sub.last("tls/nodes/live-1/online")?["online"] == true).then_some(())
+    })
+    .await;
+    c.kill9("live-1");
+    let owners = failed_over(&c).await;
+    common::eventually(
+        Duration::from_secs(10),
+        "retained owners over TLS",
+        || async {
+            owners
+                .iter()
+                .all(|(id, ..)| {
+                    sub.last(&format!("tls/resources/{id}"))
+                        .is_some_and(|v| v["owner"] == "fo-1")
+                })
+                .then_some(())
+        },
+    )
+    .await;
+    common::eventually(
+        Duration::from_secs(10),
+        "failover.completed over TLS",
+        || async { sub.last("tls/events/buddygate.failover.completed") },
+    )
+    .await;
+    // Without a client certificate, or trusting another CA: never connected, said in the log.
+    let all = sub.all();
+    assert!(
+        all.iter()
+            .all(|m| !m.topic.starts_with("nocert/") && !m.topic.starts_with("otherca/")),
+        "{all:?}"
+    );
+    let logs = c.logs("fo-1");
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("MQTT connection failed") && l.contains("otherca")),
+        "{logs}"
+    );
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("MQTT connection failed") && l.contains("nocert")),
+        "{logs}"
+    );
+}
+
+/// What an MQTT 5 subscriber sees of one publish.
+#[derive(Debug, Clone)]
+struct Msg5 {
+    topic: String,
+    payload: Value,
+    retain: bool,
+    content_type: Option<String>,
+    expiry: Option<u32>,
+    user: Vec<(String, String)>,
+}
+
+impl Msg5 {
+    fn user(&self, key: &str) -> Option<&str> {
+        self.user
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// An MQTT 5 subscriber to `filter`, recording publishes with their properties.
+async fn sub5(
+    port: u16,
+    id: &str,
+    filter: &str,
+) -> (Arc<Mutex<Vec<Msg5>>>, tokio::task::JoinHandle<()>) {
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    let mut o = rumqttc::v5::MqttOptions::new(id, "127.0.0.1", port);
+    o.set_keep_alive(Duration::from_secs(5));
+    let (client, mut eventloop) = rumqttc::v5::AsyncClient::new(o, 100);
+    client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
+    let msgs: Arc<Mutex<Vec<Msg5>>> = Default::default();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let mut tx = Some(tx);
+    let m = msgs.clone();
+    let task = tokio::spawn(async move {
+        let _client = client;
+        loop {
+            match eventloop.poll().await {
+                Ok(rumqttc::v5::Event::Incoming(Packet::Publish(p))) => {
+                    let props = p.properties.clone().unwrap_or_default();
+                    m.lock().unwrap().push(Msg5 {
+                        topic: String::from_utf8_lossy(&p.topic).into_owned(),
+                        payload: serde_json::from_slice(&p.payload).unwrap_or(Value::Null),
+                        retain: p.retain,
+                        content_type: props.content_type,
+                        expiry: props.message_expiry_interval,
+                        user: props.user_properties,
+                    });
+                }
+                Ok(rumqttc::v5::Event::Incoming(Packet::SubAck(_))) => {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(());
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(5), rx)
+        .await
+        .expect("SUBACK")
+        .unwrap();
+    (msgs, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt5_carries_content_type_expiry_user_properties_and_the_onvif_topic_form() {
+    let port = start_broker(true);
+    let mut c = common::Cluster::new(
+        "mqtt5",
+        1,
+        2,
+        common::SiteOptions {
+            connectors: vec![(
+                "bus",
+                format!(
+                    "type = \"mqtt\"\nurl = \"mqtt://127.0.0.1:{port}\"\nprotocol = \"v5\"\nmessage_expiry = \"1h\"\nonvif_topics = true\n"
+                ),
+            )],
+            ..Default::default()
+        },
+    );
+    let (msgs, task) = sub5(port, "v5-sub", "buddygate/mqtt5/#").await;
+    let all = || msgs.lock().unwrap().clone();
+    c.start_all();
+    site_up(&c).await;
+    let online = "buddygate/mqtt5/nodes/live-1/online";
+    common::eventually(Duration::from_secs(10), "live-1 birth", || async {
+        all()
+            .iter()
+            .any(|m| m.topic == online && m.payload["online"] == true)
+            .then_some(())
+    })
+    .await;
+    c.kill9("live-1");
+    let owners = failed_over(&c).await;
+    let completed = common::eventually(Duration::from_secs(10), "failover.completed", || async {
+        all()
+            .into_iter()
+            .find(|m| m.topic == "buddygate/mqtt5/events/buddygate.failover.completed")
+    })
+    .await;
+    assert_eq!(
+        completed.content_type.as_deref(),
+        Some("application/cloudevents+json"),
+        "{completed:?}"
+    );
+    assert_eq!(completed.user("ce-specversion"), Some("1.0"));
+    assert_eq!(
+        completed.user("ce-type"),
+        Some("buddygate.failover.completed")
+    );
+    assert_eq!(completed.user("ce-id"), completed.payload["id"].as_str());
+    assert_eq!(completed.user("ce-source"), Some("buddygate://mqtt5/fo-1"));
+    assert_eq!(
+        completed.user("epoch"),
+        Some(owners[0].3.to_string().as_str()),
+        "{completed:?}"
+    );
+    assert!(
+        completed.expiry.is_some_and(|e| e > 3500 && e <= 3600),
+        "{completed:?}"
+    );
+    assert!(!completed.retain);
+    // Retained state: JSON, with its epoch as a user property.
+    let (id, _, address, epoch) = &owners[0];
+    let state = common::eventually(Duration::from_secs(10), "resource state", || async {
+        all().into_iter().rev().find(|m| {
+            m.topic == format!("buddygate/mqtt5/resources/{id}") && m.payload["owner"] == "fo-1"
+        })
+    })
+    .await;
+    assert_eq!(state.content_type.as_deref(), Some("application/json"));
+    assert_eq!(state.user("epoch"), Some(epoch.to_string().as_str()));
+    assert_eq!(state.expiry, None, "retained state never expires");
+    // The ONVIF event-broker form of the same failover.
+    let onvif = common::eventually(Duration::from_secs(10), "onvif-ej", || async {
+        all()
+            .into_iter()
+            .find(|m| m.topic == "buddygate/mqtt5/onvif-ej/Failover/Completed/&live-1")
+    })
+    .await;
+    assert_eq!(onvif.payload["Topic"], "bg:Failover/Completed", "{onvif:?}");
+    assert_eq!(onvif.payload["Source"]["Server"], "live-1");
+    assert_eq!(onvif.payload["Data"]["NewServer"], "fo-1");
+    assert_eq!(onvif.payload["Data"]["Address"], address.as_str());
+    assert_eq!(onvif.payload["Data"]["Epoch"], epoch.to_string());
+    assert!(onvif.payload["UtcTime"].is_string());
+    // The will, over MQTT 5 as well.
+    common::eventually(Duration::from_secs(10), "live-1 will", || async {
+        all()
+            .iter()
+            .rev()
+            .find(|m| m.topic == online)
+            .is_some_and(|m| m.payload["online"] == false)
+            .then_some(())
+    })
+    .await;
+    task.abort();
+}
+
+#[test]
+fn the_committed_mqtt_schema_is_fresh() {
+    let schema =
+        serde_json::to_string_pretty(&schemars::schema_for!(connectors::MqttFile)).unwrap() + "\n";
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/mqtt.schema.json");
+    if std::env::var_os("BLESS").is_some() {
+        std::fs::write(&path, &schema).unwrap();
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == schema,
+        "schemas/mqtt.schema.json is stale: run BLESS=1 cargo test --test mqtt the_committed_mqtt_schema_is_fresh"
+    );
+}
+
+/// docs/asyncapi.yaml describes every topic form and every event type the connector publishes,
+/// and every schema it references exists. (The interop script parses it with PyYAML and matches
+/// real topics against its channels.)
+#[test]
+fn the_asyncapi_document_covers_every_topic_and_event() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let doc = std::fs::read_to_string(root.join("docs/asyncapi.yaml")).unwrap();
+    assert!(doc.contains("\nasyncapi: 3.0.0\n"));
+    for address in [
+        "address: buddygate/{site}/nodes/{node}/online\n",
+        "address: buddygate/{site}/servers/{server}\n",
+        "address: buddygate/{site}/resources/{resource}\n",
+        "address: buddygate/{site}/events/{type}\n",
+        "address: buddygate/{site}/onvif-ej/Failover/Completed/&{server}\n",
+        "address: buddygate/{site}/onvif-ej/Failover/Failback/&{server}\n",
+        "address: buddygate/{site}/onvif-ej/Ownership/Conflict/&{resource}\n",
+    ] {
+        assert!(doc.contains(address), "docs/asyncapi.yaml lacks {address}");
+    }
+    for ty in connectors::EVENT_TYPES {
+        assert!(
+            doc.contains(&format!("          - {ty}\n")),
+            "docs/asyncapi.yaml: {ty} is not in the event channel's `type` enum"
+        );
+        let schema = format!("../schemas/events/{ty}.schema.json");
+        assert!(doc.contains(&schema), "docs/asyncapi.yaml lacks {schema}");
+    }
+    // Every file reference resolves.
+    for (i, _) in doc.match_indices("$ref: '../") {
+        let rest = &doc[i + "$ref: '".len()..];
+        let path = &rest[..rest.find('\'').unwrap()];
+        assert!(
+            root.join("docs").join(path).is_file(),
+            "docs/asyncapi.yaml: {path} does not exist"
+        );
+    }
+    // What the ONVIF form really publishes matches the document.
+    let ev = buddygate::store::StoredEvent {
+        seq: 1,
+        kind: "buddygate.ownership.conflict".into(),
+        json: r#"{"type":"buddygate.ownership.conflict","time":"2026-11-24T22:00:00.000Z","data":{"resource":{"id":"cam-001"},"owners":[{"id":"a","address":"10.0.0.1","epoch":3},{"id":"b","address":"10.0.0.2","epoch":4}]}}"#.into(),
+    };
+    let msgs = buddygate::connectors::mqtt::onvif_messages("buddygate/hq", &ev);
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(
+        msgs[0].0,
+        "buddygate/hq/onvif-ej/Ownership/Conflict/&cam-001"
+    );
+    assert_eq!(msgs[0].1["Topic"], "bg:Ownership/Conflict");
+    assert_eq!(msgs[0].1["Data"]["Owners"], "a,b");
+    assert_eq!(msgs[0].1["Data"]["Epoch"], "4");
 }

@@ -813,64 +813,9 @@ async fn a_real_failover_reaches_the_psim_and_survives_a_crash_of_the_sender() {
     assert!(seqs.len() >= 2, "{all:?}");
 }
 
-/// A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files in `dir`.
-fn pki(dir: &Path) -> (String, String, String, String) {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(DnType::CommonName, "buddygate test CA");
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca, ca_key);
-    let server_key = KeyPair::generate().unwrap();
-    let server = CertificateParams::new(vec!["127.0.0.1".to_string()])
-        .unwrap()
-        .signed_by(&server_key, &issuer)
-        .unwrap();
-    let client_key = KeyPair::generate().unwrap();
-    let mut client_params = CertificateParams::new(vec!["fo-1.buddygate".to_string()]).unwrap();
-    client_params
-        .distinguished_name
-        .push(DnType::CommonName, "fo-1");
-    let client = client_params.signed_by(&client_key, &issuer).unwrap();
-    std::fs::write(dir.join("ca.pem"), ca_cert.pem()).unwrap();
-    std::fs::write(dir.join("client.pem"), client.pem()).unwrap();
-    std::fs::write(dir.join("client.key"), client_key.serialize_pem()).unwrap();
-    (
-        ca_cert.pem(),
-        server.pem(),
-        server_key.serialize_pem(),
-        client.pem(),
-    )
-}
-
 /// An HTTPS receiver that requires a client certificate from the CA.
 async fn tls_receiver(ca: &str, cert: &str, key: &str) -> (String, Arc<Mutex<Vec<String>>>) {
-    use tokio_rustls::rustls;
-    use tokio_rustls::rustls::pki_types::pem::PemObject;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let certs: Vec<_> = rustls::pki_types::CertificateDer::pem_slice_iter(cert.as_bytes())
-        .map(Result::unwrap)
-        .collect();
-    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca.as_bytes()) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-        Arc::new(roots),
-        provider.clone(),
-    )
-    .build()
-    .unwrap();
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(certs, key)
-        .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let acceptor = tokio_rustls::TlsAcceptor::from(common::tls_server_config(ca, cert, key));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let bodies: Arc<Mutex<Vec<String>>> = Default::default();
@@ -910,7 +855,7 @@ async fn https_with_a_private_ca_and_a_client_certificate() {
     let dir = std::env::temp_dir().join(format!("buddygate-pki-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let (ca, cert, key, _) = pki(&dir);
+    let (ca, cert, key, _) = common::pki(&dir);
     let (url, bodies) = tls_receiver(&ca, &cert, &key).await;
     let mut outbox = Outbox::new("tls");
     outbox.push("buddygate.failover.completed");
@@ -946,7 +891,7 @@ async fn https_with_a_private_ca_and_a_client_certificate() {
     // A server certificate from another CA: refused.
     let other = dir.join("other");
     std::fs::create_dir_all(&other).unwrap();
-    let (other_ca, _, _, _) = pki(&other);
+    let (other_ca, _, _, _) = common::pki(&other);
     std::fs::write(dir.join("other-ca.pem"), other_ca).unwrap();
     let mut s = Store::open(&outbox.dir).unwrap();
     s.set_cursor("psim", 0).unwrap();

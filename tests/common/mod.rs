@@ -313,3 +313,72 @@ pub async fn owners(api: &str, home: &str) -> Option<Vec<(String, String, u64, S
 pub fn path_exists(p: &Path) -> bool {
     p.exists()
 }
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate signed by it, written as
+/// `ca.pem`, `client.pem` and `client.key` into `dir`. Returns the CA, the server certificate,
+/// the server key and the client certificate, as PEM.
+pub fn pki(dir: &Path) -> (String, String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "buddygate test CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let server_key = KeyPair::generate().unwrap();
+    let server = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&server_key, &issuer)
+        .unwrap();
+    let client_key = KeyPair::generate().unwrap();
+    let mut client_params = CertificateParams::new(vec!["fo-1.buddygate".to_string()]).unwrap();
+    client_params
+        .distinguished_name
+        .push(DnType::CommonName, "fo-1");
+    let client = client_params.signed_by(&client_key, &issuer).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca_cert.pem()).unwrap();
+    std::fs::write(dir.join("client.pem"), client.pem()).unwrap();
+    std::fs::write(dir.join("client.key"), client_key.serialize_pem()).unwrap();
+    (
+        ca_cert.pem(),
+        server.pem(),
+        server_key.serialize_pem(),
+        client.pem(),
+    )
+}
+
+/// A TLS server configuration (ring) with `cert`/`key` that requires a client certificate
+/// from `ca`.
+pub fn tls_server_config(
+    ca: &str,
+    cert: &str,
+    key: &str,
+) -> std::sync::Arc<tokio_rustls::rustls::ServerConfig> {
+    use std::sync::Arc;
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let certs: Vec<_> = rustls::pki_types::CertificateDer::pem_slice_iter(cert.as_bytes())
+        .map(Result::unwrap)
+        .collect();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .unwrap();
+    Arc::new(
+        rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(certs, key)
+            .unwrap(),
+    )
+}

@@ -19,6 +19,19 @@ live-1 (3 cameras), live-2 (2 cameras) and fo-1 (spread-servers) whose nodes all
    live-1's again, with a higher epoch.
 5. SIGTERM fo-1: its death message (`online: false`) is published before it exits.
 
+Alongside, every node also runs `connectors/secure.toml`: MQTT 5 over TLS to a second Mosquitto
+listener that requires a client certificate (`require_certificate true`; CA, server and client
+certificates made here with `cryptography`), with `message_expiry` and `onvif_topics`, under
+`secure/...`; and `connectors/nocert.toml`, the same listener without a client certificate. A
+paho-mqtt MQTT 5 subscriber checks:
+
+6. births over TLS; nothing ever published by the connector without a client certificate;
+7. `failover.completed` with content type `application/cloudevents+json`, the `ce-*` and `epoch`
+   user properties and a message expiry; retained state `application/json`;
+8. the ONVIF event-broker form `secure/onvif-ej/Failover/Completed/&live-1`;
+9. every topic received (both prefixes) is a channel of `docs/asyncapi.yaml` (parsed with PyYAML),
+   whose payload schemas exist.
+
 Exit 0 only when all checks pass.
 """
 
@@ -36,10 +49,18 @@ import threading
 import time
 import urllib.request
 
+import datetime
+import ipaddress
+import re
+
 import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 SITE = "mqttinterop"
 PREFIX = f"buddygate/{SITE}"
+SECURE = f"secure/{SITE}"
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 CAMERAS = {"live-1": 3, "live-2": 2}
 
 
@@ -76,15 +97,59 @@ def wait(what, pred, timeout=15.0):
         time.sleep(0.05)
 
 
-class Subscriber:
-    """A paho-mqtt 3.1.1 client subscribed to `{PREFIX}/#` at QoS 1, recording every message."""
+def pki(dir):
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files in `dir`."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
 
-    def __init__(self, port, name):
-        self.msgs = []
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def name(cn):
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    def cert(cn, key, issuer, issuer_key, ca=False, san=None):
+        b = (x509.CertificateBuilder().subject_name(name(cn)).issuer_name(issuer)
+             .public_key(key.public_key()).serial_number(x509.random_serial_number())
+             .not_valid_before(now - datetime.timedelta(minutes=5))
+             .not_valid_after(now + datetime.timedelta(days=1))
+             .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if san:
+            b = b.add_extension(x509.SubjectAlternativeName(san), critical=False)
+        return b.sign(issuer_key, hashes.SHA256())
+
+    def write(fname, obj):
+        if isinstance(obj, ec.EllipticCurvePrivateKey):
+            data = obj.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                     serialization.NoEncryption())
+        else:
+            data = obj.public_bytes(serialization.Encoding.PEM)
+        (dir / fname).write_bytes(data)
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = cert("buddygate interop CA", ca_key, name("buddygate interop CA"), ca_key, ca=True)
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    server = cert("127.0.0.1", server_key, ca.subject, ca_key,
+                  san=[x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    client_key = ec.generate_private_key(ec.SECP256R1())
+    client = cert("buddygate-node", client_key, ca.subject, ca_key, san=[x509.DNSName("node.buddygate")])
+    for fname, obj in [("ca.pem", ca), ("server.pem", server), ("server.key", server_key),
+                       ("client.pem", client), ("client.key", client_key)]:
+        write(fname, obj)
+
+
+class Subscriber:
+    """A paho-mqtt client (3.1.1, or 5 with `v5`) subscribed to `{prefix}/#` at QoS 1,
+    recording every message (and, in MQTT 5, its properties)."""
+
+    def __init__(self, port, name, prefix=PREFIX, v5=False):
+        self.msgs, self.props = [], []
         self.lock = threading.Lock()
         self.subscribed = threading.Event()
-        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=name, protocol=mqtt.MQTTv311)
-        self.c.on_connect = lambda c, u, f, rc, p: c.subscribe(f"{PREFIX}/#", qos=1)
+        protocol = mqtt.MQTTv5 if v5 else mqtt.MQTTv311
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=name, protocol=protocol)
+        self.c.on_connect = lambda c, u, f, rc, p: c.subscribe(f"{prefix}/#", qos=1)
         self.c.on_subscribe = lambda c, u, mid, rc, p: self.subscribed.set()
         self.c.on_message = self.on_message
         self.c.connect("127.0.0.1", port, keepalive=10)
@@ -97,8 +162,24 @@ class Subscriber:
             payload = json.loads(m.payload)
         except ValueError:
             payload = None
+        p = m.properties
+        props = {
+            "content_type": getattr(p, "ContentType", None),
+            "expiry": getattr(p, "MessageExpiryInterval", None),
+            "user": dict(getattr(p, "UserProperty", None) or []),
+            "format": getattr(p, "PayloadFormatIndicator", None),
+        } if p is not None else {}
         with self.lock:
             self.msgs.append((m.topic, payload, m.qos, m.retain))
+            self.props.append(props)
+
+    def find(self, topic):
+        """(payload, properties) of the first message on `topic`."""
+        with self.lock:
+            for (t, p, _, _), props in zip(self.msgs, self.props):
+                if t == topic:
+                    return p, props
+        return None
 
     def all(self):
         with self.lock:
@@ -124,7 +205,7 @@ class Subscriber:
 
 
 class Site:
-    def __init__(self, binary, dir, broker_port):
+    def __init__(self, binary, dir, broker_port, tls_port):
         self.binary, self.dir, self.procs, self.starts = binary, dir, {}, {}
         self.servers = {}
         for i, sid in enumerate(["live-1", "live-2", "fo-1"]):
@@ -139,6 +220,16 @@ class Site:
         (dir / "connectors").mkdir()
         (dir / "connectors" / "bus.toml").write_text(
             f'type = "mqtt"\nurl = "mqtt://127.0.0.1:{broker_port}"\nkeep_alive = "2s"\n'
+        )
+        pki(dir / "connectors")
+        (dir / "connectors" / "secure.toml").write_text(
+            f'type = "mqtt"\nurl = "mqtts://127.0.0.1:{tls_port}"\nprotocol = "v5"\n'
+            f'topic_prefix = "{SECURE}"\nmessage_expiry = "1h"\nonvif_topics = true\n'
+            'tls = { ca = "ca.pem", cert = "client.pem", key = "client.key" }\n'
+        )
+        (dir / "connectors" / "nocert.toml").write_text(
+            f'type = "mqtt"\nurl = "mqtts://127.0.0.1:{tls_port}"\nprotocol = "v5"\n'
+            f'topic_prefix = "nocert/{SITE}"\ntls = {{ ca = "ca.pem" }}\n'
         )
         s = [
             f'[site]\nname = "{SITE}"\nsecret = "file:site.key"\nheartbeat_interval = "200ms"\n'
@@ -196,6 +287,41 @@ class Site:
         return None
 
 
+def asyncapi_covers(topics):
+    """(ok, detail): docs/asyncapi.yaml parses, is AsyncAPI 3, every message payload `$ref`
+    to a file exists, and every topic matches a channel address (`{param}` = one level)."""
+    import yaml
+
+    doc = yaml.safe_load((ROOT / "docs" / "asyncapi.yaml").read_text())
+    if not str(doc.get("asyncapi", "")).startswith("3."):
+        return False, f"asyncapi: {doc.get('asyncapi')!r}"
+    missing = []
+
+    def refs(node):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if k == "$ref" and isinstance(v, str) and not v.startswith("#"):
+                    path = (ROOT / "docs" / v.split("#")[0]).resolve()
+                    if not path.is_file():
+                        missing.append(v)
+                else:
+                    refs(v)
+        elif isinstance(node, list):
+            for v in node:
+                refs(v)
+
+    refs(doc)
+    if missing:
+        return False, f"missing files: {missing}"
+    patterns = []
+    for name, ch in doc["channels"].items():
+        addr = ch["address"]
+        rx = "^" + re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(addr)) + "$"
+        patterns.append(re.compile(rx))
+    unknown = sorted({t for t in topics if not any(p.match(t) for p in patterns)})
+    return not unknown, f"topics not in the document: {unknown}"
+
+
 def run(binary, mosquitto):
     checks = []
 
@@ -205,15 +331,23 @@ def run(binary, mosquitto):
 
     dir = pathlib.Path(tempfile.mkdtemp(prefix="buddygate-mqtt-interop-"))
     port = free_port("127.0.0.1")
+    tls_port = free_port("127.0.0.1")
+    site = Site(binary, dir, port, tls_port)
+    c = dir / "connectors"
+    # Mosquitto started as root drops to its own user: let it read its certificates.
+    for path in [dir, c, c / "ca.pem", c / "server.pem", c / "server.key"]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
     (dir / "mosquitto.conf").write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+        f"per_listener_settings false\nallow_anonymous true\npersistence false\n"
+        f"listener {port} 127.0.0.1\n"
+        f"listener {tls_port} 127.0.0.1\ncafile {c / 'ca.pem'}\ncertfile {c / 'server.pem'}\n"
+        f"keyfile {c / 'server.key'}\nrequire_certificate true\n"
     )
     broker = subprocess.Popen(
         [mosquitto, "-c", str(dir / "mosquitto.conf")],
         stdout=open(dir / "mosquitto.log", "wb"),
         stderr=subprocess.STDOUT,
     )
-    site = Site(binary, dir, port)
     subs = []
     try:
         def listening():
@@ -226,6 +360,10 @@ def run(binary, mosquitto):
                 return False
 
         wait("mosquitto listening", listening, 5)
+        secure = Subscriber(port, "secure", prefix="secure", v5=True)
+        subs.append(secure)
+        nocert = Subscriber(port, "nocert", prefix="nocert")
+        subs.append(nocert)
         for sid in site.servers:
             site.start(sid)
         wait("site up", lambda: site.owned("fo-1", "live-1", "live-1") and site.owned("fo-1", "live-2", "live-2"))
@@ -251,6 +389,39 @@ def run(binary, mosquitto):
         done = next(p for _, p, _, _ in evs if p["type"] == "buddygate.failover.completed")
         check("failover.completed names fo-1 and its address",
               done["data"]["new_server"] == {"id": "fo-1", "address": "127.0.1.3"}, done["data"])
+
+        # MQTT 5 over TLS with a client certificate.
+        for sid in site.servers:
+            wait(f"{sid} birth over TLS", lambda sid=sid: secure.find(f"{SECURE}/nodes/{sid}/online"))
+        check("MQTT 5 over TLS (require_certificate): every node's birth", True)
+        ev, props = wait("failover.completed over MQTT 5",
+                         lambda: secure.find(f"{SECURE}/events/buddygate.failover.completed"))
+        user = props.get("user", {})
+        check("MQTT 5 event: content type application/cloudevents+json, UTF-8",
+              props.get("content_type") == "application/cloudevents+json" and props.get("format") == 1, props)
+        check("MQTT 5 event: ce-specversion, ce-id, ce-type, ce-source, epoch user properties",
+              user.get("ce-specversion") == "1.0" and user.get("ce-id") == ev["id"]
+              and user.get("ce-type") == ev["type"] and user.get("ce-source") == ev["source"]
+              and user.get("epoch") == str(ev["data"]["epoch"]), user)
+        check("MQTT 5 event: message expiry (1h)", 0 < (props.get("expiry") or 0) <= 3600, props)
+        rid = owners[0]["id"]
+        state = wait("retained state over MQTT 5",
+                     lambda: (m := secure.find(f"{SECURE}/resources/{rid}")) and m)
+        check("MQTT 5 state: application/json, no expiry",
+              state[1].get("content_type") == "application/json" and state[1].get("expiry") is None, state)
+        onvif, _ = wait("onvif-ej", lambda: secure.find(f"{SECURE}/onvif-ej/Failover/Completed/&live-1"))
+        check("ONVIF event-broker form: Topic, UtcTime, Source, Data",
+              onvif.get("Topic") == "bg:Failover/Completed" and onvif["Source"] == {"Server": "live-1"}
+              and onvif["Data"]["NewServer"] == "fo-1" and onvif["Data"]["Address"] == "127.0.1.3"
+              and onvif["Data"]["Epoch"] == str(ev["data"]["epoch"]) and isinstance(onvif.get("UtcTime"), str),
+              onvif)
+        check("no client certificate: refused by the broker, nothing published", not nocert.all(), nocert.all())
+        refused = (dir / "fo-1.1.log").read_text()
+        check("no client certificate: the node says so",
+              any("MQTT connection failed" in l and "nocert" in l for l in refused.splitlines()))
+        check("every topic is a channel of docs/asyncapi.yaml",
+              # The document writes the default prefix, buddygate/{site}.
+              *asyncapi_covers([t.replace(SECURE, PREFIX, 1) for t, _, _, _ in early.all() + secure.all()]))
 
         late = Subscriber(port, "late")
         subs.append(late)

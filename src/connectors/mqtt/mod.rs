@@ -1,5 +1,5 @@
-//! `type = "mqtt"`: the node's view to an MQTT broker (3.1.1), the way DESIGN section 1 lays
-//! out the topics:
+//! `type = "mqtt"`: the node's view to an MQTT broker (3.1.1 or 5, plain or TLS), the way
+//! DESIGN section 1 lays out the topics:
 //!
 //! - `{prefix}/nodes/{node}/online`: retained `{"online":true,"timestamp"}` published on every
 //!   (re)connect (the birth), and the same topic with `online:false` as the Last Will and as the
@@ -14,9 +14,18 @@
 //!   connector's QoS. The cursor moves only once the broker has acknowledged (PUBACK) the event
 //!   and every one before it: a broker down for hours loses nothing.
 //!
-//! One task per connection polls rumqttc's event loop and forwards what it reports; the
-//! connector task matches `Outgoing::Publish(pkid)` to the publishes it queued (the event loop
-//! handles requests in order) and `PubAck(pkid)` to what it sent.
+//! With `protocol = "v5"` every publish also carries MQTT 5 properties: a content type
+//! (`application/cloudevents+json` for events, structured mode of the CloudEvents MQTT binding;
+//! `application/json` for state), the payload format indicator (UTF-8), user properties
+//! (`ce-specversion`, `ce-id`, `ce-type`, `ce-source` and `epoch` on events, `epoch` on state) and,
+//! if configured, a message expiry on events.
+//!
+//! One task per connection polls the event loop of the protocol version ([`link`]) and
+//! forwards what it reports; the connector task matches each publish written (in order: the
+//! event loop handles requests in order) to the publishes it queued, and each PUBACK to what it
+//! sent.
+
+mod link;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::Path;
@@ -24,15 +33,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
-use rumqttc::{
-    AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, LastWill, MqttOptions,
-    Outgoing, Packet, QoS,
-};
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use self::link::{Link, Note, Props};
 use super::ConnectorStatus;
 use crate::config::connectors::MqttConfig;
 use crate::config::{ServerIdx, Site};
@@ -90,7 +96,10 @@ pub struct Mqtt {
     client_id: String,
     prefix: String,
     password: Option<String>,
-    qos: QoS,
+    /// QoS 1 (else 0) for state and events.
+    at_least_once: bool,
+    /// The TLS client for `mqtts://`.
+    tls: Option<Arc<rustls::ClientConfig>>,
     backoff: Backoff,
     /// Behind a lock only so the connector can be sent between threads; one task uses it.
     store: std::sync::Mutex<Store>,
@@ -107,14 +116,16 @@ pub struct Mqtt {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Sent {
     Event(u64),
+    /// The same event under its ONVIF topic: acknowledged with nothing to account.
+    Copy,
     State,
     Death,
 }
 
 /// One connection to the broker.
 struct Session {
-    client: AsyncClient,
-    rx: mpsc::Receiver<Result<Event, ConnectionError>>,
+    client: Link,
+    rx: mpsc::Receiver<Note>,
     poller: tokio::task::JoinHandle<()>,
     /// Handed to the client, not yet reported written by the event loop (in order).
     queued: VecDeque<Sent>,
@@ -174,22 +185,26 @@ impl Mqtt {
             .topic_prefix
             .clone()
             .unwrap_or_else(|| format!("buddygate/{}", site.name));
-        let qos = if cfg.qos == 0 {
-            QoS::AtMostOnce
+        let tls = if cfg.tls_enabled {
+            Some(
+                link::tls_client(&cfg)
+                    .map_err(|e| anyhow::anyhow!("connector {name}: TLS: {e}"))?,
+            )
         } else {
-            QoS::AtLeastOnce
+            None
         };
         Ok(Self {
             store: std::sync::Mutex::new(Store::open_for_connector(data_dir)?),
             reader: std::sync::Mutex::new(Store::open_reader(data_dir)?),
             name,
+            at_least_once: cfg.qos > 0,
             cfg,
             site,
             node: node_id,
             client_id,
             prefix,
             password,
-            qos,
+            tls,
             backoff: Backoff::default(),
             status,
             published: HashMap::new(),
@@ -255,34 +270,26 @@ impl Mqtt {
         }
     }
 
-    fn options(&self) -> MqttOptions {
-        let mut o = MqttOptions::new(&self.client_id, &self.cfg.host, self.cfg.port);
-        o.set_keep_alive(self.cfg.keep_alive);
-        o.set_clean_session(true);
-        o.set_inflight(u16::try_from(WINDOW * 2).unwrap_or(u16::MAX));
-        o.set_request_channel_capacity(WINDOW * 4);
-        o.set_max_packet_size(1 << 20, 1 << 20);
-        if let Some(user) = &self.cfg.username {
-            o.set_credentials(user, self.password.clone().unwrap_or_default());
-        }
-        let will = json!({"online": false, "timestamp": rfc3339(SystemTime::now())});
-        o.set_last_will(LastWill::new(
-            self.online_topic(),
-            will.to_string(),
-            QoS::AtLeastOnce,
-            true,
-        ));
-        o
-    }
-
     /// One connect: `Ok(None)` when cancelled, an error text when refused or unreachable.
     async fn connect_once(
         &mut self,
         cancel: &CancellationToken,
     ) -> Result<Option<Session>, String> {
-        let (client, eventloop) = AsyncClient::new(self.options(), WINDOW * 4);
-        let (tx, rx) = mpsc::channel(WINDOW * 4);
-        let poller = tokio::spawn(poll(eventloop, tx));
+        let options = link::Options {
+            client_id: self.client_id.clone(),
+            password: self.password.clone(),
+            inflight: u16::try_from(WINDOW * 2).unwrap_or(u16::MAX),
+            capacity: WINDOW * 4,
+            tls: self.tls.clone(),
+        };
+        // The will carries the time of this connect, so a late will never looks newer than the
+        // birth that follows it.
+        let will = link::Will {
+            topic: self.online_topic(),
+            payload: json!({"online": false, "timestamp": rfc3339(SystemTime::now())}).to_string(),
+            props: state_props(None),
+        };
+        let (client, rx, poller) = Link::connect(&self.cfg, &options, will);
         let mut session = Session {
             client,
             rx,
@@ -298,19 +305,10 @@ impl Mqtt {
             first = session.rx.recv() => first,
         };
         match first {
-            Some(Ok(Event::Incoming(Packet::ConnAck(ack))))
-                if ack.code == ConnectReturnCode::Success =>
-            {
-                Ok(Some(session))
-            }
-            Some(Ok(other)) => Err(format!("unexpected first packet {other:?}")),
-            Some(Err(ConnectionError::ConnectionRefused(code))) => Err(match code {
-                ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized => {
-                    format!("the broker refused the credentials ({code:?})")
-                }
-                code => format!("the broker refused the connection ({code:?})"),
-            }),
-            Some(Err(e)) => Err(format!("cannot connect to {}: {e}", self.cfg.url)),
+            Some(Note::Connected) => Ok(Some(session)),
+            Some(Note::Refused(e)) => Err(e),
+            Some(Note::Failed(e)) => Err(format!("cannot connect to {}: {e}", self.cfg.url)),
+            Some(other) => Err(format!("unexpected first packet {other:?}")),
             None => Err("connection task ended".into()),
         }
     }
@@ -326,7 +324,8 @@ impl Mqtt {
         info!(connector = %self.name, url = %self.cfg.url, "MQTT connected.");
         *self.status.last_error.lock().expect("status lock") = None;
         let birth = json!({"online": true, "timestamp": rfc3339(SystemTime::now())});
-        self.publish(&mut s, self.online_topic(), birth, true, Sent::State);
+        let props = state_props(None);
+        self.publish(&mut s, self.online_topic(), birth, true, Sent::State, props);
         self.published.clear();
         self.dirty.clear();
         let snap = snapshot.borrow_and_update().clone();
@@ -344,13 +343,15 @@ impl Mqtt {
                     self.die(&mut s).await;
                     return End::Cancelled;
                 }
-                ev = s.rx.recv() => match ev {
-                    Some(Ok(ev)) => {
-                        if let Err(e) = self.on_event(&mut s, ev) {
+                note = s.rx.recv() => match note {
+                    Some(Note::Failed(e) | Note::Refused(e)) => {
+                        return End::Lost(format!("connection lost: {e}"));
+                    }
+                    Some(note) => {
+                        if let Err(e) = self.on_note(&mut s, note) {
                             return End::Lost(format!("store: {e}"));
                         }
                     }
-                    Some(Err(e)) => return End::Lost(format!("connection lost: {e}")),
                     None => return End::Lost("connection task ended".into()),
                 },
                 changed = snapshot.changed() => {
@@ -383,15 +384,19 @@ impl Mqtt {
         self.reader.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn publish(&self, s: &mut Session, topic: String, payload: Value, retain: bool, what: Sent) {
-        let qos = if what == Sent::Death {
-            QoS::AtLeastOnce
-        } else {
-            self.qos
-        };
+    fn publish(
+        &self,
+        s: &mut Session,
+        topic: String,
+        payload: Value,
+        retain: bool,
+        what: Sent,
+        props: Props,
+    ) {
+        let at_least_once = what == Sent::Death || self.at_least_once;
         match s
             .client
-            .try_publish(topic, qos, retain, payload.to_string())
+            .try_publish(topic, at_least_once, retain, payload.to_string(), props)
         {
             Ok(()) => s.queued.push_back(what),
             Err(e) => warn!(connector = %self.name, error = %e, "Cannot queue an MQTT publish."),
@@ -405,7 +410,8 @@ impl Mqtt {
             let Some((topic, payload)) = self.dirty.pop_first() else {
                 break;
             };
-            self.publish(s, topic, payload, true, Sent::State);
+            let props = state_props(payload.get("epoch").and_then(Value::as_u64));
+            self.publish(s, topic, payload, true, Sent::State, props);
         }
         if !self.dirty.is_empty() {
             return Ok(());
@@ -426,12 +432,42 @@ impl Mqtt {
                     continue;
                 }
                 let payload: Value = serde_json::from_str(&ev.json)?;
+                if self.cfg.onvif_topics {
+                    for (topic, message) in onvif_messages(&self.prefix, &ev) {
+                        let props = Props {
+                            content_type: Some("application/json"),
+                            message_expiry: self.cfg.message_expiry,
+                            user: Vec::new(),
+                        };
+                        self.publish(s, topic, message, false, Sent::Copy, props);
+                    }
+                }
                 let topic = format!("{}/events/{}", self.prefix, ev.kind);
-                self.publish(s, topic, payload, false, Sent::Event(ev.seq));
+                let props = self.event_props(&payload);
+                self.publish(s, topic, payload, false, Sent::Event(ev.seq), props);
                 s.pending.insert(ev.seq, false);
             }
         }
         self.advance(s)
+    }
+
+    /// MQTT 5 properties of an event: structured CloudEvent, a few attributes as user
+    /// properties so a broker rule or a subscriber can route without parsing the payload.
+    fn event_props(&self, ce: &Value) -> Props {
+        let mut user = vec![("ce-specversion".to_string(), "1.0".to_string())];
+        for key in ["id", "type", "source"] {
+            if let Some(v) = ce[key].as_str() {
+                user.push((format!("ce-{key}"), v.to_string()));
+            }
+        }
+        if let Some(epoch) = ce["data"]["epoch"].as_u64() {
+            user.push(("epoch".to_string(), epoch.to_string()));
+        }
+        Props {
+            content_type: Some("application/cloudevents+json"),
+            message_expiry: self.cfg.message_expiry,
+            user,
+        }
     }
 
     /// Moves the cursor past every acknowledged event at the front.
@@ -458,9 +494,9 @@ impl Mqtt {
         }
     }
 
-    fn on_event(&mut self, s: &mut Session, ev: Event) -> anyhow::Result<()> {
-        match ev {
-            Event::Outgoing(Outgoing::Publish(pkid)) => {
+    fn on_note(&mut self, s: &mut Session, note: Note) -> anyhow::Result<()> {
+        match note {
+            Note::Written(pkid) => {
                 let Some(what) = s.queued.pop_front() else {
                     return Ok(());
                 };
@@ -471,8 +507,14 @@ impl Mqtt {
                     s.inflight.insert(pkid, what);
                 }
             }
-            Event::Incoming(Packet::PubAck(ack)) => {
-                if let Some(what) = s.inflight.remove(&ack.pkid) {
+            Note::Acked(pkid, refused) => {
+                if let Some(what) = s.inflight.remove(&pkid) {
+                    if let Some(reason) = refused {
+                        // Retrying would only be refused again: the event moves on, said loudly.
+                        warn!(connector = %self.name, reason = %reason, "The broker refused a publish.");
+                        *self.status.last_error.lock().expect("status lock") =
+                            Some(format!("publish refused: {reason}"));
+                    }
                     self.acked(s, what);
                 }
             }
@@ -557,27 +599,28 @@ impl Mqtt {
     /// The death message, then a clean disconnect (no Last Will).
     async fn die(&mut self, s: &mut Session) {
         let death = json!({"online": false, "timestamp": rfc3339(SystemTime::now())});
-        self.publish(s, self.online_topic(), death, true, Sent::Death);
+        let props = state_props(None);
+        self.publish(s, self.online_topic(), death, true, Sent::Death, props);
         let deadline = tokio::time::sleep(DEATH_TIMEOUT);
         tokio::pin!(deadline);
         let mut acked = false;
         while !acked {
             tokio::select! {
                 _ = &mut deadline => break,
-                ev = s.rx.recv() => match ev {
-                    Some(Ok(Event::Outgoing(Outgoing::Publish(pkid)))) => {
+                note = s.rx.recv() => match note {
+                    Some(Note::Written(pkid)) => {
                         if let Some(what) = s.queued.pop_front() {
                             s.inflight.insert(pkid, what);
                         }
                     }
-                    Some(Ok(Event::Incoming(Packet::PubAck(ack)))) => {
-                        match s.inflight.remove(&ack.pkid) {
+                    Some(Note::Acked(pkid, _)) => {
+                        match s.inflight.remove(&pkid) {
                             Some(Sent::Death) => acked = true,
                             Some(what) => self.acked(s, what),
                             None => {}
                         }
                     }
-                    Some(Ok(_)) => {}
+                    Some(Note::Connected | Note::Disconnected) => {}
                     _ => break,
                 },
             }
@@ -585,8 +628,8 @@ impl Mqtt {
         let _ = self.advance(s);
         if s.client.try_disconnect().is_ok() {
             let _ = tokio::time::timeout(Duration::from_millis(500), async {
-                while let Some(Ok(ev)) = s.rx.recv().await {
-                    if matches!(ev, Event::Outgoing(Outgoing::Disconnect)) {
+                while let Some(note) = s.rx.recv().await {
+                    if matches!(note, Note::Disconnected) || note.is_end() {
                         break;
                     }
                 }
@@ -597,14 +640,48 @@ impl Mqtt {
     }
 }
 
-/// Polls the event loop and forwards what it reports, until the first error.
-async fn poll(mut eventloop: EventLoop, tx: mpsc::Sender<Result<Event, ConnectionError>>) {
-    loop {
-        let ev = eventloop.poll().await;
-        let stop = ev.is_err();
-        if tx.send(ev).await.is_err() || stop {
-            return;
-        }
+/// The ONVIF Profile M event-broker form of an event (`onvif_topics = true`): the messages
+/// the ONVIF event service gives for it (failover, failback, ownership conflict), each under
+/// `{prefix}/onvif-ej/{topic without its namespace prefix}/&{source value}` as ONVIF event JSON:
+/// `{"Topic","UtcTime","Source":{name: value},"Data":{name: value}}`.
+pub fn onvif_messages(prefix: &str, ev: &StoredEvent) -> Vec<(String, Value)> {
+    use crate::api::onvif::topics::event_messages;
+    let items = |v: &[(&str, String)]| {
+        Value::Object(
+            v.iter()
+                .map(|(k, v)| ((*k).to_string(), Value::String(v.clone())))
+                .collect(),
+        )
+    };
+    event_messages(ev)
+        .into_iter()
+        .map(|m| {
+            let (root, leaf) = m.topic.path();
+            let mut topic = format!("{prefix}/onvif-ej/{root}/{leaf}");
+            for (_, value) in &m.source {
+                // `+`, `#` and `/` cannot appear in one topic level.
+                topic.push_str("/&");
+                topic.extend(value.chars().filter(|c| !matches!(c, '+' | '#' | '/')));
+            }
+            let message = json!({
+                "Topic": m.topic.expression(),
+                "UtcTime": m.utc_time,
+                "Source": items(&m.source),
+                "Data": items(&m.data),
+            });
+            (topic, message)
+        })
+        .collect()
+}
+
+/// MQTT 5 properties of retained state and of the birth, death and will.
+fn state_props(epoch: Option<u64>) -> Props {
+    Props {
+        content_type: Some("application/json"),
+        message_expiry: None,
+        user: epoch
+            .map(|e| vec![("epoch".to_string(), e.to_string())])
+            .unwrap_or_default(),
     }
 }
 
