@@ -5,7 +5,7 @@ mod common;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use buddygate::config::connectors::{self, ConnectorKind};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
@@ -81,6 +81,8 @@ impl Proxy {
 
 #[derive(Debug, Clone)]
 struct Msg {
+    /// When the subscriber received it.
+    at: Instant,
     topic: String,
     payload: Value,
     qos: QoS,
@@ -113,6 +115,7 @@ impl Sub {
             loop {
                 match eventloop.poll().await {
                     Ok(Event::Incoming(Packet::Publish(p))) => m.lock().unwrap().push(Msg {
+                        at: Instant::now(),
                         topic: p.topic.clone(),
                         payload: serde_json::from_slice(&p.payload).unwrap_or(Value::Null),
                         qos: p.qos,
@@ -305,6 +308,58 @@ async fn a_late_subscriber_learns_every_new_owner_and_the_will_and_birth_follow_
     })
     .await;
     assert!(c.logs("live-1").contains("MQTT disconnected cleanly."));
+}
+
+/// A new owner is published once its resource runs there, not when it is claimed: with a
+/// 600 ms activation, `resources/{id}` naming fo-1 comes at least that long after fo-1's
+/// `failover.started`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_owner_is_published_once_the_resource_is_active() {
+    let port = broker();
+    let mut c = common::Cluster::new(
+        "mqttactive",
+        1,
+        2,
+        common::SiteOptions {
+            connectors: vec![("bus", mqtt_connector(port))],
+            extra_resource_keys: "activation = \"600ms\"\n",
+            ..Default::default()
+        },
+    );
+    c.start_all();
+    site_up(&c).await;
+    let sub = Sub::start(port, "active", "buddygate/mqttactive/#").await;
+    c.kill9("live-1");
+    let owners = failed_over(&c).await;
+    common::eventually(Duration::from_secs(10), "fo-1's owners", || async {
+        owners
+            .iter()
+            .all(|(id, ..)| {
+                sub.last(&format!("buddygate/mqttactive/resources/{id}"))
+                    .is_some_and(|v| v["owner"] == "fo-1")
+            })
+            .then_some(())
+    })
+    .await;
+    let msgs = sub.all();
+    let started = msgs
+        .iter()
+        .find(|m| {
+            m.topic.ends_with("/events/buddygate.failover.started")
+                && m.payload["source"] == "buddygate://mqttactive/fo-1"
+        })
+        .expect("fo-1's failover.started")
+        .at;
+    let first_owner = msgs
+        .iter()
+        .find(|m| m.topic.contains("/resources/") && m.payload["owner"] == "fo-1")
+        .expect("an owner message")
+        .at;
+    let waited = first_owner.saturating_duration_since(started);
+    assert!(
+        waited >= Duration::from_millis(500),
+        "fo-1 published itself as owner {waited:?} after failover.started, before its start ended"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -42,6 +42,7 @@ use self::link::{Link, Note, Props};
 use super::ConnectorStatus;
 use crate::config::connectors::MqttConfig;
 use crate::config::{ServerIdx, Site};
+use crate::failover::ResourceState;
 use crate::runtime::cloudevents::rfc3339;
 use crate::runtime::state::Snapshot;
 use crate::store::{Reader, Store, StoredEvent};
@@ -529,7 +530,9 @@ impl Mqtt {
         let me = snap.node;
         let mut out = BTreeMap::new();
         for v in &snap.resources {
-            if v.owner != Some(me) {
+            // Published once it runs here: a subscriber switching to this address then finds
+            // the camera recording (not a claim still starting).
+            if v.owner != Some(me) || v.state != ResourceState::Active {
                 continue;
             }
             let r = site.resource(v.resource);
