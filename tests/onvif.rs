@@ -1251,13 +1251,13 @@ async fn the_public_notify_sender_delivers_and_reports_failures() {
             ("Epoch", "7".into()),
         ],
     }];
-    let err = notify(&client, &url, &messages).await.unwrap_err();
+    let err = notify(&client, &url, &messages, None).await.unwrap_err();
     assert!(
         matches!(err, NotifyError::Status { status: 503, .. }),
         "{err}"
     );
     assert!(err.is_retryable());
-    notify(&client, &url, &messages).await.unwrap();
+    notify(&client, &url, &messages, None).await.unwrap();
     let body = received.recv().await.unwrap();
     sample("Notify-connector", &body);
     assert!(
@@ -1265,6 +1265,6 @@ async fn the_public_notify_sender_delivers_and_reports_failures() {
         "{body}"
     );
     assert!(body.contains("<wsnt:Topic Dialect=\"http://www.onvif.org/ver10/tev/topicExpression/ConcreteSet\">bg:Ownership/Resource</wsnt:Topic>"));
-    let down = notify(&client, "http://127.0.0.1:9/notify", &messages).await;
+    let down = notify(&client, "http://127.0.0.1:9/notify", &messages, None).await;
     assert!(matches!(down, Err(NotifyError::Transport { .. })));
 }
