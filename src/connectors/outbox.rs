@@ -62,7 +62,7 @@ pub trait Sink: Sync {
     }
 
     /// Periodic work when nothing is queued (the webhook's re-assertion).
-    fn tick(&self, _outbox: &Outbox) -> impl Future<Output = ()> + Send {
+    fn tick(&self) -> impl Future<Output = ()> + Send {
         async {}
     }
 }
@@ -340,7 +340,7 @@ pub async fn run(
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = tokio::time::sleep_until(tick_at.unwrap_or_else(far_future)), if tick_at.is_some() => {
                 tick_at = every.map(|d| tokio::time::Instant::now() + d);
-                sink.tick(outbox).await;
+                sink.tick().await;
             }
         }
     }

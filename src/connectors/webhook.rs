@@ -2,10 +2,11 @@
 //! way (`webhook-id`, `webhook-timestamp`, `webhook-signature: v1,<base64>`), in order per
 //! endpoint, at least once.
 //!
-//! The loop: take the next event after the cursor; skip it if the `events` filter says so;
-//! deliver it, retrying on the `retry` schedule (honouring `Retry-After`); then move the cursor.
-//! A delivery that uses up the schedule becomes a dead letter (kept, replayable) and the next
-//! event goes; a `410 Gone` disables the endpoint until a replay. The `webhook-id` is the
+//! The loop (the shared [`outbox`], one event per delivery): take the next event after the
+//! cursor; skip it if the `events` filter says so; deliver it, retrying on the `retry`
+//! schedule (honouring `Retry-After`); then move the cursor. A delivery that uses up the
+//! schedule becomes a dead letter (kept, replayable) and the next event goes; a `410 Gone`
+//! disables the endpoint until a replay. The `webhook-id` is the
 //! CloudEvent id, the same on every attempt and replay, so a receiver can drop duplicates.
 
 use std::path::Path;
@@ -259,7 +260,7 @@ impl Sink for Webhook {
         self.cfg.reassert
     }
 
-    async fn tick(&self, _outbox: &Outbox) {
+    async fn tick(&self) {
         self.reassert().await;
     }
 }
