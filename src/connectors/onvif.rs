@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{debug, info};
 
 use super::ConnectorStatus;
 use super::outbox::{self, Outbox, Sink, Try, error_chain, http_client, parse_retry_after};
@@ -92,14 +92,26 @@ impl Sink for Onvif {
     async fn attempt(&self, events: &[StoredEvent]) -> Try {
         let messages = self.messages(events);
         for chunk in messages.chunks(self.cfg.batch) {
-            match notify(
-                &self.client,
-                &self.cfg.url,
-                chunk,
-                self.credentials.as_ref(),
-            )
-            .await
+            let send = || {
+                notify(
+                    &self.client,
+                    &self.cfg.url,
+                    chunk,
+                    self.credentials.as_ref(),
+                )
+            };
+            let mut result = send().await;
+            if let Err(NotifyError::Transport { source, .. }) = &result
+                && !source.is_connect()
+                && !source.is_timeout()
             {
+                // A kept-alive connection the consumer closed as it was reused (servers that do
+                // not read a body they did not want close theirs): once more at once, on a new
+                // connection, rather than after the first retry delay.
+                debug!(connector = %self.name, error = %error_chain(source), "Notify on a closed connection; sending again.");
+                result = send().await;
+            }
+            match result {
                 Ok(()) => {}
                 Err(NotifyError::Status { status: 410, .. }) => return Try::Gone,
                 Err(NotifyError::Status {
