@@ -1,5 +1,7 @@
-//! Webhook delivery: `cargo bench --bench webhook`.
+//! Webhook and onvif push delivery: `cargo bench --bench webhook`.
 //! - event stored -> received by a local receiver, one at a time: p50/p99;
+//! - the same for the onvif connector: a failover of 50 cameras stored -> its `Notify` (51
+//!   messages) received by a local SOAP consumer;
 //! - throughput: 20 endpoints, 10,000 events queued, until every endpoint has every event.
 //!
 //! Prints figures for docs/benchmarks.md; asserts nothing about time.
@@ -11,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use buddygate::config::connectors::{self, ConnectorKind};
 use buddygate::connectors::ConnectorStatus;
+use buddygate::connectors::onvif::Onvif;
 use buddygate::connectors::webhook::Webhook;
 use buddygate::store::Store;
 use serde_json::json;
@@ -39,13 +42,99 @@ fn event(ty: &str, seq: u64) -> String {
     .to_string()
 }
 
+/// Stores `ev(seq)` and waits for the receiver, `runs` times; p50 and p99 of the last
+/// `runs - 20`.
+async fn latency(
+    store: &mut Store,
+    tx: &broadcast::Sender<Arc<buddygate::store::StoredEvent>>,
+    notify: &Notify,
+    status: &ConnectorStatus,
+    runs: u64,
+    ev: impl Fn(u64) -> String,
+) -> (Duration, Duration, usize) {
+    let mut lat = Vec::new();
+    for i in 0..runs {
+        let waiter = notify.notified();
+        let t0 = Instant::now();
+        let e = store
+            .append_event("buddygate.failover.completed", &ev)
+            .unwrap();
+        let _ = tx.send(Arc::new(e));
+        if tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .is_err()
+        {
+            panic!(
+                "event {i} not delivered in 5 s: delivered {}, failed {}, last error {:?}",
+                status.delivered.load(Ordering::Relaxed),
+                status.failed.load(Ordering::Relaxed),
+                status.last_error.lock().unwrap()
+            );
+        }
+        if i >= 20 {
+            lat.push(t0.elapsed());
+        }
+    }
+    lat.sort();
+    (lat[lat.len() / 2], lat[lat.len() * 99 / 100], lat.len())
+}
+
+/// A failover of live-1's 50 cameras to fo-1.
+fn failover_of_50(seq: u64) -> String {
+    let resources: Vec<serde_json::Value> = (1..=50)
+        .map(|i| json!({"id": format!("cam-{i:02}"), "kind": "camera", "owner": "fo-1", "address": "127.0.0.3", "epoch": 298}))
+        .collect();
+    json!({"specversion": "1.0", "id": format!("fo-1:{seq}"), "type": "buddygate.failover.completed",
+        "source": "buddygate://hq/fo-1", "time": buddygate::runtime::cloudevents::rfc3339(SystemTime::now()),
+        "datacontenttype": "application/json", "seq": seq,
+        "data": {"site": "hq", "server": {"id": "live-1", "address": "127.0.0.1"},
+                 "new_server": {"id": "fo-1", "address": "127.0.0.3"}, "epoch": 298,
+                 "resources": resources, "failed": [], "takeover_ms": 400}})
+    .to_string()
+}
+
+fn start_onvif(
+    url: &str,
+    dir: &Path,
+    events: &broadcast::Sender<Arc<buddygate::store::StoredEvent>>,
+    cancel: &CancellationToken,
+) -> Arc<ConnectorStatus> {
+    let text = format!("type = \"onvif\"\nurl = \"{url}\"\n");
+    let (c, _) = connectors::check_file(&text, "b.toml", Path::new("b.toml"), None);
+    let ConnectorKind::Onvif(cfg) = c.unwrap().kind else {
+        panic!("not onvif")
+    };
+    let mut site = buddygate::sim::SiteBuilder::new("hq")
+        .live("live-1", &["fo-1"])
+        .failover("fo-1", buddygate::config::Mode::SpreadServers, None, None);
+    for i in 1..=50 {
+        site = site.resource(
+            &format!("cam-{i:02}"),
+            buddygate::config::Kind::Camera,
+            "live-1",
+            0,
+        );
+    }
+    let status = Arc::new(ConnectorStatus::default());
+    let o = Onvif::build(
+        "io".into(),
+        cfg,
+        Arc::new(site.build()),
+        dir,
+        status.clone(),
+    )
+    .unwrap();
+    tokio::spawn(o.run(events.subscribe(), Arc::new(Notify::new()), cancel.clone()));
+    status
+}
+
 fn start(
     name: &str,
     url: &str,
     dir: &Path,
     events: &broadcast::Sender<Arc<buddygate::store::StoredEvent>>,
     cancel: &CancellationToken,
-) {
+) -> Arc<ConnectorStatus> {
     let text = format!(
         "type = \"webhook\"\nurl = \"{url}\"\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n"
     );
@@ -59,16 +148,18 @@ fn start(
             .failover("fo-1", buddygate::config::Mode::SpreadServers, None, None)
             .build(),
     );
+    let status = Arc::new(ConnectorStatus::default());
     let w = Webhook::build(
         name.into(),
         cfg,
         site.clone(),
         site.server_idx("fo-1").unwrap(),
         dir,
-        Arc::new(ConnectorStatus::default()),
+        status.clone(),
     )
     .unwrap();
     tokio::spawn(w.run(events.subscribe(), Arc::new(Notify::new()), cancel.clone()));
+    status
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -84,30 +175,23 @@ async fn main() {
     let count = Arc::new(AtomicU64::new(0));
     let notify = Arc::new(Notify::new());
     let url = receiver(count.clone(), notify.clone()).await;
-    start("psim", &url, &dir, &tx, &cancel);
-    let mut lat = Vec::new();
-    for i in 0..300u64 {
-        let waiter = notify.notified();
-        let t0 = Instant::now();
-        let e = store
-            .append_event("buddygate.failover.completed", |seq| {
-                event("buddygate.failover.completed", seq)
-            })
-            .unwrap();
-        let _ = tx.send(Arc::new(e));
-        tokio::time::timeout(Duration::from_secs(5), waiter)
-            .await
-            .expect("delivered");
-        if i >= 20 {
-            lat.push(t0.elapsed());
-        }
-    }
-    lat.sort();
+    let status = start("psim", &url, &dir, &tx, &cancel);
+    let (p50, p99, n) = latency(&mut store, &tx, &notify, &status, 300, |seq| {
+        event("buddygate.failover.completed", seq)
+    })
+    .await;
     println!(
-        "failover.completed stored -> received by a local receiver ({} events, one at a time, signed): p50 {:?}, p99 {:?}",
-        lat.len(),
-        lat[lat.len() / 2],
-        lat[lat.len() * 99 / 100]
+        "failover.completed stored -> received by a local receiver ({n} events, one at a time, signed): p50 {p50:?}, p99 {p99:?}"
+    );
+
+    // The onvif connector: one Notify of 51 messages per event.
+    let url = receiver(count.clone(), notify.clone()).await;
+    let onvif_dir = base.join("onvif");
+    let mut onvif_store = Store::open(&onvif_dir).unwrap();
+    let status = start_onvif(&url, &onvif_dir, &tx, &cancel);
+    let (p50, p99, n) = latency(&mut onvif_store, &tx, &notify, &status, 300, failover_of_50).await;
+    println!(
+        "onvif connector: failover.completed of 50 cameras stored -> Notify (51 messages) received by a local consumer ({n} events, one at a time): p50 {p50:?}, p99 {p99:?}"
     );
     cancel.cancel();
 

@@ -200,6 +200,15 @@ fn check(path: &std::path::Path, out: &mut dyn Write, err: &mut dyn Write) -> u8
                                 (false, false) => "",
                             },
                         ),
+                        config::connectors::ConnectorKind::Onvif(o) => (
+                            &o.events,
+                            format!("Notify {}", o.url),
+                            if o.username.is_some() {
+                                ", WS-UsernameToken"
+                            } else {
+                                ""
+                            },
+                        ),
                     };
                     let events = if events.is_empty() {
                         "all events".to_string()

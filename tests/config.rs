@@ -1162,6 +1162,8 @@ fn check_exits_0_with_a_summary_for_the_good_examples() {
          fo-2 (spread-cameras, max 8 cameras)",
         "  live-2: 4 resources, 2 cameras -> fo-1 (spread-servers, max 2 servers, max 60 cameras)",
         "  fo-2 (spread-cameras, max 8 cameras) picks 4 resources from 2 live servers",
+        "  onvif-io (onvif): Notify http://127.0.0.1:9998/onvif/notify [buddygate.failover.*, \
+         buddygate.failback.completed, buddygate.server.*]",
     ] {
         assert!(
             out.lines().any(|l| l == line),

@@ -13,7 +13,7 @@ use axum::http::StatusCode;
 use base64::Engine as _;
 use buddygate::api;
 use buddygate::api::onvif::auth::password_digest;
-use buddygate::api::onvif::notify::{NotifyError, notify};
+use buddygate::api::onvif::notify::{Credentials, NotifyError, notify};
 use buddygate::api::onvif::soap::ns;
 use buddygate::api::onvif::time::format_datetime;
 use buddygate::api::onvif::topics::{Message, PropertyOperation, Topic};
@@ -1251,13 +1251,13 @@ async fn the_public_notify_sender_delivers_and_reports_failures() {
             ("Epoch", "7".into()),
         ],
     }];
-    let err = notify(&client, &url, &messages).await.unwrap_err();
+    let err = notify(&client, &url, &messages, None).await.unwrap_err();
     assert!(
         matches!(err, NotifyError::Status { status: 503, .. }),
         "{err}"
     );
     assert!(err.is_retryable());
-    notify(&client, &url, &messages).await.unwrap();
+    notify(&client, &url, &messages, None).await.unwrap();
     let body = received.recv().await.unwrap();
     sample("Notify-connector", &body);
     assert!(
@@ -1265,6 +1265,17 @@ async fn the_public_notify_sender_delivers_and_reports_failures() {
         "{body}"
     );
     assert!(body.contains("<wsnt:Topic Dialect=\"http://www.onvif.org/ver10/tev/topicExpression/ConcreteSet\">bg:Ownership/Resource</wsnt:Topic>"));
-    let down = notify(&client, "http://127.0.0.1:9/notify", &messages).await;
+    // With a WS-UsernameToken, as the onvif connector sends it to a consumer that wants one.
+    let credentials = Credentials {
+        user: "bg-push".into(),
+        password: "p4ss".into(),
+    };
+    notify(&client, &url, &messages, Some(&credentials))
+        .await
+        .unwrap();
+    let body = received.recv().await.unwrap();
+    sample("Notify-connector-auth", &body);
+    assert!(body.contains("<wsse:UsernameToken>"), "{body}");
+    let down = notify(&client, "http://127.0.0.1:9/notify", &messages, None).await;
     assert!(matches!(down, Err(NotifyError::Transport { .. })));
 }

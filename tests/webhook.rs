@@ -18,7 +18,7 @@ use buddygate::connectors::ConnectorStatus;
 use buddygate::connectors::webhook::{Webhook, sign};
 use buddygate::store::{Store, StoredEvent};
 use serde_json::{Value, json};
-use tokio::sync::{Notify, broadcast};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -114,72 +114,24 @@ impl Receiver {
     }
 }
 
-struct Outbox {
-    dir: PathBuf,
-    store: Store,
-    events: broadcast::Sender<Arc<StoredEvent>>,
-}
+use common::{Outbox, Running};
 
 impl Outbox {
-    fn new(name: &str) -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("buddygate-webhook-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let store = Store::open(&dir).unwrap();
-        Self {
-            dir,
-            store,
-            events: broadcast::channel(64).0,
-        }
-    }
-
     fn push(&mut self, ty: &str) -> StoredEvent {
-        let e = self
-            .store
-            .append_event(ty, |seq| {
-                json!({
-                    "specversion": "1.0", "id": format!("fo-1:{seq}"), "type": ty,
-                    "source": "buddygate://hq/fo-1", "time": buddygate::runtime::cloudevents::rfc3339(std::time::SystemTime::now()),
-                    "datacontenttype": "application/json", "seq": seq,
-                    "data": {"site": "hq", "server": {"id": "live-1", "address": "127.0.0.1"},
-                             "new_server": {"id": "fo-1", "address": "127.0.0.3"}, "epoch": 298,
-                             "resources": [{"id": "cam-1", "kind": "camera", "owner": "fo-1", "address": "127.0.0.3", "epoch": 298}]}
-                })
-                .to_string()
-            })
-            .unwrap();
-        let _ = self.events.send(Arc::new(e.clone()));
-        e
-    }
-}
-
-impl Drop for Outbox {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+        self.append(
+            ty,
+            json!({"site": "hq", "server": {"id": "live-1", "address": "127.0.0.1"},
+                   "new_server": {"id": "fo-1", "address": "127.0.0.3"}, "epoch": 298,
+                   "resources": [{"id": "cam-1", "kind": "camera", "owner": "fo-1", "address": "127.0.0.3", "epoch": 298}]}),
+        )
     }
 }
 
 fn config(text: &str, base: Option<&Path>) -> WebhookConfig {
-    let (c, d) = connectors::check_file(text, "psim.toml", Path::new("psim.toml"), base);
-    assert!(
-        !d.iter().any(|d| d.is_error()),
-        "{}",
-        d.iter()
-            .map(|d| d.to_string())
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
-    let ConnectorKind::Webhook(w) = c.unwrap().kind else {
+    let ConnectorKind::Webhook(w) = common::connector(text, "psim.toml", base) else {
         panic!("not a webhook")
     };
     w
-}
-
-struct Running {
-    status: Arc<ConnectorStatus>,
-    replay: Arc<Notify>,
-    cancel: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
 }
 
 fn run(outbox: &Outbox, cfg: WebhookConfig) -> Running {
@@ -199,15 +151,8 @@ fn run(outbox: &Outbox, cfg: WebhookConfig) -> Running {
         status.clone(),
     )
     .unwrap();
-    let replay = Arc::new(Notify::new());
-    let cancel = CancellationToken::new();
-    let task = tokio::spawn(w.run(outbox.events.subscribe(), replay.clone(), cancel.clone()));
-    Running {
-        status,
-        replay,
-        cancel,
-        task,
-    }
+    let events = outbox.events.subscribe();
+    Running::spawn(status, |replay, cancel| w.run(events, replay, cancel))
 }
 
 async fn until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
@@ -656,12 +601,12 @@ fn bad_connector_files_report_every_problem_with_its_position() {
         connectors::check_file("url = \"http://x\"\n", "t.toml", Path::new("t.toml"), None);
     assert_eq!(
         d[0].to_string(),
-        "t.toml:1:1: missing key `type`: the kind of connector (\"webhook\" or \"mqtt\")"
+        "t.toml:1:1: missing key `type`: the kind of connector (\"webhook\", \"mqtt\" or \"onvif\")"
     );
     let (_, d) = connectors::check_file("type = \"kafka\"\n", "t.toml", Path::new("t.toml"), None);
     assert_eq!(
         d[0].to_string(),
-        "t.toml:1:8: type: unknown connector type \"kafka\"; expected \"webhook\" or \"mqtt\""
+        "t.toml:1:8: type: unknown connector type \"kafka\"; expected \"webhook\", \"mqtt\" or \"onvif\""
     );
 }
 
@@ -681,6 +626,11 @@ fn check_reports_connector_problems_with_the_site_and_exits_64() {
         "type = \"webhook\"\nurl = \"http://x/\"\nmethod = \"PATCH\"\n",
     )
     .unwrap();
+    std::fs::write(
+        dir.join("connectors/io.toml"),
+        "type = \"onvif\"\nurl = \"http://io/notify\"\nbatch = 5000\n",
+    )
+    .unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_buddygate"))
         .args(["check", "--config"])
         .arg(dir.join("site.toml"))
@@ -692,22 +642,20 @@ fn check_reports_connector_problems_with_the_site_and_exits_64() {
         err.contains("connectors/psim.toml:3:10: method: method \"PATCH\""),
         "{err}"
     );
+    // Every file's problems at once, whatever its kind.
+    assert!(
+        err.contains("connectors/io.toml:3:9: batch: batch 5000: expected 1 to 1000 messages"),
+        "{err}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn the_committed_webhook_schema_is_fresh() {
-    let schema = serde_json::to_string_pretty(&schemars::schema_for!(connectors::WebhookFile))
-        .unwrap()
-        + "\n";
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/webhook.schema.json");
-    if std::env::var_os("BLESS").is_some() {
-        std::fs::write(&path, &schema).unwrap();
-    }
-    let committed = std::fs::read_to_string(&path).unwrap_or_default();
-    assert!(
-        committed == schema,
-        "schemas/webhook.schema.json is stale: run BLESS=1 cargo test --test webhook"
+    common::assert_schema_fresh(
+        &schemars::schema_for!(connectors::WebhookFile),
+        "schemas/webhook.schema.json",
+        "webhook",
     );
 }
 

@@ -284,6 +284,76 @@ impl MqttConfig {
     }
 }
 
+/// A `type = "onvif"` connector file: WS-BaseNotification `wsnt:Notify` pushed to a consumer
+/// (an I/O device, a PSIM), from the outbox, in order, retried like a webhook, nothing lost.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "buddygate onvif connector")]
+pub struct OnvifFile {
+    /// `"onvif"`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The consumer's address (its `NotificationConsumer` endpoint): `http://` or `https://`.
+    pub url: String,
+    /// Event types to push; `*` globs allowed. Default: all (those that have an ONVIF message:
+    /// server state, ownership, failover, failback, conflicts).
+    #[serde(default)]
+    pub events: Vec<String>,
+    /// WS-UsernameToken user name: each `Notify` carries a `wsse:Security` header with a
+    /// `PasswordDigest` (what ONVIF devices and clients use). Only with `password`.
+    pub username: Option<String>,
+    /// `file:PATH`, `env:VAR` or inline (with a warning); only with `username`.
+    #[serde(default, deserialize_with = "secret::deserialize_option")]
+    #[schemars(with = "Option<String>")]
+    pub password: Option<SecretRef>,
+    /// Per attempt, e.g. `"5s"` (default).
+    #[serde(default = "default_timeout", with = "duration")]
+    #[schemars(with = "String")]
+    pub timeout: Duration,
+    /// Delays before each retry after the first attempt; when they are used up the messages are
+    /// a dead letter (kept, replayable). Default: the webhook schedule (5s, 5m, 30m, 2h, 5h,
+    /// 10h, 10h).
+    pub retry: Option<Vec<String>>,
+    /// At most this many messages per `Notify` (1 to 1000, default 100); a failover of more
+    /// resources is sent as several.
+    #[serde(default = "default_batch")]
+    pub batch: usize,
+    /// TLS settings for `https://` consumers.
+    pub tls: Option<TlsFile>,
+}
+
+impl Section for OnvifFile {}
+
+const fn default_batch() -> usize {
+    100
+}
+
+/// Most messages per `Notify`.
+pub const MAX_BATCH: usize = 1000;
+
+/// A validated onvif connector. The password is still a reference: the runtime reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OnvifConfig {
+    pub url: String,
+    /// Empty: every event.
+    pub events: Vec<String>,
+    /// WS-UsernameToken account.
+    pub username: Option<(String, SecretRef)>,
+    pub timeout: Duration,
+    pub retry: Vec<Duration>,
+    pub batch: usize,
+    pub tls: TlsFile,
+    /// The connector file's folder: `file:` secrets are read from there.
+    pub base: Option<PathBuf>,
+}
+
+impl OnvifConfig {
+    /// Whether this connector pushes events of type `ty`.
+    pub fn wants(&self, ty: &str) -> bool {
+        self.events.is_empty() || self.events.iter().any(|p| glob(p, ty))
+    }
+}
+
 /// What kind of connector, with its settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 // Built once at start-up; the size of a variant does not matter.
@@ -291,6 +361,7 @@ impl MqttConfig {
 pub enum ConnectorKind {
     Webhook(WebhookConfig),
     Mqtt(MqttConfig),
+    Onvif(OnvifConfig),
 }
 
 impl ConnectorKind {
@@ -298,6 +369,7 @@ impl ConnectorKind {
         match self {
             ConnectorKind::Webhook(_) => "webhook",
             ConnectorKind::Mqtt(_) => "mqtt",
+            ConnectorKind::Onvif(_) => "onvif",
         }
     }
 }
@@ -399,19 +471,28 @@ pub fn check_file(
                 .and_then(|b| check_mqtt(&b.value, base, &mut issues))
                 .map(ConnectorKind::Mqtt)
         }
+        Some("onvif") => {
+            let value =
+                toml::Spanned::new(doc.span(), toml::de::DeValue::Table(doc.get_ref().clone()));
+            decode_table::<OnvifFile>(&value, &root, &mut issues)
+                .and_then(|b| check_onvif(&b.value, base, &mut issues))
+                .map(ConnectorKind::Onvif)
+        }
         Some(other) => {
             issues.push(Issue::new(
                 Severity::Error,
                 &root.key("type"),
                 Point::Value,
-                format!("unknown connector type \"{other}\"; expected \"webhook\" or \"mqtt\""),
+                format!(
+                    "unknown connector type \"{other}\"; expected \"webhook\", \"mqtt\" or \"onvif\""
+                ),
             ));
             None
         }
         None => {
             issues.push(Issue::error(
                 &root,
-                "missing key `type`: the kind of connector (\"webhook\" or \"mqtt\")",
+                "missing key `type`: the kind of connector (\"webhook\", \"mqtt\" or \"onvif\")",
             ));
             None
         }
@@ -461,17 +542,7 @@ fn check_webhook(
             format!("invalid template: {e}"),
         )),
         Ok(_) if f.url.contains("{{") || f.url.contains("{%") => {}
-        Ok(_) => match reqwest::Url::parse(&f.url) {
-            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
-            Ok(u) => issues.push(Issue::error(
-                &root.key("url"),
-                format!(
-                    "\"{}\": only http:// and https:// URLs are supported",
-                    u.scheme()
-                ),
-            )),
-            Err(e) => issues.push(Issue::error(&root.key("url"), format!("not a URL: {e}"))),
-        },
+        Ok(_) => check_http_url(&f.url, issues),
     }
     if !matches!(f.method.as_str(), "POST" | "PUT" | "GET") {
         issues.push(Issue::error(
@@ -543,9 +614,7 @@ fn check_webhook(
             "inline secret; use file:PATH or env:VAR in production",
         ));
     }
-    if f.timeout.is_zero() {
-        issues.push(Issue::error(&root.key("timeout"), "must be more than 0s"));
-    }
+    check_timeout(f.timeout, issues);
     let mut template = None;
     if let Some(t) = &f.template {
         if f.method == "GET" {
@@ -577,60 +646,11 @@ fn check_webhook(
             "only with `template` (a CloudEvent is application/cloudevents+json)",
         ));
     }
-    let mut retry = Vec::new();
-    match &f.retry {
-        None => retry.extend(DEFAULT_RETRY),
-        Some(list) => {
-            if list.is_empty() {
-                issues.push(Issue::error(
-                    &root.key("retry"),
-                    "empty: give at least one delay, e.g. [\"5s\"]",
-                ));
-            }
-            for (i, s) in list.iter().enumerate() {
-                match humantime::parse_duration(s) {
-                    Ok(d) => retry.push(d),
-                    Err(e) => issues.push(Issue::error(
-                        &root.key("retry").index(i),
-                        format!("invalid duration \"{s}\": {e}"),
-                    )),
-                }
-            }
-        }
-    }
+    let retry = check_retry(f.retry.as_deref(), issues);
     if f.reassert.is_some_and(|d| d < Duration::from_secs(1)) {
         issues.push(Issue::error(&root.key("reassert"), "at least 1s"));
     }
-    let tls = f.tls.clone().unwrap_or_default();
-    if tls.cert.is_some() != tls.key.is_some() {
-        issues.push(Issue::error(
-            &root.key("tls"),
-            "`cert` and `key` go together (mutual TLS)",
-        ));
-    }
-    if (tls.ca.is_some() || tls.cert.is_some()) && f.url.starts_with("http://") {
-        issues.push(Issue::warning(
-            &root.key("tls"),
-            "TLS settings on an http:// URL are not used",
-        ));
-    }
-    if let Some(base) = base {
-        for (key, p) in [("ca", &tls.ca), ("cert", &tls.cert), ("key", &tls.key)] {
-            if let Some(p) = p
-                && !base.join(p).is_file()
-            {
-                issues.push(Issue::error(
-                    &root.key("tls").key(key),
-                    format!("{} does not exist", base.join(p).display()),
-                ));
-            }
-        }
-    }
-    let tls = TlsFile {
-        ca: tls.ca.map(|p| base.map_or(p.clone(), |b| b.join(&p))),
-        cert: tls.cert.map(|p| base.map_or(p.clone(), |b| b.join(&p))),
-        key: tls.key.map(|p| base.map_or(p.clone(), |b| b.join(&p))),
-    };
+    let tls = check_tls(f.tls.as_ref(), &f.url, base, issues);
     if issues.iter().filter(|i| i.is_error()).count() > before {
         return None;
     }
@@ -653,6 +673,146 @@ fn check_webhook(
         template,
         retry,
         reassert: f.reassert,
+        tls,
+        base: base.map(Path::to_path_buf),
+    })
+}
+
+/// `url`: an `http://` or `https://` URL with a host.
+fn check_http_url(url: &str, issues: &mut Vec<Issue>) {
+    let at = KeyPath::root().key("url");
+    match reqwest::Url::parse(url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+        Ok(u) => issues.push(Issue::error(
+            &at,
+            format!(
+                "\"{}\": only http:// and https:// URLs are supported",
+                u.scheme()
+            ),
+        )),
+        Err(e) => issues.push(Issue::error(&at, format!("not a URL: {e}"))),
+    }
+}
+
+fn check_timeout(timeout: Duration, issues: &mut Vec<Issue>) {
+    if timeout.is_zero() {
+        issues.push(Issue::error(
+            &KeyPath::root().key("timeout"),
+            "must be more than 0s",
+        ));
+    }
+}
+
+/// `retry`: the delays before each retry; `None` is [`DEFAULT_RETRY`].
+fn check_retry(list: Option<&[String]>, issues: &mut Vec<Issue>) -> Vec<Duration> {
+    let root = KeyPath::root();
+    let Some(list) = list else {
+        return DEFAULT_RETRY.to_vec();
+    };
+    if list.is_empty() {
+        issues.push(Issue::error(
+            &root.key("retry"),
+            "empty: give at least one delay, e.g. [\"5s\"]",
+        ));
+    }
+    let mut retry = Vec::new();
+    for (i, s) in list.iter().enumerate() {
+        match humantime::parse_duration(s) {
+            Ok(d) => retry.push(d),
+            Err(e) => issues.push(Issue::error(
+                &root.key("retry").index(i),
+                format!("invalid duration \"{s}\": {e}"),
+            )),
+        }
+    }
+    retry
+}
+
+/// `tls`: `cert` and `key` together, files that exist (when `base` is given); paths made
+/// relative to `base`.
+fn check_tls(
+    tls: Option<&TlsFile>,
+    url: &str,
+    base: Option<&Path>,
+    issues: &mut Vec<Issue>,
+) -> TlsFile {
+    let root = KeyPath::root();
+    let tls = tls.cloned().unwrap_or_default();
+    if tls.cert.is_some() != tls.key.is_some() {
+        issues.push(Issue::error(
+            &root.key("tls"),
+            "`cert` and `key` go together (mutual TLS)",
+        ));
+    }
+    if (tls.ca.is_some() || tls.cert.is_some()) && url.starts_with("http://") {
+        issues.push(Issue::warning(
+            &root.key("tls"),
+            "TLS settings on an http:// URL are not used",
+        ));
+    }
+    if let Some(base) = base {
+        for (key, p) in [("ca", &tls.ca), ("cert", &tls.cert), ("key", &tls.key)] {
+            if let Some(p) = p
+                && !base.join(p).is_file()
+            {
+                issues.push(Issue::error(
+                    &root.key("tls").key(key),
+                    format!("{} does not exist", base.join(p).display()),
+                ));
+            }
+        }
+    }
+    TlsFile {
+        ca: tls.ca.map(|p| base.map_or(p.clone(), |b| b.join(&p))),
+        cert: tls.cert.map(|p| base.map_or(p.clone(), |b| b.join(&p))),
+        key: tls.key.map(|p| base.map_or(p.clone(), |b| b.join(&p))),
+    }
+}
+
+fn check_onvif(f: &OnvifFile, base: Option<&Path>, issues: &mut Vec<Issue>) -> Option<OnvifConfig> {
+    let root = KeyPath::root();
+    let before = issues.iter().filter(|i| i.is_error()).count();
+    check_http_url(&f.url, issues);
+    check_events(&f.events, issues);
+    match (&f.username, &f.password) {
+        (Some(_), None) => issues.push(Issue::error(
+            &root.key("username"),
+            "a username needs a `password` (WS-UsernameToken)",
+        )),
+        (None, Some(_)) => issues.push(Issue::error(
+            &root.key("password"),
+            "a password needs a `username`",
+        )),
+        (Some(u), _) if u.is_empty() => {
+            issues.push(Issue::error(&root.key("username"), "must not be empty"))
+        }
+        _ => {}
+    }
+    if let Some(SecretRef::Inline(_)) = &f.password {
+        issues.push(Issue::warning(
+            &root.key("password"),
+            "inline secret; use file:PATH or env:VAR in production",
+        ));
+    }
+    check_timeout(f.timeout, issues);
+    let retry = check_retry(f.retry.as_deref(), issues);
+    if !(1..=MAX_BATCH).contains(&f.batch) {
+        issues.push(Issue::error(
+            &root.key("batch"),
+            format!("batch {}: expected 1 to {MAX_BATCH} messages", f.batch),
+        ));
+    }
+    let tls = check_tls(f.tls.as_ref(), &f.url, base, issues);
+    if issues.iter().filter(|i| i.is_error()).count() > before {
+        return None;
+    }
+    Some(OnvifConfig {
+        url: f.url.clone(),
+        events: f.events.clone(),
+        username: f.username.clone().zip(f.password.clone()),
+        timeout: f.timeout,
+        retry,
+        batch: f.batch,
         tls,
         base: base.map(Path::to_path_buf),
     })

@@ -4,9 +4,12 @@
 //! succeeded or became a dead letter.
 //!
 //! One closed enum of kinds ([`crate::config::connectors::ConnectorKind`]), one module per
-//! kind with the same shape: config (in `config::connectors`), build, run.
+//! kind with the same shape: config (in `config::connectors`), build, run. The kinds that push
+//! over HTTP (`webhook`, `onvif`) share [`outbox`]: the cursor, retries, dead letters, replay.
 
 pub mod mqtt;
+pub mod onvif;
+pub mod outbox;
 pub mod webhook;
 
 use std::sync::Arc;
@@ -149,6 +152,23 @@ pub fn start(
                     replay,
                 });
                 tasks.spawn(m.run(events.subscribe(), snapshot.clone(), cancel.clone()));
+            }
+            ConnectorKind::Onvif(cfg) => {
+                let o = onvif::Onvif::build(
+                    c.name.clone(),
+                    cfg.clone(),
+                    site.clone(),
+                    data_dir,
+                    status.clone(),
+                )?;
+                handles.push(ConnectorHandle {
+                    name: c.name.clone(),
+                    kind: "onvif",
+                    target: cfg.url.clone(),
+                    status,
+                    replay: replay.clone(),
+                });
+                tasks.spawn(o.run(events.subscribe(), replay, cancel.clone()));
             }
         }
     }

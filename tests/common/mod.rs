@@ -1,5 +1,6 @@
 //! Real nodes on loopback for integration tests: a site file with free ports in a temp dir,
 //! `buddygate run` processes started from the built binary, and an HTTP client for their APIs.
+//! For connectors run in-process: a real store to deliver from ([`Outbox`]).
 
 #![allow(dead_code)]
 
@@ -8,7 +9,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use std::sync::Arc;
+
+use buddygate::config::connectors::{self, ConnectorKind};
+use buddygate::connectors::ConnectorStatus;
+use buddygate::store::{Store, StoredEvent};
+use serde_json::{Value, json};
+use tokio::sync::{Notify, broadcast};
+use tokio_util::sync::CancellationToken;
 
 pub const TOKEN: &str = "test-token-7f3a";
 
@@ -381,4 +389,120 @@ pub fn tls_server_config(
             .with_single_cert(certs, key)
             .unwrap(),
     )
+}
+
+/// A node's real store in a temp dir and the broadcast a connector wakes on: an outbox for a
+/// connector run in the test's process.
+pub struct Outbox {
+    pub dir: PathBuf,
+    pub store: Store,
+    pub events: broadcast::Sender<Arc<StoredEvent>>,
+}
+
+impl Outbox {
+    pub fn new(name: &str) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("buddygate-outbox-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = Store::open(&dir).unwrap();
+        Self {
+            dir,
+            store,
+            events: broadcast::channel(64).0,
+        }
+    }
+
+    /// Stores a CloudEvent of type `ty` from fo-1 (id `fo-1:{seq}`, time now) with `data`, and
+    /// announces it.
+    pub fn append(&mut self, ty: &str, data: Value) -> StoredEvent {
+        let e = self
+            .store
+            .append_event(ty, |seq| {
+                json!({
+                    "specversion": "1.0", "id": format!("fo-1:{seq}"), "type": ty,
+                    "source": "buddygate://hq/fo-1",
+                    "time": buddygate::runtime::cloudevents::rfc3339(std::time::SystemTime::now()),
+                    "datacontenttype": "application/json", "seq": seq, "data": data,
+                })
+                .to_string()
+            })
+            .unwrap();
+        let _ = self.events.send(Arc::new(e.clone()));
+        e
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A connector file's text, checked (panics with the diagnostics when it has errors).
+pub fn connector(text: &str, file: &str, base: Option<&Path>) -> ConnectorKind {
+    let (c, d) = connectors::check_file(text, file, Path::new(file), base);
+    assert!(
+        !d.iter().any(|d| d.is_error()),
+        "{}",
+        d.iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    c.unwrap().kind
+}
+
+/// A connector task running in the test's process.
+pub struct Running {
+    pub status: Arc<ConnectorStatus>,
+    pub replay: Arc<Notify>,
+    pub cancel: CancellationToken,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    pub fn spawn<F>(
+        status: Arc<ConnectorStatus>,
+        run: impl FnOnce(Arc<Notify>, CancellationToken) -> F,
+    ) -> Self
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let replay = Arc::new(Notify::new());
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(run(replay.clone(), cancel.clone()));
+        Self {
+            status,
+            replay,
+            cancel,
+            task,
+        }
+    }
+}
+
+/// A GET's body as text.
+pub async fn text(url: &str) -> String {
+    client()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// The committed JSON Schema `path` (from the repository root) is `schema`; with `BLESS` set,
+/// writes it first. `test` names the test target that regenerates it.
+pub fn assert_schema_fresh(schema: &schemars::Schema, path: &str, test: &str) {
+    let fresh = serde_json::to_string_pretty(schema).unwrap() + "\n";
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+    if std::env::var_os("BLESS").is_some() {
+        std::fs::write(&file, &fresh).unwrap();
+    }
+    let committed = std::fs::read_to_string(&file).unwrap_or_default();
+    assert!(
+        committed == fresh,
+        "{path} is stale: run BLESS=1 cargo test --test {test}"
+    );
 }

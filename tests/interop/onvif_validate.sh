@@ -8,7 +8,9 @@
 # without it, the script runs those tests itself into a temporary folder. The schemas are the
 # XSDs shipped by the Python package onvif-zeep-async (its onvif/wsdl folder), the schemas
 # embedded in its devicemgmt.wsdl and events.wsdl (extracted with lxml, which it depends on),
-# and tests/interop/soap12-wrapper.xsd, a SOAP 1.2 envelope that admits only declared elements.
+# tests/interop/soap12-wrapper.xsd, a SOAP 1.2 envelope that admits only declared elements, and
+# tests/interop/wss-{secext,utility}.xsd, the WS-Security UsernameToken elements (the header
+# of the onvif connector's Notify when it authenticates).
 # Needs: xmllint (libxml2-utils), python3 with onvif-zeep-async. Exits non-zero on any failure.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -44,7 +46,7 @@ for wsdl, out in (("devicemgmt.wsdl", "tds.xsd"), ("events.wsdl", "tev.xsd")):
     with open(f"{d}/{out}", "wb") as f:
         f.write(etree.tostring(found[0], xml_declaration=True, encoding="UTF-8"))
 PY
-cp "$here/soap12-wrapper.xsd" "$schemas/soap12-wrapper.xsd"
+cp "$here/soap12-wrapper.xsd" "$here/wss-secext.xsd" "$here/wss-utility.xsd" "$schemas/"
 
 shopt -s nullglob
 files=("$samples"/*.xml)

@@ -12,6 +12,10 @@
 //! Properties follow ONVIF: `Initialized` when a subscription starts or synchronizes (and
 //! when a resource gets an owner again), `Changed` on every change, `Deleted` when a resource
 //! is left with no owner at all.
+//!
+//! Subscriptions take properties from the node's snapshots ([`Properties`]); the `onvif`
+//! connector, which delivers from the durable event log, takes them from the stored events
+//! ([`outbox_messages`]).
 
 use std::time::SystemTime;
 
@@ -20,6 +24,7 @@ use serde_json::Value;
 use super::soap::ns;
 use super::time::format_datetime;
 use super::xml::{Element, XmlOut};
+use crate::config::Site;
 use crate::runtime::cloudevents::rfc3339;
 use crate::runtime::state::Snapshot;
 use crate::store::StoredEvent;
@@ -337,6 +342,77 @@ pub fn event_messages(e: &StoredEvent) -> Vec<Message> {
         }
         _ => Vec::new(),
     }
+}
+
+/// Every message one stored event gives the `onvif` connector: the `Changed` properties it
+/// records (a server down or up; each resource of a failover or failback with its new owner,
+/// address and epoch; a resolved conflict's owner; a resource that failed), then its event
+/// message ([`event_messages`]). Kinds and home servers come from `site`; resources it does
+/// not know are left out. Events with nothing to say in ONVIF (paths, `failover.started`,
+/// config mismatches) give none.
+pub fn outbox_messages(site: &Site, e: &StoredEvent) -> Vec<Message> {
+    let Ok(v) = serde_json::from_str::<Value>(&e.json) else {
+        return Vec::new();
+    };
+    let d = &v["data"];
+    let t = v["time"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| rfc3339(SystemTime::now()));
+    let changed = PropertyOperation::Changed;
+    let resource = |id: &Value, owner: &Value, address: &Value, epoch: &Value, state| {
+        let res = site.resource(site.resource_idx(id.as_str()?)?);
+        let p = ResourceProp {
+            id: res.id.clone(),
+            kind: res.kind.as_str(),
+            home: site.server(res.server).id.clone(),
+            owner: Some((s(owner), s(address))),
+            epoch: epoch.as_u64().unwrap_or(0),
+            state,
+        };
+        Some(Properties::resource_message(&p, changed, &t))
+    };
+    let mut out: Vec<Message> = match e.kind.as_str() {
+        "buddygate.server.down" | "buddygate.server.up" => {
+            let p = ServerProp {
+                id: s(&d["server"]["id"]),
+                state: if e.kind.ends_with("down") {
+                    "down"
+                } else {
+                    "up"
+                },
+                address: s(&d["server"]["address"]),
+            };
+            vec![Properties::server_message(&p, changed, &t)]
+        }
+        "buddygate.failover.completed" | "buddygate.failback.completed" => d["resources"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| resource(&r["id"], &r["owner"], &r["address"], &r["epoch"], "active"))
+            .collect(),
+        "buddygate.ownership.resolved" => resource(
+            &d["resource"]["id"],
+            &d["owner"],
+            &d["address"],
+            &d["epoch"],
+            "active",
+        )
+        .into_iter()
+        .collect(),
+        "buddygate.resource.failed" => resource(
+            &d["resource"]["id"],
+            &d["server"]["id"],
+            &d["server"]["address"],
+            &d["epoch"],
+            "failed",
+        )
+        .into_iter()
+        .collect(),
+        _ => Vec::new(),
+    };
+    out.extend(event_messages(e));
+    out
 }
 
 /// One server's state property.

@@ -1,0 +1,464 @@
+//! Delivery from the outbox, shared by the connectors that push over HTTP (`webhook`,
+//! `onvif`): the cursor, the retry schedule with jitter, dead letters and replays, `410 Gone`,
+//! and the figures in [`ConnectorStatus`].
+//!
+//! A connector is a [`Sink`]: it says which events it wants and makes one attempt for a batch
+//! of them. [`run`] does the rest: take the next events after the cursor; skip the unwanted
+//! ones; deliver the wanted ones in batches of at most `batch`, retrying a batch on the
+//! `retry` schedule (honouring `Retry-After`); move the cursor only after a 2xx (attempt and
+//! cursor in one transaction). A batch that uses up the schedule becomes dead letters (one per
+//! event, kept, replayable) and the next events go; a `410 Gone` disables the connector until
+//! a replay.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde_json::Value;
+use tokio::sync::{Notify, broadcast};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::ConnectorStatus;
+use crate::config::connectors::TlsFile;
+use crate::runtime::cloudevents::rfc3339;
+use crate::store::{Attempt, DeadLetter, Reader, Store, StoredEvent};
+
+/// Longest `Retry-After` honoured.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+/// Events read from the log at a time.
+const READ_AHEAD: usize = 100;
+
+/// How one attempt ended.
+pub enum Try {
+    Ok(u16),
+    Gone,
+    Failed {
+        reason: String,
+        retry_after: Option<Duration>,
+    },
+}
+
+/// How one delivery (every attempt of the schedule) ended.
+enum Outcome {
+    Delivered,
+    Dead(String, u32),
+    Disabled(String),
+    Cancelled,
+}
+
+/// A connector that delivers events from the outbox.
+pub trait Sink: Sync {
+    /// Whether `ev` is delivered at all; the cursor moves past the others.
+    fn wants(&self, ev: &StoredEvent) -> bool;
+
+    /// One attempt for `events` (in log order, at most the outbox's `batch`).
+    fn attempt(&self, events: &[StoredEvent]) -> impl Future<Output = Try> + Send;
+
+    /// How often [`Sink::tick`] runs while the connector is idle; `None`: never.
+    fn tick_every(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Periodic work when nothing is queued (the webhook's re-assertion).
+    fn tick(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+}
+
+/// One connector's view of the outbox: its cursor, dead letters and attempts.
+pub struct Outbox {
+    name: String,
+    /// Behind a lock only so the connector can be sent between threads; one task uses it.
+    store: Mutex<Store>,
+    reader: Mutex<Reader>,
+    status: Arc<ConnectorStatus>,
+    retry: Vec<Duration>,
+    batch: usize,
+}
+
+impl Outbox {
+    /// Opens the store for connector `name`, and loads its dead letters and whether it is
+    /// disabled into `status`.
+    pub fn open(
+        name: &str,
+        data_dir: &Path,
+        status: Arc<ConnectorStatus>,
+        retry: Vec<Duration>,
+        batch: usize,
+    ) -> anyhow::Result<Self> {
+        let store = Store::open_for_connector(data_dir)?;
+        let reader = Store::open_reader(data_dir)?;
+        if let Some(reason) = reader.disabled(name)? {
+            *status.disabled.lock().expect("status lock") = Some(reason);
+        }
+        status
+            .dead
+            .store(reader.dead_letters(name)?.len() as u64, Ordering::Relaxed);
+        Ok(Self {
+            name: name.to_string(),
+            store: Mutex::new(store),
+            reader: Mutex::new(reader),
+            status,
+            retry,
+            batch: batch.max(1),
+        })
+    }
+
+    pub fn status(&self) -> &ConnectorStatus {
+        &self.status
+    }
+
+    pub fn is_disabled(&self) -> bool {
+        self.status.disabled.lock().expect("status lock").is_some()
+    }
+
+    fn store(&self) -> MutexGuard<'_, Store> {
+        self.store.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn reader(&self) -> MutexGuard<'_, Reader> {
+        self.reader.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn queue_replay(&self) {
+        match self.store().queue_replay(&self.name) {
+            Ok(n) => {
+                info!(connector = %self.name, dead_letters = n, "Replay requested.");
+                *self.status.disabled.lock().expect("status lock") = None;
+            }
+            Err(e) => warn!(connector = %self.name, error = %e, "Cannot queue a replay."),
+        }
+    }
+
+    /// Disables the connector until a replay (after a `410 Gone`).
+    pub fn disable(&self, reason: String) -> anyhow::Result<bool> {
+        warn!(connector = %self.name, %reason, "Endpoint gone (410): disabled until a replay.");
+        self.store().set_disabled(&self.name, Some(&reason))?;
+        *self.status.disabled.lock().expect("status lock") = Some(reason);
+        Ok(true)
+    }
+
+    fn advance(&self, seq: u64) -> anyhow::Result<()> {
+        self.store().set_cursor(&self.name, seq)?;
+        self.status.cursor.store(seq, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn bury(&self, events: &[StoredEvent], reason: &str, attempts: u32) -> anyhow::Result<()> {
+        for ev in events {
+            self.store().add_dead_letter(
+                &self.name,
+                &DeadLetter {
+                    seq: ev.seq,
+                    attempts,
+                    reason: reason.to_string(),
+                    time: rfc3339(SystemTime::now()),
+                    replay: false,
+                },
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Handles what is due: replays first, then the next events. `Ok(true)` when it did
+    /// something and should look again at once.
+    async fn serve_once(
+        &self,
+        sink: &impl Sink,
+        replay: &Notify,
+        cancel: &CancellationToken,
+    ) -> anyhow::Result<bool> {
+        self.status
+            .head
+            .store(self.reader().last_seq()?, Ordering::Relaxed);
+        if self.is_disabled() {
+            // Disabled by a 410: only a replay re-enables it.
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                _ = replay.notified() => self.queue_replay(),
+            }
+            return Ok(true);
+        }
+        let dead_letters = self.reader().dead_letters(&self.name)?;
+        if let Some(dead) = dead_letters.into_iter().find(|d| d.replay) {
+            let Some(ev) = self.reader().event(dead.seq)? else {
+                self.store().remove_dead_letter(&self.name, dead.seq)?;
+                return Ok(true);
+            };
+            match self.deliver(sink, std::slice::from_ref(&ev), cancel).await {
+                Outcome::Delivered => {
+                    self.store().remove_dead_letter(&self.name, dead.seq)?;
+                    self.status.dead.fetch_sub(1, Ordering::Relaxed);
+                }
+                Outcome::Dead(reason, attempts) => self.bury(&[ev], &reason, attempts)?,
+                Outcome::Disabled(reason) => return self.disable(reason),
+                Outcome::Cancelled => return Ok(false),
+            }
+            return Ok(true);
+        }
+        let cursor = self.reader().cursor(&self.name)?;
+        self.status.cursor.store(cursor, Ordering::Relaxed);
+        let events = self.reader().events_after(cursor, READ_AHEAD)?;
+        if events.is_empty() {
+            return Ok(false);
+        }
+        let mut wanted = Vec::new();
+        for ev in events {
+            if sink.wants(&ev) {
+                wanted.push(ev);
+            } else if wanted.is_empty() {
+                self.advance(ev.seq)?;
+            }
+            // Otherwise the cursor passes it when the batch around it is delivered, or on
+            // the next round.
+        }
+        for batch in wanted.chunks(self.batch) {
+            match self.deliver(sink, batch, cancel).await {
+                Outcome::Delivered => {}
+                Outcome::Dead(reason, attempts) => {
+                    warn!(connector = %self.name, first = batch[0].seq, events = batch.len(), %reason, "Delivery failed for good; kept as dead letters.");
+                    self.bury(batch, &reason, attempts)?;
+                    self.status
+                        .dead
+                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    self.advance(batch[batch.len() - 1].seq)?;
+                }
+                Outcome::Disabled(reason) => return self.disable(reason),
+                Outcome::Cancelled => return Ok(false),
+            }
+        }
+        Ok(true)
+    }
+
+    /// One batch, with every retry of the schedule.
+    async fn deliver(
+        &self,
+        sink: &impl Sink,
+        events: &[StoredEvent],
+        cancel: &CancellationToken,
+    ) -> Outcome {
+        let Some(seq) = events.last().map(|e| e.seq) else {
+            return Outcome::Delivered;
+        };
+        let attempts = 1 + self.retry.len() as u32;
+        let mut last = String::new();
+        for attempt in 1..=attempts {
+            let started = Instant::now();
+            let result = sink.attempt(events).await;
+            let latency_ms = started.elapsed().as_millis() as u64;
+            let outcome = match &result {
+                Try::Ok(code) => format!("delivered {code}"),
+                Try::Gone => "http 410 gone".to_string(),
+                Try::Failed { reason, .. } => reason.clone(),
+            };
+            let record = Attempt {
+                seq,
+                attempt,
+                outcome,
+                latency_ms,
+                time: rfc3339(SystemTime::now()),
+            };
+            // A success moves the cursor in the same transaction.
+            let stored = if matches!(result, Try::Ok(_)) {
+                self.store().delivered(&self.name, &record)
+            } else {
+                self.store().record_attempt(&self.name, &record)
+            };
+            if let Err(e) = stored {
+                warn!(connector = %self.name, error = %e, "Cannot record a delivery attempt.");
+            }
+            match result {
+                Try::Ok(_) => {
+                    self.status
+                        .delivered
+                        .fetch_add(events.len() as u64, Ordering::Relaxed);
+                    self.status.cursor.fetch_max(seq, Ordering::Relaxed);
+                    for ev in events {
+                        if let Some(age) = event_age(ev) {
+                            self.status.latency_seconds.observe(age);
+                        }
+                    }
+                    return Outcome::Delivered;
+                }
+                Try::Gone => {
+                    self.status.failed.fetch_add(1, Ordering::Relaxed);
+                    return Outcome::Disabled(format!("410 Gone for event {seq}"));
+                }
+                Try::Failed {
+                    reason,
+                    retry_after,
+                } => {
+                    self.status.failed.fetch_add(1, Ordering::Relaxed);
+                    *self.status.last_error.lock().expect("status lock") = Some(reason.clone());
+                    last = reason;
+                    let Some(&planned) = self.retry.get(attempt as usize - 1) else {
+                        break;
+                    };
+                    self.status.retried.fetch_add(1, Ordering::Relaxed);
+                    let wait = retry_after.unwrap_or_else(|| jitter(planned));
+                    debug!(connector = %self.name, seq, attempt, reason = %last, ?wait, "Delivery failed; retrying.");
+                    tokio::select! {
+                        _ = cancel.cancelled() => return Outcome::Cancelled,
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
+            }
+        }
+        Outcome::Dead(last, attempts)
+    }
+}
+
+/// Delivers from `outbox` to `sink` until `cancel`: whenever an event is stored, a replay is
+/// asked for, or at least every second (a missed wake-up).
+pub async fn run(
+    outbox: &Outbox,
+    sink: &impl Sink,
+    mut events: broadcast::Receiver<Arc<StoredEvent>>,
+    replay: Arc<Notify>,
+    cancel: CancellationToken,
+) {
+    let every = sink.tick_every();
+    let mut tick_at = every.map(|d| tokio::time::Instant::now() + d);
+    loop {
+        if cancel.is_cancelled() {
+            return;
+        }
+        match outbox.serve_once(sink, &replay, &cancel).await {
+            Ok(true) => continue,
+            Ok(false) => {}
+            Err(e) => {
+                warn!(connector = %outbox.name, error = %e, "Connector store error; retrying in 1 s.");
+                *outbox.status.last_error.lock().expect("status lock") = Some(e.to_string());
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = events.recv() => {}
+            _ = replay.notified() => outbox.queue_replay(),
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = tokio::time::sleep_until(tick_at.unwrap_or_else(far_future)), if tick_at.is_some() => {
+                tick_at = every.map(|d| tokio::time::Instant::now() + d);
+                sink.tick().await;
+            }
+        }
+    }
+}
+
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(86_400 * 365)
+}
+
+/// A secret's text (trimmed). `base` is the folder `file:` secrets are relative to.
+pub fn secret_text(
+    s: &crate::config::SecretRef,
+    base: &Path,
+    what: &str,
+) -> anyhow::Result<String> {
+    let bytes = s
+        .resolve(base)
+        .map_err(|e| anyhow::anyhow!("cannot read {what} ({s:?}): {e}"))?;
+    Ok(String::from_utf8_lossy(&bytes).trim().to_string())
+}
+
+/// The HTTP client of connector `name`: `timeout` per request, no proxy, and `tls` (only
+/// its CA when one is given, a client certificate for mutual TLS).
+pub fn http_client(
+    name: &str,
+    timeout: Duration,
+    tls: &TlsFile,
+) -> anyhow::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder().timeout(timeout).no_proxy();
+    if let Some(ca) = &tls.ca {
+        let pem = std::fs::read(ca)
+            .map_err(|e| anyhow::anyhow!("connector {name}: cannot read {}: {e}", ca.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| anyhow::anyhow!("connector {name}: {}: {e}", ca.display()))?;
+        // Only this CA: an endpoint with a private CA is not also trusted by public ones.
+        builder = builder.tls_certs_only(certs);
+    }
+    if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
+        let mut pem = std::fs::read(cert).map_err(|e| {
+            anyhow::anyhow!("connector {name}: cannot read {}: {e}", cert.display())
+        })?;
+        pem.extend(std::fs::read(key).map_err(|e| {
+            anyhow::anyhow!("connector {name}: cannot read {}: {e}", key.display())
+        })?);
+        let identity = reqwest::Identity::from_pem(&pem)
+            .map_err(|e| anyhow::anyhow!("connector {name}: client certificate: {e}"))?;
+        builder = builder.identity(identity);
+    }
+    Ok(builder.build()?)
+}
+
+/// An error with its sources, `: `-separated.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
+/// `Retry-After`: seconds, or an HTTP date; at most [`MAX_RETRY_AFTER`].
+pub fn parse_retry_after(v: &str) -> Option<Duration> {
+    let v = v.trim();
+    let wait = match v.parse::<u64>() {
+        Ok(s) => Duration::from_secs(s),
+        Err(_) => httpdate::parse_http_date(v)
+            .ok()?
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    };
+    Some(wait.min(MAX_RETRY_AFTER))
+}
+
+/// +-10 %, so that many nodes do not retry in step.
+fn jitter(d: Duration) -> Duration {
+    d.mul_f64(0.9 + fastrand::f64() * 0.2)
+}
+
+/// How long ago the event was stored (its CloudEvent `time`).
+fn event_age(ev: &StoredEvent) -> Option<Duration> {
+    let v: Value = serde_json::from_str(&ev.json).ok()?;
+    let t = humantime::parse_rfc3339(v["time"].as_str()?).ok()?;
+    SystemTime::now().duration_since(t).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_is_seconds_capped() {
+        assert_eq!(parse_retry_after("3"), Some(Duration::from_secs(3)));
+        assert_eq!(parse_retry_after("999999"), Some(MAX_RETRY_AFTER));
+        // A date in the past: retry at once.
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
+        let in_a_minute = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(60));
+        let d = parse_retry_after(&in_a_minute).unwrap();
+        assert!(
+            d > Duration::from_secs(55) && d <= Duration::from_secs(60),
+            "{d:?}"
+        );
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+
+    #[test]
+    fn jitter_stays_within_ten_percent() {
+        for _ in 0..100 {
+            let d = jitter(Duration::from_secs(10));
+            assert!(
+                d >= Duration::from_secs(9) && d <= Duration::from_secs(11),
+                "{d:?}"
+            );
+        }
+    }
+}
