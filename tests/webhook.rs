@@ -280,6 +280,87 @@ async fn server_errors_are_retried_on_the_schedule_and_retry_after_is_honoured()
     let _ = r.task.await;
 }
 
+/// A receiver that answers the first request of each connection with a kept-alive 200 and
+/// drops the connection when a second request arrives on it (what a server that closes idle
+/// connections does when the close and the next request cross). Returns its URL and the
+/// number of requests answered.
+async fn closing_receiver() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let n = answered.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else {
+                return;
+            };
+            let n = n.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut request = Vec::new();
+                // Read one request: headers and a Content-Length body.
+                loop {
+                    let Ok(read) = conn.read(&mut buf).await else {
+                        return;
+                    };
+                    if read == 0 {
+                        return;
+                    }
+                    request.extend_from_slice(&buf[..read]);
+                    let text = String::from_utf8_lossy(&request).to_string();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let length: usize = text[..end]
+                            .lines()
+                            .find_map(|l| {
+                                let (k, v) = l.split_once(':')?;
+                                k.eq_ignore_ascii_case("content-length")
+                                    .then(|| v.trim().parse().ok())?
+                            })
+                            .unwrap_or(0);
+                        if request.len() >= end + 4 + length {
+                            break;
+                        }
+                    }
+                }
+                n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let _ = conn
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                    .await;
+                // The next request on this connection: read its first bytes, then hang up.
+                let _ = conn.read(&mut buf).await;
+            });
+        }
+    });
+    (url, answered)
+}
+
+/// A delivery that goes out on a kept-alive connection the receiver closed is sent again at
+/// once on a new one, not after the first retry delay (10 s here).
+#[tokio::test]
+async fn a_request_on_a_connection_the_receiver_closed_is_resent_at_once() {
+    let (url, answered) = closing_receiver().await;
+    let mut outbox = Outbox::new("closed");
+    let text =
+        format!("type = \"webhook\"\nurl = \"{url}\"\nsecret = \"{SECRET}\"\nretry = [\"10s\"]\n");
+    let r = run(&outbox, config(&text, None));
+    for i in 1..=3 {
+        outbox.push("buddygate.failover.completed");
+        until(
+            Duration::from_secs(3),
+            &format!("delivery {i} without waiting for a retry"),
+            || answered.load(std::sync::atomic::Ordering::SeqCst) == i,
+        )
+        .await;
+    }
+    assert_eq!(
+        r.status.retried.load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    r.cancel.cancel();
+    let _ = r.task.await;
+}
+
 #[tokio::test]
 async fn a_410_disables_the_endpoint_until_a_replay() {
     let rx = Receiver::start("127.0.0.1:0").await;

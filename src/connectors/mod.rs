@@ -174,3 +174,11 @@ pub fn start(
     }
     Ok(handles)
 }
+
+/// Whether a failed request went out on a kept-alive connection the consumer had closed as it
+/// was reused (servers that do not read a body they did not want close theirs): worth sending
+/// once more at once, on a new connection, rather than after the first retry delay. A consumer
+/// that is down (connect error) or slow (timeout) goes through the retry schedule.
+pub(crate) fn closed_connection(e: &reqwest::Error) -> bool {
+    !e.is_connect() && !e.is_timeout() && !e.is_builder() && !e.is_status()
+}

@@ -102,12 +102,8 @@ impl Sink for Onvif {
             };
             let mut result = send().await;
             if let Err(NotifyError::Transport { source, .. }) = &result
-                && !source.is_connect()
-                && !source.is_timeout()
+                && super::closed_connection(source)
             {
-                // A kept-alive connection the consumer closed as it was reused (servers that do
-                // not read a body they did not want close theirs): once more at once, on a new
-                // connection, rather than after the first retry delay.
                 debug!(connector = %self.name, error = %error_chain(source), "Notify on a closed connection; sending again.");
                 result = send().await;
             }

@@ -205,8 +205,21 @@ impl Webhook {
     }
 
     async fn attempt_one(&self, ev: &StoredEvent) -> Try {
-        let req = match self.request(ev) {
-            Ok(r) => r,
+        let send = || async {
+            match self.request(ev) {
+                Ok(req) => Ok(req.send().await),
+                Err(reason) => Err(reason),
+            }
+        };
+        let mut sent = send().await;
+        if let Ok(Err(e)) = &sent
+            && super::closed_connection(e)
+        {
+            debug!(connector = %self.name, error = %error_chain(e), "Sent on a closed connection; sending again.");
+            sent = send().await;
+        }
+        let sent = match sent {
+            Ok(sent) => sent,
             Err(reason) => {
                 return Try::Failed {
                     reason,
@@ -214,7 +227,7 @@ impl Webhook {
                 };
             }
         };
-        match req.send().await {
+        match sent {
             Ok(resp) if resp.status().is_success() => Try::Ok(resp.status().as_u16()),
             Ok(resp) if resp.status() == reqwest::StatusCode::GONE => Try::Gone,
             Ok(resp) => {
