@@ -20,11 +20,17 @@ from the ground truth (agent logs) and the APIs. Figures printed at the end:
   worst dual-owner after heal   how long two owners remained after a heal (one owner within two
                                 heartbeat intervals is the target); also the longest overlap of
                                 a planned hand-over (make-before-break failback)
-  consumers converged           episodes that ended with every API concerned agreeing on the
+  APIs converged                episodes that ended with every API concerned agreeing on the
                                 owner and epoch the ground truth shows (target 100%)
+  consumers converged           per consumer kind (webhook receiver and live MQTT subscriber by
+                                the epoch rule, a fresh MQTT subscriber from the retained
+                                messages): episodes in which, within 10 s after the APIs
+                                converged, it had every resource on the ground truth's final
+                                owner, epoch and address (target 100%); stale (lower-epoch)
+                                messages received after a newer one are counted
 
 Exit status 1 on a false failover, a needless move, an orphan where the home kept serving, an
-unconverged episode, a daemon that died on its own, or a takeover / settle / hand-over time over
+unconverged episode (APIs or consumers), an unverified webhook signature, a daemon that died on its own, or a takeover / settle / hand-over time over
 its bound. A bound missed while a probe saw this disk stall an fsync for 100 ms or more is
 reported, not failed (the daemons fsync claims and events before a takeover's agents start; on
 a machine shared with builds that is the machine).
@@ -47,6 +53,7 @@ import checker  # noqa: E402
 from lab import Lab, now_ns  # noqa: E402
 
 HB_MS, FT_MS, FBD_S = 200, 1000, 3
+CONSUMER_WAIT_S = 10  # connectors retry: how long consumers get to converge after a heal
 
 MENU = [
     # (kind, weight)
@@ -232,6 +239,8 @@ class Soak:
             raise RuntimeError(f"the lab broke, not the daemon: {dead}")
         self.lab.snapshot_apis(f"ep{n:03d}")
         b = now_ns()
+        # The connector consumers, by the epoch rule, within 10 s (connectors retry).
+        cons = checker.wait_consumers(self.lab, timeout=CONSUMER_WAIT_S, tag=f"ep{n:03d}")
         rep = checker.analyze(self.lab.dir, a, b, f"ep{n:03d}", self.lab.concerned,
                               heal=heal)
         run = rep["run"]
@@ -312,6 +321,23 @@ class Soak:
             ep["problems"].append(f"not converged (home: {ok_home}): {bad}")
         if dead:
             ep["problems"].append(f"daemon(s) exited on their own: {dead}")
+        ep["consumers"] = {k: not cons["result"][k]["bad"] for k in checker.CONSUMER_KINDS}
+        ep["consumers_line"] = checker.consumers_line(cons)
+        ep["consumers_ms"] = cons["ms"]
+        views = checker.consumer_views(self.lab.dir)
+        ep["stale"] = {k: len(checker.stale_after(views[k], a)) for k in ("webhook", "mqtt")}
+        for k in checker.CONSUMER_KINDS:
+            bad = cons["result"][k]["bad"]
+            if bad:
+                ep["problems"].append(
+                    f"{k} consumer not on the final owner {CONSUMER_WAIT_S} s after convergence "
+                    f"({len(bad)} resources; got, want): {dict(list(bad.items())[:4])}")
+        if cons["unverified"]:
+            ep["problems"].append(f"webhook deliveries failing the signature check: "
+                                  f"{cons['unverified'][:4]}")
+        for k, ties in cons["ties"].items():
+            if ties:
+                ep["problems"].append(f"{k}: two owners announced at one epoch: {ties[:4]}")
         ep["events"] = {}
         for _, _, k, _ in rep["events"]:
             ep["events"][k] = ep["events"].get(k, 0) + 1
@@ -321,7 +347,10 @@ class Soak:
         self.log(f"ep {n:3d} {kind:<12} {detail:<40} "
                  f"{'ok' if not ep['problems'] else 'PROBLEM'} "
                  f"takeover [{tk}] orphan {ep['orphan_ms']:.0f} settle {ep['settle_ms']:.0f} "
-                 f"overlap {ep['overlap_ms']:.0f} ms, {ep['seconds']:.1f} s"
+                 f"overlap {ep['overlap_ms']:.0f} ms, consumers "
+                 f"{'ok' if all(ep['consumers'].values()) else 'WRONG'}"
+                 f"{' (stale msgs ' + str(ep['stale']) + ')' if any(ep['stale'].values()) else ''}, "
+                 f"{ep['seconds']:.1f} s"
                  + (f", fsync stall {ep['fsync_ms']:.0f} ms" if ep["fsync_ms"] else ""))
         for p in ep["problems"]:
             self.log(f"    PROBLEM: {p}")
@@ -362,6 +391,12 @@ def figures(episodes):
         "worst_settle_ms": max((e["settle_ms"] for e in episodes), default=0.0),
         "worst_overlap_ms": max((e["overlap_ms"] for e in episodes), default=0.0),
         "converged": sum(1 for e in episodes if e["converged"]),
+        "consumers_converged": {k: sum(1 for e in episodes if e["consumers"][k])
+                                for k in checker.CONSUMER_KINDS},
+        "consumers_worst_ms": {k: max((e["consumers_ms"][k] or 0 for e in episodes),
+                                      default=0.0) for k in checker.CONSUMER_KINDS},
+        "stale_msgs": {k: sum(e["stale"][k] for e in episodes) for k in ("webhook", "mqtt")},
+        "stale_episodes": sum(1 for e in episodes if any(e["stale"].values())),
         "moves_after_heal": sum(e["moves_after_heal"] for e in episodes),
         "replacements": sum(e["replacements"] for e in episodes),
         "needless_moves": sum(e["moves_after_heal"] - e["replacements"] for e in episodes),
@@ -437,8 +472,17 @@ def main():
           f"{2 * HB_MS} ms); longest planned hand-over overlap {ms(f['worst_overlap_ms'])}")
     print(f"  moves after heals       {f['needless_moves']} needless; {f['replacements']} "
           f"re-placements to a preferred buddy (placement's documented behaviour)")
-    print(f"  consumers converged     {f['converged']}/{n} episodes "
+    print(f"  APIs converged          {f['converged']}/{n} episodes "
           f"({100 * f['converged'] / n if n else 0:.0f}%)")
+    cc, cw = f["consumers_converged"], f["consumers_worst_ms"]
+    print("  consumers converged     " + ", ".join(
+        f"{k} {cc[k]}/{n}" for k in checker.CONSUMER_KINDS)
+        + " episodes (every resource on the final owner, epoch and address within "
+        f"{CONSUMER_WAIT_S} s of the APIs; slowest " + ", ".join(
+            f"{k} {cw[k]:.0f} ms" for k in checker.CONSUMER_KINDS) + ")")
+    print(f"  stale messages          webhook {f['stale_msgs']['webhook']}, mqtt "
+          f"{f['stale_msgs']['mqtt']} (lower epoch after a newer one, dropped by the epoch "
+          f"rule; in {f['stale_episodes']} episodes)")
     print(f"  slowest fsync on this disk {ms(f['worst_fsync_ms'])}; bounds missed during "
           f"fsync stalls >= 100 ms (reported, not failed): {f['excused']} episode(s)")
     if error:
