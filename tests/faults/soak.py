@@ -54,6 +54,7 @@ from lab import Lab, now_ns  # noqa: E402
 
 HB_MS, FT_MS, FBD_S = 200, 1000, 3
 CONSUMER_WAIT_S = 10  # connectors retry: how long consumers get to converge after a heal
+CONSUMER_MID_WAIT_S = 2  # ... and to show the buddy before the heal (the fault is held)
 
 MENU = [
     # (kind, weight)
@@ -115,6 +116,7 @@ class Soak:
         fault = self.lab.link(s, "hb1", False)
         self.wait_away(s)
         self.hold(0.5, 3)
+        self.consumers_before_heal()
         self.lab.link(s, "hb0", True)
         heal = self.lab.link(s, "hb1", True)
         return [s], fault, heal, s
@@ -144,6 +146,7 @@ class Soak:
         fault = self.lab.pause(s)
         self.wait_away(s)
         self.hold(0.3, 2.5)
+        self.consumers_before_heal()
         heal = self.lab.resume(s)
         return [s], fault, heal, s
 
@@ -164,6 +167,7 @@ class Soak:
         for live in failed:
             self.wait_away(live)
         self.hold(0.5, 2.5)
+        self.consumers_before_heal()
         heal = self.lab.clear_net()
         return failed, fault, heal, " | ".join(",".join(g) for g in groups)
 
@@ -196,6 +200,7 @@ class Soak:
         fault = self.lab.kill9(s)
         self.wait_away(s)
         self.hold(0.5, 2.5)
+        self.consumers_before_heal()
         empty = self.rng.random() < 0.5
         heal = self.lab.mark("restart", node=s, empty=empty)
         self.lab.start(s, empty=empty)
@@ -215,6 +220,7 @@ class Soak:
         self.lab.set_start_delay(first, 0)
         self.wait_away(s, nodes={second})
         self.hold(0.5, 2)
+        self.consumers_before_heal()
         heal = self.lab.mark("restart", node=s)
         self.lab.start(s)
         self.lab.start(first)
@@ -228,9 +234,17 @@ class Soak:
         self.lab.start(s, empty=self.rng.random() < 0.5)
         return [], fault, heal, s
 
+    def consumers_before_heal(self):
+        """Before the heal of a fault that made a buddy take over: every consumer on the
+        owner the epoch rule picks from the ground truth (the buddy; a cut-off or frozen home
+        still serving holds a lower epoch), within CONSUMER_MID_WAIT_S."""
+        self.mid = checker.wait_consumers(self.lab, timeout=CONSUMER_MID_WAIT_S,
+                                          tag=f"ep{self.n:03d}-before-heal", highest=True)
+
     # -- one episode -----------------------------------------------------------------------
     def episode(self, n, kind):
         a = now_ns()
+        self.n, self.mid = n, None
         fn = getattr(self, "f_" + kind.replace("-", "_"))
         failed, fault, heal, detail = fn()
         ok_home = self.lab.wait_home(FBD_S + 15)
@@ -332,6 +346,17 @@ class Soak:
                 ep["problems"].append(
                     f"{k} consumer not on the final owner {CONSUMER_WAIT_S} s after convergence "
                     f"({len(bad)} resources; got, want): {dict(list(bad.items())[:4])}")
+        ep["consumers_mid"] = None
+        if self.mid is not None:
+            ep["consumers_mid"] = {k: not self.mid["result"][k]["bad"]
+                                   for k in checker.CONSUMER_KINDS}
+            for k in checker.CONSUMER_KINDS:
+                bad = self.mid["result"][k]["bad"]
+                if bad:
+                    ep["problems"].append(
+                        f"before the heal the {k} consumer was not on the buddy within "
+                        f"{CONSUMER_MID_WAIT_S} s ({len(bad)}; got, want): "
+                        f"{dict(list(bad.items())[:4])}")
         if cons["unverified"]:
             ep["problems"].append(f"webhook deliveries failing the signature check: "
                                   f"{cons['unverified'][:4]}")
@@ -395,6 +420,10 @@ def figures(episodes):
                                 for k in checker.CONSUMER_KINDS},
         "consumers_worst_ms": {k: max((e["consumers_ms"][k] or 0 for e in episodes),
                                       default=0.0) for k in checker.CONSUMER_KINDS},
+        "takeover_episodes": sum(1 for e in episodes if e["consumers_mid"] is not None),
+        "consumers_on_buddy": {k: sum(1 for e in episodes if e["consumers_mid"]
+                                      and e["consumers_mid"][k])
+                               for k in checker.CONSUMER_KINDS},
         "stale_msgs": {k: sum(e["stale"][k] for e in episodes) for k in ("webhook", "mqtt")},
         "stale_episodes": sum(1 for e in episodes if any(e["stale"].values())),
         "moves_after_heal": sum(e["moves_after_heal"] for e in episodes),
@@ -480,6 +509,10 @@ def main():
         + " episodes (every resource on the final owner, epoch and address within "
         f"{CONSUMER_WAIT_S} s of the APIs; slowest " + ", ".join(
             f"{k} {cw[k]:.0f} ms" for k in checker.CONSUMER_KINDS) + ")")
+    cb, nt = f["consumers_on_buddy"], f["takeover_episodes"]
+    print("  consumers on the buddy  " + ", ".join(
+        f"{k} {cb[k]}/{nt}" for k in checker.CONSUMER_KINDS)
+        + f" takeover episodes, checked before the heal (within {CONSUMER_MID_WAIT_S} s)")
     print(f"  stale messages          webhook {f['stale_msgs']['webhook']}, mqtt "
           f"{f['stale_msgs']['mqtt']} (lower epoch after a newer one, dropped by the epoch "
           f"rule; in {f['stale_episodes']} episodes)")
