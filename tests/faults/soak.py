@@ -30,10 +30,11 @@ from the ground truth (agent logs) and the APIs. Figures printed at the end:
                                 messages received after a newer one are counted
 
 Exit status 1 on a false failover, a needless move, an orphan where the home kept serving, an
-unconverged episode (APIs or consumers), an unverified webhook signature, a daemon that died on its own, or a takeover / settle / hand-over time over
-its bound. A bound missed while a probe saw this disk stall an fsync for 100 ms or more is
-reported, not failed (the daemons fsync claims and events before a takeover's agents start; on
-a machine shared with builds that is the machine).
+unconverged episode (APIs or consumers), an unverified webhook signature, a daemon that died on
+its own, or a takeover / settle / hand-over time over its bound. A bound missed while a probe
+saw this disk stall an fsync for 100 ms or more is reported, not failed (the daemons fsync
+claims and events before a takeover's agents start; on a machine shared with builds that is the
+machine).
 """
 
 import argparse
@@ -374,8 +375,8 @@ class Soak:
                  f"takeover [{tk}] orphan {ep['orphan_ms']:.0f} settle {ep['settle_ms']:.0f} "
                  f"overlap {ep['overlap_ms']:.0f} ms, consumers "
                  f"{'ok' if all(ep['consumers'].values()) else 'WRONG'}"
-                 f"{' (stale msgs ' + str(ep['stale']) + ')' if any(ep['stale'].values()) else ''}, "
-                 f"{ep['seconds']:.1f} s"
+                 + (f" (stale msgs {ep['stale']})" if any(ep["stale"].values()) else "")
+                 + f", {ep['seconds']:.1f} s"
                  + (f", fsync stall {ep['fsync_ms']:.0f} ms" if ep["fsync_ms"] else ""))
         for p in ep["problems"]:
             self.log(f"    PROBLEM: {p}")
