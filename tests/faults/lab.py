@@ -656,6 +656,20 @@ class Lab:
         self.log(f"  timed out after {timeout}s waiting for: {what}")
         return False
 
+    def paths_settled(self):
+        """Every running node sees every path to every running peer it heartbeats with up (a
+        path comes up only after two good heartbeats, so its ARP entries are resolved too)."""
+        running = set(self.up_nodes())
+        for sid in running:
+            v = self.api(sid, "/api/v1/site")
+            if v is None:
+                return False
+            for srv in v["servers"]:
+                if srv["id"] in running and srv.get("known") and srv["paths"]:
+                    if any(p["state"] != "up" for p in srv["paths"]):
+                        return False
+        return True
+
     def wait_home(self, timeout=15):
         return self.wait_until("every resource active at home, every API agreeing",
                                lambda: self.converged(), timeout)
