@@ -23,6 +23,7 @@ import datetime
 import json
 import os
 import sys
+import time
 
 
 def parse_time(s):
@@ -290,6 +291,243 @@ def print_resource_table(rep, out=sys.stdout):
               f"{str(f['truth_ok']):>6}", file=out)
 
 
+# -- connector consumers (tests/faults/consumers.py) ------------------------------------------
+#
+# What a PSIM and an MQTT subscriber believe, from what they received, with the rule every
+# integrator must apply (docs/integration.md, "The epoch rule"): per resource keep the owner
+# with the highest epoch seen, ignore anything lower. A partitioned or frozen node may send
+# stale state; the rule makes that harmless, and the checker counts it (informational).
+
+# webhook: the receiver's view (epoch rule); mqtt: the live subscriber's `resources/{id}`
+# (epoch rule); mqtt-fresh: what a subscriber connecting now is handed (retained, as is);
+# mqtt-servers(-fresh): the same for each live server's `servers/{id}` (served_by, epoch).
+CONSUMER_KINDS = ("webhook", "mqtt", "mqtt-fresh", "mqtt-servers", "mqtt-servers-fresh")
+# Webhook event types that say who serves a resource (failover.started lists claims that are
+# not serving yet: an integrator acts on .completed).
+OWNERSHIP_EVENTS = ("buddygate.failover.completed", "buddygate.failback.completed",
+                    "buddygate.ownership.resolved", "buddygate.ownership.reasserted")
+
+
+def read_jsonl(path):
+    """Complete lines only (a writer may be in the middle of one)."""
+    out = []
+    try:
+        with open(path) as f:
+            for ln in f:
+                if not ln.endswith("\n"):
+                    break
+                try:
+                    out.append(json.loads(ln))
+                except ValueError:
+                    pass
+    except FileNotFoundError:
+        pass
+    return out
+
+
+def webhook_claims(event):
+    """(resource, owner, address, epoch) for every resource an ownership event places."""
+    if not event or event.get("type") not in OWNERSHIP_EVENTS:
+        return []
+    d = event.get("data") or {}
+    if event["type"] == "buddygate.ownership.resolved":
+        return [((d.get("resource") or {}).get("id"), d.get("owner"), d.get("address"),
+                 d.get("epoch"))]
+    return [(r.get("id"), r.get("owner"), r.get("address"), r.get("epoch"))
+            for r in d.get("resources") or []]
+
+
+class EpochView:
+    """One consumer's view: per resource the newest (highest epoch) owner received."""
+
+    def __init__(self):
+        # A lower or equal epoch is ignored (docs/integration.md, the epoch rule). For a
+        # server's topic the view is its `served_by` and `served_address` (its `state` may
+        # change at one epoch; that is not compared).
+        self.best = {}      # resource -> {"owner", "address", "epoch", "t", "src"}
+        self.stale = []     # (t, resource, epoch, newest epoch seen, src, owner)
+        self.ties = []      # same epoch, different owner: never expected (epochs are unique)
+        self.messages = 0
+
+    def apply(self, t, rid, owner, address, epoch, src):
+        if rid is None or epoch is None:
+            return
+        self.messages += 1
+        b = self.best.get(rid)
+        if b is None or epoch > b["epoch"]:
+            self.best[rid] = {"owner": owner, "address": address, "epoch": epoch, "t": t,
+                              "src": src}
+        elif epoch < b["epoch"]:
+            self.stale.append((t, rid, epoch, b["epoch"], src, owner))
+        elif owner != b["owner"] or address != b["address"]:
+            self.ties.append((t, rid, epoch, src, owner, b["owner"]))
+
+
+def consumer_views(run_dir, until=None):
+    """The webhook receiver's and the live MQTT subscriber's views (records up to `until`)."""
+    d = os.path.join(run_dir, "consumers")
+    wh, unverified, deliveries = EpochView(), [], 0
+    for rec in read_jsonl(os.path.join(d, "webhooks.jsonl")):
+        if until is not None and rec["t"] > until:
+            break
+        deliveries += 1
+        if not rec.get("verified"):
+            unverified.append((rec.get("id"), rec.get("error")))
+            continue
+        ev = rec.get("event") or {}
+        for rid, owner, address, epoch in webhook_claims(ev):
+            wh.apply(rec["t"], rid, owner, address, epoch, ev.get("id"))
+    mq, ms = EpochView(), EpochView()
+    for rec in read_jsonl(os.path.join(d, "mqtt.jsonl")):
+        if until is not None and rec["t"] > until:
+            break
+        topic = rec.get("topic", "")
+        p = rec.get("payload") or {}
+        src = f"{'retained' if rec.get('retain') else 'live'} {p.get('timestamp')}"
+        if "/resources/" in topic:
+            mq.apply(rec["t"], topic.rsplit("/", 1)[1], p.get("owner"), p.get("address"),
+                     p.get("epoch"), src)
+        elif "/servers/" in topic:
+            ms.apply(rec["t"], topic.rsplit("/", 1)[1], p.get("served_by"),
+                     p.get("served_address"), p.get("epoch"), src)
+    return {"webhook": wh, "mqtt": mq, "mqtt-servers": ms, "unverified": unverified,
+            "deliveries": deliveries}
+
+
+def fresh_view(fresh, kind="resources"):
+    """A late subscriber's view: exactly the retained messages it was handed (one per topic:
+    no epoch rule can repair a stale retained message)."""
+    v = EpochView()
+    for rid, m in ((fresh or {}).get(kind) or {}).items():
+        p = m.get("payload") or {}
+        if kind == "resources":
+            v.apply(fresh.get("t"), rid, p.get("owner"), p.get("address"), p.get("epoch"),
+                    f"retained {p.get('timestamp')}")
+        else:
+            v.apply(fresh.get("t"), rid, p.get("served_by"), p.get("served_address"),
+                    p.get("epoch"), f"retained {p.get('timestamp')}")
+    return v
+
+
+def server_expectations(expect):
+    """`servers/{id}` of each live server, from its resources' expected owners (the MQTT
+    connector's rule): served_by the owner of most of them (ties to the earlier server in the
+    site file), epoch the highest among them."""
+    order = ["live-1", "live-2", "fo-1", "fo-2"]
+    per = {}
+    for rid, (owner, epoch) in expect.items():
+        per.setdefault(home_of(rid), []).append((owner, epoch))
+    out = {}
+    for srv, xs in per.items():
+        if any(o is None for o, _ in xs):
+            out[srv] = (None, None)
+            continue
+        counts = {}
+        for o, _ in xs:
+            counts[o] = counts.get(o, 0) + 1
+        top = max(counts.values())
+        served = min((o for o, n in counts.items() if n == top),
+                     key=lambda o: order.index(o) if o in order else len(order))
+        out[srv] = (served, max(e for _, e in xs))
+    return out
+
+
+def check_consumers(views, fresh, expect, addresses, unannounced_ok):
+    """Per consumer kind: which resources it has on the expected owner, address and epoch.
+
+    expect: resource -> (owner, epoch), the ground truth; addresses: node -> announced address;
+    unannounced_ok: resources whose owner and epoch never changed since the first claim (no
+    webhook event ever announced them: a PSIM knows them from its configuration)."""
+    kinds = {"webhook": views["webhook"], "mqtt": views["mqtt"], "mqtt-fresh": fresh_view(fresh),
+             "mqtt-servers": views["mqtt-servers"],
+             "mqtt-servers-fresh": fresh_view(fresh, "servers")}
+    sexpect = server_expectations(expect)
+    out = {}
+    for kind, v in kinds.items():
+        bad = {}
+        exp = sexpect if "servers" in kind else expect
+        for rid, (owner, epoch) in sorted(exp.items()):
+            got = v.best.get(rid)
+            if got is None:
+                if kind == "webhook" and rid in unannounced_ok:
+                    continue
+                bad[rid] = ("nothing", f"{owner}@{epoch}")
+            elif (got["owner"], got["epoch"], got["address"]) != (owner, epoch,
+                                                                   addresses.get(owner)):
+                bad[rid] = (f"{got['owner']}@{got['epoch']} ({got['address']}; {got['src']})",
+                            f"{owner}@{epoch}")
+        out[kind] = {"converged": len(exp) - len(bad), "total": len(exp), "bad": bad}
+    return out
+
+
+def consumer_expectations(run, t, highest=False):
+    """From the ground truth at t: resource -> (owner, epoch), and the resources still on their
+    first claim (never moved, never re-claimed: nothing to announce). Two owners (a fault not
+    healed yet: a cut-off or frozen server still serving) expect nothing, unless `highest`:
+    then the owner with the highest epoch, which the epoch rule picks."""
+    expect, first = {}, set()
+    for res in sorted(run.resources):
+        owners = run.owners_at(res, t)
+        if len(owners) != 1 and not (highest and owners):
+            expect[res] = (None, None)  # no single owner: nothing can match
+            continue
+        owner, epoch = max(owners.items(), key=lambda x: x[1])
+        expect[res] = (owner, epoch)
+        steps = run.steps.get(res, [])
+        firsts = [o for _, o in steps if o]
+        if firsts and firsts[0] == {owner: epoch} and all(o == {owner: epoch}
+                                                         for o in firsts):
+            first.add(res)
+    return expect, first
+
+
+def stale_after(view, a, b=None):
+    """Stale (lower-epoch) messages received in [a, b] after a newer one."""
+    return [s for s in view.stale if s[0] >= a and (b is None or s[0] <= b)]
+
+
+def wait_consumers(lab, timeout=10.0, every=0.25, tag=None, expect=None, highest=False):
+    """After a heal: polls the consumers until each kind has every resource on the ground
+    truth's owner and epoch (or `expect`: resource -> (owner, epoch)), or `timeout`. Returns
+    {"ok", "ms" (time to converge, per kind), "result" (check_consumers), "fresh", "stale",
+    "unverified"}; with `tag`, saves it as consumers/check-<tag>.json."""
+    t0 = time.monotonic()
+    addresses = {s.id: s.hb[0] for s in lab.servers}
+    ms = {k: None for k in CONSUMER_KINDS}
+    while True:
+        now = time.time_ns()
+        run = Run(lab.dir)
+        exp, first = consumer_expectations(run, now, highest)
+        if expect is not None:
+            exp = {r: expect.get(r, e) for r, e in exp.items()}
+        views = consumer_views(lab.dir)
+        fresh = lab.fresh_subscriber()
+        res = check_consumers(views, fresh, exp, addresses, first)
+        for k in CONSUMER_KINDS:
+            if ms[k] is None and not res[k]["bad"]:
+                ms[k] = (time.monotonic() - t0) * 1000
+        ok = all(not r["bad"] for r in res.values()) and not views["unverified"]
+        if ok or time.monotonic() - t0 >= timeout:
+            break
+        time.sleep(every)
+    out = {"ok": ok, "ms": ms, "result": res, "fresh": fresh,
+           "unverified": views["unverified"], "deliveries": views["deliveries"],
+           "stale": {"webhook": len(views["webhook"].stale), "mqtt": len(views["mqtt"].stale)},
+           # Two owners announced at one epoch (for servers/{id}: two `served_by`, as the buddy
+           # and the returning server did mid-failback before the connector's fix).
+           "ties": {k: views[k].ties for k in ("webhook", "mqtt", "mqtt-servers")}}
+    if tag:
+        with open(os.path.join(lab.dir, "consumers", f"check-{tag}.json"), "w") as f:
+            json.dump(out, f, indent=1, default=str)
+    return out
+
+
+def consumers_line(c):
+    """"webhook 8/8, mqtt 8/8, mqtt-fresh 8/8"."""
+    return ", ".join(f"{k} {c['result'][k]['converged']}/{c['result'][k]['total']}"
+                     for k in CONSUMER_KINDS)
+
+
 def main():
     ap = argparse.ArgumentParser(description="Check a fault-lab run directory.")
     ap.add_argument("run_dir")
@@ -316,7 +554,35 @@ def main():
     for _, _, k, _ in rep["events"]:
         kinds[k] = kinds.get(k, 0) + 1
     print("events:", ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())))
-    return 0 if rep["agree"] else 1
+    ok = rep["agree"]
+    # The connector consumers' view at the snapshot, by the epoch rule.
+    if os.path.isdir(os.path.join(a.run_dir, "consumers")):
+        views = consumer_views(a.run_dir, until=snap["t"])
+        exp, first = consumer_expectations(run, snap["t"])
+        addresses = {}  # announced addresses, as the APIs report them
+        for v in snap["nodes"].values():
+            for r in (v.get("resources") or {}).values():
+                if r.get("owner") and r.get("address"):
+                    addresses[r["owner"]] = r["address"]
+        fresh = None
+        path = os.path.join(a.run_dir, "consumers", f"check-{tag}.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                fresh = json.load(f).get("fresh")
+        res = check_consumers(views, fresh, exp, addresses, first)
+        for k in CONSUMER_KINDS:
+            if k.endswith("-fresh") and fresh is None:
+                print(f"consumers: {k}: no fresh subscriber saved for this snapshot")
+                continue
+            r = res[k]
+            print(f"consumers: {k} converged {r['converged']}/{r['total']}"
+                  + (f"; wrong: {r['bad']}" if r["bad"] else ""))
+            ok = ok and not r["bad"]
+        print(f"consumers: {views['deliveries']} webhook deliveries, "
+              f"{len(views['unverified'])} unverified; stale messages after a newer one: "
+              f"webhook {len(views['webhook'].stale)}, mqtt {len(views['mqtt'].stale)}")
+        ok = ok and not views["unverified"]
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

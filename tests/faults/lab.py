@@ -22,6 +22,7 @@ agent logs (`agent/<id>.agent.log`, the ground truth), `markers.jsonl` (what the
 and when), and API snapshots written by `snapshot_apis()` for the checker.
 """
 
+import base64
 import ctypes
 import http.client
 import json
@@ -41,6 +42,12 @@ _OWN_NS = os.open("/proc/self/ns/net", os.O_RDONLY)
 
 HB_PORT = 7400
 WITNESS = "10.201.3.1:7500"
+# The connector consumers (tests/faults/consumers.py) and the broker, in the witness namespace.
+BROKER = "10.201.3.1:1883"
+WEBHOOK_URL = "http://10.201.3.1:7600/hook"
+CONSUMERS_CTL = ("127.0.0.1", 7601)
+TOPIC_PREFIX = "buddygate/faults"
+MOSQUITTO = os.environ.get("MOSQUITTO") or shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
 
 def now_ns():
@@ -108,7 +115,8 @@ class Lab:
     """One site in namespaces. Use as a context manager: everything is torn down on exit."""
 
     def __init__(self, binary, workdir, prefix=None, cameras=4, heartbeat_ms=200,
-                 failure_timeout_ms=1000, failback_delay_s=3, seed=None, log=None):
+                 failure_timeout_ms=1000, failback_delay_s=3, seed=None, log=None,
+                 consumers=True):
         self.binary = os.path.abspath(binary)
         self.dir = os.path.abspath(workdir)
         self.prefix = prefix or f"bgf{os.getpid() % 100000}"
@@ -118,6 +126,7 @@ class Lab:
         self.failback_delay_s = failback_delay_s
         self.rng = random.Random(seed)
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self.consumers = consumers
         self.servers = [
             Server(1, "live-1", True, ["fo-1", "fo-2"]),
             Server(2, "live-2", True, ["fo-2", "fo-1"]),
@@ -218,6 +227,38 @@ class Lab:
             start_new_session=True))
         self.aux[-1].what = "the fsync probe"
         self.write_site()
+        if self.consumers:
+            self.start_consumers()
+
+    def start_consumers(self):
+        """Mosquitto and consumers.py (webhook receiver, MQTT subscribers) in the witness
+        namespace: every node reaches them over its `wt0`."""
+        host, port = BROKER.split(":")
+        conf = os.path.join(self.dir, "mosquitto.conf")
+        with open(conf, "w") as f:
+            f.write(f"listener {port} {host}\nallow_anonymous true\npersistence false\n"
+                    "log_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\n"
+                    "max_queued_messages 100000\n")
+        mlog = open(os.path.join(self.dir, "mosquitto.log"), "w")
+        broker = subprocess.Popen(["ip", "netns", "exec", self.witness_ns, MOSQUITTO, "-c", conf],
+                                  stdout=mlog, stderr=mlog, start_new_session=True)
+        broker.what = "the MQTT broker (log mosquitto.log)"
+        self.aux.append(broker)
+        clog = open(os.path.join(self.dir, "consumers.log"), "w")
+        cons = subprocess.Popen(
+            ["ip", "netns", "exec", self.witness_ns, sys.executable,
+             os.path.join(HERE, "consumers.py"), "--dir", self.dir,
+             "--secret-file", os.path.join(self.dir, "connectors", "psim.secret"),
+             "--prefix", TOPIC_PREFIX, "--mqtt", BROKER],
+            stdout=subprocess.PIPE, stderr=clog, text=True, start_new_session=True,
+            env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+        cons.what = "the connector consumers (log consumers.log)"
+        self.aux.append(cons)
+        line = cons.stdout.readline().strip()
+        if not line.startswith("ready"):
+            raise RuntimeError(f"the consumers did not start ({line!r}); see consumers.log "
+                               f"and mosquitto.log")
+        self.log(f"  consumers: {line}")
 
     def write_site(self):
         with open(os.path.join(self.dir, "site.key"), "w") as f:
@@ -233,6 +274,11 @@ class Lab:
             'failback = "auto"',
             f'failback_delay = "{self.failback_delay_s}s"',
             f'witnesses = ["{WITNESS}"]',
+        ]
+        if self.consumers:
+            out.append('connectors = "connectors"')
+            self.write_connectors()
+        out += [
             "",
             "[api]",
             'token = "file:api.token"',
@@ -268,6 +314,45 @@ class Lab:
             ]
         with open(os.path.join(self.dir, "site.toml"), "w") as f:
             f.write("\n".join(out))
+
+    def write_connectors(self):
+        """One webhook and one MQTT connector file, read by every node (the site file and its
+        `connectors` folder are the same on every server)."""
+        d = os.path.join(self.dir, "connectors")
+        os.makedirs(d, exist_ok=True)
+        key = base64.b64encode(b"fault-lab-webhook-key-0123456789").decode()
+        with open(os.path.join(d, "psim.secret"), "w") as f:
+            f.write(f"whsec_{key}\n")
+        # Retries fast and for about a minute (an isolated node's `wt0` is down for seconds):
+        # a delivery that used the schedule up would be a dead letter, missing until a replay.
+        retry = ", ".join(f'"{x}"' for x in ["100ms", "250ms", "500ms"] + ["1s"] * 60)
+        with open(os.path.join(d, "psim.toml"), "w") as f:
+            f.write("# The lab's PSIM: every event, signed (tests/faults/consumers.py).\n"
+                    'type = "webhook"\n'
+                    f'url = "{WEBHOOK_URL}"\n'
+                    'secret = "file:psim.secret"\n'
+                    'timeout = "2s"\n'
+                    f"retry = [{retry}]\n")
+        with open(os.path.join(d, "bus.toml"), "w") as f:
+            f.write("# The lab's MQTT broker (Mosquitto in the witness namespace).\n"
+                    'type = "mqtt"\n'
+                    f'url = "mqtt://{BROKER}"\n'
+                    f'topic_prefix = "{TOPIC_PREFIX}"\n')
+
+    def fresh_subscriber(self, timeout=1.5):
+        """What a subscriber that connects now is handed: the retained `resources/{id}` and
+        `servers/{id}` messages."""
+        conn = _NsHTTP(self.witness_ns, *CONSUMERS_CTL, timeout + 5)
+        try:
+            want = len(self.resource_ids()) + len(self.servers)
+            conn.request("GET", f"/fresh?want={want}&timeout={timeout}",
+                         headers={"Connection": "close"})
+            r = conn.getresponse()
+            return json.loads(r.read()) if r.status == 200 else None
+        except (OSError, ValueError, http.client.HTTPException):
+            return None
+        finally:
+            conn.close()
 
     def _pids_in_our_namespaces(self):
         """Every process living in one of our namespaces (daemons, leftover agents)."""
@@ -570,6 +655,20 @@ class Lab:
             time.sleep(every)
         self.log(f"  timed out after {timeout}s waiting for: {what}")
         return False
+
+    def paths_settled(self):
+        """Every running node sees every path to every running peer it heartbeats with up (a
+        path comes up only after two good heartbeats, so its ARP entries are resolved too)."""
+        running = set(self.up_nodes())
+        for sid in running:
+            v = self.api(sid, "/api/v1/site")
+            if v is None:
+                return False
+            for srv in v["servers"]:
+                if srv["id"] in running and srv.get("known") and srv["paths"]:
+                    if any(p["state"] != "up" for p in srv["paths"]):
+                        return False
+        return True
 
     def wait_home(self, timeout=15):
         return self.wait_until("every resource active at home, every API agreeing",

@@ -23,6 +23,13 @@ fi
 for tool in ip python3; do
     command -v "$tool" >/dev/null || { echo "$0: $tool is missing" >&2; exit 2; }
 done
+# The connector consumers (tests/faults/consumers.py): Mosquitto and paho-mqtt
+# (tests/interop/requirements.txt; standardwebhooks is used when installed).
+mosquitto="${MOSQUITTO:-$(command -v mosquitto || echo /usr/sbin/mosquitto)}"
+[ -x "$mosquitto" ] || { echo "$0: mosquitto is missing (apt-get install mosquitto)" >&2; exit 2; }
+python3 -c 'import paho.mqtt.client' 2>/dev/null || {
+    echo "$0: paho-mqtt is missing (pip install -r tests/interop/requirements.txt)" >&2; exit 2; }
+export MOSQUITTO="$mosquitto"
 if [ ! -c /dev/net/tun ]; then
     mkdir -p /dev/net && mknod /dev/net/tun c 10 200 && chmod 0666 /dev/net/tun
 fi

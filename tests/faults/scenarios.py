@@ -28,6 +28,7 @@ from lab import Lab, now_ns  # noqa: E402
 HB_MS = 200
 FT_MS = 1000
 FBD_S = 3
+CONSUMER_WAIT_S = 10  # connectors retry: how long consumers get to converge after the heal
 
 
 class Ctx:
@@ -73,7 +74,29 @@ class Ctx:
         dead = self.lab.check_alive()
         self.expect(not dead, f"daemon(s) exited on their own: {dead}")
         self.lab.snapshot_apis("end")
-        return now_ns()
+        b = now_ns()
+        self.check_consumers()
+        return b
+
+    def check_consumers(self):
+        """Every connector consumer ends on the final owner and epoch (ground truth), within
+        10 s of convergence (connectors retry): the webhook receiver and the live MQTT
+        subscriber by the epoch rule, a fresh MQTT subscriber from the retained messages."""
+        c = checker.wait_consumers(self.lab, timeout=CONSUMER_WAIT_S, tag="end")
+        self.consumers = c
+        self.figures["consumers"] = checker.consumers_line(c)
+        self.figures["consumers_ms"] = {k: None if v is None else round(v)
+                                        for k, v in c["ms"].items()}
+        self.figures["stale_msgs"] = c["stale"]
+        for k in checker.CONSUMER_KINDS:
+            bad = c["result"][k]["bad"]
+            self.expect(not bad, f"{k} consumer not on the final owner {CONSUMER_WAIT_S} s after "
+                                 f"convergence ({len(bad)} resources; got, want): "
+                                 f"{dict(list(bad.items())[:4])}")
+        self.expect(not c["unverified"], f"webhook deliveries failing the signature check: "
+                                         f"{c['unverified'][:4]}")
+        for k, ties in c["ties"].items():
+            self.expect(not ties, f"{k}: two owners announced at one epoch: {ties[:4]}")
 
     def analyze(self, a, b, fault=None, heal=None, failed=None):
         self.heal = heal
@@ -255,6 +278,22 @@ def s_pause(c):
                                 for r in c.lab.resource_ids()})
     c.figures["on_buddy_1s_after_resume"] = on_buddy
     c.expect(on_buddy, "1 s after SIGCONT not every API says fo-1 serves live-1's cameras")
+    # Every consumer (webhook, live MQTT subscriber, a fresh subscriber) says fo-1 at the
+    # takeover's epoch, 1 s after the resume and again shortly before failback_delay runs out:
+    # the resumed node's stale state must not win anywhere.
+    v = c.lab.resources("fo-1") or {}
+    mine = [r for r in c.lab.resource_ids() if r.startswith("live-1")]
+    buddy = {r: ("fo-1", (v.get(r) or {}).get("epoch")) for r in mine}
+    for when, at_s in (("1 s", 1.0), ("2.5 s", 2.5)):
+        time.sleep(max(0.0, at_s - (now_ns() - heal) / 1e9))
+        cons = checker.wait_consumers(c.lab, timeout=0.0, tag=f"on-buddy-{at_s}s",
+                                      expect=buddy)
+        line = checker.consumers_line(cons)
+        c.figures[f"consumers_on_buddy_{when.replace(' ', '')}"] = line
+        for k in checker.CONSUMER_KINDS:
+            bad = {r: x for r, x in cons["result"][k]["bad"].items() if r in buddy}
+            c.expect(not bad, f"{when} after SIGCONT the {k} consumer does not say fo-1 serves "
+                              f"live-1's cameras at the takeover epoch (got, want): {bad}")
     b = c.settle_down()
     c.analyze(a, b, fault=fault, heal=heal, failed="live-1")
     c.expect_takeover()
@@ -262,6 +301,17 @@ def s_pause(c):
     c.expect_failback_per_policy("live-1", heal)
     c.expect_no_moves_after_heal()
     c.expect_final_home()
+    # Until the failback: the webhook receiver's and the live subscriber's views (epoch rule),
+    # replayed up to the moment before live-1's first start after the resume.
+    fb = [t for t, n, r, e in c.rep["run"].starts(heal, b, nodes={"live-1"})]
+    if fb:
+        views = checker.consumer_views(c.lab.dir, until=min(fb) - 1)
+        for k in ("webhook", "mqtt"):
+            wrong = {r: (views[k].best.get(r) or {}).get("owner") for r in mine
+                     if ((views[k].best.get(r) or {}).get("owner"),
+                         (views[k].best.get(r) or {}).get("epoch")) != buddy[r]}
+            c.expect(not wrong, f"just before the failback the {k} consumer's owner of "
+                                f"live-1's cameras is not fo-1 at the takeover epoch: {wrong}")
 
 
 def s_partition(c):
@@ -439,7 +489,8 @@ def fmt(v, unit=""):
 
 def print_table(results, out=sys.stdout):
     cols = ["scenario", "result", "takeover ms", "orphan ms", "dual ms", "settle ms",
-            "handover ms", "moves after heal", "final owner@epoch", "APIs agree", "time s"]
+            "handover ms", "moves after heal", "final owner@epoch", "APIs agree",
+            "consumers converged", "time s"]
     rows = []
     for r in results:
         f = r["figures"]
@@ -447,7 +498,7 @@ def print_table(results, out=sys.stdout):
         rows.append([r["name"], "ok" if r["ok"] else "FAIL", fmt(f.get("takeover_ms")),
                      fmt(f.get("orphan_ms")), fmt(f.get("dual_ms")), fmt(f.get("settle_ms")),
                      fmt(f.get("overlap_ms")), fmt(f.get("moves_after_heal")), finals,
-                     fmt(f.get("agree")),
+                     fmt(f.get("agree")), f.get("consumers", "-"),
                      f"{r['seconds']:.0f}"])
     widths = [max(len(str(x)) for x in [c] + [row[i] for row in rows]) for i, c in
               enumerate(cols)]

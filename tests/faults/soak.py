@@ -20,14 +20,21 @@ from the ground truth (agent logs) and the APIs. Figures printed at the end:
   worst dual-owner after heal   how long two owners remained after a heal (one owner within two
                                 heartbeat intervals is the target); also the longest overlap of
                                 a planned hand-over (make-before-break failback)
-  consumers converged           episodes that ended with every API concerned agreeing on the
+  APIs converged                episodes that ended with every API concerned agreeing on the
                                 owner and epoch the ground truth shows (target 100%)
+  consumers converged           per consumer kind (webhook receiver and live MQTT subscriber by
+                                the epoch rule, a fresh MQTT subscriber from the retained
+                                messages): episodes in which, within 10 s after the APIs
+                                converged, it had every resource on the ground truth's final
+                                owner, epoch and address (target 100%); stale (lower-epoch)
+                                messages received after a newer one are counted
 
 Exit status 1 on a false failover, a needless move, an orphan where the home kept serving, an
-unconverged episode, a daemon that died on its own, or a takeover / settle / hand-over time over
-its bound. A bound missed while a probe saw this disk stall an fsync for 100 ms or more is
-reported, not failed (the daemons fsync claims and events before a takeover's agents start; on
-a machine shared with builds that is the machine).
+unconverged episode (APIs or consumers), an unverified webhook signature, a daemon that died on
+its own, or a takeover / settle / hand-over time over its bound. A bound missed while a probe
+saw this disk stall an fsync for 100 ms or more is reported, not failed (the daemons fsync
+claims and events before a takeover's agents start; on a machine shared with builds that is the
+machine).
 """
 
 import argparse
@@ -47,6 +54,8 @@ import checker  # noqa: E402
 from lab import Lab, now_ns  # noqa: E402
 
 HB_MS, FT_MS, FBD_S = 200, 1000, 3
+CONSUMER_WAIT_S = 10  # connectors retry: how long consumers get to converge after a heal
+CONSUMER_MID_WAIT_S = 2  # ... and to show the buddy before the heal (the fault is held)
 
 MENU = [
     # (kind, weight)
@@ -108,6 +117,7 @@ class Soak:
         fault = self.lab.link(s, "hb1", False)
         self.wait_away(s)
         self.hold(0.5, 3)
+        self.consumers_before_heal()
         self.lab.link(s, "hb0", True)
         heal = self.lab.link(s, "hb1", True)
         return [s], fault, heal, s
@@ -137,6 +147,7 @@ class Soak:
         fault = self.lab.pause(s)
         self.wait_away(s)
         self.hold(0.3, 2.5)
+        self.consumers_before_heal()
         heal = self.lab.resume(s)
         return [s], fault, heal, s
 
@@ -157,6 +168,7 @@ class Soak:
         for live in failed:
             self.wait_away(live)
         self.hold(0.5, 2.5)
+        self.consumers_before_heal()
         heal = self.lab.clear_net()
         return failed, fault, heal, " | ".join(",".join(g) for g in groups)
 
@@ -189,6 +201,7 @@ class Soak:
         fault = self.lab.kill9(s)
         self.wait_away(s)
         self.hold(0.5, 2.5)
+        self.consumers_before_heal()
         empty = self.rng.random() < 0.5
         heal = self.lab.mark("restart", node=s, empty=empty)
         self.lab.start(s, empty=empty)
@@ -208,6 +221,7 @@ class Soak:
         self.lab.set_start_delay(first, 0)
         self.wait_away(s, nodes={second})
         self.hold(0.5, 2)
+        self.consumers_before_heal()
         heal = self.lab.mark("restart", node=s)
         self.lab.start(s)
         self.lab.start(first)
@@ -221,9 +235,24 @@ class Soak:
         self.lab.start(s, empty=self.rng.random() < 0.5)
         return [], fault, heal, s
 
+    def consumers_before_heal(self):
+        """Before the heal of a fault that made a buddy take over: every consumer on the
+        owner the epoch rule picks from the ground truth (the buddy; a cut-off or frozen home
+        still serving holds a lower epoch), within CONSUMER_MID_WAIT_S."""
+        self.mid = checker.wait_consumers(self.lab, timeout=CONSUMER_MID_WAIT_S,
+                                          tag=f"ep{self.n:03d}-before-heal", highest=True)
+
     # -- one episode -----------------------------------------------------------------------
     def episode(self, n, kind):
+        # Start from a settled network: a heal can leave a path in its up-hysteresis and, after
+        # `ip link set ... down/up`, its ARP entries flushed (a lost ARP request costs the
+        # kernel's 1 s retransmission). A lossy episode started 78 ms after a flap's heal
+        # (seed 1842351988, episode 10) thus met path 0 re-resolving ARP and path 1 at 37% loss
+        # and down in its hysteresis: 1 s of silence on both, a takeover by the protocol's
+        # rules, reported as a false failover of the lossy episode.
+        self.lab.wait_until("every path between running nodes up", self.lab.paths_settled, 10)
         a = now_ns()
+        self.n, self.mid = n, None
         fn = getattr(self, "f_" + kind.replace("-", "_"))
         failed, fault, heal, detail = fn()
         ok_home = self.lab.wait_home(FBD_S + 15)
@@ -232,6 +261,8 @@ class Soak:
             raise RuntimeError(f"the lab broke, not the daemon: {dead}")
         self.lab.snapshot_apis(f"ep{n:03d}")
         b = now_ns()
+        # The connector consumers, by the epoch rule, within 10 s (connectors retry).
+        cons = checker.wait_consumers(self.lab, timeout=CONSUMER_WAIT_S, tag=f"ep{n:03d}")
         rep = checker.analyze(self.lab.dir, a, b, f"ep{n:03d}", self.lab.concerned,
                               heal=heal)
         run = rep["run"]
@@ -312,6 +343,34 @@ class Soak:
             ep["problems"].append(f"not converged (home: {ok_home}): {bad}")
         if dead:
             ep["problems"].append(f"daemon(s) exited on their own: {dead}")
+        ep["consumers"] = {k: not cons["result"][k]["bad"] for k in checker.CONSUMER_KINDS}
+        ep["consumers_line"] = checker.consumers_line(cons)
+        ep["consumers_ms"] = cons["ms"]
+        views = checker.consumer_views(self.lab.dir)
+        ep["stale"] = {k: len(checker.stale_after(views[k], a)) for k in ("webhook", "mqtt")}
+        for k in checker.CONSUMER_KINDS:
+            bad = cons["result"][k]["bad"]
+            if bad:
+                ep["problems"].append(
+                    f"{k} consumer not on the final owner {CONSUMER_WAIT_S} s after convergence "
+                    f"({len(bad)} resources; got, want): {dict(list(bad.items())[:4])}")
+        ep["consumers_mid"] = None
+        if self.mid is not None:
+            ep["consumers_mid"] = {k: not self.mid["result"][k]["bad"]
+                                   for k in checker.CONSUMER_KINDS}
+            for k in checker.CONSUMER_KINDS:
+                bad = self.mid["result"][k]["bad"]
+                if bad:
+                    ep["problems"].append(
+                        f"before the heal the {k} consumer was not on the buddy within "
+                        f"{CONSUMER_MID_WAIT_S} s ({len(bad)}; got, want): "
+                        f"{dict(list(bad.items())[:4])}")
+        if cons["unverified"]:
+            ep["problems"].append(f"webhook deliveries failing the signature check: "
+                                  f"{cons['unverified'][:4]}")
+        for k, ties in cons["ties"].items():
+            if ties:
+                ep["problems"].append(f"{k}: two owners announced at one epoch: {ties[:4]}")
         ep["events"] = {}
         for _, _, k, _ in rep["events"]:
             ep["events"][k] = ep["events"].get(k, 0) + 1
@@ -321,7 +380,10 @@ class Soak:
         self.log(f"ep {n:3d} {kind:<12} {detail:<40} "
                  f"{'ok' if not ep['problems'] else 'PROBLEM'} "
                  f"takeover [{tk}] orphan {ep['orphan_ms']:.0f} settle {ep['settle_ms']:.0f} "
-                 f"overlap {ep['overlap_ms']:.0f} ms, {ep['seconds']:.1f} s"
+                 f"overlap {ep['overlap_ms']:.0f} ms, consumers "
+                 f"{'ok' if all(ep['consumers'].values()) else 'WRONG'}"
+                 + (f" (stale msgs {ep['stale']})" if any(ep["stale"].values()) else "")
+                 + f", {ep['seconds']:.1f} s"
                  + (f", fsync stall {ep['fsync_ms']:.0f} ms" if ep["fsync_ms"] else ""))
         for p in ep["problems"]:
             self.log(f"    PROBLEM: {p}")
@@ -362,6 +424,16 @@ def figures(episodes):
         "worst_settle_ms": max((e["settle_ms"] for e in episodes), default=0.0),
         "worst_overlap_ms": max((e["overlap_ms"] for e in episodes), default=0.0),
         "converged": sum(1 for e in episodes if e["converged"]),
+        "consumers_converged": {k: sum(1 for e in episodes if e["consumers"][k])
+                                for k in checker.CONSUMER_KINDS},
+        "consumers_worst_ms": {k: max((e["consumers_ms"][k] or 0 for e in episodes),
+                                      default=0.0) for k in checker.CONSUMER_KINDS},
+        "takeover_episodes": sum(1 for e in episodes if e["consumers_mid"] is not None),
+        "consumers_on_buddy": {k: sum(1 for e in episodes if e["consumers_mid"]
+                                      and e["consumers_mid"][k])
+                               for k in checker.CONSUMER_KINDS},
+        "stale_msgs": {k: sum(e["stale"][k] for e in episodes) for k in ("webhook", "mqtt")},
+        "stale_episodes": sum(1 for e in episodes if any(e["stale"].values())),
         "moves_after_heal": sum(e["moves_after_heal"] for e in episodes),
         "replacements": sum(e["replacements"] for e in episodes),
         "needless_moves": sum(e["moves_after_heal"] - e["replacements"] for e in episodes),
@@ -437,8 +509,21 @@ def main():
           f"{2 * HB_MS} ms); longest planned hand-over overlap {ms(f['worst_overlap_ms'])}")
     print(f"  moves after heals       {f['needless_moves']} needless; {f['replacements']} "
           f"re-placements to a preferred buddy (placement's documented behaviour)")
-    print(f"  consumers converged     {f['converged']}/{n} episodes "
+    print(f"  APIs converged          {f['converged']}/{n} episodes "
           f"({100 * f['converged'] / n if n else 0:.0f}%)")
+    cc, cw = f["consumers_converged"], f["consumers_worst_ms"]
+    print("  consumers converged     " + ", ".join(
+        f"{k} {cc[k]}/{n}" for k in checker.CONSUMER_KINDS)
+        + " episodes (every resource on the final owner, epoch and address within "
+        f"{CONSUMER_WAIT_S} s of the APIs; slowest " + ", ".join(
+            f"{k} {cw[k]:.0f} ms" for k in checker.CONSUMER_KINDS) + ")")
+    cb, nt = f["consumers_on_buddy"], f["takeover_episodes"]
+    print("  consumers on the buddy  " + ", ".join(
+        f"{k} {cb[k]}/{nt}" for k in checker.CONSUMER_KINDS)
+        + f" takeover episodes, checked before the heal (within {CONSUMER_MID_WAIT_S} s)")
+    print(f"  stale messages          webhook {f['stale_msgs']['webhook']}, mqtt "
+          f"{f['stale_msgs']['mqtt']} (lower epoch after a newer one, dropped by the epoch "
+          f"rule; in {f['stale_episodes']} episodes)")
     print(f"  slowest fsync on this disk {ms(f['worst_fsync_ms'])}; bounds missed during "
           f"fsync stalls >= 100 ms (reported, not failed): {f['excused']} episode(s)")
     if error:

@@ -547,23 +547,7 @@ impl Mqtt {
             );
         }
         for sv in &snap.servers {
-            // Who serves this server's resources: the owner of most of them (itself when it
-            // has none).
-            let mut owners: BTreeMap<ServerIdx, usize> = BTreeMap::new();
-            let mut epoch = 0;
-            for v in &snap.resources {
-                if site.resource(v.resource).server != sv.server {
-                    continue;
-                }
-                epoch = epoch.max(v.epoch);
-                if let Some(o) = v.owner {
-                    *owners.entry(o).or_default() += 1;
-                }
-            }
-            let served_by = owners
-                .iter()
-                .max_by_key(|(o, n)| (**n, std::cmp::Reverse(**o)))
-                .map_or(sv.server, |(o, _)| *o);
+            let (served_by, epoch) = served_by(site, &snap.resources, sv.server);
             if sv.server != me && served_by != me {
                 continue;
             }
@@ -688,9 +672,114 @@ fn state_props(epoch: Option<u64>) -> Props {
     }
 }
 
+/// Who serves `server`'s resources in `views`: the owner of most of them (ties to the earlier
+/// server in the site file; the server itself when none has an owner), and the epoch of
+/// `{prefix}/servers/{id}`: the highest epoch among the resources that owner serves.
+///
+/// Not the highest among all of the server's resources: in the middle of a make-before-break
+/// hand-over (a failback) the buddy still serves most of them while the returning server's
+/// first claims are active at a higher epoch. The buddy then published `served_by` itself at
+/// the returning server's epoch, and the returning server, a moment later, `served_by` itself
+/// at that same epoch: a subscriber keeping the highest epoch (and ignoring an equal one, the
+/// epoch rule) kept the buddy's message, and the broker retained whichever came last. Each
+/// owner's own claims carry epochs no other owner shares, so the newer owner's message now
+/// always has the higher epoch.
+fn served_by(
+    site: &Site,
+    views: &[crate::failover::ResourceView],
+    server: ServerIdx,
+) -> (ServerIdx, crate::failover::Epoch) {
+    let mut owners: BTreeMap<ServerIdx, usize> = BTreeMap::new();
+    let mut any = 0;
+    let mine = || {
+        views
+            .iter()
+            .filter(|v| site.resource(v.resource).server == server)
+    };
+    for v in mine() {
+        any = any.max(v.epoch);
+        if let Some(o) = v.owner {
+            *owners.entry(o).or_default() += 1;
+        }
+    }
+    let by = owners
+        .iter()
+        .max_by_key(|(o, n)| (**n, std::cmp::Reverse(**o)))
+        .map_or(server, |(o, _)| *o);
+    let epoch = mine()
+        .filter(|v| v.owner == Some(by))
+        .map(|v| v.epoch)
+        .max()
+        .unwrap_or(any);
+    (by, epoch)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ResourceIdx;
+    use crate::failover::{ResourceState, ResourceView};
+
+    /// Fault lab (tests/faults), every failback: the buddy published `servers/live-1` as
+    /// served by itself at the returning server's epoch, then live-1 as served by itself at
+    /// the same epoch; a subscriber applying the epoch rule ended on the buddy.
+    #[test]
+    fn servers_topic_epoch_is_the_serving_owners_own() {
+        let site = crate::config::parse_str(
+            r#"
+[site]
+name = "t"
+secret = "x"
+[api]
+token = "x"
+[[servers]]
+id = "live-1"
+address = "10.0.0.1"
+heartbeat = ["10.0.0.1:7400"]
+api = "10.0.0.1:8400"
+buddies = ["fo-1"]
+[[servers]]
+id = "fo-1"
+role = "failover"
+mode = "mirrored"
+address = "10.0.0.2"
+heartbeat = ["10.0.0.2:7400"]
+api = "10.0.0.2:8400"
+[[resources]]
+server = "live-1"
+id = "{server}-cam-{01..04}"
+kind = "camera"
+"#,
+            "site.toml",
+        )
+        .expect("valid site")
+        .site;
+        let live = site.server_idx("live-1").unwrap();
+        let fo = site.server_idx("fo-1").unwrap();
+        // `back` cameras are active on live-1 again at 399, the rest still on fo-1 at 298.
+        let views = |back: u32| -> Vec<ResourceView> {
+            (0..4)
+                .map(|i| ResourceView {
+                    resource: ResourceIdx(i),
+                    owner: Some(if i < back { live } else { fo }),
+                    epoch: if i < back { 399 } else { 298 },
+                    state: ResourceState::Active,
+                })
+                .collect()
+        };
+        // fo-1 still serves most: its message carries its own epoch, below live-1's claims.
+        assert_eq!(served_by(&site, &views(1), live), (fo, 298));
+        // Half back: ties go to the earlier server in the site file.
+        assert_eq!(served_by(&site, &views(2), live), (live, 399));
+        assert_eq!(served_by(&site, &views(4), live), (live, 399));
+        assert_eq!(served_by(&site, &views(0), live), (fo, 298));
+        // Nobody serves them: the server itself, at the highest epoch known.
+        let none: Vec<_> = views(1)
+            .into_iter()
+            .map(|v| ResourceView { owner: None, ..v })
+            .collect();
+        assert_eq!(served_by(&site, &none, live), (live, 399));
+    }
 
     #[test]
     fn backoff_doubles_up_to_the_cap() {
