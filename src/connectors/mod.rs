@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use futures_util::future::BoxFuture;
 use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -115,7 +116,7 @@ pub fn start(
     for c in connectors {
         let status = Arc::new(ConnectorStatus::default());
         let replay = Arc::new(Notify::new());
-        match &c.kind {
+        let (target, task): (&str, BoxFuture<'static, ()>) = match &c.kind {
             ConnectorKind::Webhook(cfg) => {
                 let w = webhook::Webhook::build(
                     c.name.clone(),
@@ -126,14 +127,8 @@ pub fn start(
                     status.clone(),
                 )?
                 .with_snapshot(snapshot.clone());
-                handles.push(ConnectorHandle {
-                    name: c.name.clone(),
-                    kind: "webhook",
-                    target: cfg.url.clone(),
-                    status,
-                    replay: replay.clone(),
-                });
-                tasks.spawn(w.run(events.subscribe(), replay, cancel.clone()));
+                let run = w.run(events.subscribe(), replay.clone(), cancel.clone());
+                (&cfg.url, Box::pin(run))
             }
             ConnectorKind::Mqtt(cfg) => {
                 let m = mqtt::Mqtt::build(
@@ -144,14 +139,8 @@ pub fn start(
                     data_dir,
                     status.clone(),
                 )?;
-                handles.push(ConnectorHandle {
-                    name: c.name.clone(),
-                    kind: "mqtt",
-                    target: cfg.url.clone(),
-                    status,
-                    replay,
-                });
-                tasks.spawn(m.run(events.subscribe(), snapshot.clone(), cancel.clone()));
+                let run = m.run(events.subscribe(), snapshot.clone(), cancel.clone());
+                (&cfg.url, Box::pin(run))
             }
             ConnectorKind::Onvif(cfg) => {
                 let o = onvif::Onvif::build(
@@ -161,16 +150,18 @@ pub fn start(
                     data_dir,
                     status.clone(),
                 )?;
-                handles.push(ConnectorHandle {
-                    name: c.name.clone(),
-                    kind: "onvif",
-                    target: cfg.url.clone(),
-                    status,
-                    replay: replay.clone(),
-                });
-                tasks.spawn(o.run(events.subscribe(), replay, cancel.clone()));
+                let run = o.run(events.subscribe(), replay.clone(), cancel.clone());
+                (&cfg.url, Box::pin(run))
             }
-        }
+        };
+        handles.push(ConnectorHandle {
+            name: c.name.clone(),
+            kind: c.kind.type_name(),
+            target: target.to_string(),
+            status,
+            replay,
+        });
+        tasks.spawn(task);
     }
     Ok(handles)
 }
