@@ -198,6 +198,27 @@ fn event_types(msgs: &[Msg], source: &str) -> Vec<String> {
         .collect()
 }
 
+/// Waits until `sub` has `failover.completed` from `source`, then asserts server.down,
+/// failover.started and failover.completed arrived in that order.
+async fn failover_events_in_order(sub: &Sub, source: &str, limit: Duration) {
+    common::eventually(limit, "failover.completed", || async {
+        event_types(&sub.all(), source)
+            .contains(&"buddygate.failover.completed".to_string())
+            .then_some(())
+    })
+    .await;
+    let types = event_types(&sub.all(), source);
+    let pos = |t: &str| types.iter().position(|x| x == t).unwrap_or(usize::MAX);
+    assert!(
+        pos("buddygate.server.down") < pos("buddygate.failover.started"),
+        "{types:?}"
+    );
+    assert!(
+        pos("buddygate.failover.started") < pos("buddygate.failover.completed"),
+        "{types:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_subscriber_learns_every_new_owner_and_the_will_and_birth_follow_the_node() {
     let port = broker();
@@ -228,22 +249,7 @@ async fn a_late_subscriber_learns_every_new_owner_and_the_will_and_birth_follow_
     })
     .await;
     // Events at QoS 1, in order.
-    common::eventually(Duration::from_secs(10), "failover.completed", || async {
-        event_types(&early.all(), "buddygate://mqtt/fo-1")
-            .contains(&"buddygate.failover.completed".to_string())
-            .then_some(())
-    })
-    .await;
-    let types = event_types(&early.all(), "buddygate://mqtt/fo-1");
-    let pos = |t: &str| types.iter().position(|x| x == t).unwrap_or(usize::MAX);
-    assert!(
-        pos("buddygate.server.down") < pos("buddygate.failover.started"),
-        "{types:?}"
-    );
-    assert!(
-        pos("buddygate.failover.started") < pos("buddygate.failover.completed"),
-        "{types:?}"
-    );
+    failover_events_in_order(&early, "buddygate://mqtt/fo-1", Duration::from_secs(10)).await;
     for m in early.all().iter().filter(|m| m.topic.contains("/events/")) {
         assert_eq!(m.qos, QoS::AtLeastOnce, "{m:?}");
         assert_eq!(
@@ -469,26 +475,7 @@ async fn a_broker_down_during_a_failover_gets_every_event_once_it_is_back() {
     .await;
 
     proxy.start().await;
-    common::eventually(
-        Duration::from_secs(20),
-        "events after the outage",
-        || async {
-            event_types(&sub.all(), "buddygate://mqttdown/fo-1")
-                .contains(&"buddygate.failover.completed".to_string())
-                .then_some(())
-        },
-    )
-    .await;
-    let types = event_types(&sub.all(), "buddygate://mqttdown/fo-1");
-    let pos = |t: &str| types.iter().position(|x| x == t).unwrap_or(usize::MAX);
-    assert!(
-        pos("buddygate.server.down") < pos("buddygate.failover.started"),
-        "{types:?}"
-    );
-    assert!(
-        pos("buddygate.failover.started") < pos("buddygate.failover.completed"),
-        "{types:?}"
-    );
+    failover_events_in_order(&sub, "buddygate://mqttdown/fo-1", Duration::from_secs(20)).await;
     for (id, _, address, epoch) in &owners {
         let v = common::eventually(Duration::from_secs(5), "retained owner", || async {
             sub.last(&format!("buddygate/mqttdown/resources/{id}"))
