@@ -8,17 +8,18 @@
 //!
 //! Prints figures for docs/benchmarks.md; asserts nothing about time.
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use buddygate::config::connectors::{self, ConnectorKind};
-use buddygate::config::{Kind, Mode, ResourceIdx};
+use buddygate::config::{Kind, Mode};
 use buddygate::connectors::ConnectorStatus;
 use buddygate::connectors::mqtt::Mqtt;
-use buddygate::failover::{ResourceState, ResourceView, ServerState, ServerView, Stats};
-use buddygate::runtime::state::Snapshot;
 use buddygate::store::Store;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::json;
@@ -124,37 +125,7 @@ async fn measure(v5: bool, base: &Path) {
     let ConnectorKind::Mqtt(cfg) = c.unwrap().kind else {
         panic!("not mqtt")
     };
-    let snapshot = |owner, epoch| Snapshot {
-        site: site.clone(),
-        node: fo,
-        booting: false,
-        now: Duration::ZERO,
-        taken_at: SystemTime::now(),
-        servers: [live, fo]
-            .into_iter()
-            .map(|s| ServerView {
-                server: s,
-                state: if s == live {
-                    ServerState::Down
-                } else {
-                    ServerState::Up
-                },
-                paths: Vec::new(),
-                known: true,
-                config_mismatch: false,
-                booting: false,
-            })
-            .collect(),
-        resources: (0..1000)
-            .map(|i| ResourceView {
-                resource: ResourceIdx(i),
-                owner: Some(owner),
-                epoch,
-                state: ResourceState::Active,
-            })
-            .collect(),
-        stats: Stats::default(),
-    };
+    let snapshot = |owner, epoch| common::owners_snapshot(&site, live, fo, owner, epoch, 1000);
 
     let seen = Arc::new(Mutex::new(Vec::new()));
     let notify = Arc::new(Notify::new());

@@ -589,9 +589,7 @@ fn bad_mqtt_files_report_every_problem_with_its_position() {
 /// gets out, through flow control.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failover_of_1000_resources_publishes_every_retained_owner() {
-    use buddygate::config::{Kind, Mode, ResourceIdx};
-    use buddygate::failover::{ResourceState, ResourceView, ServerState, ServerView, Stats};
-    use buddygate::runtime::state::Snapshot;
+    use buddygate::config::{Kind, Mode};
     use std::sync::Arc;
 
     let port = broker();
@@ -604,37 +602,7 @@ async fn a_failover_of_1000_resources_publishes_every_retained_owner() {
     );
     let fo = site.server_idx("fo-1").unwrap();
     let live = site.server_idx("live-1").unwrap();
-    let snapshot = |owner, epoch| Snapshot {
-        site: site.clone(),
-        node: fo,
-        booting: false,
-        now: Duration::ZERO,
-        taken_at: std::time::SystemTime::now(),
-        servers: [live, fo]
-            .into_iter()
-            .map(|s| ServerView {
-                server: s,
-                state: if s == live {
-                    ServerState::Down
-                } else {
-                    ServerState::Up
-                },
-                paths: Vec::new(),
-                known: true,
-                config_mismatch: false,
-                booting: false,
-            })
-            .collect(),
-        resources: (0..1000)
-            .map(|i| ResourceView {
-                resource: ResourceIdx(i),
-                owner: Some(owner),
-                epoch,
-                state: ResourceState::Active,
-            })
-            .collect(),
-        stats: Stats::default(),
-    };
+    let snapshot = |owner, epoch| common::owners_snapshot(&site, live, fo, owner, epoch, 1000);
     let (c, _) = connectors::check_file(
         &format!("type = \"mqtt\"\nurl = \"mqtt://127.0.0.1:{port}\"\n"),
         "b.toml",

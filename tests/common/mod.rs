@@ -506,3 +506,47 @@ pub fn assert_schema_fresh(schema: &schemars::Schema, path: &str, test: &str) {
         "{path} is stale: run BLESS=1 cargo test --test {test}"
     );
 }
+
+/// `node`'s view with `live` down and its first `resources` resources active on `owner` at
+/// `epoch`: what a connector publishes after a failover, without running one.
+pub fn owners_snapshot(
+    site: &Arc<buddygate::config::Site>,
+    live: buddygate::config::ServerIdx,
+    node: buddygate::config::ServerIdx,
+    owner: buddygate::config::ServerIdx,
+    epoch: u64,
+    resources: u32,
+) -> buddygate::runtime::state::Snapshot {
+    use buddygate::failover::{ResourceState, ResourceView, ServerState, ServerView, Stats};
+    buddygate::runtime::state::Snapshot {
+        site: site.clone(),
+        node,
+        booting: false,
+        now: Duration::ZERO,
+        taken_at: std::time::SystemTime::now(),
+        servers: [live, node]
+            .into_iter()
+            .map(|s| ServerView {
+                server: s,
+                state: if s == live {
+                    ServerState::Down
+                } else {
+                    ServerState::Up
+                },
+                paths: Vec::new(),
+                known: true,
+                config_mismatch: false,
+                booting: false,
+            })
+            .collect(),
+        resources: (0..resources)
+            .map(|i| ResourceView {
+                resource: buddygate::config::ResourceIdx(i),
+                owner: Some(owner),
+                epoch,
+                state: ResourceState::Active,
+            })
+            .collect(),
+        stats: Stats::default(),
+    }
+}
