@@ -253,19 +253,10 @@ impl Store {
         json: impl FnOnce(u64) -> String,
     ) -> Result<StoredEvent, StoreError> {
         let mut json = Some(json);
-        let mut stored =
-            self.append_events(&[kind], |seq, _| (json.take().expect("one event"))(seq))?;
+        let mut stored = self.commit(&[], &[kind], |seq, _| {
+            (json.take().expect("one event"))(seq)
+        })?;
         Ok(stored.pop().expect("one event stored"))
-    }
-
-    /// Appends several events in one transaction (one fsync): `json(seq, i)` builds the i-th,
-    /// of type `kinds[i]`. All or none are stored.
-    pub fn append_events(
-        &mut self,
-        kinds: &[&str],
-        json: impl FnMut(u64, usize) -> String,
-    ) -> Result<Vec<StoredEvent>, StoreError> {
-        self.commit(&[], kinds, json)
     }
 
     /// Stores claims and events in one transaction, so one fsync makes both durable: all or
