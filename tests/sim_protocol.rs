@@ -424,6 +424,34 @@ fn no_orphan_after(sim: &Sim, rs: &[ResourceIdx], after: Duration) -> bool {
         .all(|g| g.to.is_some_and(|t| t <= after))
 }
 
+/// Found by the fault lab (scenario `partition`, a slow disk): a live server cut off from its
+/// buddy longer than failback_delay, still recording, stands down for the buddy's higher epoch
+/// at the heal and must then wait failback_delay from the heal, not from the path going down
+/// before it (it reclaimed 150 ms after standing down).
+#[test]
+fn e_a_live_server_that_stood_down_at_a_heal_waits_failback_delay() {
+    for seed in 1..=5 {
+        let mut sim = started(seed, two_live_one_buddy().failback(Failback::Auto, SECS(3)));
+        let (l1, l2, fo) = (sim.idx("live-1"), sim.idx("live-2"), sim.idx("fo-1"));
+        let rs = homed(&sim, l1);
+        sim.partition(&[l1], &[fo, l2], true);
+        sim.run_for(SECS(8));
+        let heal = sim.now();
+        sim.heal_all();
+        assert!(
+            sim.run_until_cond(SECS(2), |sim| all_on(sim, &rs, fo)),
+            "seed {seed}: live-1 stood down"
+        );
+        sim.run_for(heal + SECS(3) - MS(100) - sim.now());
+        assert!(
+            all_on(&sim, &rs, fo),
+            "seed {seed}: live-1 reclaimed {:?} after the heal, before failback_delay",
+            sim.now() - heal
+        );
+        assert!(sim.run_until_cond(SECS(3), |sim| all_on(sim, &rs, l1)));
+    }
+}
+
 #[test]
 fn e_auto_failback_waits_failback_delay_and_is_make_before_break() {
     let mut sim = started(5, two_live_one_buddy().failback(Failback::Auto, SECS(10)));

@@ -1123,6 +1123,10 @@ impl Node {
             if conflict {
                 conflicts_now.insert(r);
                 if !self.conflicts.contains(&r) {
+                    // Two owners: the network was split a moment ago. Failback waits
+                    // failback_delay from here, not from the last path transition, which a
+                    // heal heard late (before the paths count as up) may leave in the past.
+                    self.stable_since = now;
                     owners.sort_by_key(|&(s, e)| {
                         (std::cmp::Reverse(e), self.topo.rank(&self.site, r, s))
                     });
