@@ -9,7 +9,6 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use crate::config::{Failback, Kind, Mode, ServerIdx, Site};
-use crate::failover::{DownReason, Event};
 use crate::sim::{Sim, SimOptions, SiteBuilder};
 
 /// Options of the demo.
@@ -36,92 +35,6 @@ pub fn demo_site() -> Site {
             .resource(&format!("{live}-analytics"), Kind::Analytics, live, 3);
     }
     b.build()
-}
-
-/// One line describing an event, for people.
-pub fn describe(site: &Site, e: &Event) -> String {
-    let s = |i: ServerIdx| site.server(i).id.as_str();
-    match e {
-        Event::ServerDown {
-            server,
-            reason,
-            down_since,
-        } => match reason {
-            DownReason::Timeout => format!(
-                "server.down {} (silent on every path since {:.3}s)",
-                s(*server),
-                down_since.as_secs_f64()
-            ),
-            DownReason::Leaving => format!("server.down {} (leaving)", s(*server)),
-        },
-        Event::ServerUp { server } => format!("server.up {}", s(*server)),
-        Event::PathDown { server, path } => format!("path.down {} path {path}", s(*server)),
-        Event::PathUp { server, path } => format!("path.up {} path {path}", s(*server)),
-        Event::FailoverStarted {
-            server,
-            new_server,
-            epoch,
-            resources,
-        } => format!(
-            "failover.started {} -> {}: {} resources at epoch {epoch}",
-            s(*server),
-            s(*new_server),
-            resources.len()
-        ),
-        Event::FailoverCompleted {
-            server,
-            new_server,
-            epoch,
-            resources,
-            failed,
-            takeover,
-            ..
-        } => format!(
-            "failover.completed {} -> {} ({}): {} active, {} failed, epoch {epoch}, {} ms after the last heartbeat",
-            s(*server),
-            s(*new_server),
-            site.server(*new_server).address,
-            resources.len(),
-            failed.len(),
-            takeover.as_millis()
-        ),
-        Event::FailbackCompleted {
-            server,
-            epoch,
-            resources,
-            duration,
-            ..
-        } => format!(
-            "failback.completed {}: {} resources home at epoch {epoch} in {} ms",
-            s(*server),
-            resources.len(),
-            duration.as_millis()
-        ),
-        Event::ResourceFailed {
-            resource, reason, ..
-        } => format!("resource.failed {}: {reason}", site.resource(*resource).id),
-        Event::OwnershipConflict { resource, owners } => format!(
-            "ownership.conflict {}: {}",
-            site.resource(*resource).id,
-            owners
-                .iter()
-                .map(|(o, e)| format!("{}@{e}", s(*o)))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-        Event::OwnershipResolved {
-            resource,
-            owner,
-            epoch,
-        } => format!(
-            "ownership.resolved {} -> {}@{epoch}",
-            site.resource(*resource).id,
-            s(*owner)
-        ),
-        Event::ConfigMismatch { server, .. } => {
-            format!("config.mismatch with {}", s(*server))
-        }
-    }
 }
 
 struct Runner {
@@ -163,7 +76,7 @@ impl Runner {
                 "[{:>8.3}s]   {:<6} {}",
                 t.as_secs_f64(),
                 site.server(node).id,
-                describe(&site, &e)
+                e.describe(&site)
             );
         }
     }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::config::{ResourceIdx, ServerIdx};
+use crate::config::{ResourceIdx, ServerIdx, Site};
 
 /// Why a server stopped serving its resources.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,6 +100,92 @@ impl Event {
             Event::OwnershipConflict { .. } => "buddygate.ownership.conflict",
             Event::OwnershipResolved { .. } => "buddygate.ownership.resolved",
             Event::ConfigMismatch { .. } => "buddygate.config.mismatch",
+        }
+    }
+
+    /// One line describing the event, for people (logs, the demo).
+    pub fn describe(&self, site: &Site) -> String {
+        let s = |i: ServerIdx| site.server(i).id.as_str();
+        match self {
+            Event::ServerDown {
+                server,
+                reason,
+                down_since,
+            } => match reason {
+                DownReason::Timeout => format!(
+                    "server.down {} (silent on every path since {:.3}s)",
+                    s(*server),
+                    down_since.as_secs_f64()
+                ),
+                DownReason::Leaving => format!("server.down {} (leaving)", s(*server)),
+            },
+            Event::ServerUp { server } => format!("server.up {}", s(*server)),
+            Event::PathDown { server, path } => format!("path.down {} path {path}", s(*server)),
+            Event::PathUp { server, path } => format!("path.up {} path {path}", s(*server)),
+            Event::FailoverStarted {
+                server,
+                new_server,
+                epoch,
+                resources,
+            } => format!(
+                "failover.started {} -> {}: {} resources at epoch {epoch}",
+                s(*server),
+                s(*new_server),
+                resources.len()
+            ),
+            Event::FailoverCompleted {
+                server,
+                new_server,
+                epoch,
+                resources,
+                failed,
+                takeover,
+                ..
+            } => format!(
+                "failover.completed {} -> {} ({}): {} active, {} failed, epoch {epoch}, {} ms after the last heartbeat",
+                s(*server),
+                s(*new_server),
+                site.server(*new_server).address,
+                resources.len(),
+                failed.len(),
+                takeover.as_millis()
+            ),
+            Event::FailbackCompleted {
+                server,
+                epoch,
+                resources,
+                duration,
+                ..
+            } => format!(
+                "failback.completed {}: {} resources home at epoch {epoch} in {} ms",
+                s(*server),
+                resources.len(),
+                duration.as_millis()
+            ),
+            Event::ResourceFailed {
+                resource, reason, ..
+            } => format!("resource.failed {}: {reason}", site.resource(*resource).id),
+            Event::OwnershipConflict { resource, owners } => format!(
+                "ownership.conflict {}: {}",
+                site.resource(*resource).id,
+                owners
+                    .iter()
+                    .map(|(o, e)| format!("{}@{e}", s(*o)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Event::OwnershipResolved {
+                resource,
+                owner,
+                epoch,
+            } => format!(
+                "ownership.resolved {} -> {}@{epoch}",
+                site.resource(*resource).id,
+                s(*owner)
+            ),
+            Event::ConfigMismatch { server, .. } => {
+                format!("config.mismatch with {}", s(*server))
+            }
         }
     }
 }

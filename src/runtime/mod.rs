@@ -459,7 +459,7 @@ impl Core {
 }
 
 fn log_event(site: &Site, e: &Event) {
-    let text = crate::demo::describe(site, e);
+    let text = e.describe(site);
     match e {
         Event::ServerDown { .. }
         | Event::ResourceFailed { .. }
