@@ -537,6 +537,7 @@ pub fn owners_snapshot(
                 known: true,
                 config_mismatch: false,
                 booting: false,
+                held: false,
             })
             .collect(),
         resources: (0..resources)
@@ -545,6 +546,7 @@ pub fn owners_snapshot(
                 owner: Some(owner),
                 epoch,
                 state: ResourceState::Active,
+                unplaced: false,
             })
             .collect(),
         stats: Stats::default(),
