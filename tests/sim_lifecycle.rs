@@ -381,7 +381,7 @@ fn case_7_heartbeats_replayed_to_a_restarted_buddy_do_not_fail_over_a_healthy_se
     assert_eq!(count(&sim, fo, t, "buddygate.failover.started"), 0);
     let stats = sim.node(fo).unwrap().stats();
     assert!(
-        stats.rejected.get("replay").copied().unwrap_or(0) + stats.unconfirmed_states >= 39,
+        stats.rejected.get("replay").copied().unwrap_or(0) + stats.unconfirmed >= 39,
         "{stats:?}"
     );
 }

@@ -111,9 +111,9 @@ pub struct Stats {
     pub evictions: u64,
     /// Times this node jumped past an incarnation its peers remembered.
     pub incarnation_jumps: u64,
-    /// `leaving` or `unhealthy` states ignored because the heartbeat did not echo this node's
-    /// incarnation (possible replays).
-    pub unconfirmed_states: u64,
+    /// Heartbeats counted for liveness only: they did not echo this node's incarnation (sent
+    /// before the peer heard it, or replayed).
+    pub unconfirmed: u64,
 }
 
 impl Node {

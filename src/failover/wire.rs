@@ -62,10 +62,11 @@ pub struct WireClaim {
     pub kind: ClaimKind,
 }
 
-/// A resource its sender could not run at `epoch` (its start or monitor failed): placement
-/// leaves it to another buddy.
+/// A resource and an epoch: in `failed`, one its sender could not run at that epoch (its start
+/// or monitor failed), so placement leaves it to another buddy; in `newer`, one the receiver
+/// claims below an epoch the sender knows of, so the receiver's claim is stale.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WireFailure {
+pub struct WireEpoch {
     pub resource: String,
     pub epoch: u64,
 }
@@ -120,7 +121,11 @@ pub struct Heartbeat {
     /// its own sequence numbers.
     pub echo_seq: u64,
     pub claims: Vec<WireClaim>,
-    pub failed: Vec<WireFailure>,
+    pub failed: Vec<WireEpoch>,
+    /// The receiver's claims the sender knows a newer epoch for (usually none): a node that
+    /// kept recording through a partition learns that consumers were told of another owner,
+    /// and renews its claim above it.
+    pub newer: Vec<WireEpoch>,
     pub rounds: Vec<WireRound>,
     pub holds: Vec<WireHold>,
 }
@@ -221,9 +226,13 @@ mod tests {
                 state: ClaimState::Active,
                 kind: ClaimKind::Home,
             }],
-            failed: vec![WireFailure {
+            failed: vec![WireEpoch {
                 resource: "cam-002".into(),
                 epoch: 298,
+            }],
+            newer: vec![WireEpoch {
+                resource: "cam-003".into(),
+                epoch: 399,
             }],
             rounds: vec![WireRound {
                 server: "live-1".into(),

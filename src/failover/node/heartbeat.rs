@@ -1,9 +1,10 @@
 //! What a heartbeat carries (rule 1): this node's state and claims, what it failed to run,
-//! the round floors of the home servers the receiver may claim for, every operator hold it
-//! knows, and the echo of the receiver's own incarnation.
+//! the round floors of the home servers the receiver may claim for, the receiver's claims it
+//! knows a newer epoch for, every operator hold it knows, and the echo of the receiver's own
+//! incarnation.
 
 use super::{Node, Output};
-use crate::failover::wire::{self, Heartbeat, WireClaim, WireFailure, WireRound};
+use crate::failover::wire::{self, Heartbeat, WireClaim, WireEpoch, WireRound};
 
 impl Node {
     pub(super) fn send_heartbeats(&mut self, out: &mut Vec<Output>) {
@@ -25,7 +26,7 @@ impl Node {
             .own
             .failed
             .iter()
-            .map(|(&r, f)| WireFailure {
+            .map(|(&r, f)| WireEpoch {
                 resource: site.resource(r).id.clone(),
                 epoch: f.epoch,
             })
@@ -41,6 +42,7 @@ impl Node {
             echo_seq: 0,
             claims,
             failed,
+            newer: Vec::new(),
             rounds: Vec::new(),
             holds: self.holds.wire(|s| site.server(s).id.clone()),
         };
@@ -48,6 +50,16 @@ impl Node {
             (hb.echo, hb.echo_seq) = self.peers.get(to).map_or((0, 0), |p| {
                 let seq = p.paths.iter().map(|x| x.last_seq).max().unwrap_or(0);
                 (p.incarnation, seq)
+            });
+            hb.newer = self.peers.get(to).map_or_else(Vec::new, |p| {
+                p.claims
+                    .iter()
+                    .filter(|(r, h)| self.known.get(*r) > h.epoch)
+                    .map(|&(r, _)| WireEpoch {
+                        resource: site.resource(r).id.clone(),
+                        epoch: self.known.get(r),
+                    })
+                    .collect()
             });
             hb.rounds = topo
                 .interests(to)

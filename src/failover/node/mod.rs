@@ -366,6 +366,9 @@ impl Node {
         }
         self.incarnation = past + 1;
         self.seq = 0;
+        for p in self.peers.by_server.values_mut() {
+            p.confirmed = false;
+        }
         self.stats.incarnation_jumps += 1;
         self.pending.push(Durable::Incarnation(self.incarnation));
         self.send_now = true;

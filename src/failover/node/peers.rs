@@ -30,9 +30,10 @@ pub(super) struct Peer {
     pub applied_seq: u64,
     /// The replay floor last persisted: (incarnation, seq).
     pub persisted: (u64, u64),
-    /// Its state as it says, except that `leaving` and `unhealthy` count only from a
-    /// heartbeat that echoes our current incarnation (a replay cannot trigger a takeover).
+    /// Its state as it says (from heartbeats that echo our current incarnation only).
     pub reported: PeerState,
+    /// A heartbeat that echoes our current incarnation was heard: what it says is applied.
+    pub confirmed: bool,
     pub state: ServerState,
     pub last_heard: Option<Duration>,
     pub down_since: Duration,
@@ -101,6 +102,7 @@ impl Peers {
                     applied_seq: seq,
                     persisted: (incarnation, seq),
                     reported: PeerState::Booting,
+                    confirmed: false,
                     state: ServerState::Down,
                     last_heard: None,
                     down_since: now,
@@ -124,8 +126,9 @@ impl Peers {
         self.by_server.get(&s)
     }
 
+    /// Every peer answered this incarnation of ours (the start-up wait may end).
     pub fn all_heard(&self) -> bool {
-        self.by_server.values().all(|p| p.last_heard.is_some())
+        self.by_server.values().all(|p| p.confirmed)
     }
 
     /// The peers' claims on `r`, heard from or not.
@@ -261,19 +264,22 @@ impl Node {
             // The peer heard a later life of ours than this one: jump past it.
             self.jump_incarnation(hb.echo);
         }
+        if hb.echo != self.incarnation {
+            // Sent before the peer heard this incarnation of ours: authentic, but it may be a
+            // replay captured while we were down (a "leaving", a hold, claims of long ago). It
+            // counts for liveness only; the peer answers our first heartbeat within a round
+            // trip, and what it says then is applied.
+            self.stats.unconfirmed += 1;
+            return;
+        }
+        let peer = self.peers.by_server.get_mut(&from).expect("peer");
+        peer.confirmed = true;
         self.apply_heartbeat(from, hb, out);
     }
 
-    /// The content of an authentic, new heartbeat from `from`.
+    /// The content of an authentic, new heartbeat from `from` that echoes our incarnation.
     fn apply_heartbeat(&mut self, from: ServerIdx, hb: Heartbeat, out: &mut Vec<Output>) {
-        let confirmed = hb.echo == self.incarnation;
-        let state = match hb.state {
-            PeerState::Leaving | PeerState::Unhealthy if !confirmed => {
-                self.stats.unconfirmed_states += 1;
-                PeerState::Up
-            }
-            s => s,
-        };
+        let state = hb.state;
         let mut claims = Vec::with_capacity(hb.claims.len());
         for c in &hb.claims {
             if let Some(&r) = self.ctx.resources.get(&c.resource) {
@@ -295,6 +301,11 @@ impl Node {
         failed.sort_unstable();
         for &(r, e) in &failed {
             self.known.raise(r, e);
+        }
+        for w in &hb.newer {
+            if let Some(&r) = self.ctx.resources.get(&w.resource) {
+                self.known.raise(r, w.epoch);
+            }
         }
         for w in &hb.rounds {
             if let Some(&h) = self.ctx.servers.get(&w.server) {
