@@ -118,8 +118,11 @@ pub struct Sim {
     truth: truth::Truth,
     /// Starts whose claim was not durable first, which would break rule 4 (must stay 0).
     pub ordering_violations: usize,
-    /// Times two nodes ran one resource at the same epoch (must stay 0).
+    /// Times two nodes ran one resource at the same epoch (must stay 0 while every node runs
+    /// the same site file).
     pub epoch_collisions: usize,
+    /// Each of them: (time, resource, epoch).
+    pub collisions: Vec<(Duration, ResourceIdx, Epoch)>,
     /// Every change of a node's status: (time, node, status).
     status_log: Vec<(Duration, ServerIdx, NodeStatus)>,
 }
@@ -162,6 +165,7 @@ impl Sim {
             truth: truth::Truth::new(&site),
             ordering_violations: 0,
             epoch_collisions: 0,
+            collisions: Vec::new(),
             status_log: Vec::new(),
             site,
             topo,
@@ -336,6 +340,7 @@ impl Sim {
                     .count();
                 if twins > 1 {
                     self.epoch_collisions += 1;
+                    self.collisions.push((self.now, resource, epoch));
                 }
                 Ok(())
             }

@@ -403,7 +403,13 @@ impl Node {
         for (r, _) in to_stop {
             self.stop_claim(r, "superseded by a higher epoch", now, out);
         }
-        if !stale.is_empty() {
+        // Renewed together once nothing is starting, so a batch renews at one epoch.
+        let starting = self
+            .own
+            .claims
+            .values()
+            .any(|c| c.state == OwnState::Starting);
+        if !stale.is_empty() && !starting {
             self.renew(stale, now, out);
         }
     }
