@@ -226,9 +226,14 @@ impl Checker {
     fn step(&mut self, sim: &Sim) {
         let now = sim.now();
         if let Some(c) = sim.stale_claims().first() {
+            let (t, s, r, epoch, knew) = *c;
             self.fail(
                 sim,
-                format!("stale claim (time, node, resource, epoch, knew) {c:?}"),
+                format!(
+                    "{} claimed {} at {epoch} at {t:?}, knowing {knew}",
+                    sim.site().server(s).id,
+                    sim.site().resource(r).id
+                ),
             );
         }
         if let Some(&(t, r, e)) = sim.collisions.get(self.collisions_seen) {

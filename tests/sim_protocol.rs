@@ -641,7 +641,7 @@ fn h_forged_and_replayed_heartbeats_are_rejected() {
     sim.inject(
         fo,
         1,
-        b"BG\x02 garbage garbage garbage garbage garbage".to_vec(),
+        b"BG\x03 garbage garbage garbage garbage garbage".to_vec(),
     );
     sim.run_for(SECS(3));
     assert!(
@@ -660,4 +660,49 @@ fn h_forged_and_replayed_heartbeats_are_rejected() {
         sim.run_for(MS(100));
     }
     assert!(all_on(&sim, &rs, fo));
+}
+
+/// A mirrored live server with 2,000 cameras and two buddies: claims take several datagrams.
+fn big_mirrored() -> SiteBuilder {
+    SiteBuilder::new("hq")
+        .live("live-1", &["fo-1", "fo-2"])
+        .failover("fo-1", Mode::Mirrored, None, None)
+        .failover("fo-2", Mode::Mirrored, None, None)
+        .many("live-1", Kind::Camera, 2000, 0)
+}
+
+#[test]
+fn heartbeats_fit_one_unfragmented_datagram_and_pages_carry_every_claim() {
+    use buddygate::failover::node::heartbeat::DATAGRAM_BUDGET;
+    for different_file in [false, true] {
+        let mut sim = started(13, big_mirrored());
+        let (l1, f1, f2) = (sim.idx("live-1"), sim.idx("fo-1"), sim.idx("fo-2"));
+        if different_file {
+            // fo-2 runs another site file: claims travel by id, in more pages.
+            let other = big_mirrored().failback(Failback::Manual, SECS(30)).build();
+            sim.set_site(f2, other);
+            sim.kill_daemon(f2);
+            sim.start(f2);
+            sim.run_for(SECS(3));
+        }
+        let rs = homed(&sim, l1);
+        sim.crash(l1);
+        assert!(sim.run_until_cond(SECS(3), |sim| all_on(sim, &rs, f1)));
+        sim.run_for(SECS(2));
+        // fo-2 knows fo-1 holds every camera: it took none, and its view says so.
+        assert!(sim.running_on(f2).is_empty());
+        let node = sim.node(f2).unwrap();
+        let now = sim.now();
+        assert!(
+            rs.iter()
+                .all(|&r| node.resource_view(r, now).owner == Some(f1))
+        );
+        assert!(
+            sim.max_datagram <= DATAGRAM_BUDGET,
+            "a {} byte datagram",
+            sim.max_datagram
+        );
+        assert!(sim.node(f1).unwrap().stats().paged_rounds > 0);
+        assert_eq!(node.stats().unreadable, 0);
+    }
 }

@@ -19,6 +19,9 @@ pub struct Topology {
     /// Per server: the home servers whose resources it may claim (itself if live, and the
     /// homes of the resources it is a candidate for), sorted.
     interests: Vec<Vec<ServerIdx>>,
+    /// Per resource: a stable hash of its id, which splits claims into heartbeat pages the
+    /// same way on every node whatever its site file.
+    page_key: Vec<u32>,
 }
 
 impl Topology {
@@ -88,12 +91,14 @@ impl Topology {
             i.sort_unstable();
             i.dedup();
         }
+        let page_key = site.resources.iter().map(|r| page_key(&r.id)).collect();
         Self {
             candidates,
             peers,
             homed,
             path_count,
             interests,
+            page_key,
         }
     }
 
@@ -111,6 +116,11 @@ impl Topology {
 
     pub fn homed(&self, s: ServerIdx) -> &[ResourceIdx] {
         &self.homed[s.0 as usize]
+    }
+
+    /// The heartbeat page of resource `r` when claims take `pages` datagrams.
+    pub fn page(&self, r: ResourceIdx, pages: u8) -> u8 {
+        (self.page_key[r.0 as usize] % u32::from(pages.max(1))) as u8
     }
 
     /// The home servers whose resources `s` may claim.
@@ -134,4 +144,11 @@ impl Topology {
             None => usize::MAX,
         }
     }
+}
+
+/// FNV-1a over the id: stable across builds, platforms and site files.
+fn page_key(id: &str) -> u32 {
+    id.bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
 }

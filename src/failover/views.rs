@@ -111,6 +111,11 @@ pub struct Stats {
     pub evictions: u64,
     /// Times this node jumped past an incarnation its peers remembered.
     pub incarnation_jumps: u64,
+    /// Heartbeat rounds whose claims took more than one datagram for some peer.
+    pub paged_rounds: u64,
+    /// Names in heartbeats this node could not read (by index, from a peer running another
+    /// site file).
+    pub unreadable: u64,
     /// Heartbeats counted for liveness only: they did not echo this node's incarnation (sent
     /// before the peer heard it, or replayed).
     pub unconfirmed: u64,

@@ -14,7 +14,7 @@ use sha2::Sha256;
 use thiserror::Error;
 
 pub const MAGIC: [u8; 2] = *b"BG";
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
 const HEADER: usize = 3;
 const TAG: usize = 32;
 /// Larger datagrams are rejected unread.
@@ -35,7 +35,7 @@ pub enum PeerState {
 }
 
 /// State of one claim as its holder reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum ClaimState {
     Starting,
     Active,
@@ -47,19 +47,48 @@ pub enum ClaimState {
 /// Why a claim was made. A takeover assumes the previous owner is gone; if that owner turns
 /// out to be alive and active, the two are in conflict. A home claim or a hand-back is
 /// planned: the previous owner hands over after the new one is active.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum ClaimKind {
     Home,
     Takeover,
     Handback,
 }
 
+/// A server or resource: by its index in the site file when the sender knows the receiver
+/// runs the same file (equal digests), by id otherwise.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WireClaim {
-    pub resource: String,
+pub enum Name {
+    Index(u32),
+    Id(String),
+}
+
+/// Many resources, named the same way.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Names {
+    Index(Vec<u32>),
+    Id(Vec<String>),
+}
+
+impl Names {
+    pub fn len(&self) -> usize {
+        match self {
+            Names::Index(v) => v.len(),
+            Names::Id(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Claims at one epoch, state and kind (a takeover's claims share all three).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClaimGroup {
     pub epoch: u64,
     pub state: ClaimState,
     pub kind: ClaimKind,
+    pub resources: Names,
 }
 
 /// A resource and an epoch: in `failed`, one its sender could not run at that epoch (its start
@@ -67,7 +96,7 @@ pub struct WireClaim {
 /// claims below an epoch the sender knows of, so the receiver's claim is stale.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WireEpoch {
-    pub resource: String,
+    pub resource: Name,
     pub epoch: u64,
 }
 
@@ -75,8 +104,17 @@ pub struct WireEpoch {
 /// A node that lost its store (or was away) claims above it, so epochs never go backwards.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WireRound {
-    pub server: String,
+    pub server: Name,
     pub round: u64,
+}
+
+/// What a failover server holds in all (starting or active): the live servers and the
+/// cameras. A co-buddy counts it against its capacity, including the live servers the
+/// co-buddy does not heartbeat with and whose claims it is therefore not sent.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct WireLoad {
+    pub homes: Vec<Name>,
+    pub cameras: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -90,7 +128,7 @@ pub enum Action {
 /// late it hears it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WireHold {
-    pub server: String,
+    pub server: Name,
     pub held: bool,
     /// Hybrid logical clock: above every version its origin had seen, and at least the
     /// origin's wall clock in ms when the command arrived.
@@ -99,6 +137,10 @@ pub struct WireHold {
     pub origin: String,
 }
 
+/// One heartbeat datagram, made for one receiver. What the receiver needs of the sender's
+/// claims can take more than one datagram: the claims are then split into `pages` by a hash
+/// of each resource's id, and page `page` carries every claim (and failure) of the resources
+/// that hash to it, replacing what the receiver knew of them. Every page carries the rest.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Heartbeat {
     /// Sender's server id.
@@ -110,7 +152,8 @@ pub struct Heartbeat {
     /// The network path (index into `heartbeat`) this datagram was sent on.
     pub path: u8,
     pub state: PeerState,
-    /// First 8 bytes of the SHA-256 of the sender's site.
+    /// First 8 bytes of the SHA-256 of the sender's site. When it equals the receiver's, the
+    /// datagram names servers and resources by index.
     pub digest: [u8; 8],
     /// The highest incarnation of the receiver the sender has heard (0: none). It proves the
     /// datagram is not older than the receiver's boot, and tells a receiver whose incarnation
@@ -120,7 +163,10 @@ pub struct Heartbeat {
     /// restarted from an empty store into an incarnation its peers already saw finds it above
     /// its own sequence numbers.
     pub echo_seq: u64,
-    pub claims: Vec<WireClaim>,
+    pub page: u8,
+    /// 0 means 1.
+    pub pages: u8,
+    pub claims: Vec<ClaimGroup>,
     pub failed: Vec<WireEpoch>,
     /// The receiver's claims the sender knows a newer epoch for (usually none): a node that
     /// kept recording through a partition learns that consumers were told of another owner,
@@ -128,6 +174,8 @@ pub struct Heartbeat {
     pub newer: Vec<WireEpoch>,
     pub rounds: Vec<WireRound>,
     pub holds: Vec<WireHold>,
+    /// Failover servers: what they hold in all.
+    pub load: Option<WireLoad>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
@@ -184,6 +232,11 @@ pub fn encode(key: &Key, hb: &Heartbeat) -> Vec<u8> {
     buf
 }
 
+/// The size of `hb` once encoded and tagged.
+pub fn encoded_len(hb: &Heartbeat) -> usize {
+    HEADER + postcard::experimental::serialized_size(hb).expect("heartbeat serializes") + TAG
+}
+
 pub fn decode(key: &Key, bytes: &[u8]) -> Result<Heartbeat, WireError> {
     if bytes.len() < HEADER + TAG || bytes.len() > MAX_DATAGRAM {
         return Err(WireError::Size);
@@ -220,38 +273,50 @@ mod tests {
             digest: [1, 2, 3, 4, 5, 6, 7, 8],
             echo: 5,
             echo_seq: 9,
-            claims: vec![WireClaim {
-                resource: "cam-001".into(),
+            page: 1,
+            pages: 2,
+            claims: vec![ClaimGroup {
                 epoch: 3,
                 state: ClaimState::Active,
                 kind: ClaimKind::Home,
+                resources: Names::Id(vec!["cam-001".into()]),
             }],
             failed: vec![WireEpoch {
-                resource: "cam-002".into(),
+                resource: Name::Index(2),
                 epoch: 298,
             }],
             newer: vec![WireEpoch {
-                resource: "cam-003".into(),
+                resource: Name::Id("cam-003".into()),
                 epoch: 399,
             }],
             rounds: vec![WireRound {
-                server: "live-1".into(),
+                server: Name::Index(0),
                 round: 3,
             }],
             holds: vec![WireHold {
-                server: "live-1".into(),
+                server: Name::Id("live-1".into()),
                 held: true,
                 counter: 1_700_000_000_000,
                 origin: "fo-1".into(),
             }],
+            load: Some(WireLoad {
+                homes: vec![Name::Index(3)],
+                cameras: 50,
+            }),
         }
+    }
+
+    #[test]
+    fn encoded_len_is_the_length_of_the_datagram() {
+        let key = Key::new(b"secret");
+        assert_eq!(encoded_len(&sample()), encode(&key, &sample()).len());
     }
 
     #[test]
     fn round_trip() {
         let key = Key::new(b"secret");
         let bytes = encode(&key, &sample());
-        assert_eq!(&bytes[..3], b"BG\x02");
+        assert_eq!(&bytes[..3], b"BG\x03");
         assert_eq!(decode(&key, &bytes), Ok(sample()));
     }
 
@@ -276,8 +341,8 @@ mod tests {
     fn other_versions_and_garbage_are_rejected() {
         let key = Key::new(b"secret");
         let mut bytes = encode(&key, &sample());
-        bytes[2] = 1;
-        assert_eq!(decode(&key, &bytes), Err(WireError::Version(1)));
+        bytes[2] = 2;
+        assert_eq!(decode(&key, &bytes), Err(WireError::Version(2)));
         assert_eq!(decode(&key, b"hello"), Err(WireError::Size));
         assert_eq!(decode(&key, &[0u8; 64]), Err(WireError::Magic));
     }
@@ -285,7 +350,7 @@ mod tests {
     #[test]
     fn a_valid_tag_over_a_bad_body_is_malformed() {
         let key = Key::new(b"secret");
-        let mut signed = b"BG\x02\xff\xff\xff".to_vec();
+        let mut signed = b"BG\x03\xff\xff\xff".to_vec();
         let mut mac = key.0.clone();
         mac.update(&signed);
         signed.extend_from_slice(&mac.finalize().into_bytes());

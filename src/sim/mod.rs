@@ -123,6 +123,9 @@ pub struct Sim {
     pub epoch_collisions: usize,
     /// Each of them: (time, resource, epoch).
     pub collisions: Vec<(Duration, ResourceIdx, Epoch)>,
+    /// The largest datagram any node sent, and how many datagrams were sent.
+    pub max_datagram: usize,
+    pub datagrams: u64,
     /// Every change of a node's status: (time, node, status).
     status_log: Vec<(Duration, ServerIdx, NodeStatus)>,
 }
@@ -166,6 +169,8 @@ impl Sim {
             ordering_violations: 0,
             epoch_collisions: 0,
             collisions: Vec::new(),
+            max_datagram: 0,
+            datagrams: 0,
             status_log: Vec::new(),
             site,
             topo,
@@ -415,7 +420,6 @@ impl Sim {
         for o in outputs {
             self.carry_out(s, o);
         }
-        self.observe(s);
         let n = &mut self.nodes[s.0 as usize];
         if n.tick_at.is_none_or(|t| deadline < t || t <= now) {
             n.tick_at = Some(deadline);
@@ -434,13 +438,7 @@ impl Sim {
                     }
                     n.store.apply(d);
                 }
-                for d in &records {
-                    if let Durable::Claim(c) = d
-                        && c.held
-                    {
-                        self.check_claim(s, c.resource, c.epoch);
-                    }
-                }
+                self.persisted(s, &records);
             }
             Output::Start { resource, epoch } => {
                 let n = &self.nodes[s.0 as usize];
@@ -490,6 +488,8 @@ impl Sim {
     }
 
     fn send(&mut self, from: ServerIdx, to: ServerIdx, path: usize, bytes: Vec<u8>) {
+        self.max_datagram = self.max_datagram.max(bytes.len());
+        self.datagrams += 1;
         let link = self
             .links
             .get(&(from, to, path))

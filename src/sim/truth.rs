@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::Sim;
 use crate::config::{ResourceIdx, ServerIdx, Site};
-use crate::failover::{Epoch, Event};
+use crate::failover::{Durable, Epoch, Event, epoch_round};
 
 /// An interval during which a resource had no owner or more than one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +45,8 @@ pub(super) struct Truth {
     /// Per node, per resource: the highest epoch it ever knew (across restarts that kept its
     /// store); a claim below it is a stale claim.
     knew: Vec<Vec<Epoch>>,
+    /// Per node, per home server: the highest round it knew among that server's resources.
+    floors: Vec<Vec<u64>>,
     /// Claims made at or below an epoch the claimant knew: (time, node, resource, epoch, knew).
     pub stale_claims: Vec<(Duration, ServerIdx, ResourceIdx, Epoch, Epoch)>,
 }
@@ -65,6 +67,7 @@ impl Truth {
             changes: vec![Vec::new(); n],
             told: vec![None; n],
             knew: vec![vec![0; n]; site.servers.len()],
+            floors: vec![vec![0; site.servers.len()]; site.servers.len()],
             stale_claims: Vec::new(),
         }
     }
@@ -149,31 +152,53 @@ impl Sim {
 
     /// The store of `s` was wiped: what it knew is gone with it.
     pub(super) fn forget(&mut self, s: ServerIdx) {
-        for k in &mut self.truth.knew[s.0 as usize] {
-            *k = 0;
-        }
+        self.truth.knew[s.0 as usize].fill(0);
+        self.truth.floors[s.0 as usize].fill(0);
     }
 
-    /// After every input to `s`: what its node knows now, and the claims it just made.
-    pub(super) fn observe(&mut self, s: ServerIdx) {
-        let Some(node) = self.nodes[s.0 as usize].node.as_ref() else {
-            return;
-        };
-        let site = node.site().clone();
-        for r in site.resource_indices() {
-            if (r.0 as usize) < self.truth.knew[s.0 as usize].len() {
-                let k = &mut self.truth.knew[s.0 as usize][r.0 as usize];
-                *k = (*k).max(node.known_epoch(r));
+    /// One batch of durable records of `s`: what `s` knows (everything it learns is persisted
+    /// before anything that depends on it), and its claims, each of which must be above
+    /// everything `s` knew before the batch (the claims of one batch share a round).
+    pub(super) fn persisted(&mut self, s: ServerIdx, records: &[Durable]) {
+        let site = self.site.clone();
+        let si = s.0 as usize;
+        for d in records {
+            match d {
+                Durable::Known { resource, epoch } => self.raise_knew(s, *resource, *epoch),
+                Durable::Floor { server, round } => {
+                    let f = &mut self.truth.floors[si][server.0 as usize];
+                    *f = (*f).max(*round);
+                }
+                _ => {}
+            }
+        }
+        for d in records {
+            if let Durable::Claim(c) = d
+                && c.held
+            {
+                let r = c.resource;
+                let knew = self.truth.knew[si][r.0 as usize];
+                let floor = self.truth.floors[si][site.resource(r).server.0 as usize];
+                if c.epoch <= knew || epoch_round(c.epoch) <= floor {
+                    self.truth
+                        .stale_claims
+                        .push((self.now, s, r, c.epoch, knew.max(floor * 100)));
+                }
+            }
+        }
+        for d in records {
+            if let Durable::Claim(c) = d {
+                self.raise_knew(s, c.resource, c.epoch);
             }
         }
     }
 
-    /// A claim `s` just persisted: it must be above everything `s` knew before.
-    pub(super) fn check_claim(&mut self, s: ServerIdx, r: ResourceIdx, epoch: Epoch) {
-        let knew = self.truth.knew[s.0 as usize][r.0 as usize];
-        if epoch <= knew {
-            self.truth.stale_claims.push((self.now, s, r, epoch, knew));
-        }
+    fn raise_knew(&mut self, s: ServerIdx, r: ResourceIdx, epoch: Epoch) {
+        let home = self.site.resource(r).server.0 as usize;
+        let k = &mut self.truth.knew[s.0 as usize][r.0 as usize];
+        *k = (*k).max(epoch);
+        let f = &mut self.truth.floors[s.0 as usize][home];
+        *f = (*f).max(epoch_round(epoch));
     }
 
     pub(super) fn update_truth(&mut self, r: ResourceIdx) {

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use super::Node;
 use crate::config::ServerIdx;
 use crate::failover::io::{Durable, HoldRecord};
-use crate::failover::wire::{Action, WireHold};
+use crate::failover::wire::{Action, Name, WireHold};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Hold {
@@ -103,11 +103,11 @@ impl Holds {
             .unwrap_or(0)
     }
 
-    pub fn wire(&self, id: impl Fn(ServerIdx) -> String) -> Vec<WireHold> {
+    pub fn wire(&self, name: impl Fn(ServerIdx) -> Name) -> Vec<WireHold> {
         self.by_server
             .iter()
             .map(|(&s, h)| WireHold {
-                server: id(s),
+                server: name(s),
                 held: h.held,
                 counter: h.counter,
                 origin: h.origin.clone(),

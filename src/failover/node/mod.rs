@@ -17,7 +17,7 @@
 
 mod batches;
 mod boot;
-mod heartbeat;
+pub mod heartbeat;
 mod holds;
 mod known;
 mod own;
@@ -118,6 +118,10 @@ pub struct Node {
     /// of its own resources, no conflict): auto failback waits `failback_delay` from here.
     stable_since: Duration,
     next_heartbeat: Duration,
+    /// Which heartbeat page each peer gets next (claims that take more than one datagram).
+    page_cursor: usize,
+    /// When the last burst sent on a change went out.
+    last_burst: Duration,
     next_checkpoint: Duration,
     send_now: bool,
     placement_dirty: bool,
@@ -185,6 +189,8 @@ impl Node {
             unplaced: BTreeSet::new(),
             stable_since: now,
             next_heartbeat: now,
+            page_cursor: 0,
+            last_burst: Duration::ZERO,
             next_checkpoint: now + PEER_CHECKPOINT,
             send_now: true,
             placement_dirty: true,
@@ -227,9 +233,18 @@ impl Node {
         self.own.iter()
     }
 
+    /// The least time between two bursts sent on a change: a tenth of the heartbeat interval,
+    /// at most 20 ms.
+    fn burst_spacing(&self) -> Duration {
+        (self.ctx.site.heartbeat_interval / 10).min(Duration::from_millis(20))
+    }
+
     /// When the driver must call `handle(Input::Tick, ..)` next at the latest.
     pub fn next_deadline(&self) -> Duration {
         let mut next = self.next_heartbeat.min(self.next_checkpoint);
+        if self.send_now {
+            next = next.min(self.last_burst + self.burst_spacing());
+        }
         if let Phase::Booting { until } = self.phase {
             next = next.min(until);
         }
@@ -306,8 +321,14 @@ impl Node {
             self.checkpoint_peers();
         }
         self.flush_durable(out);
-        if self.send_now || now >= self.next_heartbeat {
-            self.send_heartbeats(out);
+        // A change goes out at once, but changes that follow within `burst_spacing` (a
+        // takeover's starts completing one by one) share the next burst.
+        let burst = self.send_now && now >= self.last_burst + self.burst_spacing();
+        if burst || now >= self.next_heartbeat {
+            self.send_heartbeats(self.send_now, out);
+            if self.send_now {
+                self.last_burst = now;
+            }
             self.send_now = false;
             self.next_heartbeat = now + self.ctx.site.heartbeat_interval;
         }

@@ -515,7 +515,9 @@ impl Node {
             .map(|&r| new_epoch(round, topo.rank(site, r, me)))
             .collect();
         let epoch = epochs.iter().copied().max().unwrap_or(0);
-        let mut records = Vec::with_capacity(rs.len());
+        // What was learned before this claim goes first, as it was.
+        let mut records = std::mem::take(&mut self.pending);
+        records.extend(self.known.take_dirty());
         for (&r, &e) in rs.iter().zip(&epochs) {
             self.known.claimed(r, e);
             self.own
@@ -527,7 +529,7 @@ impl Node {
                 held: true,
             }));
         }
-        self.persist_now(out, records);
+        out.push(Output::Persist(records));
         if batch == BatchKind::Failover {
             out.push(Output::Event(Event::FailoverStarted {
                 server: home,

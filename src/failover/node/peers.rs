@@ -11,7 +11,7 @@ use crate::failover::event::{DownReason, Event};
 use crate::failover::io::{Epoch, PeerRecord};
 use crate::failover::topology::Topology;
 use crate::failover::views::ServerState;
-use crate::failover::wire::{self, ClaimKind, ClaimState, Heartbeat, PeerState};
+use crate::failover::wire::{self, ClaimKind, ClaimState, Heartbeat, Name, Names, PeerState};
 
 #[derive(Debug, Clone, Default)]
 pub(super) struct PathInfo {
@@ -34,13 +34,19 @@ pub(super) struct Peer {
     pub reported: PeerState,
     /// A heartbeat that echoes our current incarnation was heard: what it says is applied.
     pub confirmed: bool,
+    /// The pages its claims come in, and which of them were heard since that changed: until
+    /// every page was, its claims are not known in full.
+    pub pages: u8,
+    pub seen_pages: u128,
     pub state: ServerState,
     pub last_heard: Option<Duration>,
     pub down_since: Duration,
-    /// The claims it advertises (also in the [`ClaimIndex`]).
-    pub claims: Vec<(ResourceIdx, Holder)>,
+    /// The claims it advertises (also in the index by resource).
+    pub claims: BTreeMap<ResourceIdx, Holder>,
     /// Resources it could not run, with the epoch it tried.
     pub failed: Vec<(ResourceIdx, Epoch)>,
+    /// A failover server's whole load, as it says.
+    pub load: Option<crate::failover::placement::Load>,
     pub digest: [u8; 8],
     pub mismatch_reported: Option<[u8; 8]>,
     /// A `server.down` was emitted and no `server.up` since.
@@ -57,6 +63,18 @@ pub(super) struct Holder {
     pub epoch: Epoch,
     pub state: ClaimState,
     pub kind: ClaimKind,
+}
+
+impl Peer {
+    /// Every page of its claims was heard: what it does not claim, it does not hold.
+    pub fn complete(&self) -> bool {
+        let all = match self.pages {
+            0 => return false,
+            128.. => u128::MAX,
+            n => (1u128 << n) - 1,
+        };
+        self.seen_pages & all == all
+    }
 }
 
 impl Holder {
@@ -103,11 +121,14 @@ impl Peers {
                     persisted: (incarnation, seq),
                     reported: PeerState::Booting,
                     confirmed: false,
+                    pages: 0,
+                    seen_pages: 0,
                     state: ServerState::Down,
                     last_heard: None,
                     down_since: now,
-                    claims: Vec::new(),
+                    claims: BTreeMap::new(),
                     failed: Vec::new(),
+                    load: None,
                     digest: [0; 8],
                     mismatch_reported: None,
                     announced_down: false,
@@ -126,9 +147,10 @@ impl Peers {
         self.by_server.get(&s)
     }
 
-    /// Every peer answered this incarnation of ours (the start-up wait may end).
+    /// Every peer answered this incarnation of ours with all its claims (the start-up wait
+    /// may end).
     pub fn all_heard(&self) -> bool {
-        self.by_server.values().all(|p| p.confirmed)
+        self.by_server.values().all(|p| p.confirmed && p.complete())
     }
 
     /// The peers' claims on `r`, heard from or not.
@@ -136,22 +158,50 @@ impl Peers {
         self.index.get(r.0 as usize).map_or(&[], Vec::as_slice)
     }
 
-    /// Replaces what `s` claims; whether it changed.
-    fn set_claims(&mut self, s: ServerIdx, mut claims: Vec<(ResourceIdx, Holder)>) -> bool {
-        claims.sort_unstable_by_key(|(r, _)| *r);
-        claims.dedup_by_key(|(r, _)| *r);
+    /// Replaces what `s` claims on the resources of heartbeat page `page` of `pages`;
+    /// whether that changed anything. Costs the claims of `s`, and index updates for what
+    /// changed only.
+    fn set_claims(
+        &mut self,
+        topo: &Topology,
+        s: ServerIdx,
+        (page, pages): (u8, u8),
+        claims: Vec<(ResourceIdx, Holder)>,
+    ) -> bool {
+        let in_page = |r: ResourceIdx| topo.page(r, pages) == page;
+        let mut new: BTreeMap<ResourceIdx, Holder> =
+            claims.into_iter().filter(|(r, _)| in_page(*r)).collect();
         let peer = self.by_server.get_mut(&s).expect("peer");
-        if peer.claims == claims {
-            return false;
+        let old: Vec<(ResourceIdx, Holder)> = peer
+            .claims
+            .iter()
+            .filter(|(r, _)| in_page(**r))
+            .map(|(&r, &h)| (r, h))
+            .collect();
+        let mut changed = Vec::new();
+        for (r, h) in old {
+            match new.remove(&r) {
+                Some(n) if n == h => {}
+                Some(n) => {
+                    peer.claims.insert(r, n);
+                    changed.push((r, Some(n)));
+                }
+                None => {
+                    peer.claims.remove(&r);
+                    changed.push((r, None));
+                }
+            }
         }
-        for (r, _) in &peer.claims {
-            self.index[r.0 as usize].retain(|h| h.server != s);
+        for (r, h) in new {
+            peer.claims.insert(r, h);
+            changed.push((r, Some(h)));
         }
-        for &(r, h) in &claims {
-            self.index[r.0 as usize].push(h);
+        for &(r, h) in &changed {
+            let holders = &mut self.index[r.0 as usize];
+            holders.retain(|x| x.server != s);
+            holders.extend(h);
         }
-        peer.claims = claims;
-        true
+        !changed.is_empty()
     }
 
     /// The earliest moment a path or a peer's silence times out.
@@ -234,6 +284,7 @@ impl Node {
         if hb.incarnation > peer.incarnation {
             peer.incarnation = hb.incarnation;
             peer.applied_seq = 0;
+            peer.pages = 0;
             for p in &mut peer.paths {
                 p.last_seq = 0;
             }
@@ -279,16 +330,42 @@ impl Node {
 
     /// The content of an authentic, new heartbeat from `from` that echoes our incarnation.
     fn apply_heartbeat(&mut self, from: ServerIdx, hb: Heartbeat, out: &mut Vec<Output>) {
-        let state = hb.state;
-        let mut claims = Vec::with_capacity(hb.claims.len());
-        for c in &hb.claims {
-            if let Some(&r) = self.ctx.resources.get(&c.resource) {
-                self.known.raise(r, c.epoch);
+        // Names by index mean this node's site file only if it is the sender's.
+        let by_index = hb.digest == self.ctx.digest;
+        let unreadable = std::cell::Cell::new(0usize);
+        let n_resources = self.ctx.site.resources.len();
+        let n_servers = self.ctx.site.servers.len();
+        let resource = |n: &Name| match n {
+            Name::Index(i) if by_index && (*i as usize) < n_resources => Some(ResourceIdx(*i)),
+            Name::Id(id) => self.ctx.resources.get(id).copied(),
+            Name::Index(_) => {
+                unreadable.set(unreadable.get() + 1);
+                None
+            }
+        };
+        let mut claims = Vec::new();
+        for g in &hb.claims {
+            let rs: Vec<ResourceIdx> = match &g.resources {
+                Names::Index(v) if by_index => v
+                    .iter()
+                    .filter(|&&i| (i as usize) < n_resources)
+                    .map(|&i| ResourceIdx(i))
+                    .collect(),
+                Names::Index(v) => {
+                    unreadable.set(unreadable.get() + v.len());
+                    Vec::new()
+                }
+                Names::Id(v) => v
+                    .iter()
+                    .filter_map(|id| self.ctx.resources.get(id).copied())
+                    .collect(),
+            };
+            for r in rs {
                 let h = Holder {
                     server: from,
-                    epoch: c.epoch,
-                    state: c.state,
-                    kind: c.kind,
+                    epoch: g.epoch,
+                    state: g.state,
+                    kind: g.kind,
                 };
                 claims.push((r, h));
             }
@@ -296,39 +373,79 @@ impl Node {
         let mut failed: Vec<(ResourceIdx, Epoch)> = hb
             .failed
             .iter()
-            .filter_map(|f| Some((*self.ctx.resources.get(&f.resource)?, f.epoch)))
+            .filter_map(|f| Some((resource(&f.resource)?, f.epoch)))
             .collect();
-        failed.sort_unstable();
-        for &(r, e) in &failed {
+        let newer: Vec<(ResourceIdx, Epoch)> = hb
+            .newer
+            .iter()
+            .filter_map(|f| Some((resource(&f.resource)?, f.epoch)))
+            .collect();
+        let servers = &self.ctx.servers;
+        let server = |n: &Name| match n {
+            Name::Index(i) if by_index && (*i as usize) < n_servers => Some(ServerIdx(*i as u16)),
+            Name::Id(id) => servers.get(id).copied(),
+            Name::Index(_) => None,
+        };
+        let rounds: Vec<(ServerIdx, u64)> = hb
+            .rounds
+            .iter()
+            .filter_map(|w| Some((server(&w.server)?, w.round)))
+            .collect();
+        let holds: Vec<(ServerIdx, bool, u64, String)> = hb
+            .holds
+            .into_iter()
+            .filter_map(|h| Some((server(&h.server)?, h.held, h.counter, h.origin)))
+            .collect();
+        let load = hb.load.map(|l| crate::failover::placement::Load {
+            homes: l.homes.iter().filter_map(server).collect(),
+            cameras: l.cameras,
+        });
+        self.stats.unreadable += unreadable.get() as u64;
+        for &(r, h) in &claims {
+            self.known.raise(r, h.epoch);
+        }
+        for &(r, e) in failed.iter().chain(&newer) {
             self.known.raise(r, e);
         }
-        for w in &hb.newer {
-            if let Some(&r) = self.ctx.resources.get(&w.resource) {
-                self.known.raise(r, w.epoch);
-            }
+        for (h, round) in rounds {
+            self.known.raise_floor(h, round);
         }
-        for w in &hb.rounds {
-            if let Some(&h) = self.ctx.servers.get(&w.server) {
-                self.known.raise_floor(h, w.round);
-            }
-        }
-        for h in hb.holds {
-            if let Some(&s) = self.ctx.servers.get(&h.server)
-                && self.holds.merge(s, h.held, h.counter, h.origin)
-            {
+        for (s, held, counter, origin) in holds {
+            if self.holds.merge(s, held, counter, origin) {
                 self.pending.push(self.holds.record(s));
                 self.placement_dirty = true;
                 self.send_now = true;
             }
         }
-        let changed = self.peers.set_claims(from, claims);
+        let page = (hb.page, hb.pages.max(1));
+        let topo = self.ctx.topo.clone();
+        let changed = self.peers.set_claims(&topo, from, page, claims);
         let peer = self.peers.by_server.get_mut(&from).expect("peer");
-        if peer.reported != state {
-            peer.reported = state;
+        if peer.pages != page.1 {
+            peer.pages = page.1;
+            peer.seen_pages = 0;
+        }
+        if u32::from(page.0) < 128 {
+            peer.seen_pages |= 1u128 << page.0;
+        }
+        failed.extend(
+            peer.failed
+                .iter()
+                .filter(|(r, _)| topo.page(*r, page.1) != page.0)
+                .copied(),
+        );
+        failed.sort_unstable();
+        failed.dedup_by_key(|(r, _)| *r);
+        if peer.reported != hb.state {
+            peer.reported = hb.state;
             self.placement_dirty = true;
         }
         if peer.failed != failed {
             peer.failed = failed;
+            self.placement_dirty = true;
+        }
+        if peer.load != load {
+            peer.load = load;
             self.placement_dirty = true;
         }
         if changed {

@@ -15,7 +15,7 @@ use std::time::Duration;
 use super::batches::BatchKind;
 use super::own::OwnState;
 use super::{Node, Output};
-use crate::config::{ResourceIdx, Role, ServerIdx};
+use crate::config::{Kind, ResourceIdx, Role, ServerIdx};
 use crate::failover::event::{Event, UnplacedReason};
 use crate::failover::placement::{self, Availability, Load, Placement};
 use crate::failover::wire::{ClaimKind, PeerState};
@@ -78,7 +78,9 @@ impl Node {
                     .holders(r)
                     .iter()
                     .any(|h| h.server == home && h.holds());
-                if gone || (p.reported != PeerState::Booting && !held_at_home) {
+                // Not holding it counts only once all its claims were heard.
+                let dropped = p.reported != PeerState::Booting && p.complete() && !held_at_home;
+                if gone || dropped {
                     out.push(r);
                 }
             }
@@ -113,17 +115,19 @@ impl Node {
         out
     }
 
-    /// What each failover server holds for resources outside `orphans`.
+    /// What each failover server holds for resources outside `orphans`. Its claims on the
+    /// live servers this node shares with it are known one by one; the rest comes from the
+    /// load it says it carries in all.
     fn committed_loads(
         &self,
         orphans: &BTreeSet<ResourceIdx>,
         now: Duration,
     ) -> HashMap<ServerIdx, Load> {
         let site = &self.ctx.site;
+        let mine = self.ctx.topo.interests(self.ctx.me);
         let mut loads: HashMap<ServerIdx, Load> = HashMap::new();
-        let mine = self.own.claims.iter().filter(|(_, c)| c.state.holds());
-        for (&r, _) in mine {
-            if !orphans.contains(&r) {
+        for (&r, c) in &self.own.claims {
+            if c.state.holds() && !orphans.contains(&r) {
                 loads.entry(self.ctx.me).or_default().add(site, r);
             }
         }
@@ -131,11 +135,32 @@ impl Node {
             if site.server(s).role != Role::Failover || !self.recently_heard(s, now) {
                 continue;
             }
-            for (r, h) in &p.claims {
-                if h.holds() && !orphans.contains(r) {
-                    loads.entry(s).or_default().add(site, *r);
+            let held = p.claims.iter().filter(|(_, h)| h.holds()).map(|(&r, _)| r);
+            let mut load = Load::default();
+            if let Some(all) = &p.load {
+                let orphan_cameras = held
+                    .clone()
+                    .filter(|r| orphans.contains(r) && site.resource(*r).kind == Kind::Camera)
+                    .count() as u32;
+                load.cameras = all.cameras.saturating_sub(orphan_cameras);
+                load.homes = all
+                    .homes
+                    .iter()
+                    .copied()
+                    .filter(|h| mine.binary_search(h).is_err())
+                    .collect();
+                for r in held.filter(|r| !orphans.contains(r)) {
+                    let home = site.resource(r).server;
+                    if !load.homes.contains(&home) {
+                        load.homes.push(home);
+                    }
+                }
+            } else {
+                for r in held.filter(|r| !orphans.contains(r)) {
+                    load.add(site, r);
                 }
             }
+            loads.insert(s, load);
         }
         loads
     }
@@ -143,6 +168,15 @@ impl Node {
     /// A failover server: take what placement gives us and we do not hold yet; give up what
     /// capacity no longer allows; report what nobody can take.
     pub(super) fn take_over(&mut self, now: Duration, out: &mut Vec<Output>) {
+        // A co-buddy whose claims are not all heard yet may hold what looks free.
+        let partial = self.peers.by_server.iter().any(|(&s, p)| {
+            self.ctx.site.server(s).role == Role::Failover
+                && self.recently_heard(s, now)
+                && !p.complete()
+        });
+        if partial {
+            return;
+        }
         self.placement_dirty = false;
         let orphans = self.orphans(now);
         let orphan_set: BTreeSet<ResourceIdx> = orphans.iter().copied().collect();
