@@ -91,7 +91,7 @@ async fn subscriber(port: u16, filter: &str, seen: Arc<Mutex<Vec<String>>>, noti
 
 fn event(ty: &str, seq: u64) -> String {
     json!({"specversion": "1.0", "id": format!("fo-1:{seq}"), "type": ty, "source": "buddygate://hq/fo-1",
-        "time": buddygate::runtime::cloudevents::rfc3339(SystemTime::now()), "datacontenttype": "application/json",
+        "time": buddygate::cloudevents::rfc3339(SystemTime::now()), "datacontenttype": "application/json",
         "seq": seq, "data": {"site": "hq", "new_server": {"id": "fo-1", "address": "127.0.0.3"}, "epoch": 298}})
     .to_string()
 }

@@ -37,7 +37,7 @@ async fn receiver(count: Arc<AtomicU64>, notify: Arc<Notify>) -> String {
 
 fn event(ty: &str, seq: u64) -> String {
     json!({"specversion": "1.0", "id": format!("fo-1:{seq}"), "type": ty, "source": "buddygate://hq/fo-1",
-        "time": buddygate::runtime::cloudevents::rfc3339(SystemTime::now()), "datacontenttype": "application/json",
+        "time": buddygate::cloudevents::rfc3339(SystemTime::now()), "datacontenttype": "application/json",
         "seq": seq, "data": {"site": "hq", "new_server": {"id": "fo-1", "address": "127.0.0.3"}, "epoch": 298}})
     .to_string()
 }
@@ -85,7 +85,7 @@ fn failover_of_50(seq: u64) -> String {
         .map(|i| json!({"id": format!("cam-{i:02}"), "kind": "camera", "owner": "fo-1", "address": "127.0.0.3", "epoch": 298}))
         .collect();
     json!({"specversion": "1.0", "id": format!("fo-1:{seq}"), "type": "buddygate.failover.completed",
-        "source": "buddygate://hq/fo-1", "time": buddygate::runtime::cloudevents::rfc3339(SystemTime::now()),
+        "source": "buddygate://hq/fo-1", "time": buddygate::cloudevents::rfc3339(SystemTime::now()),
         "datacontenttype": "application/json", "seq": seq,
         "data": {"site": "hq", "server": {"id": "live-1", "address": "127.0.0.1"},
                  "new_server": {"id": "fo-1", "address": "127.0.0.3"}, "epoch": 298,

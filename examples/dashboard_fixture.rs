@@ -18,11 +18,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
+use buddygate::api::Shared;
 use buddygate::config::{Failback, Kind, Mode, ServerIdx, Site};
 use buddygate::failover::{DownReason, Event, Node};
-use buddygate::runtime::state::{Metrics, Shared, Snapshot};
 use buddygate::sim::{Sim, SimOptions, SiteBuilder};
 use buddygate::store::{Store, StoredEvent};
+use buddygate::view::{Metrics, Snapshot};
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;

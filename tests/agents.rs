@@ -19,8 +19,8 @@ use buddygate::config::{
     AgentSpec, AgentTimings, FailMode, Kind, Mode, ResourceIdx, ServerIdx, Site,
 };
 use buddygate::failover::AgentOp;
-use buddygate::runtime::state::Metrics;
 use buddygate::sim::SiteBuilder;
+use buddygate::view::Metrics;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;

@@ -8,11 +8,12 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use buddygate::api;
+use buddygate::api::Shared;
 use buddygate::config::{Kind, Mode};
 use buddygate::failover::{Action, Node};
-use buddygate::runtime::state::{Command, Metrics, Shared, Snapshot};
 use buddygate::sim::{Sim, SimOptions, SiteBuilder};
 use buddygate::store::{Store, StoredEvent};
+use buddygate::view::{Command, Metrics, Snapshot};
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;

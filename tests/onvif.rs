@@ -12,6 +12,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use base64::Engine as _;
 use buddygate::api;
+use buddygate::api::Shared;
 use buddygate::api::onvif::auth::password_digest;
 use buddygate::api::onvif::notify::{Credentials, NotifyError, notify};
 use buddygate::api::onvif::soap::ns;
@@ -21,9 +22,9 @@ use buddygate::api::onvif::xml::{self, Element};
 use buddygate::api::views::ResourcesStatus;
 use buddygate::config::{Kind, Mode};
 use buddygate::failover::Node;
-use buddygate::runtime::state::{Metrics, Shared, Snapshot};
 use buddygate::sim::{Sim, SimOptions, SiteBuilder};
 use buddygate::store::StoredEvent;
+use buddygate::view::{Metrics, Snapshot};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 

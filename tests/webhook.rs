@@ -952,7 +952,7 @@ async fn https_with_a_private_ca_and_a_client_certificate() {
 
 #[tokio::test]
 async fn reassert_resends_the_current_ownership_when_nothing_is_queued() {
-    use buddygate::runtime::state::Snapshot;
+    use buddygate::view::Snapshot;
     // fo-1 after taking live-1's cameras over, in the simulator.
     let mut sim = buddygate::sim::Sim::new(
         buddygate::sim::SiteBuilder::new("hq")

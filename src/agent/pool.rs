@@ -24,7 +24,7 @@ use tracing::{debug, info, warn};
 use super::{AgentError, Agents, Op, ResourceEnv};
 use crate::config::{Resource, ResourceIdx, ServerIdx, Site};
 use crate::failover::{AgentOp, Epoch, Input};
-use crate::runtime::state::Metrics;
+use crate::view::Metrics;
 
 /// Operations that run at once unless the runtime says otherwise.
 pub const DEFAULT_CONCURRENCY: usize = 16;

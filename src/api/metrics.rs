@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::AppState;
 use crate::failover::{ResourceState, ServerState};
-use crate::runtime::state::{Metrics, Snapshot};
+use crate::view::{Metrics, Snapshot};
 
 /// The exposition format's content type.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";

@@ -23,8 +23,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Site;
 use crate::config::connectors::{Connector, ConnectorKind};
-use crate::runtime::state::Histogram;
 use crate::store::StoredEvent;
+use crate::view::{Histogram, Snapshot};
 
 /// Live figures of one connector, shared with the API and metrics.
 #[derive(Debug)]
@@ -95,7 +95,7 @@ pub struct NodeFeeds<'a> {
     /// Every event as it is stored.
     pub events: &'a broadcast::Sender<Arc<StoredEvent>>,
     /// The node's view of servers and resources.
-    pub snapshot: &'a tokio::sync::watch::Receiver<Arc<crate::runtime::state::Snapshot>>,
+    pub snapshot: &'a tokio::sync::watch::Receiver<Arc<Snapshot>>,
 }
 
 /// Starts every connector on `tasks`; returns their handles.

@@ -21,8 +21,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::ConnectorStatus;
+use crate::cloudevents::rfc3339;
 use crate::config::connectors::TlsFile;
-use crate::runtime::cloudevents::rfc3339;
 use crate::store::{Attempt, DeadLetter, Reader, Store, StoredEvent};
 
 /// Longest `Retry-After` honoured.

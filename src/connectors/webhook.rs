@@ -25,11 +25,11 @@ use super::ConnectorStatus;
 use super::outbox::{
     self, Outbox, Sink, Try, error_chain, http_client, parse_retry_after, secret_text,
 };
+use crate::cloudevents::rfc3339;
 use crate::config::connectors::{WebhookConfig, decode_whsec};
 use crate::config::{ServerIdx, Site};
-use crate::runtime::cloudevents::rfc3339;
-use crate::runtime::state::Snapshot;
 use crate::store::StoredEvent;
+use crate::view::Snapshot;
 
 /// A built webhook connector, ready to [`Webhook::run`].
 pub struct Webhook {

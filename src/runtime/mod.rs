@@ -7,9 +7,6 @@
 //! written (and fsynced) before its agent starts, events are stored before they are
 //! published.
 
-pub mod cloudevents;
-pub mod state;
-
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -27,12 +24,13 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
 use crate::agent::{AgentPool, AgentReport};
+use crate::api::Shared;
+use crate::cloudevents::{self, Clock};
 use crate::config::{ResourceIdx, ServerIdx, Site};
 use crate::failover::wire::MAX_DATAGRAM;
 use crate::failover::{ClaimRecord, Event, Input, Key, Node, Output, Topology};
 use crate::store::{Store, StoredClaim, StoredEvent};
-use cloudevents::Clock;
-use state::{Command, Metrics, Shared, Snapshot};
+use crate::view::{Command, Metrics, Snapshot};
 
 /// Everything a node needs to run, resolved (secrets read, paths absolute).
 #[derive(Debug, Clone)]

@@ -421,7 +421,7 @@ impl Outbox {
                 json!({
                     "specversion": "1.0", "id": format!("fo-1:{seq}"), "type": ty,
                     "source": "buddygate://hq/fo-1",
-                    "time": buddygate::runtime::cloudevents::rfc3339(std::time::SystemTime::now()),
+                    "time": buddygate::cloudevents::rfc3339(std::time::SystemTime::now()),
                     "datacontenttype": "application/json", "seq": seq, "data": data,
                 })
                 .to_string()
@@ -516,9 +516,9 @@ pub fn owners_snapshot(
     owner: buddygate::config::ServerIdx,
     epoch: u64,
     resources: u32,
-) -> buddygate::runtime::state::Snapshot {
+) -> buddygate::view::Snapshot {
     use buddygate::failover::{ResourceState, ResourceView, ServerState, ServerView, Stats};
-    buddygate::runtime::state::Snapshot {
+    buddygate::view::Snapshot {
         site: site.clone(),
         node,
         booting: false,

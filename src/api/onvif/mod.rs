@@ -43,8 +43,7 @@ use self::auth::Authenticator;
 use self::soap::{Fault, Request, envelope, ns, parse_request, soap_response};
 use self::subscriptions::{Hub, Subscriptions};
 use self::xml::XmlOut;
-use super::AppState;
-use crate::runtime::state::Shared;
+use super::{AppState, Shared};
 
 /// Requests larger than this are refused with a fault.
 pub const MAX_BODY: usize = 256 * 1024;

@@ -24,10 +24,10 @@ use serde_json::Value;
 use super::soap::ns;
 use super::time::format_datetime;
 use super::xml::{Element, XmlOut};
+use crate::cloudevents::rfc3339;
 use crate::config::Site;
-use crate::runtime::cloudevents::rfc3339;
-use crate::runtime::state::Snapshot;
 use crate::store::StoredEvent;
+use crate::view::Snapshot;
 
 /// The ONVIF dialect for topic expressions (`|` unions, `*`, `//.` subtrees).
 pub const CONCRETE_SET: &str = "http://www.onvif.org/ver10/tev/topicExpression/ConcreteSet";

@@ -40,12 +40,12 @@ use tracing::{info, warn};
 
 use self::link::{Link, Note, Props};
 use super::ConnectorStatus;
+use crate::cloudevents::rfc3339;
 use crate::config::connectors::MqttConfig;
 use crate::config::{ServerIdx, Site};
 use crate::failover::ResourceState;
-use crate::runtime::cloudevents::rfc3339;
-use crate::runtime::state::Snapshot;
 use crate::store::{Reader, Store, StoredEvent};
+use crate::view::Snapshot;
 
 /// Publishes queued or unacknowledged at once.
 const WINDOW: usize = 64;
