@@ -30,6 +30,7 @@ pub mod demo;
 pub mod demo_consumers;
 pub mod demo_live;
 pub mod failover;
+pub mod onvif;
 pub mod runtime;
 pub mod sim;
 pub mod store;

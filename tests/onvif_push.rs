@@ -15,10 +15,10 @@ use std::time::{Duration, Instant, SystemTime};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use buddygate::api::onvif::auth::Authenticator;
-use buddygate::api::onvif::soap::ns;
 use buddygate::config::connectors::{self, ConnectorKind, OnvifConfig};
 use buddygate::connectors::ConnectorStatus;
 use buddygate::connectors::onvif::Onvif;
+use buddygate::onvif::soap::ns;
 use buddygate::store::{Store, StoredEvent};
 use quick_xml::events::Event;
 use serde_json::{Value, json};
@@ -613,7 +613,7 @@ async fn soap_faults_are_retried_and_the_username_token_verifies() {
     let verifier = Authenticator::new(vec![("bg-push".into(), "p4ss-w0rd".into())]);
     let impostor = Authenticator::new(vec![("bg-push".into(), "guess".into())]);
     for q in &reqs {
-        let envelope = buddygate::api::onvif::xml::parse(q.body.as_bytes()).unwrap();
+        let envelope = buddygate::onvif::xml::parse(q.body.as_bytes()).unwrap();
         let security = envelope
             .child(ns::ENV, "Header")
             .and_then(|h| h.child(ns::WSSE, "Security"));

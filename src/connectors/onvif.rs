@@ -17,10 +17,10 @@ use tracing::{debug, info};
 
 use super::ConnectorStatus;
 use super::outbox::{self, Outbox, Sink, Try, error_chain, http_client, parse_retry_after};
-use crate::api::onvif::notify::{Credentials, NotifyError, notify};
-use crate::api::onvif::topics::{Message, outbox_messages};
 use crate::config::Site;
 use crate::config::connectors::OnvifConfig;
+use crate::onvif::messages::{Message, outbox_messages};
+use crate::onvif::notify::{Credentials, NotifyError, notify};
 use crate::store::StoredEvent;
 
 /// A built onvif connector, ready to [`Onvif::run`].

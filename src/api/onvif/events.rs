@@ -5,16 +5,17 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use super::notify::{self, PushAddresses};
-use super::soap::{Detail, Fault, ns};
+use super::push::{self, PushAddresses};
 use super::subscriptions::{PullError, Subscription};
-use super::time::{format_datetime, parse_datetime, parse_duration};
-use super::topics::{
-    CONCRETE_SET, FilterError, MESSAGE_CONTENT, TopicMask, WSTOP_DIALECTS, parse_topic_expression,
-    write_notification, write_topic_set,
-};
-use super::xml::{Element, XmlOut};
 use super::{Ctx, Reply};
+use crate::onvif::messages::write_notification;
+use crate::onvif::soap::{Detail, Fault, ns};
+use crate::onvif::time::{format_datetime, parse_datetime, parse_duration};
+use crate::onvif::topics::{
+    CONCRETE_SET, FilterError, MESSAGE_CONTENT, TopicMask, WSTOP_DIALECTS, parse_topic_expression,
+    write_topic_set,
+};
+use crate::onvif::xml::{Element, XmlOut};
 
 /// The longest `PullMessages` timeout accepted.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(60);
@@ -219,7 +220,7 @@ pub(super) fn subscribe(ctx: &Ctx<'_>, op: &Element) -> Result<Reply, Fault> {
         .map_err(|f| too_many(f.max))?;
     tracing::info!(subscription = %sub.id, consumer = %consumer, "ONVIF push subscription created.");
     let address = ctx.subscription_url(&sub.id);
-    tokio::spawn(notify::push(
+    tokio::spawn(push::push(
         sub,
         onvif.hub.clone(),
         onvif.subs.clone(),

@@ -632,7 +632,7 @@ impl Mqtt {
 /// `{prefix}/onvif-ej/{topic without its namespace prefix}/&{source value}` as ONVIF event JSON:
 /// `{"Topic","UtcTime","Source":{name: value},"Data":{name: value}}`.
 pub fn onvif_messages(prefix: &str, ev: &StoredEvent) -> Vec<(String, Value)> {
-    use crate::api::onvif::topics::event_messages;
+    use crate::onvif::messages::event_messages;
     let items = |v: &[(&str, String)]| {
         Value::Object(
             v.iter()
