@@ -21,6 +21,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod backoff;
 pub mod cli;
 mod cli_node;
 pub mod cloudevents;

@@ -153,3 +153,9 @@ impl Metrics {
         }
     }
 }
+
+impl crate::agent::OpCounter for Metrics {
+    fn agent_op(&self, op: &'static str, outcome: &'static str) {
+        Metrics::agent_op(self, op, outcome);
+    }
+}

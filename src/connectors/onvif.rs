@@ -51,7 +51,13 @@ impl Onvif {
             None => None,
         };
         let client = http_client(&name, cfg.timeout, &cfg.tls)?;
-        let outbox = Outbox::open(&name, data_dir, status, cfg.retry.clone(), cfg.batch)?;
+        let outbox = Outbox::open(
+            &name,
+            data_dir,
+            status,
+            outbox::retry_schedule(cfg.retry.clone()),
+            cfg.batch,
+        )?;
         Ok(Self {
             name,
             cfg,

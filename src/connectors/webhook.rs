@@ -77,7 +77,13 @@ impl Webhook {
         if let Some((path, text)) = &cfg.template {
             env.add_template_owned(path.display().to_string(), text.clone())?;
         }
-        let outbox = Outbox::open(&name, data_dir, status, cfg.retry.clone(), 1)?;
+        let outbox = Outbox::open(
+            &name,
+            data_dir,
+            status,
+            outbox::retry_schedule(cfg.retry.clone()),
+            1,
+        )?;
         Ok(Self {
             node: site.server(node).id.clone(),
             name,

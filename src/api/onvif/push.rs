@@ -8,14 +8,18 @@ use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
 
 use super::subscriptions::{Hub, Subscription, Subscriptions};
+use crate::backoff::{Backoff, Jitter};
 use crate::onvif::notify::{notify_envelope, send};
 
 /// Messages per `Notify` from a push subscription.
 pub const PUSH_BATCH: usize = 100;
 /// Attempts per batch of a push subscription before it is dropped.
 pub const PUSH_ATTEMPTS: u32 = 5;
-/// First retry delay of a push subscription; doubled each time, with jitter.
+/// First retry delay of a push subscription; doubled each time, plus up to half of it.
 pub const PUSH_BACKOFF: Duration = Duration::from_millis(200);
+/// The retry delays of a push subscription: [`PUSH_ATTEMPTS`] bounds them.
+const PUSH_RETRY: Backoff =
+    Backoff::doubling(PUSH_BACKOFF, Duration::MAX).with_jitter(Jitter::up_to(1.5));
 
 /// Where a push subscription's messages say they come from.
 pub struct PushAddresses {
@@ -67,7 +71,6 @@ async fn deliver(
     body: String,
     shutdown: &CancellationToken,
 ) {
-    let mut delay = PUSH_BACKOFF;
     for attempt in 1..=PUSH_ATTEMPTS {
         match send(client, consumer, body.clone()).await {
             Ok(()) => return,
@@ -79,12 +82,11 @@ async fn deliver(
                 tracing::debug!(subscription = %sub.id, error = %e, attempt, "ONVIF Notify failed; retrying.");
             }
         }
-        let jitter = delay.mul_f64(fastrand::f64() * 0.5);
+        let delay = PUSH_RETRY.delay(attempt).unwrap_or(PUSH_BACKOFF);
         tokio::select! {
-            _ = tokio::time::sleep(delay + jitter) => {}
+            _ = tokio::time::sleep(delay) => {}
             _ = sub.ended.cancelled() => return,
             _ = shutdown.cancelled() => return,
         }
-        delay *= 2;
     }
 }

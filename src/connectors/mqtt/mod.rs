@@ -40,6 +40,7 @@ use tracing::{info, warn};
 
 use self::link::{Link, Note, Props};
 use super::ConnectorStatus;
+use crate::backoff::{Backoff, Jitter};
 use crate::cloudevents::rfc3339;
 use crate::config::connectors::MqttConfig;
 use crate::config::{ServerIdx, Site};
@@ -54,39 +55,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the death message may take at shutdown.
 const DEATH_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Reconnect delays: doubling from `min` to `max`, with ±20 % jitter unless turned off.
-#[derive(Debug, Clone, Copy)]
-pub struct Backoff {
-    pub min: Duration,
-    pub max: Duration,
-    pub jitter: bool,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self {
-            min: Duration::from_millis(100),
-            max: Duration::from_secs(5),
-            jitter: true,
-        }
-    }
-}
-
-impl Backoff {
-    /// The delay before attempt `n` (0 = the first retry).
-    pub fn delay(&self, n: u32) -> Duration {
-        let base = self
-            .min
-            .saturating_mul(1u32 << n.min(20))
-            .min(self.max)
-            .max(self.min);
-        if self.jitter {
-            base.mul_f64(0.8 + 0.4 * fastrand::f64())
-        } else {
-            base
-        }
-    }
-}
+/// Reconnect delays: 100ms, doubling up to 5s, with ±20 % jitter.
+const RECONNECT: Backoff =
+    Backoff::doubling(Duration::from_millis(100), RECONNECT_MAX).with_jitter(Jitter::spread(0.2));
+/// The longest wait between two connects.
+const RECONNECT_MAX: Duration = Duration::from_secs(5);
 
 /// A built MQTT connector, ready to [`Mqtt::run`].
 pub struct Mqtt {
@@ -206,7 +179,7 @@ impl Mqtt {
             prefix,
             password,
             tls,
-            backoff: Backoff::default(),
+            backoff: RECONNECT,
             status,
             published: HashMap::new(),
             dirty: BTreeMap::new(),
@@ -243,8 +216,8 @@ impl Mqtt {
                 End::Lost(reason) => reason,
             };
             self.refresh_status();
-            let delay = self.backoff.delay(failures);
             failures = failures.saturating_add(1);
+            let delay = self.backoff.delay(failures).unwrap_or(RECONNECT_MAX);
             warn!(connector = %self.name, error = %reason, retry_in = ?delay, "MQTT connection failed; retrying.");
             self.status.failed.fetch_add(1, Ordering::Relaxed);
             self.status.retried.fetch_add(1, Ordering::Relaxed);
@@ -779,16 +752,5 @@ kind = "camera"
             .map(|v| ResourceView { owner: None, ..v })
             .collect();
         assert_eq!(served_by(&site, &none, live), (live, 399));
-    }
-
-    #[test]
-    fn backoff_doubles_up_to_the_cap() {
-        let b = Backoff {
-            min: Duration::from_millis(100),
-            max: Duration::from_secs(1),
-            jitter: false,
-        };
-        let d: Vec<_> = (0..6).map(|n| b.delay(n).as_millis()).collect();
-        assert_eq!(d, [100, 200, 400, 800, 1000, 1000]);
     }
 }
