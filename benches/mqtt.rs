@@ -27,7 +27,7 @@ use tokio::sync::{Notify, broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
 fn broker(v5: bool) -> u16 {
-    buddygate::demo_consumers::embedded_broker(v5).expect("embedded broker")
+    buddygate::demo::consumers::embedded_broker(v5).expect("embedded broker")
 }
 
 /// The MQTT 5 [`subscriber`].

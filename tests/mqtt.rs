@@ -22,7 +22,7 @@ fn broker() -> u16 {
 
 /// [`broker`], with an MQTT 5 listener instead of the 3.1.1 one when `v5`.
 fn start_broker(v5: bool) -> u16 {
-    buddygate::demo_consumers::embedded_broker(v5).expect("embedded broker")
+    buddygate::demo::consumers::embedded_broker(v5).expect("embedded broker")
 }
 
 /// A TCP relay in front of the broker that can be stopped (every connection cut, the port
