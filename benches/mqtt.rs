@@ -16,10 +16,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use buddygate::config::connectors::{self, ConnectorKind};
 use buddygate::config::{Kind, Mode};
-use buddygate::connectors::ConnectorStatus;
 use buddygate::connectors::mqtt::Mqtt;
+use buddygate::connectors::{self, ConnectorKind, ConnectorStatus};
 use buddygate::store::Store;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::json;

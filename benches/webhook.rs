@@ -11,10 +11,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use buddygate::config::connectors::{self, ConnectorKind};
-use buddygate::connectors::ConnectorStatus;
 use buddygate::connectors::onvif::Onvif;
 use buddygate::connectors::webhook::Webhook;
+use buddygate::connectors::{self, ConnectorKind, ConnectorStatus};
 use buddygate::store::Store;
 use serde_json::json;
 use tokio::sync::{Notify, broadcast};

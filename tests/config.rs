@@ -10,6 +10,7 @@ use buddygate::config::{
     self, AgentSpec, AgentTimings, FailMode, Failback, Kind, Mode, ResourceIdx, Role, SecretRef,
     ServerIdx, Severity,
 };
+use buddygate::connectors;
 
 /// Lines 1-5 of most cases; their own text starts on line 6.
 const HEAD: &str = "[site]
@@ -866,7 +867,7 @@ kind = \"camera\"
 
 #[test]
 fn the_example_site_is_valid_and_complete() {
-    let loaded = config::load(&repo("examples/site.toml")).expect("valid");
+    let loaded = connectors::load_site(&repo("examples/site.toml")).expect("valid");
     assert_eq!(loaded.warnings, []);
     let site = loaded.site;
     assert_eq!(site.name, "hq");
@@ -941,7 +942,7 @@ fn load_resolves_exec_commands_and_warns_when_they_cannot_run() {
     }
     let warnings = |dir: &Path| -> Vec<String> {
         let path = dir.join("site.toml");
-        let loaded = config::load(&path).expect("valid");
+        let loaded = connectors::load_site(&path).expect("valid");
         let f = path.display().to_string();
         loaded
             .warnings
@@ -968,8 +969,12 @@ fn load_resolves_exec_commands_and_warns_when_they_cannot_run() {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     assert_eq!(warnings(&a), Vec::<String>::new());
-    let site_a = config::load(&a.join("site.toml")).expect("valid").site;
-    let site_b = config::load(&b.join("site.toml")).expect("valid").site;
+    let site_a = connectors::load_site(&a.join("site.toml"))
+        .expect("valid")
+        .site;
+    let site_b = connectors::load_site(&b.join("site.toml"))
+        .expect("valid")
+        .site;
     let command = |site: &config::Site| match &site.resources[0].agent {
         AgentSpec::Exec { command, .. } => command.clone(),
         other => panic!("exec agent expected: {other:?}"),
@@ -985,7 +990,7 @@ fn load_resolves_exec_commands_and_warns_when_they_cannot_run() {
 fn the_large_example_declares_5000_cameras_in_a_short_file() {
     let text = std::fs::read_to_string(repo("examples/large-site.toml")).expect("readable");
     assert!(text.lines().count() < 100, "the point is a short file");
-    let loaded = config::load(&repo("examples/large-site.toml")).expect("valid");
+    let loaded = connectors::load_site(&repo("examples/large-site.toml")).expect("valid");
     assert_eq!(loaded.warnings, []);
     let site = loaded.site;
     let cameras = site
@@ -1027,7 +1032,7 @@ fn the_large_example_declares_5000_cameras_in_a_short_file() {
 
 #[test]
 fn the_invalid_example_reports_every_mistake() {
-    let d = config::load(&repo("examples/invalid-site.toml")).expect_err("invalid");
+    let d = connectors::load_site(&repo("examples/invalid-site.toml")).expect_err("invalid");
     let f = repo("examples/invalid-site.toml").display().to_string();
     let got: Vec<String> = d.iter().map(|d| d.to_string().replace(&f, "F")).collect();
     assert_eq!(
@@ -1067,7 +1072,7 @@ fn load_warns_about_missing_secret_files_and_reports_unreadable_files() {
         "[site]\nname = \"hq\"\nsecret = \"file:keys/site.key\"\n[api]\ntoken = \"env:T\"\n{VALID}"
     );
     std::fs::write(&path, text).expect("write");
-    let loaded = config::load(&path).expect("valid");
+    let loaded = connectors::load_site(&path).expect("valid");
     let expected = format!(
         "{}:3:10: warning: site.secret: secret file {} does not exist",
         path.display(),
@@ -1087,7 +1092,7 @@ fn load_warns_about_missing_secret_files_and_reports_unreadable_files() {
     std::fs::remove_dir_all(&dir).expect("cleanup");
 
     let missing = dir.join("nope.toml");
-    let d = config::load(&missing).expect_err("unreadable");
+    let d = connectors::load_site(&missing).expect_err("unreadable");
     assert_eq!(d.len(), 1);
     assert!(
         d.to_string()

@@ -7,7 +7,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use buddygate::config::connectors::{self, ConnectorKind};
+use buddygate::config::connectors::EVENT_TYPES;
+use buddygate::connectors::mqtt::MqttFile;
+use buddygate::connectors::{self, ConnectorKind};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;
 use tokio::io::copy_bidirectional;
@@ -582,7 +584,7 @@ fn bad_mqtt_files_report_every_problem_with_its_position() {
         panic!("not mqtt")
     };
     assert_eq!((m.host.as_str(), m.port, m.qos), ("broker", 1883, 1));
-    assert!(m.wants("buddygate.failover.completed") && !m.wants("buddygate.path.up"));
+    assert!(m.events.wants("buddygate.failover.completed") && !m.events.wants("buddygate.path.up"));
 }
 
 /// More retained state than the window at once (a failover of 1,000 resources): every topic
@@ -940,8 +942,7 @@ async fn mqtt5_carries_content_type_expiry_user_properties_and_the_onvif_topic_f
 
 #[test]
 fn the_committed_mqtt_schema_is_fresh() {
-    let schema =
-        serde_json::to_string_pretty(&schemars::schema_for!(connectors::MqttFile)).unwrap() + "\n";
+    let schema = serde_json::to_string_pretty(&schemars::schema_for!(MqttFile)).unwrap() + "\n";
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/mqtt.schema.json");
     if std::env::var_os("BLESS").is_some() {
         std::fs::write(&path, &schema).unwrap();
@@ -972,7 +973,7 @@ fn the_asyncapi_document_covers_every_topic_and_event() {
     ] {
         assert!(doc.contains(address), "docs/asyncapi.yaml lacks {address}");
     }
-    for ty in connectors::EVENT_TYPES {
+    for ty in EVENT_TYPES {
         assert!(
             doc.contains(&format!("          - {ty}\n")),
             "docs/asyncapi.yaml: {ty} is not in the event channel's `type` enum"

@@ -15,9 +15,9 @@ use std::time::{Duration, Instant, SystemTime};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use buddygate::api::onvif::auth::Authenticator;
-use buddygate::config::connectors::{self, ConnectorKind, OnvifConfig};
-use buddygate::connectors::ConnectorStatus;
-use buddygate::connectors::onvif::Onvif;
+use buddygate::config::connectors::DEFAULT_RETRY;
+use buddygate::connectors::onvif::{Onvif, OnvifConfig, OnvifFile};
+use buddygate::connectors::{self, ConnectorKind, ConnectorStatus};
 use buddygate::onvif::soap::ns;
 use buddygate::store::{Store, StoredEvent};
 use quick_xml::events::Event;
@@ -750,9 +750,11 @@ fn bad_onvif_files_report_every_problem_with_its_position() {
         panic!("not onvif")
     };
     assert_eq!(o.batch, 100);
-    assert_eq!(o.retry, connectors::DEFAULT_RETRY);
+    assert_eq!(o.retry, DEFAULT_RETRY);
     assert_eq!(o.timeout, Duration::from_secs(5));
-    assert!(o.wants("buddygate.failover.completed") && !o.wants("buddygate.server.up"));
+    assert!(
+        o.events.wants("buddygate.failover.completed") && !o.events.wants("buddygate.server.up")
+    );
 }
 
 #[test]
@@ -770,7 +772,7 @@ fn the_shipped_onvif_connector_is_valid() {
 #[test]
 fn the_committed_onvif_schema_is_fresh() {
     common::assert_schema_fresh(
-        &schemars::schema_for!(connectors::OnvifFile),
+        &schemars::schema_for!(OnvifFile),
         "schemas/onvif.schema.json",
         "onvif_push",
     );

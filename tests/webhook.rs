@@ -13,9 +13,8 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
-use buddygate::config::connectors::{self, ConnectorKind, WebhookConfig, decode_whsec};
-use buddygate::connectors::ConnectorStatus;
-use buddygate::connectors::webhook::{Webhook, sign};
+use buddygate::connectors::webhook::{Webhook, WebhookConfig, WebhookFile, decode_whsec, sign};
+use buddygate::connectors::{self, ConnectorKind, ConnectorStatus};
 use buddygate::store::{Store, StoredEvent};
 use serde_json::{Value, json};
 use tokio::sync::Notify;
@@ -734,7 +733,7 @@ fn check_reports_connector_problems_with_the_site_and_exits_64() {
 #[test]
 fn the_committed_webhook_schema_is_fresh() {
     common::assert_schema_fresh(
-        &schemars::schema_for!(connectors::WebhookFile),
+        &schemars::schema_for!(WebhookFile),
         "schemas/webhook.schema.json",
         "webhook",
     );

@@ -5,10 +5,12 @@ use std::io::Write;
 
 use super::EXIT_INVALID;
 use crate::config;
+use crate::connectors::ConnectorKind;
+use crate::connectors::mqtt::MqttProtocol;
 
 /// `buddygate check`: diagnostics to `err`, the summary to `out`.
 pub(super) fn check(path: &std::path::Path, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
-    match config::load(path) {
+    match crate::connectors::load_site(path) {
         Ok(loaded) => {
             for w in &loaded.warnings {
                 let _ = writeln!(err, "{w}");
@@ -18,25 +20,22 @@ pub(super) fn check(path: &std::path::Path, out: &mut dyn Write, err: &mut dyn W
                 let _ = writeln!(out, "connectors:");
                 for c in &loaded.connectors {
                     let (events, target, suffix) = match &c.kind {
-                        config::connectors::ConnectorKind::Webhook(w) => (
+                        ConnectorKind::Webhook(w) => (
                             &w.events,
                             format!("{} {}", w.method, w.url),
                             if w.secrets.is_empty() { "" } else { ", signed" },
                         ),
-                        config::connectors::ConnectorKind::Mqtt(m) => (
+                        ConnectorKind::Mqtt(m) => (
                             &m.events,
                             format!("{} qos {}", m.url, m.qos),
-                            match (
-                                m.protocol == config::connectors::MqttProtocol::V5,
-                                m.tls.cert.is_some(),
-                            ) {
+                            match (m.protocol == MqttProtocol::V5, m.tls.cert.is_some()) {
                                 (true, true) => ", MQTT 5, client certificate",
                                 (true, false) => ", MQTT 5",
                                 (false, true) => ", client certificate",
                                 (false, false) => "",
                             },
                         ),
-                        config::connectors::ConnectorKind::Onvif(o) => (
+                        ConnectorKind::Onvif(o) => (
                             &o.events,
                             format!("Notify {}", o.url),
                             if o.username.is_some() {
@@ -46,10 +45,9 @@ pub(super) fn check(path: &std::path::Path, out: &mut dyn Write, err: &mut dyn W
                             },
                         ),
                     };
-                    let events = if events.is_empty() {
-                        "all events".to_string()
-                    } else {
-                        events.join(", ")
+                    let events = match events.patterns() {
+                        [] => "all events".to_string(),
+                        patterns => patterns.join(", "),
                     };
                     let _ = writeln!(
                         out,

@@ -17,6 +17,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::config::{self, Site};
+use crate::connectors::{self, SiteFiles};
 
 /// Exit code for an invalid site file (BSD `EX_USAGE`, as DESIGN fixes it).
 pub const EXIT_INVALID: u8 = 64;
@@ -187,8 +188,8 @@ pub(crate) fn load(config: &Path, err: &mut dyn Write) -> Option<Site> {
 }
 
 /// The site and its connector files.
-pub(crate) fn load_all(config: &Path, err: &mut dyn Write) -> Option<config::Loaded> {
-    match config::load(config) {
+pub(crate) fn load_all(config: &Path, err: &mut dyn Write) -> Option<SiteFiles> {
+    match connectors::load_site(config) {
         Ok(loaded) => {
             for w in &loaded.warnings {
                 let _ = writeln!(err, "{w}");

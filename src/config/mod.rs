@@ -13,18 +13,18 @@
 
 mod agent;
 pub mod connectors;
-mod decode;
+pub(crate) mod decode;
 mod diag;
 pub mod expand;
 pub mod file;
-mod locate;
+pub(crate) mod locate;
 mod model;
 pub mod summary;
 mod validate;
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use toml::de::DeTable;
 
@@ -38,8 +38,6 @@ use locate::{Issue, Locator};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Loaded {
     pub site: Site,
-    /// The connector files of `site.connectors` ([`load`] only).
-    pub connectors: Vec<connectors::Connector>,
     pub warnings: Vec<Diagnostic>,
 }
 
@@ -55,29 +53,19 @@ pub fn load(path: &Path) -> Result<Loaded, Diagnostics> {
         )])
     })?;
     let base = path.parent().unwrap_or(Path::new(""));
-    let site = check(&text, &name, Some(base));
-    // Connector files are checked even when the site file has errors: all problems at once.
-    let dir = match &site {
-        Ok(l) => base.join(&l.site.connectors),
-        Err(_) => base.join(connectors_dir_hint(&text)),
+    check(&text, &name, Some(base))
+}
+
+/// The connector files' folder of the site file at `path`: `site.connectors` of the valid
+/// `site`, or as far as the file can be read when it did not validate; `None` when it cannot
+/// be read at all.
+pub fn connectors_dir(path: &Path, site: Option<&Site>) -> Option<PathBuf> {
+    let base = path.parent().unwrap_or(Path::new(""));
+    let dir = match site {
+        Some(site) => site.connectors.clone(),
+        None => PathBuf::from(connectors_dir_hint(&std::fs::read_to_string(path).ok()?)),
     };
-    let (found, diagnostics) = connectors::load_dir(&dir);
-    match site {
-        Ok(mut loaded) if !diagnostics.iter().any(Diagnostic::is_error) => {
-            loaded.connectors = found;
-            loaded.warnings.extend(diagnostics);
-            Ok(loaded)
-        }
-        Ok(loaded) => {
-            let mut all = loaded.warnings;
-            all.extend(diagnostics);
-            Err(Diagnostics::sorted(all))
-        }
-        Err(mut d) => {
-            d.0.extend(diagnostics);
-            Err(d)
-        }
-    }
+    Some(base.join(dir))
 }
 
 /// The connectors folder of a site file that did not validate, as far as it can be read.
@@ -146,7 +134,6 @@ fn check(text: &str, file: &str, base: Option<&Path>) -> Result<Loaded, Diagnost
     match validate::resolve(&site) {
         Some(site) => Ok(Loaded {
             site,
-            connectors: Vec::new(),
             warnings: diagnostics.0,
         }),
         None => {

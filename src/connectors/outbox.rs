@@ -354,18 +354,6 @@ fn far_future() -> tokio::time::Instant {
     tokio::time::Instant::now() + Duration::from_secs(86_400 * 365)
 }
 
-/// A secret's text (trimmed). `base` is the folder `file:` secrets are relative to.
-pub fn secret_text(
-    s: &crate::config::SecretRef,
-    base: &Path,
-    what: &str,
-) -> anyhow::Result<String> {
-    let bytes = s
-        .resolve(base)
-        .map_err(|e| anyhow::anyhow!("cannot read {what} ({s:?}): {e}"))?;
-    Ok(String::from_utf8_lossy(&bytes).trim().to_string())
-}
-
 /// The HTTP client of connector `name`: `timeout` per request, no proxy, and `tls` (only
 /// its CA when one is given, a client certificate for mutual TLS).
 pub fn http_client(

@@ -49,7 +49,7 @@ async fn run_async(opts: LiveOptions) -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
     let _stop = cancel.clone().drop_guard();
     let (tx, mut rx) = mpsc::unbounded_channel::<Received>();
-    let key = crate::config::connectors::decode_whsec(WHSEC).map_err(anyhow::Error::msg)?;
+    let key = crate::connectors::webhook::decode_whsec(WHSEC).map_err(anyhow::Error::msg)?;
     let psim_url = webhook_receiver(key, tx.clone(), cancel.clone()).await?;
     let mqtt_port = embedded_broker(false)?;
     let (file, nodes) = write_site(&dir, &psim_url, mqtt_port)?;

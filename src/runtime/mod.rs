@@ -48,7 +48,7 @@ pub struct NodeConfig {
     /// How long a clean shutdown waits for the buddies to take over.
     pub shutdown_grace: Duration,
     /// Connector files of the site.
-    pub connectors: Vec<crate::config::connectors::Connector>,
+    pub connectors: Vec<crate::connectors::Connector>,
 }
 
 #[derive(Debug, Error)]

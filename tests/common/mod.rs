@@ -11,8 +11,7 @@ use std::time::{Duration, Instant};
 
 use std::sync::Arc;
 
-use buddygate::config::connectors::{self, ConnectorKind};
-use buddygate::connectors::ConnectorStatus;
+use buddygate::connectors::{self, ConnectorKind, ConnectorStatus};
 use buddygate::store::{Store, StoredEvent};
 use serde_json::{Value, json};
 use tokio::sync::{Notify, broadcast};

@@ -25,6 +25,7 @@
 //! event loop handles requests in order) to the publishes it queued, and each PUBACK to what it
 //! sent.
 
+mod config;
 mod link;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -38,11 +39,11 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+pub use self::config::{MqttConfig, MqttFile, MqttProtocol};
 use self::link::{Link, Note, Props};
-use super::ConnectorStatus;
+use super::{ConnectorStatus, secret_text};
 use crate::backoff::{Backoff, Jitter};
 use crate::cloudevents::rfc3339;
-use crate::config::connectors::MqttConfig;
 use crate::config::{ServerIdx, Site};
 use crate::failover::ResourceState;
 use crate::store::{Reader, Store, StoredEvent};
@@ -140,14 +141,11 @@ impl Mqtt {
         data_dir: &Path,
         status: Arc<ConnectorStatus>,
     ) -> anyhow::Result<Self> {
-        let base = cfg.base.clone().unwrap_or_else(|| ".".into());
         let password = match &cfg.password {
-            Some(p) => {
-                let bytes = p.resolve(&base).map_err(|e| {
-                    anyhow::anyhow!("connector {name}: cannot read the password ({p:?}): {e}")
-                })?;
-                Some(String::from_utf8_lossy(&bytes).trim().to_string())
-            }
+            Some(p) => Some(
+                secret_text(p, cfg.base.as_deref(), "the password")
+                    .map_err(|e| anyhow::anyhow!("connector {name}: {e}"))?,
+            ),
             None => None,
         };
         let node_id = site.server(node).id.clone();
@@ -401,7 +399,7 @@ impl Mqtt {
             }
             for ev in batch {
                 s.read = ev.seq;
-                if !self.cfg.wants(&ev.kind) {
+                if !self.cfg.events.wants(&ev.kind) {
                     s.pending.insert(ev.seq, true);
                     continue;
                 }
