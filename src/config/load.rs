@@ -12,7 +12,7 @@ use super::model::{AgentKind, SecretRef};
 use super::validate::Expanded;
 use super::{Diagnostic, Diagnostics, Loaded, Site, check};
 
-/// Reads and checks the site file at `path`. Besides [`parse_str`], it resolves relative `exec`
+/// Reads and checks the site file at `path`. Besides [`parse_str`](super::parse_str), it resolves relative `exec`
 /// commands against the site file's folder, and warns about `file:` secrets and commands that
 /// do not exist there.
 pub fn load(path: &Path) -> Result<Loaded, Diagnostics> {

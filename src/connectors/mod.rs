@@ -4,7 +4,7 @@
 //! succeeded or became a dead letter.
 //!
 //! One closed enum of kinds ([`ConnectorKind`]), one folder per kind with the same shape:
-//! `config.rs` (its file's keys and their checks, a [`ConnectorFile`]), then `build` and `run`
+//! `config.rs` (its file's keys and their checks, a `ConnectorFile`), then `build` and `run`
 //! in its `mod.rs`. [`load`] reads the connector files; the checks every kind shares are in
 //! [`crate::config::connectors`]. The kinds that push over HTTP (`webhook`, `onvif`) share
 //! [`outbox`]: the cursor, retries, dead letters, replay.

@@ -5,7 +5,7 @@
 //! timing, restarts the node, prints the failback, and ends with a summary table. Beside them
 //! run the consumers ([`super::consumers`]): a PSIM webhook receiver, an ONVIF pull-point
 //! client and an MQTT subscriber on an embedded broker that every node publishes to. The site's
-//! processes and what the demo asks their APIs are in [`super::site`].
+//! processes and what the demo asks their APIs are in `super::site`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

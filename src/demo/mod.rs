@@ -1,6 +1,6 @@
 //! `buddygate demo`: a whole site on this machine, nothing to install.
 //!
-//! - [`live`]: real `buddygate run` processes on loopback ([`site`]) and the consumers beside
+//! - [`live`]: real `buddygate run` processes on loopback (`site`) and the consumers beside
 //!   them ([`consumers`]): kill a live node, show the takeover, the failback, a summary.
 //! - [`simulated`]: the same story in the simulator (`--simulated`).
 //!

@@ -20,7 +20,7 @@
 //! (`ce-specversion`, `ce-id`, `ce-type`, `ce-source` and `epoch` on events, `epoch` on state) and,
 //! if configured, a message expiry on events.
 //!
-//! One task per connection polls the event loop of the protocol version ([`link`]) and
+//! One task per connection polls the event loop of the protocol version (`link`) and
 //! forwards what it reports; the connector task matches each publish written (in order: the
 //! event loop handles requests in order) to the publishes it queued, and each PUBACK to what it
 //! sent.
