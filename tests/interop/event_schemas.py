@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The JSON Schemas of buddygate's CloudEvents (schemas/events/), built from one description.
 
-The payloads are the ones src/runtime/cloudevents.rs builds; that file is the source of truth,
+The payloads are the ones src/cloudevents.rs builds; that file is the source of truth,
 and this one follows it field for field. Run
 
     python3 tests/interop/event_schemas.py --write

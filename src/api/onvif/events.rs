@@ -176,19 +176,33 @@ pub(super) fn create_pull_point(ctx: &Ctx<'_>, op: &Element) -> Result<Reply, Fa
         .create(&ctx.onvif.hub, mask, None, until)
         .map_err(|f| too_many(f.max))?;
     tracing::debug!(subscription = %sub.id, "ONVIF pull-point subscription created.");
-    let address = ctx.subscription_url(&sub.id);
-    let now = format_datetime(ctx.now);
-    let end = format_datetime(until);
-    Ok(Reply::new(
+    Ok(subscribed(
         tev_action("EventPortType", "CreatePullPointSubscription"),
-        move |o: &mut XmlOut| {
-            o.open("tev:CreatePullPointSubscriptionResponse", &[]);
-            write_reference(o, "tev:SubscriptionReference", &address);
-            o.leaf("wsnt:CurrentTime", &now);
-            o.leaf("wsnt:TerminationTime", &end);
-            o.close("tev:CreatePullPointSubscriptionResponse");
-        },
+        "tev:CreatePullPointSubscriptionResponse",
+        "tev:SubscriptionReference",
+        ctx.subscription_url(&sub.id),
+        ctx.now,
+        until,
     ))
+}
+
+/// The answer to a new subscription: its address, the time now and when it ends.
+fn subscribed(
+    action: String,
+    response: &'static str,
+    reference: &'static str,
+    address: String,
+    now: SystemTime,
+    until: SystemTime,
+) -> Reply {
+    let (now, end) = (format_datetime(now), format_datetime(until));
+    Reply::new(action, move |o: &mut XmlOut| {
+        o.open(response, &[]);
+        write_reference(o, reference, &address);
+        o.leaf("wsnt:CurrentTime", &now);
+        o.leaf("wsnt:TerminationTime", &end);
+        o.close(response);
+    })
 }
 
 pub(super) fn subscribe(ctx: &Ctx<'_>, op: &Element) -> Result<Reply, Fault> {
@@ -231,17 +245,13 @@ pub(super) fn subscribe(ctx: &Ctx<'_>, op: &Element) -> Result<Reply, Fault> {
         },
         onvif.cancel.clone(),
     ));
-    let now = format_datetime(ctx.now);
-    let end = format_datetime(until);
-    Ok(Reply::new(
+    Ok(subscribed(
         wsn_action("NotificationProducer", "Subscribe"),
-        move |o: &mut XmlOut| {
-            o.open("wsnt:SubscribeResponse", &[]);
-            write_reference(o, "wsnt:SubscriptionReference", &address);
-            o.leaf("wsnt:CurrentTime", &now);
-            o.leaf("wsnt:TerminationTime", &end);
-            o.close("wsnt:SubscribeResponse");
-        },
+        "wsnt:SubscribeResponse",
+        "wsnt:SubscriptionReference",
+        address,
+        ctx.now,
+        until,
     ))
 }
 

@@ -32,39 +32,10 @@ impl<'a> Validator<'a> {
                 "no [[resources]]: there is nothing to fail over",
             );
         }
-        let mut dups = Groups::default();
-        for (i, s) in x.servers.iter().enumerate() {
-            if let Some(&first) = self.servers.get(s.id.as_str()) {
-                dups.push((x.servers[first].block, s.block), &s.id);
-            } else {
-                self.servers.insert(&s.id, i);
-            }
-        }
-        for ((first, block), ids) in dups.take() {
-            self.error(
-                &KeyPath::root().key("servers").index(block).key("id"),
-                format!(
-                    "duplicate server id {} (first declared at servers[{first}])",
-                    some_ids(&ids)
-                ),
-            );
-        }
-        for (i, r) in x.resources.iter().enumerate() {
-            if let Some(&first) = self.resources.get(r.id.as_str()) {
-                dups.push((x.resources[first].block, r.block), &r.id);
-            } else {
-                self.resources.insert(&r.id, i);
-            }
-        }
-        for ((first, block), ids) in dups.take() {
-            self.error(
-                &KeyPath::root().key("resources").index(block).key("id"),
-                format!(
-                    "duplicate resource id {} (first declared at resources[{first}])",
-                    some_ids(&ids)
-                ),
-            );
-        }
+        let servers = x.servers.iter().map(|s| (s.id.as_str(), s.block));
+        self.servers = index_ids(servers, "server", "servers", &mut self.issues);
+        let resources = x.resources.iter().map(|r| (r.id.as_str(), r.block));
+        self.resources = index_ids(resources, "resource", "resources", &mut self.issues);
     }
 
     pub(super) fn server(&mut self, s: &'a ExServer) {
@@ -309,6 +280,38 @@ impl<'a> Validator<'a> {
                 .push(Issue::warning(&path, msg).about(s.subject()));
         }
     }
+}
+
+/// `(id, block)` pairs by id (the first, when duplicated), and an error per block that repeats
+/// an id of an earlier one: `duplicate {noun} id ... (first declared at {key}[n])`.
+fn index_ids<'a>(
+    ids: impl Iterator<Item = (&'a str, usize)>,
+    noun: &str,
+    key: &str,
+    issues: &mut Vec<Issue>,
+) -> HashMap<&'a str, usize> {
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    let mut blocks = Vec::new();
+    let mut dups = Groups::default();
+    for (i, (id, block)) in ids.enumerate() {
+        blocks.push(block);
+        match index.get(id) {
+            Some(&first) => dups.push((blocks[first], block), id),
+            None => {
+                index.insert(id, i);
+            }
+        }
+    }
+    for ((first, block), ids) in dups.take() {
+        issues.push(Issue::error(
+            &KeyPath::root().key(key).index(block).key("id"),
+            format!(
+                "duplicate {noun} id {} (first declared at {key}[{first}])",
+                some_ids(&ids)
+            ),
+        ));
+    }
+    index
 }
 
 /// Heartbeat and API addresses used twice: a second pass, since it needs every server.
