@@ -5,17 +5,15 @@
 //! With `BUDDYGATE_ONVIF_SAMPLES=DIR`, every message the gateway sends in these tests
 //! (responses, faults, Notify) is written to DIR for `tests/interop/onvif_validate.sh`.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use base64::Engine as _;
-use buddygate::api;
-use buddygate::api::Shared;
 use buddygate::api::views::ResourcesStatus;
-use buddygate::config::{Kind, Mode};
-use buddygate::failover::Node;
 use buddygate::onvif::messages::{Message, PropertyOperation};
 use buddygate::onvif::notify::{Credentials, NotifyError, notify};
 use buddygate::onvif::security::password_digest;
@@ -23,33 +21,17 @@ use buddygate::onvif::soap::ns;
 use buddygate::onvif::time::format_datetime;
 use buddygate::onvif::topics::Topic;
 use buddygate::onvif::xml::{self, Element};
-use buddygate::sim::{Sim, SimOptions, SiteBuilder};
 use buddygate::store::StoredEvent;
 use buddygate::view::{Metrics, Snapshot};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use common::sim_node::{self, ApiOptions, node_after_takeover};
+
 const USER: &str = "admin";
 const PASS: &str = "onvif-pa55";
 const PATIENCE: Duration = Duration::from_secs(10);
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
-
-fn node_after_takeover() -> (Node, Duration) {
-    let site = SiteBuilder::new("hq")
-        .live("live-1", &["fo-1"])
-        .live("live-2", &["fo-1"])
-        .failover("fo-1", Mode::SpreadServers, Some(2), Some(100))
-        .many("live-1", Kind::Camera, 4, 0)
-        .resource("live-1-io", Kind::Io, "live-1", 5)
-        .many("live-2", Kind::Camera, 3, 0)
-        .build();
-    let mut sim = Sim::new(site, SimOptions::default());
-    sim.run_for(Duration::from_secs(5));
-    let (live, fo) = (sim.idx("live-1"), sim.idx("fo-1"));
-    sim.crash(live);
-    sim.run_for(Duration::from_secs(3));
-    (sim.clone_node(fo).expect("fo-1 runs"), sim.now())
-}
 
 struct Fixture {
     base: String,
@@ -66,33 +48,29 @@ impl Drop for Fixture {
 }
 
 async fn start() -> Fixture {
-    let (node, now) = node_after_takeover();
-    let (snapshot_tx, snapshot) = watch::channel(Arc::new(Snapshot::of(&node, now)));
-    let (events, _) = broadcast::channel(64);
-    let (commands, _commands_rx) = mpsc::channel(8);
-    let shared = Shared {
-        snapshot,
-        events: events.clone(),
-        commands,
-        data_dir: std::env::temp_dir().join("buddygate-onvif-unused"),
-        token: None,
-        onvif_users: vec![(USER.into(), PASS.into())],
-        connectors: Default::default(),
-        metrics: Arc::new(Metrics::default()),
-    };
+    let (node, now) = node_after_takeover([4, 3], false);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let cancel = CancellationToken::new();
-    tokio::spawn(api::serve(listener, shared, cancel.clone()));
+    let served = sim_node::serve(
+        listener,
+        Snapshot::of(&node, now),
+        ApiOptions {
+            token: None,
+            onvif_users: vec![(USER.into(), PASS.into())],
+            data_dir: std::env::temp_dir().join("buddygate-onvif-unused"),
+            channel: 64,
+            commands: 8,
+            metrics: Arc::new(Metrics::default()),
+        },
+    );
     Fixture {
-        base,
+        base: served.base,
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(90))
             .build()
             .unwrap(),
-        events,
-        snapshot: snapshot_tx,
-        cancel,
+        events: served.events,
+        snapshot: served.snapshot,
+        cancel: served.cancel,
     }
 }
 
