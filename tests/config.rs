@@ -133,17 +133,19 @@ fn syntax_errors_come_from_the_toml_parser_with_their_position() {
 
 #[test]
 fn unknown_keys_are_reported_at_the_key_with_a_suggestion() {
-    assert_eq!(
-        invalid(&VALID.replace("address = \"10.0.1.11\"", "adress = \"10.0.1.11\"")),
-        ["t.toml:8:1: servers[0].adress: unknown key `adress`; did you mean `address`?"]
-    );
-    assert_eq!(
-        invalid(&VALID.replace("buddies", "colour = \"red\"\nbuddies")),
-        [
-            "t.toml:10:1: servers[0].colour: unknown key `colour`; expected one of `id`, `role`, \
-             `address`, `heartbeat`, `api`, `buddies`, `mode`, `max_servers`, `max_cameras`, `pick`"
-        ]
-    );
+    invalid_table(&[
+        (
+            VALID.replace("address = \"10.0.1.11\"", "adress = \"10.0.1.11\""),
+            &["t.toml:8:1: servers[0].adress: unknown key `adress`; did you mean `address`?"],
+        ),
+        (
+            VALID.replace("buddies", "colour = \"red\"\nbuddies"),
+            &[
+                "t.toml:10:1: servers[0].colour: unknown key `colour`; expected one of `id`, `role`, \
+             `address`, `heartbeat`, `api`, `buddies`, `mode`, `max_servers`, `max_cameras`, `pick`",
+            ],
+        ),
+    ]);
     assert_eq!(
         diagnostics("[sites]\nname = \"hq\"\n"),
         [
@@ -166,40 +168,46 @@ fn unknown_keys_are_reported_at_the_key_with_a_suggestion() {
 
 #[test]
 fn type_errors_point_at_the_value() {
-    assert_eq!(
-        invalid(&VALID.replace("address = \"10.0.1.11\"", "address = 5")),
-        ["t.toml:8:11: servers[0].address: invalid type: integer `5`, expected a string"]
-    );
-    assert_eq!(
-        invalid(&VALID.replace("role = \"failover\"", "role = \"standby\"")),
-        ["t.toml:13:8: servers[1].role: unknown value `standby`, expected `live` or `failover`"]
-    );
-    assert_eq!(
-        invalid(&VALID.replace("kind = \"camera\"", "kind = 3")),
-        ["t.toml:19:8: resources[0].kind: invalid type: integer `3`, expected a string"]
-    );
-    assert_eq!(
-        invalid(&VALID.replace(
-            "heartbeat = [\"10.0.1.11:7400\"]",
-            "heartbeat = [\"10.0.1.11:7400\", 7401]"
-        )),
-        ["t.toml:9:32: servers[0].heartbeat[1]: invalid type: integer `7401`, expected a string"]
-    );
-    assert_eq!(
-        invalid(&format!("{VALID}priority = \"high\"\n")),
-        [
-            "t.toml:21:12: resources[0].priority: invalid type: string \"high\", expected an integer from -2147483648 to 2147483647"
-        ]
-    );
-    assert_eq!(
-        invalid(&VALID.replace(
-            "mode = \"mirrored\"",
-            "mode = \"spread-servers\"\nmax_servers = -1"
-        )),
-        [
-            "t.toml:17:15: servers[1].max_servers: invalid value: integer `-1`, expected an integer from 0 to 4294967295"
-        ]
-    );
+    invalid_table(&[
+        (
+            VALID.replace("address = \"10.0.1.11\"", "address = 5"),
+            &["t.toml:8:11: servers[0].address: invalid type: integer `5`, expected a string"],
+        ),
+        (
+            VALID.replace("role = \"failover\"", "role = \"standby\""),
+            &[
+                "t.toml:13:8: servers[1].role: unknown value `standby`, expected `live` or `failover`",
+            ],
+        ),
+        (
+            VALID.replace("kind = \"camera\"", "kind = 3"),
+            &["t.toml:19:8: resources[0].kind: invalid type: integer `3`, expected a string"],
+        ),
+        (
+            VALID.replace(
+                "heartbeat = [\"10.0.1.11:7400\"]",
+                "heartbeat = [\"10.0.1.11:7400\", 7401]",
+            ),
+            &[
+                "t.toml:9:32: servers[0].heartbeat[1]: invalid type: integer `7401`, expected a string",
+            ],
+        ),
+        (
+            format!("{VALID}priority = \"high\"\n"),
+            &[
+                "t.toml:21:12: resources[0].priority: invalid type: string \"high\", expected an integer from -2147483648 to 2147483647",
+            ],
+        ),
+        (
+            VALID.replace(
+                "mode = \"mirrored\"",
+                "mode = \"spread-servers\"\nmax_servers = -1",
+            ),
+            &[
+                "t.toml:17:15: servers[1].max_servers: invalid value: integer `-1`, expected an integer from 0 to 4294967295",
+            ],
+        ),
+    ]);
     assert_eq!(
         diagnostics(&format!(
             "[site]\nname = \"hq\"\nsecret = \"env:K\"\nfailure_timeout = \"1 fortnight\"\n\
@@ -264,6 +272,21 @@ fn table(cases: &[(&str, &[&str])]) {
     let mut failures = Vec::new();
     for (body, expected) in cases {
         let got = diagnostics(&format!("{HEAD}{body}"));
+        if got != *expected {
+            failures.push(format!(
+                "--- body:\n{body}--- expected:\n{expected:#?}\n--- got:\n{got:#?}"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// Runs each `(body, expected)` case on `HEAD` + body, which must be invalid, and reports every
+/// mismatch.
+fn invalid_table(cases: &[(String, &[&str])]) {
+    let mut failures = Vec::new();
+    for (body, expected) in cases {
+        let got = invalid(body);
         if got != *expected {
             failures.push(format!(
                 "--- body:\n{body}--- expected:\n{expected:#?}\n--- got:\n{got:#?}"

@@ -502,9 +502,7 @@ async fn a_broker_down_during_a_failover_gets_every_event_once_it_is_back() {
 #[test]
 fn bad_mqtt_files_report_every_problem_with_its_position() {
     let text = "type = \"mqtt\"\nurl = \"http://x\"\npassword = \"hunter2\"\nqos = 2\ntopic_prefix = \"a/#\"\nevents = [\"buddygate.nothing\"]\nkeepalive = \"5s\"\n";
-    let (c, d) = connectors::check_file(text, "bad.toml", Path::new("bad.toml"), None);
-    assert!(c.is_none());
-    let lines: Vec<String> = d.iter().map(|d| d.to_string()).collect();
+    let lines = common::refused(text, "bad.toml", None);
     assert_eq!(
         lines,
         [
@@ -528,9 +526,7 @@ fn bad_mqtt_files_report_every_problem_with_its_position() {
     )
     .unwrap();
     let text = "type = \"mqtt\"\nurl = \"mqtts://broker\"\nprotocol = \"v3\"\nmessage_expiry = \"1d\"\ntls = { ca = \"ca.pem\",\n  cert = \"bad.pem\", key = \"missing.key\" }\n";
-    let (c, d) = connectors::check_file(text, "t.toml", Path::new("t.toml"), Some(&dir));
-    assert!(c.is_none());
-    let lines: Vec<String> = d.iter().map(|d| d.to_string()).collect();
+    let lines = common::refused(text, "t.toml", Some(&dir));
     let p = |f: &str| dir.join(f).display().to_string();
     assert_eq!(lines.len(), 4, "{lines:#?}");
     assert_eq!(

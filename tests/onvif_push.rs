@@ -669,9 +669,7 @@ async fn batches_dead_letters_and_replay() {
 #[test]
 fn bad_onvif_files_report_every_problem_with_its_position() {
     let text = "type = \"onvif\"\nurl = \"ftp://io\"\nevents = [\"buddygate.nothing\"]\nusername = \"bg\"\ntimeout = \"0s\"\nretry = [\"soon\"]\nbatch = 0\nbatchsize = 5\n";
-    let (c, d) = connectors::check_file(text, "io.toml", Path::new("io.toml"), None);
-    assert!(c.is_none());
-    let lines: Vec<String> = d.iter().map(|d| d.to_string()).collect();
+    let lines = common::refused(text, "io.toml", None);
     assert_eq!(
         lines,
         [

@@ -574,9 +574,7 @@ async fn get_puts_the_essentials_in_the_query() {
 #[test]
 fn bad_connector_files_report_every_problem_with_its_position() {
     let text = "type = \"webhook\"\nurl = \"ftp://x\"\nmethod = \"DELETE\"\nevents = [\"buddygate.nothing\"]\nsecret = \"abc\"\ntimeot = \"5s\"\nretry = [\"5s\", \"soon\"]\n";
-    let (c, d) = connectors::check_file(text, "bad.toml", Path::new("bad.toml"), None);
-    assert!(c.is_none());
-    let lines: Vec<String> = d.iter().map(|d| d.to_string()).collect();
+    let lines = common::refused(text, "bad.toml", None);
     assert_eq!(
         lines,
         [

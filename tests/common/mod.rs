@@ -454,6 +454,14 @@ pub fn connector(text: &str, file: &str, base: Option<&Path>) -> ConnectorKind {
     c.unwrap().kind
 }
 
+/// A connector file's diagnostics, as printed, when it is refused (panics when it is valid).
+/// `base`: the file's folder, where its TLS and template files are read.
+pub fn refused(text: &str, file: &str, base: Option<&Path>) -> Vec<String> {
+    let (c, d) = connectors::check_file(text, file, Path::new(file), base);
+    assert!(c.is_none(), "{file} was accepted");
+    d.iter().map(|d| d.to_string()).collect()
+}
+
 /// A connector task running in the test's process.
 pub struct Running {
     pub status: Arc<ConnectorStatus>,
