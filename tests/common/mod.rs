@@ -419,19 +419,30 @@ impl Outbox {
     pub fn append(&mut self, ty: &str, data: Value) -> StoredEvent {
         let e = self
             .store
-            .append_event(ty, |seq| {
-                json!({
-                    "specversion": "1.0", "id": format!("fo-1:{seq}"), "type": ty,
-                    "source": "buddygate://hq/fo-1",
-                    "time": buddygate::cloudevents::rfc3339(std::time::SystemTime::now()),
-                    "datacontenttype": "application/json", "seq": seq, "data": data,
-                })
-                .to_string()
-            })
+            .append_event(ty, |seq| cloud_event(ty, seq, data))
             .unwrap();
         let _ = self.events.send(Arc::new(e.clone()));
         e
     }
+}
+
+/// The CloudEvent of type `ty` that fo-1 of site `hq` stores as `seq` (id `fo-1:{seq}`, time
+/// now) with `data`.
+pub fn cloud_event(ty: &str, seq: u64, data: Value) -> String {
+    json!({
+        "specversion": "1.0", "id": format!("fo-1:{seq}"), "type": ty,
+        "source": "buddygate://hq/fo-1",
+        "time": buddygate::cloudevents::rfc3339(std::time::SystemTime::now()),
+        "datacontenttype": "application/json", "seq": seq, "data": data,
+    })
+    .to_string()
+}
+
+/// A small CloudEvent of type `ty`: fo-1 at 127.0.0.3, epoch 298 (the benchmarks' load).
+pub fn small_event(ty: &str, seq: u64) -> String {
+    let data =
+        json!({"site": "hq", "new_server": {"id": "fo-1", "address": "127.0.0.3"}, "epoch": 298});
+    cloud_event(ty, seq, data)
 }
 
 impl Drop for Outbox {
