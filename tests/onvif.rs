@@ -548,30 +548,26 @@ async fn bad_input_is_a_fault_never_a_crash() {
 async fn ws_addressing_is_echoed_when_sent() {
     let f = start().await;
     let header = r#"<wsa:MessageID>urn:uuid:42</wsa:MessageID><wsa:Action>http://www.onvif.org/ver10/device/wsdl/GetSystemDateAndTime</wsa:Action><wsa:To>http://x/onvif/device_service</wsa:To>"#;
-    let r = f
-        .post_raw(
-            "/onvif/device_service",
-            envelope(header, "<tds:GetSystemDateAndTime/>"),
-        )
-        .await;
-    assert_eq!(r.text_of("RelatesTo"), "urn:uuid:42");
-    assert_eq!(
-        r.text_of("Action"),
-        "http://www.onvif.org/ver10/device/wsdl/GetSystemDateAndTimeResponse"
-    );
-    sample("GetSystemDateAndTimeResponse-wsa", &r.text);
-    let r = f
-        .post_raw(
-            "/onvif/device_service",
-            envelope(header, "<tds:GetDeviceInformation/>"),
-        )
-        .await;
-    assert_eq!(r.text_of("RelatesTo"), "urn:uuid:42");
-    assert_eq!(
-        r.text_of("Action"),
-        "http://www.w3.org/2005/08/addressing/soap/fault"
-    );
-    sample("Fault-NotAuthorized-wsa", &r.text);
+    // An answer, then a fault (no credentials): both relate to the request and name their action.
+    for (op, action, name) in [
+        (
+            "<tds:GetSystemDateAndTime/>",
+            "http://www.onvif.org/ver10/device/wsdl/GetSystemDateAndTimeResponse",
+            "GetSystemDateAndTimeResponse-wsa",
+        ),
+        (
+            "<tds:GetDeviceInformation/>",
+            "http://www.w3.org/2005/08/addressing/soap/fault",
+            "Fault-NotAuthorized-wsa",
+        ),
+    ] {
+        let r = f
+            .post_raw("/onvif/device_service", envelope(header, op))
+            .await;
+        assert_eq!(r.text_of("RelatesTo"), "urn:uuid:42");
+        assert_eq!(r.text_of("Action"), action);
+        sample(name, &r.text);
+    }
     // Without addressing headers, none come back.
     let r = f
         .post_raw(
