@@ -5,6 +5,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use buddygate::config::{Kind, Mode, ServerIdx};
+use buddygate::failover::placement::{Availability, Load};
 use buddygate::failover::{Event, Input, Output, Topology, place};
 use buddygate::sim::{Sim, SimOptions, SiteBuilder};
 
@@ -49,9 +50,10 @@ fn placement_bench() {
             &site,
             &topo,
             black_box(&orphans),
-            |_| true,
+            |_| Availability::Yes,
             |_, _| false,
             |_| None,
+            |_| Load::default(),
         ));
         t.elapsed()
     });

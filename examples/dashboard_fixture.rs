@@ -152,6 +152,15 @@ fn cloud_event(
         } => {
             json!({"site": name, "resource": resource(*r), "server": server(*s), "epoch": epoch, "reason": reason})
         }
+        Event::ResourceUnplaced {
+            server: s,
+            resources,
+        } => json!({"site": name, "server": server(*s),
+            "resources": resources.iter().map(|&(r, why)| {
+                let mut v = resource(r);
+                v["reason"] = json!(why.as_str());
+                v
+            }).collect::<Vec<_>>()}),
         Event::OwnershipConflict {
             resource: r,
             owners,

@@ -171,6 +171,17 @@ pub fn to_cloudevent(
                 "reason": reason,
             })
         }
+        Event::ResourceUnplaced {
+            server: s,
+            resources,
+        } => json!({
+            "site": site.name,
+            "server": server(site, *s),
+            "resources": resources.iter().map(|&(r, why)| {
+                let res = site.resource(r);
+                json!({"id": res.id, "kind": res.kind.as_str(), "reason": why.as_str()})
+            }).collect::<Vec<_>>(),
+        }),
         Event::OwnershipConflict { resource, owners } => {
             let res = site.resource(*resource);
             json!({

@@ -219,8 +219,7 @@ async fn bad_datagrams_are_dropped_counted_and_harmless() {
         path: 0,
         state,
         digest,
-        claims: vec![],
-        directives: vec![],
+        ..Heartbeat::default()
     };
     let forged = wire::encode(
         &wire::Key::new(b"wrong key"),

@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 
 use buddygate::config::{Kind, Mode, ResourceIdx, ServerIdx, Site};
 use buddygate::failover::Topology;
-use buddygate::failover::placement::{Placement, check_rules, place};
+use buddygate::failover::placement::{Availability, Load, Placement, check_rules, place};
 use buddygate::sim::SiteBuilder;
 use proptest::prelude::*;
 use proptest::sample::{Index, select, subsequence};
@@ -68,9 +68,16 @@ impl Scenario {
             &self.site,
             &self.topo,
             orphans,
-            |s| self.is_available(s),
+            |s| {
+                if self.is_available(s) {
+                    Availability::Yes
+                } else {
+                    Availability::No
+                }
+            },
             |r, s| self.has_failed(r, s),
             |r| self.holders.get(&r).copied(),
+            |_| Load::default(),
         )
     }
 

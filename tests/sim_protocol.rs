@@ -3,17 +3,13 @@
 
 use std::time::Duration;
 
-use buddygate::config::{Failback, Kind, Mode, ResourceIdx, ServerIdx};
+use buddygate::config::{Failback, Kind, Mode};
 use buddygate::failover::wire::{self, Action, Heartbeat, PeerState};
 use buddygate::failover::{Event, new_epoch};
-use buddygate::sim::{Sim, SimOptions, SiteBuilder};
+use buddygate::sim::{Sim, SiteBuilder};
 
-const MS: fn(u64) -> Duration = Duration::from_millis;
-const SECS: fn(u64) -> Duration = Duration::from_secs;
-/// A home server's first claim: round 1, rank 0.
-const HOME: u64 = 199;
-/// The first buddy's takeover: round 2, rank 1.
-const TAKEOVER: u64 = 298;
+mod simkit;
+use simkit::*;
 
 fn two_live_one_buddy() -> SiteBuilder {
     SiteBuilder::new("hq")
@@ -24,45 +20,6 @@ fn two_live_one_buddy() -> SiteBuilder {
         .resource("live-1-io", Kind::Io, "live-1", 0)
         .resource("live-1-lpr", Kind::Lpr, "live-1", 5)
         .many("live-2", Kind::Camera, 25, 0)
-}
-
-fn homed(sim: &Sim, s: ServerIdx) -> Vec<ResourceIdx> {
-    sim.topology().homed(s).to_vec()
-}
-
-fn all_on(sim: &Sim, rs: &[ResourceIdx], s: ServerIdx) -> bool {
-    rs.iter()
-        .all(|&r| sim.owners(r).iter().map(|o| o.0).collect::<Vec<_>>() == vec![s])
-}
-
-fn started(seed: u64, site: SiteBuilder) -> Sim {
-    let mut sim = Sim::new(
-        site.build(),
-        SimOptions {
-            seed,
-            ..SimOptions::default()
-        },
-    );
-    sim.run_for(SECS(5));
-    for s in sim.site().server_indices() {
-        for &r in sim.topology().homed(s) {
-            assert_eq!(
-                sim.owners(r),
-                vec![(s, HOME)],
-                "{} at boot",
-                sim.site().resource(r).id
-            );
-        }
-    }
-    sim
-}
-
-fn event_types(sim: &Sim, node: ServerIdx, after: Duration) -> Vec<&'static str> {
-    sim.events()
-        .iter()
-        .filter(|(t, n, _)| *n == node && *t >= after)
-        .map(|(_, _, e)| e.type_name())
-        .collect()
 }
 
 #[test]
@@ -127,13 +84,6 @@ fn a_crash_moves_every_resource_within_failure_timeout_plus_one_interval() {
         let l2 = sim.idx("live-2");
         assert!(all_on(&sim, &homed(&sim, l2), l2));
     }
-}
-
-fn count(sim: &Sim, node: ServerIdx, after: Duration, ty: &str) -> usize {
-    event_types(sim, node, after)
-        .into_iter()
-        .filter(|t| *t == ty)
-        .count()
 }
 
 #[test]
@@ -417,13 +367,6 @@ fn d_a_healed_partition_leaves_one_owner_per_resource_within_two_intervals() {
     }
 }
 
-fn no_orphan_after(sim: &Sim, rs: &[ResourceIdx], after: Duration) -> bool {
-    sim.gaps()
-        .iter()
-        .filter(|g| rs.contains(&g.resource) && g.owners == 0)
-        .all(|g| g.to.is_some_and(|t| t <= after))
-}
-
 /// Found by the fault lab (scenario `partition`, a slow disk): a live server cut off from its
 /// buddy longer than failback_delay, still recording, stands down for the buddy's higher epoch
 /// at the heal and must then wait failback_delay from the heal, not from the path going down
@@ -668,8 +611,7 @@ fn forged(
             path: 0,
             state,
             digest,
-            claims: Vec::new(),
-            directives: Vec::new(),
+            ..Heartbeat::default()
         },
     )
 }
@@ -699,7 +641,7 @@ fn h_forged_and_replayed_heartbeats_are_rejected() {
     sim.inject(
         fo,
         1,
-        b"BG\x01 garbage garbage garbage garbage garbage".to_vec(),
+        b"BG\x02 garbage garbage garbage garbage garbage".to_vec(),
     );
     sim.run_for(SECS(3));
     assert!(

@@ -21,6 +21,27 @@ pub struct FailedResource {
     pub reason: String,
 }
 
+/// Why no buddy can take a resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnplacedReason {
+    /// Every buddy that may take it is full (`max_servers`, `max_cameras`, mirrored).
+    Capacity,
+    /// Every buddy that may take it failed to run it.
+    Failed,
+    /// No buddy that may take it is up.
+    Unavailable,
+}
+
+impl UnplacedReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UnplacedReason::Capacity => "capacity",
+            UnplacedReason::Failed => "failed",
+            UnplacedReason::Unavailable => "unavailable",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     ServerDown {
@@ -68,6 +89,13 @@ pub enum Event {
         epoch: u64,
         reason: String,
     },
+    /// Resources of `server` that need a host and that no buddy can take: nobody records
+    /// them. Reported by their first buddy that is up; cleared by the takeover that places
+    /// them (`failover.started`/`completed`) or by the home server running them again.
+    ResourceUnplaced {
+        server: ServerIdx,
+        resources: Vec<(ResourceIdx, UnplacedReason)>,
+    },
     OwnershipConflict {
         resource: ResourceIdx,
         /// Every active claim seen, (server, epoch), winner first.
@@ -97,6 +125,7 @@ impl Event {
             Event::FailoverCompleted { .. } => "buddygate.failover.completed",
             Event::FailbackCompleted { .. } => "buddygate.failback.completed",
             Event::ResourceFailed { .. } => "buddygate.resource.failed",
+            Event::ResourceUnplaced { .. } => "buddygate.resource.unplaced",
             Event::OwnershipConflict { .. } => "buddygate.ownership.conflict",
             Event::OwnershipResolved { .. } => "buddygate.ownership.resolved",
             Event::ConfigMismatch { .. } => "buddygate.config.mismatch",
@@ -165,6 +194,16 @@ impl Event {
             Event::ResourceFailed {
                 resource, reason, ..
             } => format!("resource.failed {}: {reason}", site.resource(*resource).id),
+            Event::ResourceUnplaced { server, resources } => format!(
+                "resource.unplaced {} resources of {} have no host: {}",
+                resources.len(),
+                s(*server),
+                resources
+                    .iter()
+                    .map(|(r, why)| format!("{} ({})", site.resource(*r).id, why.as_str()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
             Event::OwnershipConflict { resource, owners } => format!(
                 "ownership.conflict {}: {}",
                 site.resource(*resource).id,

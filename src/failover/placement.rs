@@ -1,15 +1,18 @@
 //! Placement: which failover server takes which orphaned resource.
 //!
-//! A pure function of the site, the set of orphaned resources, the failover servers that are
-//! available and the (resource, server) pairs known to have failed. Every node computes it from
-//! its own view; equal views give equal answers, so buddies agree without talking. Rules
-//! (DESIGN section 1, "Failover modes"):
+//! A pure function of the site, the set of orphaned resources, each failover server's
+//! availability, the load each already carries for resources outside that set, and the
+//! (resource, server) pairs known to have failed. Every node computes it from its own view;
+//! equal views give equal answers, so buddies agree without talking. Rules (DESIGN section 1,
+//! "Failover modes"):
 //! - resources are placed one by one, highest `priority` first (ties by site order);
-//! - each stays with the failover server holding it now if that one is available, has not
-//!   failed it and has room (sticky: a heal or a buddy coming back moves nothing); else it goes
-//!   to the first candidate in its home server's `buddies` order that is available, has not
-//!   failed it, and has room: `max_servers` distinct home servers and `max_cameras` cameras at
-//!   once; a spread-cameras server takes only what it `pick`s;
+//! - each stays with the failover server holding it now if that one is up (booting counts:
+//!   it is about to resume it), has not failed it and has room (sticky: a heal or a buddy
+//!   coming back moves nothing); else it goes to the first candidate in its home server's
+//!   `buddies` order that is available, has not failed it, and has room: `max_servers`
+//!   distinct home servers and `max_cameras` cameras at once, counting what it already holds
+//!   for other live servers (which this node may not even heartbeat with); a spread-cameras
+//!   server takes only what it `pick`s;
 //! - what finds no room stays unplaced.
 
 use std::collections::HashSet;
@@ -30,48 +33,90 @@ impl Placement {
     }
 }
 
-/// What a failover server hosts while placement runs.
-#[derive(Debug, Clone, Default)]
-struct Load {
-    homes: Vec<ServerIdx>,
-    cameras: u32,
+/// Whether a failover server may take work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Availability {
+    /// Down, leaving or held by an operator.
+    No,
+    /// Booting: keeps what it holds, takes nothing new yet.
+    Keep,
+    Yes,
+}
+
+/// What a failover server hosts: distinct home servers and cameras.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Load {
+    pub homes: Vec<ServerIdx>,
+    pub cameras: u32,
+}
+
+impl Load {
+    pub fn add(&mut self, site: &Site, r: ResourceIdx) {
+        let res = site.resource(r);
+        if !self.homes.contains(&res.server) {
+            self.homes.push(res.server);
+        }
+        if res.kind == Kind::Camera {
+            self.cameras += 1;
+        }
+    }
+
+    /// Whether this load breaks the capacity of failover server `s`.
+    pub fn exceeds(&self, site: &Site, s: ServerIdx) -> bool {
+        let srv = site.server(s);
+        (srv.mode == Some(Mode::Mirrored) && self.homes.len() > 1)
+            || srv.max_servers.is_some_and(|m| self.homes.len() as u32 > m)
+            || srv.max_cameras.is_some_and(|m| self.cameras > m)
+    }
 }
 
 /// Places `orphans`. `available(s)` says whether failover server `s` may take work;
 /// `failed(r, s)` whether `s` already failed to run `r`; `holder(r)` which server holds `r`
-/// now (the highest epoch known), if any.
+/// now (the highest epoch known), if any; `committed(s)` what `s` already carries for
+/// resources that are not orphans.
 pub fn place(
     site: &Site,
     topo: &Topology,
     orphans: &[ResourceIdx],
-    available: impl Fn(ServerIdx) -> bool,
+    available: impl Fn(ServerIdx) -> Availability,
     failed: impl Fn(ResourceIdx, ServerIdx) -> bool,
     holder: impl Fn(ResourceIdx) -> Option<ServerIdx>,
+    committed: impl Fn(ServerIdx) -> Load,
 ) -> Placement {
     let mut order: Vec<ResourceIdx> = orphans.to_vec();
     order.sort_unstable_by_key(|&r| (std::cmp::Reverse(site.resource(r).priority), r));
     order.dedup();
-    let mut loads: Vec<Load> = vec![Load::default(); site.servers.len()];
+    let mut loads: Vec<Option<Load>> = vec![None; site.servers.len()];
     let mut out = Placement::default();
     for r in order {
         let res = site.resource(r);
         let home = res.server;
         let candidates = topo.candidates(r);
-        let takes = |s: ServerIdx| {
-            available(s) && !failed(r, s) && fits(site, &loads[s.0 as usize], s, home, res.kind)
+        let mut room = |s: ServerIdx| {
+            let load = loads[s.0 as usize].get_or_insert_with(|| committed(s));
+            fits(site, load, s, home, res.kind)
+        };
+        let mut keeps = |s: ServerIdx, need: Availability| {
+            let a = available(s);
+            let ok = match need {
+                Availability::Yes => a == Availability::Yes,
+                _ => a != Availability::No,
+            };
+            ok && !failed(r, s) && room(s)
         };
         let chosen = holder(r)
-            .filter(|&s| candidates.contains(&s) && takes(s))
-            .or_else(|| candidates.iter().copied().find(|&s| takes(s)));
+            .filter(|&s| candidates.contains(&s) && keeps(s, Availability::Keep))
+            .or_else(|| {
+                candidates
+                    .iter()
+                    .copied()
+                    .find(|&s| keeps(s, Availability::Yes))
+            });
         match chosen {
             Some(s) => {
-                let load = &mut loads[s.0 as usize];
-                if !load.homes.contains(&home) {
-                    load.homes.push(home);
-                }
-                if res.kind == Kind::Camera {
-                    load.cameras += 1;
-                }
+                loads[s.0 as usize]
+                    .get_or_insert_with(|| committed(s))
+                    .add(site, r);
                 out.assigned.push((r, s));
             }
             None => out.unplaced.push(r),
@@ -107,9 +152,10 @@ pub fn place_alone(site: &Site, topo: &Topology, failed: ServerIdx) -> Placement
         site,
         topo,
         topo.homed(failed),
-        |_| true,
+        |_| Availability::Yes,
         |_, _| false,
         |_| None,
+        |_| Load::default(),
     )
 }
 
@@ -140,14 +186,7 @@ pub fn check_rules(
                 site.server(s).id
             ));
         }
-        let res = site.resource(r);
-        let load = &mut loads[s.0 as usize];
-        if !load.homes.contains(&res.server) {
-            load.homes.push(res.server);
-        }
-        if res.kind == Kind::Camera {
-            load.cameras += 1;
-        }
+        loads[s.0 as usize].add(site, r);
     }
     for s in site.server_indices() {
         let srv = site.server(s);

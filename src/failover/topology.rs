@@ -16,6 +16,9 @@ pub struct Topology {
     homed: Vec<Vec<ResourceIdx>>,
     /// Per server: the network paths it shares with each server (min of both path counts).
     path_count: Vec<usize>,
+    /// Per server: the home servers whose resources it may claim (itself if live, and the
+    /// homes of the resources it is a candidate for), sorted.
+    interests: Vec<Vec<ServerIdx>>,
 }
 
 impl Topology {
@@ -73,11 +76,24 @@ impl Topology {
             p.dedup();
         }
         let path_count = site.servers.iter().map(|s| s.heartbeat.len()).collect();
+        let mut interests: Vec<Vec<ServerIdx>> = vec![Vec::new(); n];
+        for r in site.resource_indices() {
+            let home = site.resource(r).server;
+            interests[home.0 as usize].push(home);
+            for &c in &candidates[r.0 as usize] {
+                interests[c.0 as usize].push(home);
+            }
+        }
+        for i in &mut interests {
+            i.sort_unstable();
+            i.dedup();
+        }
         Self {
             candidates,
             peers,
             homed,
             path_count,
+            interests,
         }
     }
 
@@ -95,6 +111,11 @@ impl Topology {
 
     pub fn homed(&self, s: ServerIdx) -> &[ResourceIdx] {
         &self.homed[s.0 as usize]
+    }
+
+    /// The home servers whose resources `s` may claim.
+    pub fn interests(&self, s: ServerIdx) -> &[ServerIdx] {
+        &self.interests[s.0 as usize]
     }
 
     /// Network paths `a` and `b` share: path `i` of one talks to path `i` of the other.

@@ -4,8 +4,9 @@
 //! "BG" | version (1 byte) | postcard(Heartbeat) | HMAC-SHA256(key, all before) (32 bytes)
 //! ```
 //! The tag covers the header, so a datagram from another version or another site key is
-//! rejected before its body is decoded. Replay protection (incarnation + sequence per path)
-//! lives in the node, which knows what it has seen.
+//! rejected before its body is decoded. Replay protection (incarnation + sequence per path,
+//! and the echo of the receiver's own incarnation) lives in the node, which knows what it has
+//! seen.
 
 use hmac::{Hmac, KeyInit, Mac};
 use serde::{Deserialize, Serialize};
@@ -13,21 +14,23 @@ use sha2::Sha256;
 use thiserror::Error;
 
 pub const MAGIC: [u8; 2] = *b"BG";
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 const HEADER: usize = 3;
 const TAG: usize = 32;
 /// Larger datagrams are rejected unread.
 pub const MAX_DATAGRAM: usize = 65_000;
 
 /// What a node says about itself.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum PeerState {
-    /// Just started; waiting to hear its buddies before it starts anything.
+    /// Just started; waiting to hear its buddies before it starts anything. Its resumed
+    /// claims are already listed, so nobody takes what it is about to resume.
+    #[default]
     Booting,
     Up,
-    /// Shutting down cleanly, or manually failed over: buddies take over at once.
+    /// Shutting down cleanly, or held by an operator's failover: buddies take over at once.
     Leaving,
-    /// Some of its resources failed their monitor; they are listed as failed claims.
+    /// Some of its own resources failed; they are listed in `failed`.
     Unhealthy,
 }
 
@@ -36,9 +39,9 @@ pub enum PeerState {
 pub enum ClaimState {
     Starting,
     Active,
+    /// Its agent is being stopped (or its stop failed and is being retried): it may still
+    /// run, so a conflict over it is not resolved yet.
     Stopping,
-    /// The holder could not run the resource; others should not wait for it.
-    Failed,
 }
 
 /// Why a claim was made. A takeover assumes the previous owner is gone; if that owner turns
@@ -59,22 +62,44 @@ pub struct WireClaim {
     pub kind: ClaimKind,
 }
 
+/// A resource and an epoch: in `failed`, one its sender could not run at that epoch (its start
+/// or monitor failed), so placement leaves it to another buddy; in `newer`, one the receiver
+/// claims below an epoch the sender knows of, so the receiver's claim is stale.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireEpoch {
+    pub resource: String,
+    pub epoch: u64,
+}
+
+/// The highest epoch round the sender knows among the resources of home server `server`.
+/// A node that lost its store (or was away) claims above it, so epochs never go backwards.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireRound {
+    pub server: String,
+    pub round: u64,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Action {
     Failover,
     Failback,
 }
 
-/// An operator command travelling through heartbeats to the nodes concerned.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct Directive {
-    pub origin: String,
-    pub serial: u64,
-    pub action: Action,
+/// An operator hold: `held` after a manual failover of `server`, cleared by a failback. The
+/// newest version wins everywhere, so every node ends on the operator's last word, however
+/// late it hears it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireHold {
     pub server: String,
+    pub held: bool,
+    /// Hybrid logical clock: above every version its origin had seen, and at least the
+    /// origin's wall clock in ms when the command arrived.
+    pub counter: u64,
+    /// The node the command was sent to; breaks ties between equal counters.
+    pub origin: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Heartbeat {
     /// Sender's server id.
     pub from: String,
@@ -87,8 +112,22 @@ pub struct Heartbeat {
     pub state: PeerState,
     /// First 8 bytes of the SHA-256 of the sender's site.
     pub digest: [u8; 8],
+    /// The highest incarnation of the receiver the sender has heard (0: none). It proves the
+    /// datagram is not older than the receiver's boot, and tells a receiver whose incarnation
+    /// went backwards (an empty store and a clock set back) how far to jump.
+    pub echo: u64,
+    /// The newest sequence number of that incarnation the sender has heard. A receiver that
+    /// restarted from an empty store into an incarnation its peers already saw finds it above
+    /// its own sequence numbers.
+    pub echo_seq: u64,
     pub claims: Vec<WireClaim>,
-    pub directives: Vec<Directive>,
+    pub failed: Vec<WireEpoch>,
+    /// The receiver's claims the sender knows a newer epoch for (usually none): a node that
+    /// kept recording through a partition learns that consumers were told of another owner,
+    /// and renews its claim above it.
+    pub newer: Vec<WireEpoch>,
+    pub rounds: Vec<WireRound>,
+    pub holds: Vec<WireHold>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
@@ -179,17 +218,31 @@ mod tests {
             path: 1,
             state: PeerState::Up,
             digest: [1, 2, 3, 4, 5, 6, 7, 8],
+            echo: 5,
+            echo_seq: 9,
             claims: vec![WireClaim {
                 resource: "cam-001".into(),
                 epoch: 3,
                 state: ClaimState::Active,
                 kind: ClaimKind::Home,
             }],
-            directives: vec![Directive {
-                origin: "fo-1".into(),
-                serial: 1,
-                action: Action::Failback,
+            failed: vec![WireEpoch {
+                resource: "cam-002".into(),
+                epoch: 298,
+            }],
+            newer: vec![WireEpoch {
+                resource: "cam-003".into(),
+                epoch: 399,
+            }],
+            rounds: vec![WireRound {
                 server: "live-1".into(),
+                round: 3,
+            }],
+            holds: vec![WireHold {
+                server: "live-1".into(),
+                held: true,
+                counter: 1_700_000_000_000,
+                origin: "fo-1".into(),
             }],
         }
     }
@@ -198,7 +251,7 @@ mod tests {
     fn round_trip() {
         let key = Key::new(b"secret");
         let bytes = encode(&key, &sample());
-        assert_eq!(&bytes[..3], b"BG\x01");
+        assert_eq!(&bytes[..3], b"BG\x02");
         assert_eq!(decode(&key, &bytes), Ok(sample()));
     }
 
@@ -223,8 +276,8 @@ mod tests {
     fn other_versions_and_garbage_are_rejected() {
         let key = Key::new(b"secret");
         let mut bytes = encode(&key, &sample());
-        bytes[2] = 2;
-        assert_eq!(decode(&key, &bytes), Err(WireError::Version(2)));
+        bytes[2] = 1;
+        assert_eq!(decode(&key, &bytes), Err(WireError::Version(1)));
         assert_eq!(decode(&key, b"hello"), Err(WireError::Size));
         assert_eq!(decode(&key, &[0u8; 64]), Err(WireError::Magic));
     }
@@ -232,7 +285,7 @@ mod tests {
     #[test]
     fn a_valid_tag_over_a_bad_body_is_malformed() {
         let key = Key::new(b"secret");
-        let mut signed = b"BG\x01\xff\xff\xff".to_vec();
+        let mut signed = b"BG\x02\xff\xff\xff".to_vec();
         let mut mac = key.0.clone();
         mac.update(&signed);
         signed.extend_from_slice(&mac.finalize().into_bytes());

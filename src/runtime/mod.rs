@@ -28,8 +28,11 @@ use crate::api::Shared;
 use crate::cloudevents::{self, Clock};
 use crate::config::{ResourceIdx, ServerIdx, Site};
 use crate::failover::wire::MAX_DATAGRAM;
-use crate::failover::{ClaimRecord, Event, Input, Key, Node, Output, Topology};
-use crate::store::{Store, StoredClaim, StoredEvent};
+use crate::failover::{
+    ClaimRecord, Durable, Event, HoldRecord, Input, Key, Node, Output, PeerRecord, Restored,
+    Topology,
+};
+use crate::store::{NodeState, Record, Store, StoredEvent, StoredHold};
 use crate::view::{Command, Metrics, Snapshot};
 
 /// Everything a node needs to run, resolved (secrets read, paths absolute).
@@ -81,11 +84,7 @@ impl Daemon {
     /// Opens the store and binds every socket. Fails before anything runs.
     pub async fn build(cfg: NodeConfig) -> Result<Self, BuildError> {
         let mut store = Store::open(&cfg.data_dir)?;
-        let wall_ms = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
-        let incarnation = store.next_incarnation(wall_ms)?;
+        let incarnation = store.next_incarnation(wall_ms())?;
         let me = cfg.site.server(cfg.node);
         let mut sockets = Vec::new();
         for (path, &addr) in me.heartbeat.iter().enumerate() {
@@ -129,18 +128,7 @@ impl Daemon {
         let site = cfg.site.clone();
         let topo = Arc::new(Topology::new(&site));
         let me = cfg.node;
-        let ids = site.resource_map();
-        let persisted: Vec<ClaimRecord> = store
-            .claims()?
-            .into_iter()
-            .filter_map(|c| {
-                ids.get(&c.resource).map(|&resource| ClaimRecord {
-                    resource,
-                    epoch: c.epoch,
-                    held: c.held,
-                })
-            })
-            .collect();
+        let restored = restore(&site, store.node_state()?);
         let origin = Instant::now();
         let clock = Clock {
             wall_at_zero: SystemTime::now(),
@@ -151,13 +139,14 @@ impl Daemon {
             me,
             Key::new(&cfg.key),
             incarnation,
-            &persisted,
+            &restored,
             Duration::ZERO,
         );
         info!(
             node = %site.server(me).id,
             incarnation,
-            resumed = persisted.iter().filter(|c| c.held).count(),
+            resumed = restored.claims.iter().filter(|c| c.held).count(),
+            holds = restored.holds.iter().filter(|h| h.held).count(),
             "Node starting."
         );
 
@@ -321,7 +310,7 @@ impl Core {
                         Input::MonitorFailed { resource, reason }
                     }
                 },
-                Some(cmd) = commands.recv() => Input::Command { action: cmd.action, server: cmd.server },
+                Some(cmd) = commands.recv() => Input::Command { action: cmd.action, server: cmd.server, stamp: wall_ms() },
                 Some((index, reachable)) = witnesses.recv() => Input::Witness { index, reachable },
                 _ = tokio::time::sleep_until(deadline) => Input::Tick,
             };
@@ -357,11 +346,9 @@ impl Core {
         let mut actions = Vec::with_capacity(outputs.len());
         for o in outputs {
             match o {
-                Output::Persist(records) => claims.extend(records.iter().map(|c| StoredClaim {
-                    resource: self.site.resource(c.resource).id.clone(),
-                    epoch: c.epoch,
-                    held: c.held,
-                })),
+                Output::Persist(records) => {
+                    claims.extend(records.iter().map(|d| record(&self.site, d)))
+                }
                 Output::Event(e) => events.push(e),
                 action => actions.push(action),
             }
@@ -430,7 +417,7 @@ impl Core {
 
     fn store_events(
         &mut self,
-        claims: &[StoredClaim],
+        claims: &[Record],
         events: &[Event],
         now: Duration,
     ) -> Result<(), crate::store::StoreError> {
@@ -453,6 +440,104 @@ impl Core {
             let _ = self.events.send(Arc::new(stored));
         }
         Ok(())
+    }
+}
+
+/// The wall clock in ms since the Unix epoch (0 if the clock is before it).
+fn wall_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// What the store kept, by index for this site file (ids it no longer has are dropped).
+fn restore(site: &Site, state: NodeState) -> Restored {
+    let rs = site.resource_map();
+    let server = |id: &str| site.server_idx(id);
+    Restored {
+        claims: state
+            .claims
+            .iter()
+            .filter_map(|c| {
+                Some(ClaimRecord {
+                    resource: *rs.get(&c.resource)?,
+                    epoch: c.epoch,
+                    held: c.held,
+                })
+            })
+            .collect(),
+        known: state
+            .known
+            .iter()
+            .filter_map(|(id, e)| Some((*rs.get(id)?, *e)))
+            .collect(),
+        floors: state
+            .floors
+            .iter()
+            .filter_map(|(id, round)| Some((server(id)?, *round)))
+            .collect(),
+        holds: state
+            .holds
+            .iter()
+            .filter_map(|h| {
+                Some(HoldRecord {
+                    server: server(&h.server)?,
+                    held: h.held,
+                    counter: h.counter,
+                    origin: h.origin.clone(),
+                })
+            })
+            .collect(),
+        peers: state
+            .peers
+            .iter()
+            .filter_map(|(id, incarnation, seq)| {
+                Some(PeerRecord {
+                    server: server(id)?,
+                    incarnation: *incarnation,
+                    seq: *seq,
+                })
+            })
+            .collect(),
+        failback_done: state.failback_done,
+    }
+}
+
+/// A durable record of the core, by id for the store.
+fn record(site: &Site, d: &Durable) -> Record {
+    let r = |r: ResourceIdx| site.resource(r).id.clone();
+    let s = |s: ServerIdx| site.server(s).id.clone();
+    match d {
+        Durable::Claim(c) => Record::Claim {
+            resource: r(c.resource),
+            epoch: c.epoch,
+            held: c.held,
+        },
+        Durable::Known { resource, epoch } => Record::Known {
+            resource: r(*resource),
+            epoch: *epoch,
+        },
+        Durable::Floor { server, round } => Record::Floor {
+            server: s(*server),
+            round: *round,
+        },
+        Durable::Hold(h) => Record::Hold(StoredHold {
+            server: s(h.server),
+            held: h.held,
+            counter: h.counter,
+            origin: h.origin.clone(),
+        }),
+        Durable::Peer(p) => Record::Peer {
+            server: s(p.server),
+            incarnation: p.incarnation,
+            seq: p.seq,
+        },
+        Durable::Incarnation(n) => Record::Incarnation(*n),
+        Durable::FailbackDone { counter, origin } => Record::FailbackDone {
+            counter: *counter,
+            origin: origin.clone(),
+        },
     }
 }
 

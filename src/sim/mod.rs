@@ -2,52 +2,35 @@
 //!
 //! Links are per direction and per path, each with loss, delay, jitter, duplication and a cut
 //! switch, so one-way and two-way partitions, a lost path and a lossy path are all settings.
-//! Nodes can crash (state lost, store kept), restart (new incarnation, resumes from its
-//! store), pause (nothing processed; datagrams queue) and shut down cleanly. Agents are
-//! simulated: a start takes `activation`, a stop `deactivation`, and failures can be
-//! injected. Everything random comes from one seed, so a failing schedule replays exactly.
+//! Nodes meet every fault a site meets ([`faults`]): a crash of the machine (resources stop,
+//! the store survives) or of the daemon only (its resources keep running), a restart with or
+//! without its store (and with a clock set back), a stall (nothing processed; datagrams
+//! queue), a clean shutdown, agents whose starts, stops or monitors fail, operator commands,
+//! and site files that differ between nodes. Agents are simulated: a start takes
+//! `activation`, a stop `deactivation`. Everything random comes from one seed, so a failing
+//! schedule replays exactly.
 //!
-//! The simulator also keeps the ground truth the protocol is judged by: which node actually
-//! runs which resource at every instant, and the intervals where a resource had no owner or
-//! more than one.
+//! The simulator also keeps the ground truth the protocol is judged by ([`truth`]): which node
+//! actually runs which resource at every instant, the intervals where a resource had no owner
+//! or more than one, and every epoch each node was told.
 
+mod faults;
 mod site;
+mod truth;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use faults::Link;
 pub use site::SiteBuilder;
+pub use truth::{Gap, Told};
 
 use crate::config::{ResourceIdx, ServerIdx, Site};
-use crate::failover::wire::Action;
-use crate::failover::{AgentOp, ClaimRecord, Epoch, Event, Input, Key, Node, Output, Topology};
-
-/// Faults of one direction of one path between two nodes.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Link {
-    pub cut: bool,
-    /// Probability a datagram is lost.
-    pub loss: f64,
-    /// Probability a datagram arrives twice.
-    pub duplicate: f64,
-    pub delay: Duration,
-    /// Uniform extra delay in `0..jitter`; datagrams may overtake each other.
-    pub jitter: Duration,
-}
-
-impl Default for Link {
-    fn default() -> Self {
-        Self {
-            cut: false,
-            loss: 0.0,
-            duplicate: 0.0,
-            delay: Duration::from_micros(300),
-            jitter: Duration::ZERO,
-        }
-    }
-}
+use crate::failover::{
+    AgentOp, Durable, Epoch, Event, Input, Key, Node, Output, Restored, Topology,
+};
 
 #[derive(Debug, Clone)]
 pub struct SimOptions {
@@ -78,22 +61,6 @@ pub enum NodeStatus {
     Crashed,
 }
 
-/// An interval during which a resource had no owner or more than one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Gap {
-    pub resource: ResourceIdx,
-    pub from: Duration,
-    /// `None` while it lasts.
-    pub to: Option<Duration>,
-    pub owners: usize,
-}
-
-impl Gap {
-    pub fn length(&self, now: Duration) -> Duration {
-        self.to.unwrap_or(now) - self.from
-    }
-}
-
 #[derive(Debug)]
 enum Ev {
     Boot(ServerIdx),
@@ -115,9 +82,14 @@ enum Ev {
 struct SimNode {
     node: Option<Node>,
     status: NodeStatus,
+    /// Changes at every crash: agent reports of an earlier daemon are dropped.
     generation: u64,
+    /// The boot counter the store keeps (and the clock floor); see [`Sim::restart_empty`].
     incarnation: u64,
-    store: BTreeMap<ResourceIdx, ClaimRecord>,
+    store: Restored,
+    /// The site file this node runs (differs from the site's during a rollout).
+    site: Arc<Site>,
+    topo: Arc<Topology>,
     tick_at: Option<Duration>,
     /// Inputs that reached a paused daemon, handled when it resumes.
     inbox: Vec<Input>,
@@ -125,6 +97,7 @@ struct SimNode {
     running: BTreeMap<ResourceIdx, Epoch>,
     busy_until: HashMap<ResourceIdx, Duration>,
     fail_start: BTreeSet<ResourceIdx>,
+    fail_stop: BTreeSet<ResourceIdx>,
     witnesses: Vec<bool>,
 }
 
@@ -142,12 +115,14 @@ pub struct Sim {
     nodes: Vec<SimNode>,
     links: HashMap<(ServerIdx, ServerIdx, usize), Link>,
     events: Vec<(Duration, ServerIdx, Event)>,
-    gaps: Vec<Gap>,
-    open_gap: Vec<Option<usize>>,
+    truth: truth::Truth,
     /// Starts whose claim was not durable first, which would break rule 4 (must stay 0).
     pub ordering_violations: usize,
-    /// Times two nodes ran one resource at the same epoch (must stay 0).
+    /// Times two nodes ran one resource at the same epoch (must stay 0 while every node runs
+    /// the same site file).
     pub epoch_collisions: usize,
+    /// Each of them: (time, resource, epoch).
+    pub collisions: Vec<(Duration, ResourceIdx, Epoch)>,
     /// Every change of a node's status: (time, node, status).
     status_log: Vec<(Duration, ServerIdx, NodeStatus)>,
 }
@@ -173,34 +148,28 @@ impl Sim {
                     status: NodeStatus::Crashed,
                     generation: 0,
                     incarnation: 0,
-                    store: BTreeMap::new(),
+                    store: Restored::default(),
+                    site: site.clone(),
+                    topo: topo.clone(),
                     tick_at: None,
                     inbox: Vec::new(),
                     running: BTreeMap::new(),
                     busy_until: HashMap::new(),
                     fail_start: BTreeSet::new(),
+                    fail_stop: BTreeSet::new(),
                     witnesses: vec![true; nw],
                 })
                 .collect(),
             links: HashMap::new(),
             events: Vec::new(),
-            gaps: Vec::new(),
-            open_gap: vec![None; site.resources.len()],
+            truth: truth::Truth::new(&site),
             ordering_violations: 0,
             epoch_collisions: 0,
+            collisions: Vec::new(),
             status_log: Vec::new(),
             site,
             topo,
         };
-        for r in sim.site.resource_indices() {
-            sim.open_gap[r.0 as usize] = Some(sim.gaps.len());
-            sim.gaps.push(Gap {
-                resource: r,
-                from: Duration::ZERO,
-                to: None,
-                owners: 0,
-            });
-        }
         for s in (0..n).map(|i| ServerIdx(i as u16)) {
             let spread = sim.opts.boot_spread.as_micros() as u64;
             let at = Duration::from_micros(if spread == 0 {
@@ -254,23 +223,14 @@ impl Sim {
         self.node(s).cloned()
     }
 
+    /// What `s`'s store holds.
+    pub fn store(&self, s: ServerIdx) -> &Restored {
+        &self.nodes[s.0 as usize].store
+    }
+
     /// Every event every node emitted: (time, node, event).
     pub fn events(&self) -> &[(Duration, ServerIdx, Event)] {
         &self.events
-    }
-
-    /// Ground truth: who runs `r` now, with the epoch each started it at.
-    pub fn owners(&self, r: ResourceIdx) -> Vec<(ServerIdx, Epoch)> {
-        self.nodes
-            .iter()
-            .enumerate()
-            .filter_map(|(i, n)| n.running.get(&r).map(|&e| (ServerIdx(i as u16), e)))
-            .collect()
-    }
-
-    /// Resources `s` actually runs.
-    pub fn running_on(&self, s: ServerIdx) -> Vec<ResourceIdx> {
-        self.nodes[s.0 as usize].running.keys().copied().collect()
     }
 
     /// Since when `s` has been running without a break at `t`, if it was running at `t`.
@@ -285,176 +245,6 @@ impl Sim {
             }
         }
         since
-    }
-
-    /// Intervals with no owner (`owners == 0`) or several (`owners > 1`).
-    pub fn gaps(&self) -> &[Gap] {
-        &self.gaps
-    }
-
-    // ---- the network --------------------------------------------------------------------
-
-    /// One direction of one path.
-    pub fn link(&mut self, from: ServerIdx, to: ServerIdx, path: usize) -> &mut Link {
-        self.links.entry((from, to, path)).or_default()
-    }
-
-    /// Applies `f` to both directions of `path` between every pair of nodes.
-    pub fn set_path(&mut self, path: usize, f: impl Fn(&mut Link)) {
-        let n = self.site.servers.len() as u16;
-        for a in 0..n {
-            for b in 0..n {
-                if a != b {
-                    f(self.link(ServerIdx(a), ServerIdx(b), path));
-                }
-            }
-        }
-    }
-
-    /// Cuts (or restores) every path from `from` to `to` (one way).
-    pub fn cut_one_way(&mut self, from: ServerIdx, to: ServerIdx, cut: bool) {
-        for p in 0..self.topo.shared_paths(from, to) {
-            self.link(from, to, p).cut = cut;
-        }
-    }
-
-    /// Cuts (or restores) every path between `a` and `b`, both ways.
-    pub fn cut(&mut self, a: ServerIdx, b: ServerIdx, cut: bool) {
-        self.cut_one_way(a, b, cut);
-        self.cut_one_way(b, a, cut);
-    }
-
-    /// Two-way partition between the two groups (or heals it with `cut = false`).
-    pub fn partition(&mut self, left: &[ServerIdx], right: &[ServerIdx], cut: bool) {
-        for &a in left {
-            for &b in right {
-                self.cut(a, b, cut);
-            }
-        }
-    }
-
-    /// Whether node `s` reaches witness `w`.
-    pub fn set_witness(&mut self, s: ServerIdx, w: usize, reachable: bool) {
-        self.nodes[s.0 as usize].witnesses[w] = reachable;
-        self.feed_witnesses(s);
-    }
-
-    /// Restores every link and witness.
-    pub fn heal_all(&mut self) {
-        self.links.clear();
-        for s in (0..self.nodes.len()).map(|i| ServerIdx(i as u16)) {
-            for w in &mut self.nodes[s.0 as usize].witnesses {
-                *w = true;
-            }
-            self.feed_witnesses(s);
-        }
-    }
-
-    // ---- nodes ----------------------------------------------------------------------------
-
-    /// The server dies: its process and its resources stop; its store survives.
-    pub fn crash(&mut self, s: ServerIdx) {
-        let n = &mut self.nodes[s.0 as usize];
-        n.node = None;
-        if n.status != NodeStatus::Crashed {
-            self.status_log.push((self.now, s, NodeStatus::Crashed));
-        }
-        let n = &mut self.nodes[s.0 as usize];
-        n.status = NodeStatus::Crashed;
-        n.generation += 1;
-        n.tick_at = None;
-        n.inbox.clear();
-        n.busy_until.clear();
-        let stopped: Vec<ResourceIdx> = n.running.keys().copied().collect();
-        n.running.clear();
-        for r in stopped {
-            self.update_gap(r);
-        }
-    }
-
-    /// The server comes back: a new incarnation, resuming from its store.
-    pub fn restart(&mut self, s: ServerIdx) {
-        self.crash(s);
-        self.boot(s);
-    }
-
-    /// A restart with an empty data dir.
-    pub fn restart_empty(&mut self, s: ServerIdx) {
-        self.crash(s);
-        self.nodes[s.0 as usize].store.clear();
-        self.boot(s);
-    }
-
-    /// SIGSTOP: the daemon stops; its resources keep running; datagrams queue.
-    pub fn pause(&mut self, s: ServerIdx) {
-        let n = &mut self.nodes[s.0 as usize];
-        if n.status == NodeStatus::Running {
-            n.status = NodeStatus::Paused;
-            self.status_log.push((self.now, s, NodeStatus::Paused));
-        }
-    }
-
-    /// SIGCONT.
-    pub fn resume(&mut self, s: ServerIdx) {
-        let n = &mut self.nodes[s.0 as usize];
-        if n.status != NodeStatus::Paused {
-            return;
-        }
-        n.status = NodeStatus::Running;
-        let inbox = std::mem::take(&mut n.inbox);
-        self.status_log.push((self.now, s, NodeStatus::Running));
-        for input in inbox {
-            self.input(s, input);
-        }
-        self.input(s, Input::Tick);
-    }
-
-    /// Clean shutdown: the node says it is leaving; crash it once it has handed everything
-    /// over, or after `grace`.
-    pub fn shutdown(&mut self, s: ServerIdx, grace: Duration) {
-        self.input(s, Input::Shutdown);
-        let deadline = self.now + grace;
-        while self.now < deadline {
-            if self.node(s).is_none_or(|n| n.drained()) {
-                break;
-            }
-            self.step_once(deadline);
-        }
-        self.crash(s);
-    }
-
-    /// An operator command sent to node `at`.
-    pub fn command(&mut self, at: ServerIdx, action: Action, server: ServerIdx) {
-        self.input(at, Input::Command { action, server });
-    }
-
-    /// The agent of `s` will fail to start `r` from now on.
-    pub fn fail_start(&mut self, s: ServerIdx, r: ResourceIdx, fail: bool) {
-        let n = &mut self.nodes[s.0 as usize];
-        if fail {
-            n.fail_start.insert(r);
-        } else {
-            n.fail_start.remove(&r);
-        }
-    }
-
-    /// `r`'s monitor on `s` reports it failed (it stops running).
-    pub fn fail_monitor(&mut self, s: ServerIdx, r: ResourceIdx) {
-        if self.nodes[s.0 as usize].running.remove(&r).is_some() {
-            self.update_gap(r);
-        }
-        self.input(
-            s,
-            Input::MonitorFailed {
-                resource: r,
-                reason: "monitor reported not running".into(),
-            },
-        );
-    }
-
-    /// Hands a raw datagram to node `to` on `path`, as if it arrived from the network.
-    pub fn inject(&mut self, to: ServerIdx, path: usize, bytes: Vec<u8>) {
-        self.schedule(self.now, Ev::Deliver { to, path, bytes });
     }
 
     // ---- running ----------------------------------------------------------------------------
@@ -520,53 +310,64 @@ impl Sim {
                 resource,
                 epoch,
                 op,
-            } => {
-                let n = &mut self.nodes[node.0 as usize];
-                if n.generation != generation {
-                    return true;
-                }
-                let result = match op {
-                    AgentOp::Start if n.fail_start.contains(&resource) => {
-                        Err("simulated start failure".to_string())
-                    }
-                    AgentOp::Start => {
-                        n.running.insert(resource, epoch);
-                        let twins = self
-                            .nodes
-                            .iter()
-                            .filter(|o| o.running.get(&resource) == Some(&epoch))
-                            .count();
-                        if twins > 1 {
-                            self.epoch_collisions += 1;
-                        }
-                        Ok(())
-                    }
-                    AgentOp::Stop => {
-                        n.running.remove(&resource);
-                        Ok(())
-                    }
-                };
-                self.update_gap(resource);
-                if self.nodes[node.0 as usize].status == NodeStatus::Crashed {
-                    return true;
-                }
-                let done = Input::AgentDone {
-                    resource,
-                    epoch,
-                    op,
-                    result,
-                };
-                let n = &mut self.nodes[node.0 as usize];
-                if n.status == NodeStatus::Paused {
-                    // The resource changed already; the paused daemon hears of it on resume.
-                    n.inbox.push(done);
-                    return true;
-                }
-                self.input(node, done);
-            }
+            } => self.agent_done(node, generation, resource, epoch, op),
         }
         true
     }
+
+    fn agent_done(
+        &mut self,
+        node: ServerIdx,
+        generation: u64,
+        resource: ResourceIdx,
+        epoch: Epoch,
+        op: AgentOp,
+    ) {
+        let n = &mut self.nodes[node.0 as usize];
+        if n.generation != generation {
+            return;
+        }
+        let result = match op {
+            AgentOp::Start if n.fail_start.contains(&resource) => {
+                Err("simulated start failure".to_string())
+            }
+            AgentOp::Start => {
+                n.running.insert(resource, epoch);
+                let twins = self
+                    .nodes
+                    .iter()
+                    .filter(|o| o.running.get(&resource) == Some(&epoch))
+                    .count();
+                if twins > 1 {
+                    self.epoch_collisions += 1;
+                    self.collisions.push((self.now, resource, epoch));
+                }
+                Ok(())
+            }
+            AgentOp::Stop if n.fail_stop.contains(&resource) => {
+                Err("simulated stop failure".to_string())
+            }
+            AgentOp::Stop => {
+                n.running.remove(&resource);
+                Ok(())
+            }
+        };
+        self.update_truth(resource);
+        let done = Input::AgentDone {
+            resource,
+            epoch,
+            op,
+            result,
+        };
+        let n = &mut self.nodes[node.0 as usize];
+        match n.status {
+            NodeStatus::Crashed => {}
+            // The resource changed already; the paused daemon hears of it on resume.
+            NodeStatus::Paused => n.inbox.push(done),
+            NodeStatus::Running => self.input(node, done),
+        }
+    }
+
     fn schedule(&mut self, at: Duration, ev: Ev) {
         self.seq += 1;
         self.pending.insert(self.seq, ev);
@@ -579,14 +380,13 @@ impl Sim {
         n.generation += 1;
         n.status = NodeStatus::Running;
         self.status_log.push((self.now, s, NodeStatus::Running));
-        let persisted: Vec<ClaimRecord> = n.store.values().copied().collect();
         n.node = Some(Node::new(
-            self.site.clone(),
-            self.topo.clone(),
+            n.site.clone(),
+            n.topo.clone(),
             s,
             self.key.clone(),
             n.incarnation,
-            &persisted,
+            &n.store,
             self.now,
         ));
         self.input(s, Input::Tick);
@@ -615,6 +415,7 @@ impl Sim {
         for o in outputs {
             self.carry_out(s, o);
         }
+        self.observe(s);
         let n = &mut self.nodes[s.0 as usize];
         if n.tick_at.is_none_or(|t| deadline < t || t <= now) {
             n.tick_at = Some(deadline);
@@ -627,22 +428,37 @@ impl Sim {
             Output::Send { path, to, bytes } => self.send(s, to, path, bytes),
             Output::Persist(records) => {
                 let n = &mut self.nodes[s.0 as usize];
-                for rec in records {
-                    n.store.insert(rec.resource, rec);
+                for d in &records {
+                    if let Durable::Incarnation(i) = d {
+                        n.incarnation = n.incarnation.max(*i);
+                    }
+                    n.store.apply(d);
+                }
+                for d in &records {
+                    if let Durable::Claim(c) = d
+                        && c.held
+                    {
+                        self.check_claim(s, c.resource, c.epoch);
+                    }
                 }
             }
             Output::Start { resource, epoch } => {
                 let n = &self.nodes[s.0 as usize];
-                if n.store
-                    .get(&resource)
-                    .is_none_or(|rec| !rec.held || rec.epoch != epoch)
-                {
+                let durable = n
+                    .store
+                    .claims
+                    .iter()
+                    .any(|c| c.resource == resource && c.held && c.epoch == epoch);
+                if !durable {
                     self.ordering_violations += 1;
                 }
                 self.agent(s, resource, epoch, AgentOp::Start);
             }
             Output::Stop { resource, epoch } => self.agent(s, resource, epoch, AgentOp::Stop),
-            Output::Event(e) => self.events.push((self.now, s, e)),
+            Output::Event(e) => {
+                self.truth.on_event(self.now, s, &e);
+                self.events.push((self.now, s, e));
+            }
         }
     }
 
@@ -703,29 +519,6 @@ impl Sim {
                     bytes: bytes.clone(),
                 },
             );
-        }
-    }
-
-    fn update_gap(&mut self, r: ResourceIdx) {
-        let owners = self.owners(r).len();
-        let ri = r.0 as usize;
-        let class = owners.min(2);
-        if let Some(g) = self.open_gap[ri] {
-            if self.gaps[g].owners.min(2) == class {
-                self.gaps[g].owners = self.gaps[g].owners.max(owners);
-                return;
-            }
-            self.gaps[g].to = Some(self.now);
-            self.open_gap[ri] = None;
-        }
-        if owners != 1 {
-            self.open_gap[ri] = Some(self.gaps.len());
-            self.gaps.push(Gap {
-                resource: r,
-                from: self.now,
-                to: None,
-                owners,
-            });
         }
     }
 }

@@ -60,6 +60,15 @@ pub struct SiteOptions {
     pub extra_resource_keys: &'static str,
     /// Connector files (name, TOML) in `connectors/` beside the site file.
     pub connectors: Vec<(&'static str, String)>,
+    /// Extra keys for every failover server (`max_servers = 3`, ...).
+    pub extra_failover_keys: &'static str,
+}
+
+/// A server of a hand-built topology: `buddies` empty makes it a failover server.
+pub struct Spec {
+    pub id: &'static str,
+    pub buddies: &'static [&'static str],
+    pub cameras: usize,
 }
 
 impl Default for SiteOptions {
@@ -70,6 +79,7 @@ impl Default for SiteOptions {
             failback_delay: "3s",
             extra_resource_keys: "",
             connectors: Vec::new(),
+            extra_failover_keys: "",
         }
     }
 }
@@ -78,6 +88,27 @@ impl Cluster {
     /// `live` live servers with `cameras` cameras each, covered by spread-servers failover
     /// servers `fo-1`.. (`opts.failover`). Not started.
     pub fn new(name: &str, live: usize, cameras: usize, opts: SiteOptions) -> Self {
+        let fos: Vec<String> = (1..=opts.failover).map(|f| format!("fo-{f}")).collect();
+        let mut specs: Vec<(String, Vec<String>, usize)> = (1..=live)
+            .map(|i| (format!("live-{i}"), fos.clone(), cameras))
+            .collect();
+        specs.extend(fos.iter().map(|f| (f.clone(), Vec::new(), 0)));
+        Self::build(name, specs, opts)
+    }
+
+    /// A hand-built topology: live servers with their own buddies, failover servers.
+    pub fn with_servers(name: &str, specs: &[Spec], opts: SiteOptions) -> Self {
+        let specs = specs
+            .iter()
+            .map(|s| {
+                let buddies = s.buddies.iter().map(|b| b.to_string()).collect();
+                (s.id.to_string(), buddies, s.cameras)
+            })
+            .collect();
+        Self::build(name, specs, opts)
+    }
+
+    fn build(name: &str, specs: Vec<(String, Vec<String>, usize)>, opts: SiteOptions) -> Self {
         let dir = std::env::temp_dir().join(format!(
             "buddygate-it-{name}-{}-{}",
             std::process::id(),
@@ -92,14 +123,8 @@ impl Cluster {
         .unwrap();
         std::fs::write(dir.join("api.token"), format!("{TOKEN}\n")).unwrap();
         let mut servers = Vec::new();
-        let n = live + opts.failover;
-        let fos: Vec<String> = (1..=opts.failover).map(|f| format!("fo-{f}")).collect();
-        for i in 0..n {
-            let (id, is_live) = if i < live {
-                (format!("live-{}", i + 1), true)
-            } else {
-                (fos[i - live].clone(), false)
-            };
+        for (i, (id, buddies, cameras)) in specs.into_iter().enumerate() {
+            let is_live = !buddies.is_empty();
             let a = format!("127.0.1.{}", i + 1);
             let b = format!("127.0.2.{}", i + 1);
             let heartbeat = vec![
@@ -110,8 +135,8 @@ impl Cluster {
             servers.push(ServerSpec {
                 id,
                 live: is_live,
-                buddies: if is_live { fos.clone() } else { vec![] },
-                cameras: if is_live { cameras } else { 0 },
+                buddies,
+                cameras,
                 heartbeat,
                 api,
                 address: a,
@@ -136,7 +161,10 @@ impl Cluster {
                 let b: Vec<String> = s.buddies.iter().map(|b| format!("\"{b}\"")).collect();
                 toml.push_str(&format!("buddies = [{}]\n\n", b.join(", ")));
             } else {
-                toml.push_str("role = \"failover\"\nmode = \"spread-servers\"\n\n");
+                toml.push_str(&format!(
+                    "role = \"failover\"\nmode = \"spread-servers\"\n{}\n",
+                    opts.extra_failover_keys
+                ));
             }
         }
         for s in servers.iter().filter(|s| s.live && s.cameras > 0) {
@@ -558,6 +586,7 @@ pub fn owners_snapshot(
                 known: true,
                 config_mismatch: false,
                 booting: false,
+                held: false,
             })
             .collect(),
         resources: (0..resources)
@@ -566,6 +595,7 @@ pub fn owners_snapshot(
                 owner: Some(owner),
                 epoch,
                 state: ResourceState::Active,
+                unplaced: false,
             })
             .collect(),
         stats: Stats::default(),

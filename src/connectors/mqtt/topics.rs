@@ -210,6 +210,7 @@ kind = "camera"
                     owner: Some(if i < back { live } else { fo }),
                     epoch: if i < back { 399 } else { 298 },
                     state: ResourceState::Active,
+                    unplaced: false,
                 })
                 .collect()
         };

@@ -5,6 +5,9 @@
 //! before its agent starts (DESIGN rule 4). Readers (the API, connectors) open their own
 //! connections with [`Store::open_reader`]; WAL lets them read while the core writes.
 
+mod outbox;
+mod state;
+
 use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
@@ -39,6 +42,9 @@ pub struct StoredClaim {
     pub epoch: u64,
     pub held: bool,
 }
+
+pub use outbox::{Attempt, DeadLetter, Reader};
+pub use state::{NodeState, Record, StoredHold};
 
 pub struct Store {
     conn: Connection,
@@ -83,31 +89,6 @@ CREATE TABLE IF NOT EXISTS deliveries (
 );
 ";
 
-/// A delivery that used up its retry schedule.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeadLetter {
-    pub seq: u64,
-    pub attempts: u32,
-    pub reason: String,
-    pub time: String,
-    /// Queued for a replay.
-    pub replay: bool,
-}
-
-/// One delivery attempt.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Attempt {
-    pub seq: u64,
-    pub attempt: u32,
-    /// `delivered`, `http 503`, `timeout`, `error: ...`.
-    pub outcome: String,
-    pub latency_ms: u64,
-    pub time: String,
-}
-
-/// Attempts kept per connector.
-const KEEP_ATTEMPTS: u64 = 1000;
-
 impl Store {
     /// Opens (or creates) `dir/node.db`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
@@ -128,6 +109,7 @@ impl Store {
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(err)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
+        conn.execute_batch(state::SCHEMA).map_err(err)?;
         let last_seq: u64 = conn
             .query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))
             .map_err(err)?;
@@ -147,29 +129,6 @@ impl Store {
             .pragma_update(None, "synchronous", "NORMAL")
             .map_err(|e| s.err(e))?;
         Ok(s)
-    }
-
-    /// Records a successful delivery and moves the cursor, in one transaction.
-    pub fn delivered(&mut self, connector: &str, a: &Attempt) -> Result<(), StoreError> {
-        let path = self.path.clone();
-        let err = |source| StoreError::Sqlite {
-            path: path.clone(),
-            source,
-        };
-        let tx = self.conn.transaction().map_err(err)?;
-        tx.execute(
-            "INSERT INTO deliveries (connector, seq, attempt, outcome, latency_ms, time)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![connector, a.seq, a.attempt, a.outcome, a.latency_ms, a.time],
-        )
-        .map_err(err)?;
-        tx.execute(
-            "INSERT INTO cursors (connector, seq) VALUES (?1, ?2)
-             ON CONFLICT(connector) DO UPDATE SET seq = MAX(cursors.seq, excluded.seq)",
-            params![connector, a.seq],
-        )
-        .map_err(err)?;
-        tx.commit().map_err(err)
     }
 
     /// A read-only connection to the same store, for the API and connectors.
@@ -237,7 +196,15 @@ impl Store {
 
     /// Writes claims in one transaction; durable when this returns.
     pub fn persist_claims(&mut self, claims: &[StoredClaim]) -> Result<(), StoreError> {
-        self.commit(claims, &[], |_, _| unreachable!("no events"))
+        let records: Vec<Record> = claims
+            .iter()
+            .map(|c| Record::Claim {
+                resource: c.resource.clone(),
+                epoch: c.epoch,
+                held: c.held,
+            })
+            .collect();
+        self.commit(&records, &[], |_, _| unreachable!("no events"))
             .map(|_| ())
     }
 
@@ -259,11 +226,12 @@ impl Store {
         Ok(stored.pop().expect("one event stored"))
     }
 
-    /// Stores claims and events in one transaction, so one fsync makes both durable: all or
-    /// nothing. Events are numbered on from the last one; `json(seq, i)` builds the i-th.
+    /// Stores durable records (claims, epochs, holds, ...) and events in one transaction, so
+    /// one fsync makes all of them durable: all or nothing. Events are numbered on from the
+    /// last one; `json(seq, i)` builds the i-th.
     pub fn commit(
         &mut self,
-        claims: &[StoredClaim],
+        records: &[Record],
         kinds: &[&str],
         mut json: impl FnMut(u64, usize) -> String,
     ) -> Result<Vec<StoredEvent>, StoreError> {
@@ -275,16 +243,8 @@ impl Store {
         let tx = self.conn.transaction().map_err(err)?;
         let mut stored = Vec::with_capacity(kinds.len());
         {
-            let mut claim = tx
-                .prepare_cached(
-                    "INSERT INTO claims (resource, epoch, held) VALUES (?1, ?2, ?3)
-                     ON CONFLICT(resource) DO UPDATE SET epoch = excluded.epoch, held = excluded.held",
-                )
-                .map_err(err)?;
-            for c in claims {
-                claim
-                    .execute(params![c.resource, c.epoch, c.held as i64])
-                    .map_err(err)?;
+            for rec in records {
+                state::write(&tx, rec).map_err(err)?;
             }
             let mut event = tx
                 .prepare_cached("INSERT INTO events (seq, type, json) VALUES (?1, ?2, ?3)")
@@ -305,220 +265,8 @@ impl Store {
         Ok(stored)
     }
 
-    pub fn set_cursor(&mut self, connector: &str, seq: u64) -> Result<(), StoreError> {
-        self.conn
-            .execute(
-                "INSERT INTO cursors (connector, seq) VALUES (?1, ?2)
-                 ON CONFLICT(connector) DO UPDATE SET seq = excluded.seq",
-                params![connector, seq],
-            )
-            .map(|_| ())
-            .map_err(|e| self.err(e))
-    }
-
-    pub fn add_dead_letter(&mut self, connector: &str, d: &DeadLetter) -> Result<(), StoreError> {
-        self.conn
-            .execute(
-                "INSERT INTO dead_letters (connector, seq, attempts, reason, time, replay)
-                 VALUES (?1, ?2, ?3, ?4, ?5, 0)
-                 ON CONFLICT(connector, seq) DO UPDATE SET attempts = dead_letters.attempts + excluded.attempts,
-                     reason = excluded.reason, time = excluded.time, replay = 0",
-                params![connector, d.seq, d.attempts, d.reason, d.time],
-            )
-            .map(|_| ())
-            .map_err(|e| self.err(e))
-    }
-
-    pub fn remove_dead_letter(&mut self, connector: &str, seq: u64) -> Result<(), StoreError> {
-        self.conn
-            .execute(
-                "DELETE FROM dead_letters WHERE connector = ?1 AND seq = ?2",
-                params![connector, seq],
-            )
-            .map(|_| ())
-            .map_err(|e| self.err(e))
-    }
-
-    /// Queues every dead letter of `connector` for a replay and re-enables it; returns how
-    /// many were queued.
-    pub fn queue_replay(&mut self, connector: &str) -> Result<usize, StoreError> {
-        let n = self
-            .conn
-            .execute(
-                "UPDATE dead_letters SET replay = 1 WHERE connector = ?1",
-                params![connector],
-            )
-            .map_err(|e| self.err(e))?;
-        self.set_disabled(connector, None)?;
-        Ok(n)
-    }
-
-    pub fn set_disabled(
-        &mut self,
-        connector: &str,
-        reason: Option<&str>,
-    ) -> Result<(), StoreError> {
-        self.conn
-            .execute(
-                "INSERT INTO connector_state (connector, disabled_reason) VALUES (?1, ?2)
-                 ON CONFLICT(connector) DO UPDATE SET disabled_reason = excluded.disabled_reason",
-                params![connector, reason],
-            )
-            .map(|_| ())
-            .map_err(|e| self.err(e))
-    }
-
-    pub fn record_attempt(&mut self, connector: &str, a: &Attempt) -> Result<(), StoreError> {
-        let id = self
-            .conn
-            .query_row(
-                "INSERT INTO deliveries (connector, seq, attempt, outcome, latency_ms, time)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING id",
-                params![connector, a.seq, a.attempt, a.outcome, a.latency_ms, a.time],
-                |r| r.get::<_, u64>(0),
-            )
-            .map_err(|e| self.err(e))?;
-        if id % 100 == 0 {
-            self.conn
-                .execute(
-                    "DELETE FROM deliveries WHERE connector = ?1 AND id <= ?2",
-                    params![connector, id.saturating_sub(KEEP_ATTEMPTS)],
-                )
-                .map_err(|e| self.err(e))?;
-        }
-        Ok(())
-    }
-
     pub fn reader(&self) -> Result<Reader, StoreError> {
         Self::open_reader(self.path.parent().unwrap_or(Path::new(".")))
-    }
-}
-
-/// A read-only view of a node's store.
-pub struct Reader {
-    conn: Connection,
-    path: PathBuf,
-}
-
-impl Reader {
-    fn err(&self, source: rusqlite::Error) -> StoreError {
-        StoreError::Sqlite {
-            path: self.path.clone(),
-            source,
-        }
-    }
-
-    /// Events with `seq > after`, oldest first, at most `limit`.
-    pub fn events_after(&self, after: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT seq, type, json FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-            )
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map(params![after, limit as i64], |r| {
-                Ok(StoredEvent {
-                    seq: r.get(0)?,
-                    kind: r.get(1)?,
-                    json: r.get(2)?,
-                })
-            })
-            .map_err(|e| self.err(e))?;
-        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
-    }
-
-    pub fn dead_letters(&self, connector: &str) -> Result<Vec<DeadLetter>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT seq, attempts, reason, time, replay FROM dead_letters
-                 WHERE connector = ?1 ORDER BY seq",
-            )
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map(params![connector], |r| {
-                Ok(DeadLetter {
-                    seq: r.get(0)?,
-                    attempts: r.get(1)?,
-                    reason: r.get(2)?,
-                    time: r.get(3)?,
-                    replay: r.get::<_, i64>(4)? != 0,
-                })
-            })
-            .map_err(|e| self.err(e))?;
-        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
-    }
-
-    pub fn disabled(&self, connector: &str) -> Result<Option<String>, StoreError> {
-        self.conn
-            .query_row(
-                "SELECT disabled_reason FROM connector_state WHERE connector = ?1",
-                params![connector],
-                |r| r.get::<_, Option<String>>(0),
-            )
-            .optional()
-            .map(Option::flatten)
-            .map_err(|e| self.err(e))
-    }
-
-    /// The last `limit` delivery attempts of `connector`, newest first.
-    pub fn attempts(&self, connector: &str, limit: usize) -> Result<Vec<Attempt>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT seq, attempt, outcome, latency_ms, time FROM deliveries
-                 WHERE connector = ?1 ORDER BY id DESC LIMIT ?2",
-            )
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map(params![connector, limit as i64], |r| {
-                Ok(Attempt {
-                    seq: r.get(0)?,
-                    attempt: r.get(1)?,
-                    outcome: r.get(2)?,
-                    latency_ms: r.get(3)?,
-                    time: r.get(4)?,
-                })
-            })
-            .map_err(|e| self.err(e))?;
-        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
-    }
-
-    /// The newest event's sequence number (0 when there is none).
-    pub fn last_seq(&self) -> Result<u64, StoreError> {
-        self.conn
-            .query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))
-            .map_err(|e| self.err(e))
-    }
-
-    pub fn event(&self, seq: u64) -> Result<Option<StoredEvent>, StoreError> {
-        self.conn
-            .query_row(
-                "SELECT seq, type, json FROM events WHERE seq = ?1",
-                params![seq],
-                |r| {
-                    Ok(StoredEvent {
-                        seq: r.get(0)?,
-                        kind: r.get(1)?,
-                        json: r.get(2)?,
-                    })
-                },
-            )
-            .optional()
-            .map_err(|e| self.err(e))
-    }
-
-    pub fn cursor(&self, connector: &str) -> Result<u64, StoreError> {
-        self.conn
-            .query_row(
-                "SELECT seq FROM cursors WHERE connector = ?1",
-                params![connector],
-                |r| r.get(0),
-            )
-            .optional()
-            .map(|v| v.unwrap_or(0))
-            .map_err(|e| self.err(e))
     }
 }
 
@@ -598,7 +346,7 @@ mod tests {
     #[test]
     fn a_commit_stores_claims_and_events_together_or_not_at_all() {
         let dir = tmp("commit");
-        let claim = |epoch| StoredClaim {
+        let claim = |epoch| Record::Claim {
             resource: "cam-1".into(),
             epoch,
             held: true,
@@ -620,7 +368,14 @@ mod tests {
             s.commit(&[claim(298)], &["c", "d"], |seq, _| seq.to_string())
                 .is_err()
         );
-        assert_eq!(s.claims().unwrap(), vec![claim(199)]);
+        assert_eq!(
+            s.claims().unwrap(),
+            vec![StoredClaim {
+                resource: "cam-1".into(),
+                epoch: 199,
+                held: true
+            }]
+        );
         s.last_seq = 2;
         drop(s);
         let s = Store::open(&dir).unwrap();

@@ -1,0 +1,482 @@
+//! One node's state machine. No clock, no sockets: [`Node::handle`] takes an [`Input`] and the
+//! current monotonic time and returns [`Output`]s for the driver to carry out, in order (the
+//! contract is in [`crate::failover::io`]).
+//!
+//! `Node` drives; each concern is a sub-state in a file of its own with the methods that change
+//! it:
+//! - [`peers`]: each peer's paths, liveness, replay protection and the claims it advertises
+//!   (indexed by resource);
+//! - [`own`]: this node's claims, failures, failing stops and ownership conflicts;
+//! - [`known`]: the highest epoch seen per resource, durable, and the round floors exchanged
+//!   so that epochs never go backwards;
+//! - [`holds`]: operator holds (manual failover until failback), durable and gossiped;
+//! - [`boot`]: the start-up wait, resuming stored claims, home claims and failback;
+//! - [`takeover`]: what a failover server takes, keeps, gives up and reports unplaced;
+//! - [`batches`]: the claims of one takeover or failback, for their completion events;
+//! - [`heartbeat`]: what a heartbeat carries to each peer.
+
+mod batches;
+mod boot;
+mod heartbeat;
+mod holds;
+mod known;
+mod own;
+mod peers;
+mod takeover;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::io::{Durable, Input, Output, PeerRecord, Restored};
+use super::topology::Topology;
+use super::views::Stats;
+use super::wire::{self, Key};
+use crate::config::{ResourceIdx, ServerIdx, Site};
+
+use batches::Batches;
+use holds::Holds;
+use known::Known;
+use own::Own;
+use peers::Peers;
+
+pub use own::OwnState;
+
+/// Persist replay floors (each peer's newest sequence number) at least this often.
+const PEER_CHECKPOINT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Booting {
+        until: Duration,
+    },
+    Running,
+    /// Shutting down: no new claims; hand everything over.
+    Leaving,
+}
+
+/// What a node knows about its site, fixed for its life.
+#[derive(Debug, Clone)]
+struct Ctx {
+    site: Arc<Site>,
+    topo: Arc<Topology>,
+    resources: Arc<HashMap<String, ResourceIdx>>,
+    servers: Arc<HashMap<String, ServerIdx>>,
+    me: ServerIdx,
+    key: Key,
+    digest: [u8; 8],
+}
+
+impl Ctx {
+    fn id(&self, s: ServerIdx) -> &str {
+        &self.site.server(s).id
+    }
+
+    fn is_home(&self, r: ResourceIdx) -> bool {
+        self.site.resource(r).server == self.me
+    }
+}
+
+/// Witness reachability; silence counts only while a majority is in reach, and has been for
+/// `failure_timeout`.
+#[derive(Debug, Clone)]
+struct Witnesses {
+    reachable: Vec<bool>,
+    /// Set when a majority is regained: until then, silence does not count (it was heard
+    /// while this node was cut off).
+    settles_at: Option<Duration>,
+}
+
+impl Witnesses {
+    fn majority(&self) -> bool {
+        let n = self.reachable.len();
+        n == 0 || self.reachable.iter().filter(|&&w| w).count() * 2 > n
+    }
+
+    /// Whether silence may be taken for a failure.
+    fn silence_counts(&self) -> bool {
+        self.majority() && self.settles_at.is_none()
+    }
+}
+
+/// One server's failover state machine.
+#[derive(Debug, Clone)]
+pub struct Node {
+    ctx: Ctx,
+    incarnation: u64,
+    seq: u64,
+    phase: Phase,
+    peers: Peers,
+    own: Own,
+    known: Known,
+    holds: Holds,
+    batches: Batches,
+    witnesses: Witnesses,
+    /// Resources this node reports unplaced (see [`takeover`]).
+    unplaced: BTreeSet<ResourceIdx>,
+    /// Since when this node's view has been stable (no path or server transition, no failure
+    /// of its own resources, no conflict): auto failback waits `failback_delay` from here.
+    stable_since: Duration,
+    next_heartbeat: Duration,
+    next_checkpoint: Duration,
+    send_now: bool,
+    placement_dirty: bool,
+    /// Durable records not yet handed out (those with no ordering constraint).
+    pending: Vec<Durable>,
+    stats: Stats,
+}
+
+impl Node {
+    /// A node for server `me`, booting at `now`. `incarnation` must be greater than the one of
+    /// any earlier run of this server (the runtime keeps a boot counter in its store; should
+    /// it go backwards, peers tell the node and it jumps past). `restored` is what the store
+    /// holds from earlier runs.
+    pub fn new(
+        site: Arc<Site>,
+        topo: Arc<Topology>,
+        me: ServerIdx,
+        key: Key,
+        incarnation: u64,
+        restored: &Restored,
+        now: Duration,
+    ) -> Self {
+        let servers = site
+            .server_indices()
+            .map(|s| (site.server(s).id.clone(), s))
+            .collect();
+        let ctx = Ctx {
+            resources: Arc::new(site.resource_map()),
+            servers: Arc::new(servers),
+            digest: site.digest(),
+            site: site.clone(),
+            topo: topo.clone(),
+            me,
+            key,
+        };
+        let mut known = Known::new(&site);
+        for &(r, e) in &restored.known {
+            known.restore(r, e);
+        }
+        for &(h, round) in &restored.floors {
+            known.restore_floor(h, round);
+        }
+        let mut own = Own::default();
+        for c in &restored.claims {
+            known.restore(c.resource, c.epoch);
+            if c.held && (c.resource.0 as usize) < site.resources.len() {
+                own.resume(&ctx, c.resource, c.epoch);
+            }
+        }
+        let until = now + 2 * site.failure_timeout;
+        Self {
+            peers: Peers::new(&site, &topo, me, &restored.peers, now),
+            holds: Holds::restore(&restored.holds, restored.failback_done.clone()),
+            witnesses: Witnesses {
+                reachable: vec![false; site.witnesses.len()],
+                settles_at: None,
+            },
+            ctx,
+            incarnation,
+            seq: 0,
+            phase: Phase::Booting { until },
+            own,
+            known,
+            batches: Batches::default(),
+            unplaced: BTreeSet::new(),
+            stable_since: now,
+            next_heartbeat: now,
+            next_checkpoint: now + PEER_CHECKPOINT,
+            send_now: true,
+            placement_dirty: true,
+            pending: Vec::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    pub fn me(&self) -> ServerIdx {
+        self.ctx.me
+    }
+
+    pub fn site(&self) -> &Arc<Site> {
+        &self.ctx.site
+    }
+
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
+    pub fn stats(&self) -> Stats {
+        let mut s = self.stats.clone();
+        s.stops_failing = self.own.stops_failing() as u64;
+        s.unplaced = self.unplaced.len() as u64;
+        s
+    }
+
+    pub fn is_booting(&self) -> bool {
+        matches!(self.phase, Phase::Booting { .. })
+    }
+
+    /// After [`Input::Shutdown`]: `true` once every resource has been handed over (or there
+    /// was nothing to hand over). Resources nobody took over keep running.
+    pub fn drained(&self) -> bool {
+        self.phase == Phase::Leaving && self.own.is_empty()
+    }
+
+    /// Resources this node holds now (its agent may run them), with epoch and state.
+    pub fn held(&self) -> impl Iterator<Item = (ResourceIdx, super::Epoch, OwnState)> + '_ {
+        self.own.iter()
+    }
+
+    /// When the driver must call `handle(Input::Tick, ..)` next at the latest.
+    pub fn next_deadline(&self) -> Duration {
+        let mut next = self.next_heartbeat.min(self.next_checkpoint);
+        if let Phase::Booting { until } = self.phase {
+            next = next.min(until);
+        }
+        if let Some(t) = self.peers.next_deadline(self.ctx.site.failure_timeout) {
+            next = next.min(t);
+        }
+        if self.failback_pending() {
+            next = next.min(self.stable_since + self.ctx.site.failback_delay);
+        }
+        if let Some(t) = self.witnesses.settles_at {
+            next = next.min(t);
+        }
+        if let Some(t) = self.own.next_deadline() {
+            next = next.min(t);
+        }
+        next
+    }
+
+    /// Feeds one input; returns what the driver must do, in order.
+    pub fn handle(&mut self, input: Input, now: Duration) -> Vec<Output> {
+        let mut out = Vec::new();
+        match input {
+            Input::Tick => {}
+            Input::Datagram { path, bytes } => self.on_datagram(path, &bytes, now, &mut out),
+            Input::AgentDone {
+                resource,
+                epoch,
+                op,
+                result,
+            } => self.on_agent_done(resource, epoch, op, result, now, &mut out),
+            Input::MonitorFailed { resource, reason } => {
+                self.on_monitor_failed(resource, reason, now, &mut out)
+            }
+            Input::Witness { index, reachable } => self.on_witness(index, reachable, now),
+            Input::Command {
+                action,
+                server,
+                stamp,
+            } => self.on_command(action, server, stamp),
+            Input::Shutdown => self.on_shutdown(),
+        }
+        self.step(now, &mut out);
+        out
+    }
+
+    /// What every input is followed by: timers, then the decisions, then the heartbeats.
+    fn step(&mut self, now: Duration, out: &mut Vec<Output>) {
+        if self.witnesses.settles_at.is_some_and(|t| now >= t) {
+            self.witnesses.settles_at = None;
+            self.placement_dirty = true;
+        }
+        self.refresh_peers(now, out);
+        self.expire_failures(now);
+        if let Phase::Booting { until } = self.phase
+            && (self.peers.all_heard() || now >= until)
+        {
+            self.finish_boot(now, out);
+        }
+        if !self.is_booting() {
+            self.resolve_ownership(now, out);
+            self.retry_stops(now, out);
+            if self.phase == Phase::Running && !self.holds.held(self.ctx.me) {
+                self.claim_home(now, out);
+            }
+            if self.phase == Phase::Running
+                && self.ctx.site.server(self.ctx.me).role == crate::config::Role::Failover
+                && self.placement_dirty
+            {
+                self.take_over(now, out);
+            }
+        }
+        if now >= self.next_checkpoint {
+            self.next_checkpoint = now + PEER_CHECKPOINT;
+            self.checkpoint_peers();
+        }
+        self.flush_durable(out);
+        if self.send_now || now >= self.next_heartbeat {
+            self.send_heartbeats(out);
+            self.send_now = false;
+            self.next_heartbeat = now + self.ctx.site.heartbeat_interval;
+        }
+    }
+
+    fn on_witness(&mut self, index: usize, reachable: bool, now: Duration) {
+        let had = self.witnesses.majority();
+        if let Some(w) = self.witnesses.reachable.get_mut(index)
+            && *w != reachable
+        {
+            *w = reachable;
+            self.placement_dirty = true;
+        }
+        match (had, self.witnesses.majority()) {
+            (false, true) => self.witnesses.settles_at = Some(now + self.ctx.site.failure_timeout),
+            (true, false) => self.witnesses.settles_at = None,
+            _ => {}
+        }
+    }
+
+    fn on_shutdown(&mut self) {
+        if self.phase != Phase::Leaving {
+            self.phase = Phase::Leaving;
+            self.send_now = true;
+            self.placement_dirty = true;
+            // What a restart needs to refuse replays of what was heard until now.
+            self.checkpoint_peers();
+        }
+    }
+
+    /// Hands out the pending durable records (learned epochs, holds, replay floors) as one
+    /// [`Output::Persist`], before anything that follows in `out`.
+    fn flush_durable(&mut self, out: &mut Vec<Output>) {
+        self.pending.extend(self.known.take_dirty());
+        if !self.pending.is_empty() {
+            out.push(Output::Persist(std::mem::take(&mut self.pending)));
+        }
+    }
+
+    /// Queues each peer's replay floor if it moved since the last checkpoint.
+    fn checkpoint_peers(&mut self) {
+        for (server, incarnation, seq) in self.peers.checkpoint() {
+            self.pending.push(Durable::Peer(PeerRecord {
+                server,
+                incarnation,
+                seq,
+            }));
+        }
+    }
+
+    /// A peer remembers a later incarnation of ours than we booted with (our store was wiped
+    /// and our clock is behind): jump past it, or every peer refuses us as a replay.
+    fn jump_incarnation(&mut self, past: u64) {
+        if past < self.incarnation {
+            return;
+        }
+        self.incarnation = past + 1;
+        self.seq = 0;
+        for p in self.peers.by_server.values_mut() {
+            p.confirmed = false;
+        }
+        self.stats.incarnation_jumps += 1;
+        self.pending.push(Durable::Incarnation(self.incarnation));
+        self.send_now = true;
+    }
+}
+
+/// `a` beats `b` for one resource: the higher epoch, or at the same epoch (only possible
+/// between nodes whose site files differ) the smaller server id, which every node computes
+/// the same way whatever its site file says.
+fn beats(a: (super::Epoch, &str), b: (super::Epoch, &str)) -> bool {
+    a.0 > b.0 || (a.0 == b.0 && a.1 < b.1)
+}
+
+/// What the views ([`crate::failover::views`]) read.
+impl Node {
+    pub(crate) fn holds_server(&self, s: ServerIdx) -> bool {
+        self.holds.held(s)
+    }
+
+    pub(crate) fn own_state(&self) -> wire::PeerState {
+        self.my_state()
+    }
+
+    pub(crate) fn own_failure(&self, r: ResourceIdx) -> Option<super::Epoch> {
+        self.own.failed.get(&r).map(|f| f.epoch)
+    }
+
+    pub(crate) fn known_epoch(&self, r: ResourceIdx) -> super::Epoch {
+        self.known.get(r)
+    }
+
+    pub(crate) fn reports_unplaced(&self, r: ResourceIdx) -> bool {
+        self.unplaced.contains(&r)
+    }
+
+    /// Claims on `r` of peers heard within `failure_timeout`: (server, epoch, state).
+    pub(crate) fn peer_claims(
+        &self,
+        r: ResourceIdx,
+        now: Duration,
+    ) -> impl Iterator<Item = (ServerIdx, super::Epoch, wire::ClaimState)> + '_ {
+        self.peers
+            .holders(r)
+            .iter()
+            .filter(move |h| self.recently_heard(h.server, now))
+            .map(|h| (h.server, h.epoch, h.state))
+    }
+
+    /// Failures of `r` reported by peers heard within `failure_timeout`: (server, epoch).
+    pub(crate) fn peer_failures(
+        &self,
+        r: ResourceIdx,
+        now: Duration,
+    ) -> impl Iterator<Item = (ServerIdx, super::Epoch)> + '_ {
+        self.peers
+            .by_server
+            .iter()
+            .filter(move |(s, _)| self.recently_heard(**s, now))
+            .flat_map(move |(&s, p)| {
+                p.failed
+                    .iter()
+                    .filter(move |(x, _)| *x == r)
+                    .map(move |&(_, e)| (s, e))
+            })
+    }
+
+    /// A peer's state, paths, site-file mismatch and whether it is booting.
+    pub(crate) fn peer_view(
+        &self,
+        s: ServerIdx,
+        now: Duration,
+    ) -> Option<(
+        super::views::ServerState,
+        Vec<super::views::PathView>,
+        bool,
+        bool,
+    )> {
+        use super::views::{PathView, ServerState};
+        use wire::PeerState;
+        let p = self.peers.get(s)?;
+        let state = if !p.paths.iter().any(|x| x.up) {
+            ServerState::Down
+        } else {
+            match p.reported {
+                PeerState::Leaving => ServerState::Leaving,
+                PeerState::Unhealthy => ServerState::Unhealthy,
+                PeerState::Up | PeerState::Booting => {
+                    let late = p
+                        .last_heard
+                        .is_some_and(|t| now > t + 2 * self.ctx.site.heartbeat_interval);
+                    if late || !p.paths.iter().all(|x| x.up) {
+                        ServerState::Suspect
+                    } else {
+                        ServerState::Up
+                    }
+                }
+            }
+        };
+        let paths = p
+            .paths
+            .iter()
+            .map(|x| PathView {
+                up: x.up,
+                last_heard: x.last_heard,
+            })
+            .collect();
+        let mismatch = p.digest != self.ctx.digest && p.last_heard.is_some();
+        let booting = p.reported == PeerState::Booting && p.paths.iter().any(|x| x.up);
+        Some((state, paths, mismatch, booting))
+    }
+}

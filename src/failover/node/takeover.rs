@@ -1,0 +1,276 @@
+//! What a failover server takes over, keeps, gives up and reports.
+//!
+//! Every failover node runs the same pure [`placement::place`] over the resources that need a
+//! host in its view, counting what every failover server already holds for other live
+//! servers (its claims travel in its heartbeats), so two buddies that do not serve the same
+//! live servers still agree on who has room. It claims what placement gives it. When a
+//! higher-priority takeover leaves it over capacity, it stops the lowest-priority resources
+//! placement moved on, once the higher ones are active. A resource that needs a host and that
+//! no buddy can take is reported (`resource.unplaced`) by its first buddy that is up: a camera
+//! nobody records is never silent.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+use super::batches::BatchKind;
+use super::own::OwnState;
+use super::{Node, Output};
+use crate::config::{ResourceIdx, Role, ServerIdx};
+use crate::failover::event::{Event, UnplacedReason};
+use crate::failover::placement::{self, Availability, Load, Placement};
+use crate::failover::wire::{ClaimKind, PeerState};
+
+impl Node {
+    /// Whether `s` may take work, as this node sees it.
+    pub(super) fn availability(&self, s: ServerIdx, now: Duration) -> Availability {
+        if s == self.ctx.me {
+            return if self.phase == super::Phase::Running && !self.holds.held(s) {
+                Availability::Yes
+            } else {
+                Availability::No
+            };
+        }
+        if !self.recently_heard(s, now) || self.holds.held(s) {
+            return Availability::No;
+        }
+        match self.peer_state(s) {
+            Some(PeerState::Leaving) | None => Availability::No,
+            Some(PeerState::Booting) => Availability::Keep,
+            Some(_) => Availability::Yes,
+        }
+    }
+
+    fn failed_at(&self, r: ResourceIdx, s: ServerIdx) -> bool {
+        if s == self.ctx.me {
+            return self.own.failed.contains_key(&r);
+        }
+        self.peers
+            .get(s)
+            .is_some_and(|p| p.failed.iter().any(|&(x, _)| x == r))
+    }
+
+    /// Why the resources of live server `home` need a new host, if they do.
+    /// `Some(true)` when the cause is silence, which a witness majority must confirm.
+    fn home_gone(&self, home: ServerIdx, now: Duration) -> Option<bool> {
+        if self.holds.held(home) {
+            return Some(false);
+        }
+        if !self.recently_heard(home, now) {
+            // Silence on every path for failure_timeout (or never heard since we booted).
+            return Some(true);
+        }
+        (self.peer_state(home) == Some(PeerState::Leaving)).then_some(false)
+    }
+
+    /// Resources that need a host in this node's view: those of live servers that are gone,
+    /// and those a live server that is up does not hold (its monitor failed, or it waits for
+    /// failback).
+    fn orphans(&self, now: Duration) -> Vec<ResourceIdx> {
+        let mut out = Vec::new();
+        for (&home, p) in &self.peers.by_server {
+            if self.ctx.site.server(home).role != Role::Live {
+                continue;
+            }
+            let gone = self.home_gone(home, now).is_some();
+            for &r in self.ctx.topo.homed(home) {
+                let held_at_home = self
+                    .peers
+                    .holders(r)
+                    .iter()
+                    .any(|h| h.server == home && h.holds());
+                if gone || (p.reported != PeerState::Booting && !held_at_home) {
+                    out.push(r);
+                }
+            }
+        }
+        out
+    }
+
+    /// Who holds each orphan now (starting or active, highest epoch): placement keeps it
+    /// there when it can.
+    fn current_holders(
+        &self,
+        orphans: &[ResourceIdx],
+        now: Duration,
+    ) -> HashMap<ResourceIdx, ServerIdx> {
+        let mut out = HashMap::with_capacity(orphans.len());
+        for &r in orphans {
+            let mine = self
+                .own
+                .get(r)
+                .filter(|c| c.state.holds() || c.state == OwnState::Resumed)
+                .map(|c| (c.epoch, self.ctx.me));
+            let theirs = self
+                .peers
+                .holders(r)
+                .iter()
+                .filter(|h| h.holds() && self.recently_heard(h.server, now))
+                .map(|h| (h.epoch, h.server));
+            if let Some((_, s)) = mine.into_iter().chain(theirs).max_by_key(|&(e, _)| e) {
+                out.insert(r, s);
+            }
+        }
+        out
+    }
+
+    /// What each failover server holds for resources outside `orphans`.
+    fn committed_loads(
+        &self,
+        orphans: &BTreeSet<ResourceIdx>,
+        now: Duration,
+    ) -> HashMap<ServerIdx, Load> {
+        let site = &self.ctx.site;
+        let mut loads: HashMap<ServerIdx, Load> = HashMap::new();
+        let mine = self.own.claims.iter().filter(|(_, c)| c.state.holds());
+        for (&r, _) in mine {
+            if !orphans.contains(&r) {
+                loads.entry(self.ctx.me).or_default().add(site, r);
+            }
+        }
+        for (&s, p) in &self.peers.by_server {
+            if site.server(s).role != Role::Failover || !self.recently_heard(s, now) {
+                continue;
+            }
+            for (r, h) in &p.claims {
+                if h.holds() && !orphans.contains(r) {
+                    loads.entry(s).or_default().add(site, *r);
+                }
+            }
+        }
+        loads
+    }
+
+    /// A failover server: take what placement gives us and we do not hold yet; give up what
+    /// capacity no longer allows; report what nobody can take.
+    pub(super) fn take_over(&mut self, now: Duration, out: &mut Vec<Output>) {
+        self.placement_dirty = false;
+        let orphans = self.orphans(now);
+        let orphan_set: BTreeSet<ResourceIdx> = orphans.iter().copied().collect();
+        let holders = self.current_holders(&orphans, now);
+        let committed = self.committed_loads(&orphan_set, now);
+        let placement = placement::place(
+            &self.ctx.site,
+            &self.ctx.topo,
+            &orphans,
+            |s| self.availability(s, now),
+            |r, s| self.failed_at(r, s),
+            |r| holders.get(&r).copied(),
+            |s| committed.get(&s).cloned().unwrap_or_default(),
+        );
+        let majority = self.witnesses.silence_counts();
+        let me = self.ctx.me;
+        let mut by_home: BTreeMap<ServerIdx, Vec<ResourceIdx>> = BTreeMap::new();
+        for &(r, s) in &placement.assigned {
+            if s != me || self.own.get(r).is_some() {
+                continue;
+            }
+            let home = self.ctx.site.resource(r).server;
+            if self.home_gone(home, now) == Some(true) && !majority {
+                continue;
+            }
+            by_home.entry(home).or_default().push(r);
+        }
+        for (home, rs) in by_home {
+            let since = match (self.home_gone(home, now), self.peers.get(home)) {
+                (Some(_), Some(p)) => p.down_since,
+                _ => now,
+            };
+            self.claim(
+                rs,
+                BatchKind::Failover,
+                ClaimKind::Takeover,
+                home,
+                since,
+                now,
+                out,
+            );
+        }
+        self.report_unplaced(&placement, now, out);
+        self.restore_capacity(&placement, now, out);
+    }
+
+    /// Reports resources no buddy can take, once, from their first buddy that is up.
+    fn report_unplaced(&mut self, placement: &Placement, now: Duration, out: &mut Vec<Output>) {
+        let me = self.ctx.me;
+        let mut mine = BTreeSet::new();
+        let mut new: BTreeMap<ServerIdx, Vec<(ResourceIdx, UnplacedReason)>> = BTreeMap::new();
+        for &r in &placement.unplaced {
+            let candidates = self.ctx.topo.candidates(r);
+            let reporter = candidates
+                .iter()
+                .copied()
+                .find(|&s| self.availability(s, now) != Availability::No);
+            if reporter != Some(me) {
+                continue;
+            }
+            mine.insert(r);
+            if !self.unplaced.contains(&r) {
+                let why = if candidates.iter().all(|&s| self.failed_at(r, s)) {
+                    UnplacedReason::Failed
+                } else if candidates.iter().any(|&s| {
+                    self.availability(s, now) == Availability::Yes && !self.failed_at(r, s)
+                }) {
+                    UnplacedReason::Capacity
+                } else {
+                    UnplacedReason::Unavailable
+                };
+                new.entry(self.ctx.site.resource(r).server)
+                    .or_default()
+                    .push((r, why));
+            }
+        }
+        for (server, resources) in new {
+            out.push(Output::Event(Event::ResourceUnplaced { server, resources }));
+        }
+        self.unplaced = mine;
+    }
+
+    /// Over capacity (a higher-priority takeover took the room of what it held): once nothing
+    /// is starting, stop the lowest-priority resources placement left unplaced until the load
+    /// fits. What placement gave another buddy is handed over when that one is active.
+    fn restore_capacity(&mut self, placement: &Placement, now: Duration, out: &mut Vec<Output>) {
+        let site = self.ctx.site.clone();
+        let me = self.ctx.me;
+        if self
+            .own
+            .claims
+            .values()
+            .any(|c| c.state == OwnState::Starting)
+        {
+            return;
+        }
+        let active: Vec<ResourceIdx> = self
+            .own
+            .claims
+            .iter()
+            .filter(|(_, c)| c.state == OwnState::Active)
+            .map(|(&r, _)| r)
+            .collect();
+        let load_of = |rs: &[ResourceIdx]| {
+            let mut l = Load::default();
+            for &r in rs {
+                l.add(&site, r);
+            }
+            l
+        };
+        if !load_of(&active).exceeds(&site, me) {
+            return;
+        }
+        let unplaced: BTreeSet<ResourceIdx> = placement.unplaced.iter().copied().collect();
+        let mut victims: Vec<ResourceIdx> = active
+            .iter()
+            .copied()
+            .filter(|r| unplaced.contains(r))
+            .collect();
+        victims.sort_by_key(|&r| (site.resource(r).priority, std::cmp::Reverse(r)));
+        let mut keep = active;
+        for r in victims {
+            if !load_of(&keep).exceeds(&site, me) {
+                break;
+            }
+            keep.retain(|&x| x != r);
+            self.stats.evictions += 1;
+            self.stop_claim(r, "over capacity", now, out);
+        }
+    }
+}
