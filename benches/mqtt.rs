@@ -14,20 +14,20 @@ mod common;
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use buddygate::config::connectors::{self, ConnectorKind};
 use buddygate::config::{Kind, Mode};
-use buddygate::connectors::ConnectorStatus;
 use buddygate::connectors::mqtt::Mqtt;
+use buddygate::connectors::{self, ConnectorKind, ConnectorStatus};
 use buddygate::store::Store;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-use serde_json::json;
 use tokio::sync::{Notify, broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
+use common::small_event as event;
+
 fn broker(v5: bool) -> u16 {
-    buddygate::demo_consumers::embedded_broker(v5).expect("embedded broker")
+    buddygate::demo::consumers::embedded_broker(v5).expect("embedded broker")
 }
 
 /// The MQTT 5 [`subscriber`].
@@ -87,13 +87,6 @@ async fn subscriber(port: u16, filter: &str, seen: Arc<Mutex<Vec<String>>>, noti
         }
     });
     ready_rx.await.unwrap();
-}
-
-fn event(ty: &str, seq: u64) -> String {
-    json!({"specversion": "1.0", "id": format!("fo-1:{seq}"), "type": ty, "source": "buddygate://hq/fo-1",
-        "time": buddygate::runtime::cloudevents::rfc3339(SystemTime::now()), "datacontenttype": "application/json",
-        "seq": seq, "data": {"site": "hq", "new_server": {"id": "fo-1", "address": "127.0.0.3"}, "epoch": 298}})
-    .to_string()
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

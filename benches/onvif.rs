@@ -13,13 +13,14 @@ use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine as _;
 use buddygate::api;
-use buddygate::api::onvif::auth::password_digest;
-use buddygate::api::onvif::soap::ns;
-use buddygate::api::onvif::time::format_datetime;
+use buddygate::api::Shared;
 use buddygate::config::{Kind, Mode};
-use buddygate::runtime::state::{Metrics, Shared, Snapshot};
+use buddygate::onvif::security::password_digest;
+use buddygate::onvif::soap::ns;
+use buddygate::onvif::time::format_datetime;
 use buddygate::sim::{Sim, SimOptions, SiteBuilder};
 use buddygate::store::StoredEvent;
+use buddygate::view::{Metrics, Snapshot};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 

@@ -6,19 +6,23 @@
 //!
 //! Prints figures for docs/benchmarks.md; asserts nothing about time.
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use buddygate::config::connectors::{self, ConnectorKind};
-use buddygate::connectors::ConnectorStatus;
 use buddygate::connectors::onvif::Onvif;
 use buddygate::connectors::webhook::Webhook;
+use buddygate::connectors::{self, ConnectorKind, ConnectorStatus};
 use buddygate::store::Store;
 use serde_json::json;
 use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
+
+use common::small_event as event;
 
 async fn receiver(count: Arc<AtomicU64>, notify: Arc<Notify>) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -33,13 +37,6 @@ async fn receiver(count: Arc<AtomicU64>, notify: Arc<Notify>) -> String {
     });
     tokio::spawn(async move { axum::serve(listener, app).await });
     format!("http://{addr}/hook")
-}
-
-fn event(ty: &str, seq: u64) -> String {
-    json!({"specversion": "1.0", "id": format!("fo-1:{seq}"), "type": ty, "source": "buddygate://hq/fo-1",
-        "time": buddygate::runtime::cloudevents::rfc3339(SystemTime::now()), "datacontenttype": "application/json",
-        "seq": seq, "data": {"site": "hq", "new_server": {"id": "fo-1", "address": "127.0.0.3"}, "epoch": 298}})
-    .to_string()
 }
 
 /// Stores `ev(seq)` and waits for the receiver, `runs` times; p50 and p99 of the last
@@ -84,13 +81,10 @@ fn failover_of_50(seq: u64) -> String {
     let resources: Vec<serde_json::Value> = (1..=50)
         .map(|i| json!({"id": format!("cam-{i:02}"), "kind": "camera", "owner": "fo-1", "address": "127.0.0.3", "epoch": 298}))
         .collect();
-    json!({"specversion": "1.0", "id": format!("fo-1:{seq}"), "type": "buddygate.failover.completed",
-        "source": "buddygate://hq/fo-1", "time": buddygate::runtime::cloudevents::rfc3339(SystemTime::now()),
-        "datacontenttype": "application/json", "seq": seq,
-        "data": {"site": "hq", "server": {"id": "live-1", "address": "127.0.0.1"},
-                 "new_server": {"id": "fo-1", "address": "127.0.0.3"}, "epoch": 298,
-                 "resources": resources, "failed": [], "takeover_ms": 400}})
-    .to_string()
+    let data = json!({"site": "hq", "server": {"id": "live-1", "address": "127.0.0.1"},
+             "new_server": {"id": "fo-1", "address": "127.0.0.3"}, "epoch": 298,
+             "resources": resources, "failed": [], "takeover_ms": 400});
+    common::cloud_event("buddygate.failover.completed", seq, data)
 }
 
 fn start_onvif(

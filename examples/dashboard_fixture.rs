@@ -19,13 +19,17 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use buddygate::config::{Failback, Kind, Mode, ServerIdx, Site};
-use buddygate::failover::{DownReason, Event, Node};
-use buddygate::runtime::state::{Metrics, Shared, Snapshot};
+use buddygate::failover::{DownReason, Event};
 use buddygate::sim::{Sim, SimOptions, SiteBuilder};
 use buddygate::store::{Store, StoredEvent};
+use buddygate::view::{Metrics, Snapshot};
 use serde_json::{Value, json};
-use tokio::sync::{broadcast, mpsc, watch};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::{broadcast, watch};
+
+#[path = "../tests/common/sim_node.rs"]
+mod sim_node;
+
+use sim_node::ApiOptions;
 
 const STEP: Duration = Duration::from_millis(100);
 const CYCLE: u64 = 60;
@@ -47,10 +51,6 @@ fn site() -> Site {
         .resource("live-3-map", Kind::Map, "live-3", 1)
         .resource("live-3-middleware", Kind::Middleware, "live-3", 1)
         .build()
-}
-
-fn snapshot_of(node: &Node, now: Duration) -> Snapshot {
-    Snapshot::of(node, now)
 }
 
 /// Maps the simulator's clock to the wall clock.
@@ -242,7 +242,7 @@ impl Fixture {
                 .datagrams_received
                 .store(stats.heartbeats_received + rejected, Ordering::Relaxed);
             self.snapshot
-                .send_replace(Arc::new(snapshot_of(node, self.sim.now())));
+                .send_replace(Arc::new(Snapshot::of(node, self.sim.now())));
         }
         Ok(())
     }
@@ -297,20 +297,21 @@ async fn main() -> anyhow::Result<()> {
         .clone_node(me)
         .ok_or_else(|| anyhow::anyhow!("fo-1 is not running"))?;
 
-    let (snapshot_tx, snapshot) = watch::channel(Arc::new(snapshot_of(&node, sim.now())));
-    let (events, _) = broadcast::channel(256);
-    let (commands_tx, mut commands) = mpsc::channel(16);
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     let metrics = Arc::new(Metrics::default());
-    let shared = Shared {
-        snapshot,
-        events: events.clone(),
-        commands: commands_tx,
-        data_dir: dir.clone(),
-        token: Some("fixture-token".into()),
-        onvif_users: Vec::new(),
-        metrics: metrics.clone(),
-        connectors: Default::default(),
-    };
+    let served = sim_node::serve(
+        listener,
+        Snapshot::of(&node, sim.now()),
+        ApiOptions {
+            token: Some("fixture-token".into()),
+            onvif_users: Vec::new(),
+            data_dir: dir.clone(),
+            channel: 256,
+            commands: 16,
+            metrics: metrics.clone(),
+        },
+    );
+    let mut commands = served.commands;
     let clock = Clock {
         sim: sim.now(),
         wall: SystemTime::now(),
@@ -322,15 +323,12 @@ async fn main() -> anyhow::Result<()> {
         clock,
         stored: 0,
         metrics,
-        events,
-        snapshot: snapshot_tx,
+        events: served.events,
+        snapshot: served.snapshot,
     };
     fx.publish()?;
-
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
-    println!("listening on http://{}", listener.local_addr()?);
-    let cancel = CancellationToken::new();
-    let server = tokio::spawn(buddygate::api::serve(listener, shared, cancel.clone()));
+    println!("listening on {}", served.base);
+    let (cancel, server) = (served.cancel, served.server);
 
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut ticker = tokio::time::interval(STEP);

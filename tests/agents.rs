@@ -14,13 +14,14 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
-use buddygate::agent::{AgentError, AgentPool, AgentReport, Agents, Backoff, Op, ResourceEnv};
+use buddygate::agent::{AgentError, AgentPool, AgentReport, Agents, Op, ResourceEnv};
+use buddygate::backoff::Backoff;
 use buddygate::config::{
     AgentSpec, AgentTimings, FailMode, Kind, Mode, ResourceIdx, ServerIdx, Site,
 };
 use buddygate::failover::AgentOp;
-use buddygate::runtime::state::Metrics;
 use buddygate::sim::SiteBuilder;
+use buddygate::view::Metrics;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -420,11 +421,10 @@ fn new_pool(
         cancel.clone(),
         concurrency,
     )
-    .with_backoff(Backoff {
-        first: Duration::from_millis(20),
-        max: Duration::from_secs(1),
-        jitter: false,
-    });
+    .with_backoff(Backoff::doubling(
+        Duration::from_millis(20),
+        Duration::from_secs(1),
+    ));
     (pool, rx, metrics, cancel)
 }
 

@@ -2,20 +2,21 @@
 //! CloudEvents in it, counters) whose snapshot comes from a real failover node in the
 //! simulator, after live-1 crashed and fo-1 took over its resources.
 
+mod common;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use buddygate::api;
-use buddygate::config::{Kind, Mode};
 use buddygate::failover::{Action, Node};
-use buddygate::runtime::state::{Command, Metrics, Shared, Snapshot};
-use buddygate::sim::{Sim, SimOptions, SiteBuilder};
 use buddygate::store::{Store, StoredEvent};
+use buddygate::view::{Command, Metrics, Snapshot};
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
+
+use common::sim_node::{self, ApiOptions, node_after_takeover};
 
 const TOKEN: &str = "s3cret-token";
 /// The first buddy's takeover epoch: round 2, rank 1.
@@ -26,29 +27,6 @@ const HOME: u64 = 199;
 const STORED: u64 = 5;
 /// Guards every wait on the network; tests never sleep.
 const PATIENCE: Duration = Duration::from_secs(10);
-
-/// fo-1's view 3 s after live-1 crashed: it serves live-1's resources; live-2 serves its own.
-fn node_after_takeover() -> (Node, Duration) {
-    let site = SiteBuilder::new("hq")
-        .live("live-1", &["fo-1"])
-        .live("live-2", &["fo-1"])
-        .failover("fo-1", Mode::SpreadServers, Some(2), Some(100))
-        .many("live-1", Kind::Camera, 12, 0)
-        .resource("live-1-io", Kind::Io, "live-1", 5)
-        .many("live-2", Kind::Camera, 12, 0)
-        .build();
-    let mut sim = Sim::new(site, SimOptions::default());
-    sim.run_for(Duration::from_secs(5));
-    let (live, fo) = (sim.idx("live-1"), sim.idx("fo-1"));
-    sim.inject(fo, 0, b"not a heartbeat".to_vec());
-    sim.crash(live);
-    sim.run_for(Duration::from_secs(3));
-    (sim.clone_node(fo).expect("fo-1 runs"), sim.now())
-}
-
-fn snapshot_of(node: &Node, now: Duration) -> Snapshot {
-    Snapshot::of(node, now)
-}
 
 fn cloud_event(seq: u64, kind: &str, data: Value) -> String {
     json!({
@@ -124,10 +102,7 @@ async fn start(setup: Setup) -> Fixture {
             })
             .unwrap();
     }
-    let (node, now) = node_after_takeover();
-    let (snapshot_tx, snapshot) = watch::channel(Arc::new(snapshot_of(&node, now)));
-    let (events, _) = broadcast::channel(setup.channel);
-    let (commands_tx, commands) = mpsc::channel(8);
+    let (node, now) = node_after_takeover([12, 12], true);
     let metrics = Arc::new(Metrics::default());
     metrics.datagrams_sent.store(41, Ordering::Relaxed);
     metrics.datagrams_received.store(40, Ordering::Relaxed);
@@ -140,32 +115,31 @@ async fn start(setup: Setup) -> Fixture {
     metrics
         .takeover_seconds
         .observe(Duration::from_millis(1050));
-    let shared = Shared {
-        snapshot,
-        events: events.clone(),
-        commands: commands_tx,
-        data_dir: dir.clone(),
-        token: setup.token.map(str::to_string),
-        onvif_users: Vec::new(),
-        metrics: metrics.clone(),
-        connectors: Default::default(),
-    };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let cancel = CancellationToken::new();
-    let server = tokio::spawn(api::serve(listener, shared, cancel.clone()));
+    let served = sim_node::serve(
+        listener,
+        Snapshot::of(&node, now),
+        ApiOptions {
+            token: setup.token.map(str::to_string),
+            onvif_users: Vec::new(),
+            data_dir: dir.clone(),
+            channel: setup.channel,
+            commands: 8,
+            metrics: metrics.clone(),
+        },
+    );
     Fixture {
-        base,
+        base: served.base,
         http: reqwest::Client::new(),
-        commands,
-        events,
+        commands: served.commands,
+        events: served.events,
         store,
         metrics,
         node,
-        cancel,
-        server,
+        cancel: served.cancel,
+        server: served.server,
         dir,
-        _snapshot: snapshot_tx,
+        _snapshot: served.snapshot,
     }
 }
 

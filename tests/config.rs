@@ -10,6 +10,7 @@ use buddygate::config::{
     self, AgentSpec, AgentTimings, FailMode, Failback, Kind, Mode, ResourceIdx, Role, SecretRef,
     ServerIdx, Severity,
 };
+use buddygate::connectors;
 
 /// Lines 1-5 of most cases; their own text starts on line 6.
 const HEAD: &str = "[site]
@@ -132,17 +133,19 @@ fn syntax_errors_come_from_the_toml_parser_with_their_position() {
 
 #[test]
 fn unknown_keys_are_reported_at_the_key_with_a_suggestion() {
-    assert_eq!(
-        invalid(&VALID.replace("address = \"10.0.1.11\"", "adress = \"10.0.1.11\"")),
-        ["t.toml:8:1: servers[0].adress: unknown key `adress`; did you mean `address`?"]
-    );
-    assert_eq!(
-        invalid(&VALID.replace("buddies", "colour = \"red\"\nbuddies")),
-        [
-            "t.toml:10:1: servers[0].colour: unknown key `colour`; expected one of `id`, `role`, \
-             `address`, `heartbeat`, `api`, `buddies`, `mode`, `max_servers`, `max_cameras`, `pick`"
-        ]
-    );
+    invalid_table(&[
+        (
+            VALID.replace("address = \"10.0.1.11\"", "adress = \"10.0.1.11\""),
+            &["t.toml:8:1: servers[0].adress: unknown key `adress`; did you mean `address`?"],
+        ),
+        (
+            VALID.replace("buddies", "colour = \"red\"\nbuddies"),
+            &[
+                "t.toml:10:1: servers[0].colour: unknown key `colour`; expected one of `id`, `role`, \
+             `address`, `heartbeat`, `api`, `buddies`, `mode`, `max_servers`, `max_cameras`, `pick`",
+            ],
+        ),
+    ]);
     assert_eq!(
         diagnostics("[sites]\nname = \"hq\"\n"),
         [
@@ -165,40 +168,46 @@ fn unknown_keys_are_reported_at_the_key_with_a_suggestion() {
 
 #[test]
 fn type_errors_point_at_the_value() {
-    assert_eq!(
-        invalid(&VALID.replace("address = \"10.0.1.11\"", "address = 5")),
-        ["t.toml:8:11: servers[0].address: invalid type: integer `5`, expected a string"]
-    );
-    assert_eq!(
-        invalid(&VALID.replace("role = \"failover\"", "role = \"standby\"")),
-        ["t.toml:13:8: servers[1].role: unknown value `standby`, expected `live` or `failover`"]
-    );
-    assert_eq!(
-        invalid(&VALID.replace("kind = \"camera\"", "kind = 3")),
-        ["t.toml:19:8: resources[0].kind: invalid type: integer `3`, expected a string"]
-    );
-    assert_eq!(
-        invalid(&VALID.replace(
-            "heartbeat = [\"10.0.1.11:7400\"]",
-            "heartbeat = [\"10.0.1.11:7400\", 7401]"
-        )),
-        ["t.toml:9:32: servers[0].heartbeat[1]: invalid type: integer `7401`, expected a string"]
-    );
-    assert_eq!(
-        invalid(&format!("{VALID}priority = \"high\"\n")),
-        [
-            "t.toml:21:12: resources[0].priority: invalid type: string \"high\", expected an integer from -2147483648 to 2147483647"
-        ]
-    );
-    assert_eq!(
-        invalid(&VALID.replace(
-            "mode = \"mirrored\"",
-            "mode = \"spread-servers\"\nmax_servers = -1"
-        )),
-        [
-            "t.toml:17:15: servers[1].max_servers: invalid value: integer `-1`, expected an integer from 0 to 4294967295"
-        ]
-    );
+    invalid_table(&[
+        (
+            VALID.replace("address = \"10.0.1.11\"", "address = 5"),
+            &["t.toml:8:11: servers[0].address: invalid type: integer `5`, expected a string"],
+        ),
+        (
+            VALID.replace("role = \"failover\"", "role = \"standby\""),
+            &[
+                "t.toml:13:8: servers[1].role: unknown value `standby`, expected `live` or `failover`",
+            ],
+        ),
+        (
+            VALID.replace("kind = \"camera\"", "kind = 3"),
+            &["t.toml:19:8: resources[0].kind: invalid type: integer `3`, expected a string"],
+        ),
+        (
+            VALID.replace(
+                "heartbeat = [\"10.0.1.11:7400\"]",
+                "heartbeat = [\"10.0.1.11:7400\", 7401]",
+            ),
+            &[
+                "t.toml:9:32: servers[0].heartbeat[1]: invalid type: integer `7401`, expected a string",
+            ],
+        ),
+        (
+            format!("{VALID}priority = \"high\"\n"),
+            &[
+                "t.toml:21:12: resources[0].priority: invalid type: string \"high\", expected an integer from -2147483648 to 2147483647",
+            ],
+        ),
+        (
+            VALID.replace(
+                "mode = \"mirrored\"",
+                "mode = \"spread-servers\"\nmax_servers = -1",
+            ),
+            &[
+                "t.toml:17:15: servers[1].max_servers: invalid value: integer `-1`, expected an integer from 0 to 4294967295",
+            ],
+        ),
+    ]);
     assert_eq!(
         diagnostics(&format!(
             "[site]\nname = \"hq\"\nsecret = \"env:K\"\nfailure_timeout = \"1 fortnight\"\n\
@@ -263,6 +272,21 @@ fn table(cases: &[(&str, &[&str])]) {
     let mut failures = Vec::new();
     for (body, expected) in cases {
         let got = diagnostics(&format!("{HEAD}{body}"));
+        if got != *expected {
+            failures.push(format!(
+                "--- body:\n{body}--- expected:\n{expected:#?}\n--- got:\n{got:#?}"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// Runs each `(body, expected)` case on `HEAD` + body, which must be invalid, and reports every
+/// mismatch.
+fn invalid_table(cases: &[(String, &[&str])]) {
+    let mut failures = Vec::new();
+    for (body, expected) in cases {
+        let got = invalid(body);
         if got != *expected {
             failures.push(format!(
                 "--- body:\n{body}--- expected:\n{expected:#?}\n--- got:\n{got:#?}"
@@ -866,7 +890,7 @@ kind = \"camera\"
 
 #[test]
 fn the_example_site_is_valid_and_complete() {
-    let loaded = config::load(&repo("examples/site.toml")).expect("valid");
+    let loaded = connectors::load_site(&repo("examples/site.toml")).expect("valid");
     assert_eq!(loaded.warnings, []);
     let site = loaded.site;
     assert_eq!(site.name, "hq");
@@ -941,7 +965,7 @@ fn load_resolves_exec_commands_and_warns_when_they_cannot_run() {
     }
     let warnings = |dir: &Path| -> Vec<String> {
         let path = dir.join("site.toml");
-        let loaded = config::load(&path).expect("valid");
+        let loaded = connectors::load_site(&path).expect("valid");
         let f = path.display().to_string();
         loaded
             .warnings
@@ -968,8 +992,12 @@ fn load_resolves_exec_commands_and_warns_when_they_cannot_run() {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     assert_eq!(warnings(&a), Vec::<String>::new());
-    let site_a = config::load(&a.join("site.toml")).expect("valid").site;
-    let site_b = config::load(&b.join("site.toml")).expect("valid").site;
+    let site_a = connectors::load_site(&a.join("site.toml"))
+        .expect("valid")
+        .site;
+    let site_b = connectors::load_site(&b.join("site.toml"))
+        .expect("valid")
+        .site;
     let command = |site: &config::Site| match &site.resources[0].agent {
         AgentSpec::Exec { command, .. } => command.clone(),
         other => panic!("exec agent expected: {other:?}"),
@@ -985,7 +1013,7 @@ fn load_resolves_exec_commands_and_warns_when_they_cannot_run() {
 fn the_large_example_declares_5000_cameras_in_a_short_file() {
     let text = std::fs::read_to_string(repo("examples/large-site.toml")).expect("readable");
     assert!(text.lines().count() < 100, "the point is a short file");
-    let loaded = config::load(&repo("examples/large-site.toml")).expect("valid");
+    let loaded = connectors::load_site(&repo("examples/large-site.toml")).expect("valid");
     assert_eq!(loaded.warnings, []);
     let site = loaded.site;
     let cameras = site
@@ -1027,7 +1055,7 @@ fn the_large_example_declares_5000_cameras_in_a_short_file() {
 
 #[test]
 fn the_invalid_example_reports_every_mistake() {
-    let d = config::load(&repo("examples/invalid-site.toml")).expect_err("invalid");
+    let d = connectors::load_site(&repo("examples/invalid-site.toml")).expect_err("invalid");
     let f = repo("examples/invalid-site.toml").display().to_string();
     let got: Vec<String> = d.iter().map(|d| d.to_string().replace(&f, "F")).collect();
     assert_eq!(
@@ -1067,7 +1095,7 @@ fn load_warns_about_missing_secret_files_and_reports_unreadable_files() {
         "[site]\nname = \"hq\"\nsecret = \"file:keys/site.key\"\n[api]\ntoken = \"env:T\"\n{VALID}"
     );
     std::fs::write(&path, text).expect("write");
-    let loaded = config::load(&path).expect("valid");
+    let loaded = connectors::load_site(&path).expect("valid");
     let expected = format!(
         "{}:3:10: warning: site.secret: secret file {} does not exist",
         path.display(),
@@ -1087,7 +1115,7 @@ fn load_warns_about_missing_secret_files_and_reports_unreadable_files() {
     std::fs::remove_dir_all(&dir).expect("cleanup");
 
     let missing = dir.join("nope.toml");
-    let d = config::load(&missing).expect_err("unreadable");
+    let d = connectors::load_site(&missing).expect_err("unreadable");
     assert_eq!(d.len(), 1);
     assert!(
         d.to_string()

@@ -7,7 +7,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use buddygate::config::connectors::{self, ConnectorKind};
+use buddygate::config::connectors::EVENT_TYPES;
+use buddygate::connectors::mqtt::MqttFile;
+use buddygate::connectors::{self, ConnectorKind};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;
 use tokio::io::copy_bidirectional;
@@ -22,7 +24,7 @@ fn broker() -> u16 {
 
 /// [`broker`], with an MQTT 5 listener instead of the 3.1.1 one when `v5`.
 fn start_broker(v5: bool) -> u16 {
-    buddygate::demo_consumers::embedded_broker(v5).expect("embedded broker")
+    buddygate::demo::consumers::embedded_broker(v5).expect("embedded broker")
 }
 
 /// A TCP relay in front of the broker that can be stopped (every connection cut, the port
@@ -500,9 +502,7 @@ async fn a_broker_down_during_a_failover_gets_every_event_once_it_is_back() {
 #[test]
 fn bad_mqtt_files_report_every_problem_with_its_position() {
     let text = "type = \"mqtt\"\nurl = \"http://x\"\npassword = \"hunter2\"\nqos = 2\ntopic_prefix = \"a/#\"\nevents = [\"buddygate.nothing\"]\nkeepalive = \"5s\"\n";
-    let (c, d) = connectors::check_file(text, "bad.toml", Path::new("bad.toml"), None);
-    assert!(c.is_none());
-    let lines: Vec<String> = d.iter().map(|d| d.to_string()).collect();
+    let lines = common::refused(text, "bad.toml", None);
     assert_eq!(
         lines,
         [
@@ -526,9 +526,7 @@ fn bad_mqtt_files_report_every_problem_with_its_position() {
     )
     .unwrap();
     let text = "type = \"mqtt\"\nurl = \"mqtts://broker\"\nprotocol = \"v3\"\nmessage_expiry = \"1d\"\ntls = { ca = \"ca.pem\",\n  cert = \"bad.pem\", key = \"missing.key\" }\n";
-    let (c, d) = connectors::check_file(text, "t.toml", Path::new("t.toml"), Some(&dir));
-    assert!(c.is_none());
-    let lines: Vec<String> = d.iter().map(|d| d.to_string()).collect();
+    let lines = common::refused(text, "t.toml", Some(&dir));
     let p = |f: &str| dir.join(f).display().to_string();
     assert_eq!(lines.len(), 4, "{lines:#?}");
     assert_eq!(
@@ -582,7 +580,7 @@ fn bad_mqtt_files_report_every_problem_with_its_position() {
         panic!("not mqtt")
     };
     assert_eq!((m.host.as_str(), m.port, m.qos), ("broker", 1883, 1));
-    assert!(m.wants("buddygate.failover.completed") && !m.wants("buddygate.path.up"));
+    assert!(m.events.wants("buddygate.failover.completed") && !m.events.wants("buddygate.path.up"));
 }
 
 /// More retained state than the window at once (a failover of 1,000 resources): every topic
@@ -940,8 +938,7 @@ async fn mqtt5_carries_content_type_expiry_user_properties_and_the_onvif_topic_f
 
 #[test]
 fn the_committed_mqtt_schema_is_fresh() {
-    let schema =
-        serde_json::to_string_pretty(&schemars::schema_for!(connectors::MqttFile)).unwrap() + "\n";
+    let schema = serde_json::to_string_pretty(&schemars::schema_for!(MqttFile)).unwrap() + "\n";
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/mqtt.schema.json");
     if std::env::var_os("BLESS").is_some() {
         std::fs::write(&path, &schema).unwrap();
@@ -972,7 +969,7 @@ fn the_asyncapi_document_covers_every_topic_and_event() {
     ] {
         assert!(doc.contains(address), "docs/asyncapi.yaml lacks {address}");
     }
-    for ty in connectors::EVENT_TYPES {
+    for ty in EVENT_TYPES {
         assert!(
             doc.contains(&format!("          - {ty}\n")),
             "docs/asyncapi.yaml: {ty} is not in the event channel's `type` enum"

@@ -5,49 +5,33 @@
 //! With `BUDDYGATE_ONVIF_SAMPLES=DIR`, every message the gateway sends in these tests
 //! (responses, faults, Notify) is written to DIR for `tests/interop/onvif_validate.sh`.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use base64::Engine as _;
-use buddygate::api;
-use buddygate::api::onvif::auth::password_digest;
-use buddygate::api::onvif::notify::{Credentials, NotifyError, notify};
-use buddygate::api::onvif::soap::ns;
-use buddygate::api::onvif::time::format_datetime;
-use buddygate::api::onvif::topics::{Message, PropertyOperation, Topic};
-use buddygate::api::onvif::xml::{self, Element};
 use buddygate::api::views::ResourcesStatus;
-use buddygate::config::{Kind, Mode};
-use buddygate::failover::Node;
-use buddygate::runtime::state::{Metrics, Shared, Snapshot};
-use buddygate::sim::{Sim, SimOptions, SiteBuilder};
+use buddygate::onvif::messages::{Message, PropertyOperation};
+use buddygate::onvif::notify::{Credentials, NotifyError, notify};
+use buddygate::onvif::security::password_digest;
+use buddygate::onvif::soap::ns;
+use buddygate::onvif::time::format_datetime;
+use buddygate::onvif::topics::Topic;
+use buddygate::onvif::xml::{self, Element};
 use buddygate::store::StoredEvent;
+use buddygate::view::{Metrics, Snapshot};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
+
+use common::sim_node::{self, ApiOptions, node_after_takeover};
 
 const USER: &str = "admin";
 const PASS: &str = "onvif-pa55";
 const PATIENCE: Duration = Duration::from_secs(10);
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
-
-fn node_after_takeover() -> (Node, Duration) {
-    let site = SiteBuilder::new("hq")
-        .live("live-1", &["fo-1"])
-        .live("live-2", &["fo-1"])
-        .failover("fo-1", Mode::SpreadServers, Some(2), Some(100))
-        .many("live-1", Kind::Camera, 4, 0)
-        .resource("live-1-io", Kind::Io, "live-1", 5)
-        .many("live-2", Kind::Camera, 3, 0)
-        .build();
-    let mut sim = Sim::new(site, SimOptions::default());
-    sim.run_for(Duration::from_secs(5));
-    let (live, fo) = (sim.idx("live-1"), sim.idx("fo-1"));
-    sim.crash(live);
-    sim.run_for(Duration::from_secs(3));
-    (sim.clone_node(fo).expect("fo-1 runs"), sim.now())
-}
 
 struct Fixture {
     base: String,
@@ -64,33 +48,29 @@ impl Drop for Fixture {
 }
 
 async fn start() -> Fixture {
-    let (node, now) = node_after_takeover();
-    let (snapshot_tx, snapshot) = watch::channel(Arc::new(Snapshot::of(&node, now)));
-    let (events, _) = broadcast::channel(64);
-    let (commands, _commands_rx) = mpsc::channel(8);
-    let shared = Shared {
-        snapshot,
-        events: events.clone(),
-        commands,
-        data_dir: std::env::temp_dir().join("buddygate-onvif-unused"),
-        token: None,
-        onvif_users: vec![(USER.into(), PASS.into())],
-        connectors: Default::default(),
-        metrics: Arc::new(Metrics::default()),
-    };
+    let (node, now) = node_after_takeover([4, 3], false);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let cancel = CancellationToken::new();
-    tokio::spawn(api::serve(listener, shared, cancel.clone()));
+    let served = sim_node::serve(
+        listener,
+        Snapshot::of(&node, now),
+        ApiOptions {
+            token: None,
+            onvif_users: vec![(USER.into(), PASS.into())],
+            data_dir: std::env::temp_dir().join("buddygate-onvif-unused"),
+            channel: 64,
+            commands: 8,
+            metrics: Arc::new(Metrics::default()),
+        },
+    );
     Fixture {
-        base,
+        base: served.base,
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(90))
             .build()
             .unwrap(),
-        events,
-        snapshot: snapshot_tx,
-        cancel,
+        events: served.events,
+        snapshot: served.snapshot,
+        cancel: served.cancel,
     }
 }
 
@@ -568,30 +548,26 @@ async fn bad_input_is_a_fault_never_a_crash() {
 async fn ws_addressing_is_echoed_when_sent() {
     let f = start().await;
     let header = r#"<wsa:MessageID>urn:uuid:42</wsa:MessageID><wsa:Action>http://www.onvif.org/ver10/device/wsdl/GetSystemDateAndTime</wsa:Action><wsa:To>http://x/onvif/device_service</wsa:To>"#;
-    let r = f
-        .post_raw(
-            "/onvif/device_service",
-            envelope(header, "<tds:GetSystemDateAndTime/>"),
-        )
-        .await;
-    assert_eq!(r.text_of("RelatesTo"), "urn:uuid:42");
-    assert_eq!(
-        r.text_of("Action"),
-        "http://www.onvif.org/ver10/device/wsdl/GetSystemDateAndTimeResponse"
-    );
-    sample("GetSystemDateAndTimeResponse-wsa", &r.text);
-    let r = f
-        .post_raw(
-            "/onvif/device_service",
-            envelope(header, "<tds:GetDeviceInformation/>"),
-        )
-        .await;
-    assert_eq!(r.text_of("RelatesTo"), "urn:uuid:42");
-    assert_eq!(
-        r.text_of("Action"),
-        "http://www.w3.org/2005/08/addressing/soap/fault"
-    );
-    sample("Fault-NotAuthorized-wsa", &r.text);
+    // An answer, then a fault (no credentials): both relate to the request and name their action.
+    for (op, action, name) in [
+        (
+            "<tds:GetSystemDateAndTime/>",
+            "http://www.onvif.org/ver10/device/wsdl/GetSystemDateAndTimeResponse",
+            "GetSystemDateAndTimeResponse-wsa",
+        ),
+        (
+            "<tds:GetDeviceInformation/>",
+            "http://www.w3.org/2005/08/addressing/soap/fault",
+            "Fault-NotAuthorized-wsa",
+        ),
+    ] {
+        let r = f
+            .post_raw("/onvif/device_service", envelope(header, op))
+            .await;
+        assert_eq!(r.text_of("RelatesTo"), "urn:uuid:42");
+        assert_eq!(r.text_of("Action"), action);
+        sample(name, &r.text);
+    }
     // Without addressing headers, none come back.
     let r = f
         .post_raw(

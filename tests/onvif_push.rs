@@ -6,23 +6,22 @@
 
 mod common;
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
 use buddygate::api::onvif::auth::Authenticator;
-use buddygate::api::onvif::soap::ns;
-use buddygate::config::connectors::{self, ConnectorKind, OnvifConfig};
-use buddygate::connectors::ConnectorStatus;
-use buddygate::connectors::onvif::Onvif;
+use buddygate::config::connectors::DEFAULT_RETRY;
+use buddygate::connectors::onvif::{Onvif, OnvifConfig, OnvifFile};
+use buddygate::connectors::{self, ConnectorKind, ConnectorStatus};
+use buddygate::onvif::soap::ns;
 use buddygate::store::{Store, StoredEvent};
 use quick_xml::events::Event;
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
+
+use common::receiver::{Receiver, Reply};
+use common::{Outbox, Running};
 
 /// One `tt:Message` of a `Notify`, as the consumer parsed it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -112,67 +111,34 @@ fn parse_notify(body: &str) -> Vec<Msg> {
 /// A real SOAP consumer: answers each `Notify` from a script (a status with a SOAP fault
 /// body; 200 when the script runs out) and records every request.
 #[derive(Clone)]
-struct Consumer {
-    addr: SocketAddr,
-    log: Arc<Mutex<Vec<Received>>>,
-    script: Arc<Mutex<VecDeque<u16>>>,
-    cancel: CancellationToken,
-}
-
-const FAULT: &str = r#"<?xml version="1.0" encoding="UTF-8"?><env:Envelope xmlns:env="http://www.w3.org/2003/05/soap-envelope"><env:Body><env:Fault><env:Code><env:Value>env:Receiver</env:Value></env:Code><env:Reason><env:Text xml:lang="en">consumer busy</env:Text></env:Reason></env:Fault></env:Body></env:Envelope>"#;
+struct Consumer(Receiver);
 
 impl Consumer {
     async fn start(addr: &str) -> Self {
-        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
-        let c = Consumer {
-            addr: listener.local_addr().unwrap(),
-            log: Default::default(),
-            script: Default::default(),
-            cancel: CancellationToken::new(),
-        };
-        let cc = c.clone();
-        let app = axum::Router::new().route(
-            "/notify",
-            axum::routing::post(move |body: String| {
-                let cc = cc.clone();
-                async move {
-                    let status = cc.script.lock().unwrap().pop_front().unwrap_or(200);
-                    cc.log.lock().unwrap().push(Received {
-                        messages: parse_notify(&body),
-                        body,
-                        status,
-                        at: Instant::now(),
-                    });
-                    let status = StatusCode::from_u16(status).unwrap();
-                    if status.is_success() {
-                        status.into_response()
-                    } else {
-                        (
-                            status,
-                            [("content-type", "application/soap+xml; charset=utf-8")],
-                            FAULT,
-                        )
-                            .into_response()
-                    }
-                }
-            }),
-        );
-        let cancel = c.cancel.clone();
-        tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(cancel.cancelled_owned())
-                .await
-                .unwrap();
-        });
-        c
+        Consumer(Receiver::start(addr, "/notify").await)
     }
 
     fn url(&self) -> String {
-        format!("http://{}/notify", self.addr)
+        self.0.url()
+    }
+
+    /// The next answers: these statuses, with a SOAP fault unless 2xx.
+    fn script(&self, statuses: &[u16]) {
+        let replies: Vec<Reply> = statuses.iter().map(|&s| Reply::SoapFault(s)).collect();
+        self.0.script(&replies);
     }
 
     fn requests(&self) -> Vec<Received> {
-        self.log.lock().unwrap().clone()
+        self.0
+            .requests()
+            .into_iter()
+            .map(|r| Received {
+                messages: parse_notify(&r.body),
+                body: r.body,
+                status: r.status,
+                at: r.at,
+            })
+            .collect()
     }
 
     /// Messages of the requests answered 2xx, in order.
@@ -506,8 +472,6 @@ async fn a_kill_of_the_sending_node_with_deliveries_pending_loses_nothing() {
     assert!(epochs.windows(2).all(|w| w[0] <= w[1]), "{epochs:?}");
 }
 
-use common::{Outbox, Running};
-
 impl Outbox {
     /// A `failover.completed` of `cams` cameras of live-1 to fo-1 at `epoch`.
     fn failover(&mut self, epoch: u64, cams: usize) -> StoredEvent {
@@ -559,7 +523,7 @@ fn load(a: &std::sync::atomic::AtomicU64) -> u64 {
 #[tokio::test]
 async fn soap_faults_are_retried_and_the_username_token_verifies() {
     let rx = Consumer::start("127.0.0.1:0").await;
-    rx.script.lock().unwrap().extend([500, 500]);
+    rx.script(&[500, 500]);
     let mut outbox = Outbox::new("auth");
     let dir = outbox.dir.join("connectors");
     std::fs::create_dir_all(&dir).unwrap();
@@ -613,7 +577,7 @@ async fn soap_faults_are_retried_and_the_username_token_verifies() {
     let verifier = Authenticator::new(vec![("bg-push".into(), "p4ss-w0rd".into())]);
     let impostor = Authenticator::new(vec![("bg-push".into(), "guess".into())]);
     for q in &reqs {
-        let envelope = buddygate::api::onvif::xml::parse(q.body.as_bytes()).unwrap();
+        let envelope = buddygate::onvif::xml::parse(q.body.as_bytes()).unwrap();
         let security = envelope
             .child(ns::ENV, "Header")
             .and_then(|h| h.child(ns::WSSE, "Security"));
@@ -636,7 +600,7 @@ async fn soap_faults_are_retried_and_the_username_token_verifies() {
 #[tokio::test]
 async fn batches_dead_letters_and_replay() {
     let rx = Consumer::start("127.0.0.1:0").await;
-    rx.script.lock().unwrap().extend([503, 503]);
+    rx.script(&[503, 503]);
     let mut outbox = Outbox::new("dead");
     outbox.failover(5, 3);
     let r = run(
@@ -705,9 +669,7 @@ async fn batches_dead_letters_and_replay() {
 #[test]
 fn bad_onvif_files_report_every_problem_with_its_position() {
     let text = "type = \"onvif\"\nurl = \"ftp://io\"\nevents = [\"buddygate.nothing\"]\nusername = \"bg\"\ntimeout = \"0s\"\nretry = [\"soon\"]\nbatch = 0\nbatchsize = 5\n";
-    let (c, d) = connectors::check_file(text, "io.toml", Path::new("io.toml"), None);
-    assert!(c.is_none());
-    let lines: Vec<String> = d.iter().map(|d| d.to_string()).collect();
+    let lines = common::refused(text, "io.toml", None);
     assert_eq!(
         lines,
         [
@@ -750,9 +712,11 @@ fn bad_onvif_files_report_every_problem_with_its_position() {
         panic!("not onvif")
     };
     assert_eq!(o.batch, 100);
-    assert_eq!(o.retry, connectors::DEFAULT_RETRY);
+    assert_eq!(o.retry, DEFAULT_RETRY);
     assert_eq!(o.timeout, Duration::from_secs(5));
-    assert!(o.wants("buddygate.failover.completed") && !o.wants("buddygate.server.up"));
+    assert!(
+        o.events.wants("buddygate.failover.completed") && !o.events.wants("buddygate.server.up")
+    );
 }
 
 #[test]
@@ -770,7 +734,7 @@ fn the_shipped_onvif_connector_is_valid() {
 #[test]
 fn the_committed_onvif_schema_is_fresh() {
     common::assert_schema_fresh(
-        &schemars::schema_for!(connectors::OnvifFile),
+        &schemars::schema_for!(OnvifFile),
         "schemas/onvif.schema.json",
         "onvif_push",
     );

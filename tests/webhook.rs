@@ -5,116 +5,26 @@
 
 mod common;
 
-use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::IntoResponse;
-use buddygate::config::connectors::{self, ConnectorKind, WebhookConfig, decode_whsec};
-use buddygate::connectors::ConnectorStatus;
-use buddygate::connectors::webhook::{Webhook, sign};
+use buddygate::connectors::webhook::{Webhook, WebhookConfig, WebhookFile, decode_whsec, sign};
+use buddygate::connectors::{self, ConnectorKind, ConnectorStatus};
 use buddygate::store::{Store, StoredEvent};
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use common::receiver::{Receiver, Reply, Request};
+use common::{Outbox, Running};
+
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
-#[derive(Debug, Clone)]
-struct Request {
-    method: String,
-    uri: String,
-    headers: HeaderMap,
-    body: String,
-    at: Instant,
+/// The PSIM: records every request, answers from a script.
+async fn receiver() -> Receiver {
+    Receiver::start("127.0.0.1:0", "/hook").await
 }
-
-#[derive(Debug, Clone, Copy)]
-enum Reply {
-    Status(u16),
-    RetryAfter(u16, u64),
-    Slow(Duration),
-}
-
-/// A real HTTP server that answers from a script (200 when it runs out) and records requests.
-#[derive(Clone)]
-struct Receiver {
-    addr: std::net::SocketAddr,
-    log: Arc<Mutex<Vec<Request>>>,
-    script: Arc<Mutex<VecDeque<Reply>>>,
-    cancel: CancellationToken,
-}
-
-impl Receiver {
-    async fn start(addr: &str) -> Self {
-        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let r = Receiver {
-            addr,
-            log: Default::default(),
-            script: Default::default(),
-            cancel: CancellationToken::new(),
-        };
-        let rr = r.clone();
-        let app = axum::Router::new().fallback(
-            move |method: axum::http::Method,
-                  uri: axum::http::Uri,
-                  headers: HeaderMap,
-                  body: Bytes| {
-                let rr = rr.clone();
-                async move {
-                    let reply = rr.script.lock().unwrap().pop_front();
-                    rr.log.lock().unwrap().push(Request {
-                        method: method.to_string(),
-                        uri: uri.to_string(),
-                        headers,
-                        body: String::from_utf8_lossy(&body).into_owned(),
-                        at: Instant::now(),
-                    });
-                    match reply {
-                        None => StatusCode::OK.into_response(),
-                        Some(Reply::Status(s)) => StatusCode::from_u16(s).unwrap().into_response(),
-                        Some(Reply::RetryAfter(s, secs)) => (
-                            StatusCode::from_u16(s).unwrap(),
-                            [("retry-after", secs.to_string())],
-                        )
-                            .into_response(),
-                        Some(Reply::Slow(d)) => {
-                            tokio::time::sleep(d).await;
-                            StatusCode::OK.into_response()
-                        }
-                    }
-                }
-            },
-        );
-        let cancel = r.cancel.clone();
-        tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(cancel.cancelled_owned())
-                .await
-                .unwrap();
-        });
-        r
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}/hook", self.addr)
-    }
-
-    fn requests(&self) -> Vec<Request> {
-        self.log.lock().unwrap().clone()
-    }
-
-    /// Requests answered 2xx: those the script did not fail.
-    fn script(&self, replies: &[Reply]) {
-        self.script.lock().unwrap().extend(replies.iter().copied());
-    }
-}
-
-use common::{Outbox, Running};
 
 impl Outbox {
     fn push(&mut self, ty: &str) -> StoredEvent {
@@ -177,7 +87,7 @@ fn ids(reqs: &[Request]) -> Vec<String> {
 
 #[tokio::test]
 async fn delivers_every_event_once_in_order_signed() {
-    let rx = Receiver::start("127.0.0.1:0").await;
+    let rx = receiver().await;
     let mut outbox = Outbox::new("order");
     let sent: Vec<_> = (0..5)
         .map(|_| outbox.push("buddygate.failover.completed"))
@@ -223,7 +133,7 @@ async fn delivers_every_event_once_in_order_signed() {
 
 #[tokio::test]
 async fn server_errors_are_retried_on_the_schedule_and_retry_after_is_honoured() {
-    let rx = Receiver::start("127.0.0.1:0").await;
+    let rx = receiver().await;
     rx.script(&[
         Reply::Status(500),
         Reply::Status(503),
@@ -363,7 +273,7 @@ async fn a_request_on_a_connection_the_receiver_closed_is_resent_at_once() {
 
 #[tokio::test]
 async fn a_410_disables_the_endpoint_until_a_replay() {
-    let rx = Receiver::start("127.0.0.1:0").await;
+    let rx = receiver().await;
     rx.script(&[Reply::Status(410)]);
     let mut outbox = Outbox::new("gone");
     outbox.push("buddygate.failover.completed");
@@ -393,7 +303,7 @@ async fn a_410_disables_the_endpoint_until_a_replay() {
 
 #[tokio::test]
 async fn timeouts_and_exhausted_retries_become_dead_letters_that_replay() {
-    let rx = Receiver::start("127.0.0.1:0").await;
+    let rx = receiver().await;
     // Event 1: a timeout, then two 500s: dead. Event 2: delivered.
     rx.script(&[
         Reply::Slow(Duration::from_secs(2)),
@@ -444,7 +354,7 @@ async fn timeouts_and_exhausted_retries_become_dead_letters_that_replay() {
 
 #[tokio::test]
 async fn a_receiver_down_for_a_while_gets_everything_in_order_with_the_same_ids() {
-    let rx = Receiver::start("127.0.0.1:0").await;
+    let rx = receiver().await;
     let addr = rx.addr;
     rx.cancel.cancel();
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -461,7 +371,7 @@ async fn a_receiver_down_for_a_while_gets_everything_in_order_with_the_same_ids(
     );
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert!(r.status.failed.load(std::sync::atomic::Ordering::Relaxed) >= 2);
-    let rx = Receiver::start(&addr.to_string()).await;
+    let rx = Receiver::start(&addr.to_string(), "/hook").await;
     until(Duration::from_secs(5), "10 deliveries", || {
         rx.requests().len() == 10
     })
@@ -474,7 +384,7 @@ async fn a_receiver_down_for_a_while_gets_everything_in_order_with_the_same_ids(
 
 #[tokio::test]
 async fn a_crash_with_deliveries_pending_loses_nothing() {
-    let rx = Receiver::start("127.0.0.1:0").await;
+    let rx = receiver().await;
     rx.script(&[Reply::Status(500); 100]);
     let mut outbox = Outbox::new("crash");
     for _ in 0..3 {
@@ -492,7 +402,7 @@ async fn a_crash_with_deliveries_pending_loses_nothing() {
     // The sender dies mid-retry.
     r.task.abort();
     let _ = r.task.await;
-    rx.script.lock().unwrap().clear();
+    rx.clear_script();
     let r = run(&outbox, cfg);
     until(
         Duration::from_secs(5),
@@ -522,7 +432,7 @@ async fn a_crash_with_deliveries_pending_loses_nothing() {
 
 #[tokio::test]
 async fn the_events_filter_skips_other_types_and_moves_on() {
-    let rx = Receiver::start("127.0.0.1:0").await;
+    let rx = receiver().await;
     let mut outbox = Outbox::new("filter");
     outbox.push("buddygate.path.down");
     outbox.push("buddygate.failover.completed");
@@ -558,7 +468,7 @@ fn shipped() -> PathBuf {
 
 #[tokio::test]
 async fn the_shipped_templates_render_for_a_real_failover() {
-    let rx = Receiver::start("127.0.0.1:0").await;
+    let rx = receiver().await;
     let mut outbox = Outbox::new("templates");
     outbox.push("buddygate.failover.completed");
     let base = shipped();
@@ -635,7 +545,7 @@ async fn the_shipped_templates_render_for_a_real_failover() {
 
 #[tokio::test]
 async fn get_puts_the_essentials_in_the_query() {
-    let rx = Receiver::start("127.0.0.1:0").await;
+    let rx = receiver().await;
     let mut outbox = Outbox::new("get");
     outbox.push("buddygate.failover.completed");
     let text = format!(
@@ -664,9 +574,7 @@ async fn get_puts_the_essentials_in_the_query() {
 #[test]
 fn bad_connector_files_report_every_problem_with_its_position() {
     let text = "type = \"webhook\"\nurl = \"ftp://x\"\nmethod = \"DELETE\"\nevents = [\"buddygate.nothing\"]\nsecret = \"abc\"\ntimeot = \"5s\"\nretry = [\"5s\", \"soon\"]\n";
-    let (c, d) = connectors::check_file(text, "bad.toml", Path::new("bad.toml"), None);
-    assert!(c.is_none());
-    let lines: Vec<String> = d.iter().map(|d| d.to_string()).collect();
+    let lines = common::refused(text, "bad.toml", None);
     assert_eq!(
         lines,
         [
@@ -734,7 +642,7 @@ fn check_reports_connector_problems_with_the_site_and_exits_64() {
 #[test]
 fn the_committed_webhook_schema_is_fresh() {
     common::assert_schema_fresh(
-        &schemars::schema_for!(connectors::WebhookFile),
+        &schemars::schema_for!(WebhookFile),
         "schemas/webhook.schema.json",
         "webhook",
     );
@@ -745,7 +653,7 @@ fn the_committed_webhook_schema_is_fresh() {
 /// lost once both are back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_failover_reaches_the_psim_and_survives_a_crash_of_the_sender() {
-    let rx = Receiver::start("127.0.0.1:0").await;
+    let rx = receiver().await;
     let mut c = common::Cluster::new(
         "webhook",
         1,
@@ -812,7 +720,7 @@ async fn a_real_failover_reaches_the_psim_and_survives_a_crash_of_the_sender() {
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     c.kill9("fo-1");
-    let rx2 = Receiver::start(&rx.addr.to_string()).await;
+    let rx2 = Receiver::start(&rx.addr.to_string(), "/hook").await;
     c.start("fo-1");
     // fo-1 did not emit the failback (live-1 did), but its own events are all delivered:
     // started and completed, in order, with the same ids as before the crash.
@@ -952,7 +860,7 @@ async fn https_with_a_private_ca_and_a_client_certificate() {
 
 #[tokio::test]
 async fn reassert_resends_the_current_ownership_when_nothing_is_queued() {
-    use buddygate::runtime::state::Snapshot;
+    use buddygate::view::Snapshot;
     // fo-1 after taking live-1's cameras over, in the simulator.
     let mut sim = buddygate::sim::Sim::new(
         buddygate::sim::SiteBuilder::new("hq")
@@ -970,7 +878,7 @@ async fn reassert_resends_the_current_ownership_when_nothing_is_queued() {
     let snap = Arc::new(Snapshot::of(&node, sim.now()));
     let (_keep, rx_snap) = tokio::sync::watch::channel(snap);
 
-    let rx = Receiver::start("127.0.0.1:0").await;
+    let rx = receiver().await;
     let mut outbox = Outbox::new("reassert");
     outbox.push("buddygate.failover.completed");
     let (c, d) = connectors::check_file(

@@ -19,7 +19,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use pool::{AgentPool, AgentReport, Backoff, DEFAULT_CONCURRENCY};
+pub use pool::{AgentPool, AgentReport, DEFAULT_CONCURRENCY, OpCounter, START_BACKOFF};
 
 use crate::config::{AGENT_VARIABLES, AgentSpec, Kind, ResourceIdx, ServerIdx, Site};
 use crate::failover::{AgentOp, Epoch};

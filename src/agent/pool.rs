@@ -22,9 +22,9 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use super::{AgentError, Agents, Op, ResourceEnv};
+use crate::backoff::{Backoff, Jitter};
 use crate::config::{Resource, ResourceIdx, ServerIdx, Site};
 use crate::failover::{AgentOp, Epoch, Input};
-use crate::runtime::state::Metrics;
 
 /// Operations that run at once unless the runtime says otherwise.
 pub const DEFAULT_CONCURRENCY: usize = 16;
@@ -70,38 +70,18 @@ impl From<AgentReport> for Input {
     }
 }
 
-/// The wait before each retry of a failed start: `first`, doubling each time, at most `max`;
-/// with `jitter`, a random 50% to 100% of that, so that many resources that failed together do
-/// not retry together.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Backoff {
-    pub first: Duration,
-    pub max: Duration,
-    pub jitter: bool,
-}
+/// The wait before each retry of a failed start: 100ms, doubling each time, at most 5s; a
+/// random 50% to 100% of that, so that many resources that failed together do not retry
+/// together.
+pub const START_BACKOFF: Backoff =
+    Backoff::doubling(Duration::from_millis(100), Duration::from_secs(5))
+        .with_jitter(Jitter::down_to(0.5));
 
-impl Default for Backoff {
-    /// 100ms, 200ms, 400ms ... at most 5s, with jitter.
-    fn default() -> Self {
-        Self {
-            first: Duration::from_millis(100),
-            max: Duration::from_secs(5),
-            jitter: true,
-        }
-    }
-}
-
-impl Backoff {
-    /// The wait before retry number `retry` (1 for the first).
-    pub fn delay(&self, retry: u32) -> Duration {
-        let doublings = retry.saturating_sub(1).min(31);
-        let full = self.first.saturating_mul(1 << doublings).min(self.max);
-        if self.jitter {
-            full.mul_f64(0.5 + fastrand::f64() / 2.0)
-        } else {
-            full
-        }
-    }
+/// Where the pool counts the operations it ran (the runtime's metrics).
+pub trait OpCounter: Send + Sync {
+    /// One more `op` (`start`, `stop`, `monitor`) that ended with `outcome` (`ok`, `failed`,
+    /// `timeout`).
+    fn agent_op(&self, op: &'static str, outcome: &'static str);
 }
 
 /// A start or stop asked for.
@@ -125,7 +105,7 @@ struct Shared {
     site: Arc<Site>,
     node: ServerIdx,
     reports: mpsc::Sender<AgentReport>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<dyn OpCounter>,
     cancel: CancellationToken,
     permits: Semaphore,
     agents: Agents,
@@ -138,7 +118,7 @@ impl AgentPool {
         site: Arc<Site>,
         node: ServerIdx,
         reports: mpsc::Sender<AgentReport>,
-        metrics: Arc<Metrics>,
+        metrics: Arc<dyn OpCounter>,
         cancel: CancellationToken,
         concurrency: usize,
     ) -> Self {
@@ -152,7 +132,7 @@ impl AgentPool {
                 permits: Semaphore::new(concurrency.clamp(1, Semaphore::MAX_PERMITS)),
                 agents: Agents::new(),
             }),
-            backoff: Backoff::default(),
+            backoff: START_BACKOFF,
             workers: Mutex::new(HashMap::new()),
             tracker: TaskTracker::new(),
         }
@@ -204,7 +184,7 @@ impl AgentPool {
                     ctx: Ctx {
                         shared: self.shared.clone(),
                         resource,
-                        backoff: self.backoff,
+                        backoff: self.backoff.clone(),
                     },
                     jobs: rx,
                 };
@@ -333,7 +313,9 @@ impl Ctx {
                 Ok(()) => break Ok(()),
                 Err(e) if attempt > retries => break Err(e),
                 Err(e) => {
-                    let delay = self.backoff.delay(attempt);
+                    let Some(delay) = self.backoff.delay(attempt) else {
+                        break Err(e);
+                    };
                     info!(resource = %self.id(), epoch, attempt, delay = ?delay, error = %e, "Start failed; trying again.");
                     let cancel = &self.shared.cancel;
                     cancel
@@ -421,31 +403,6 @@ impl Ctx {
             .await;
         if let Some(Err(_)) = sent {
             debug!(resource = %self.id(), "Nobody takes agent reports any more; dropping one.");
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_up_to_its_max_and_jitters_within_half() {
-        let fixed = Backoff {
-            first: Duration::from_millis(100),
-            max: Duration::from_millis(700),
-            jitter: false,
-        };
-        let delays: Vec<u128> = (1..=5).map(|n| fixed.delay(n).as_millis()).collect();
-        assert_eq!(delays, [100, 200, 400, 700, 700]);
-        assert_eq!(fixed.delay(u32::MAX), Duration::from_millis(700));
-        let jittered = Backoff {
-            jitter: true,
-            ..fixed
-        };
-        for n in 1..=5 {
-            let d = jittered.delay(n);
-            assert!(d >= fixed.delay(n) / 2 && d <= fixed.delay(n), "{d:?}");
         }
     }
 }

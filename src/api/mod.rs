@@ -2,7 +2,7 @@
 //! JSON pages and server-sent events, Prometheus metrics, health, and the dashboard at `/`.
 //!
 //! - [`views`]: `GET /site` and `GET /resources`, rendered from the runtime's latest
-//!   [`Snapshot`](crate::runtime::state::Snapshot).
+//!   [`Snapshot`].
 //! - [`events`]: `GET /events?after=&limit=` from the store, `GET /events/stream` (SSE): replay
 //!   from the store, then live from the broadcast channel, catching up from the store when a
 //!   subscriber lags.
@@ -16,13 +16,14 @@
 //! failover core stays in its own task. Every error, including the router's own (unknown
 //! route, wrong method, a body or query that does not parse), is `{"error": "..."}`.
 //!
-//! [`Command`]: crate::runtime::state::Command
-
 pub mod events;
 pub mod metrics;
 pub mod mutations;
 pub mod onvif;
 pub mod views;
+
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
@@ -32,9 +33,32 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
 use tokio::net::TcpListener;
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::runtime::state::Shared;
+use crate::connectors::ConnectorHandle;
+use crate::store::StoredEvent;
+use crate::view::{Command, Metrics, Snapshot};
+
+/// The handles the API gets from the runtime: the node's view, its events, the command
+/// channel back to the core, its counters and connectors.
+#[derive(Clone)]
+pub struct Shared {
+    pub snapshot: watch::Receiver<Arc<Snapshot>>,
+    /// Every event as it is stored (the SSE stream subscribes here).
+    pub events: broadcast::Sender<Arc<StoredEvent>>,
+    pub commands: mpsc::Sender<Command>,
+    /// The node's data dir: open a `store::Reader` on it for `GET /events`.
+    pub data_dir: PathBuf,
+    /// Bearer token for mutations; `None` refuses every mutation.
+    pub token: Option<String>,
+    /// ONVIF WS-UsernameToken accounts, `(user, password)`, resolved from the site's
+    /// `api.onvif_users`; empty refuses every ONVIF operation but `GetSystemDateAndTime`.
+    pub onvif_users: Vec<(String, String)>,
+    pub metrics: Arc<Metrics>,
+    /// The node's connectors (webhook, ...), for status, metrics and replay.
+    pub connectors: Arc<Vec<ConnectorHandle>>,
+}
 
 /// What every handler gets: the runtime's handles, and the token that ends open event streams
 /// on shutdown.

@@ -21,9 +21,10 @@ use serde_json::json;
 use sha2::Sha256;
 use tokio::sync::mpsc::error::TrySendError;
 
+use super::Shared;
 use super::{ApiError, AppState};
 use crate::failover::Action;
-use crate::runtime::state::{Command, Shared};
+use crate::view::Command;
 
 const CHALLENGE: &str = "Bearer realm=\"buddygate\"";
 const CHALLENGE_INVALID: &str = "Bearer realm=\"buddygate\", error=\"invalid_token\"";

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::AppState;
 use crate::config::{Role, ServerIdx, Site};
-use crate::runtime::state::Snapshot;
+use crate::view::Snapshot;
 
 /// `GET /api/v1/site`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -285,51 +285,11 @@ pub(crate) fn resolve(b: &ResourceBlock, base: Option<&Path>) -> Option<(AgentSp
 }
 
 /// `command` relative to the site file's folder.
-fn command_path(command: &Path, base: Option<&Path>) -> PathBuf {
+pub(super) fn command_path(command: &Path, base: Option<&Path>) -> PathBuf {
     match base {
         Some(base) if command.is_relative() => base.join(command),
         _ => command.to_path_buf(),
     }
-}
-
-/// Warnings for `exec` commands that do not exist or cannot be executed, relative to `base`.
-/// Like the secret files, this looks at the disk, and only [`super::load`] calls it.
-pub(crate) fn missing_commands(blocks: &[Option<Block<ResourceBlock>>], base: &Path) -> Vec<Issue> {
-    let mut issues = Vec::new();
-    for (i, block) in blocks.iter().enumerate() {
-        let Some(Block { value: b, .. }) = block else {
-            continue;
-        };
-        let Some(command) = b.command.as_ref().filter(|c| !c.as_os_str().is_empty()) else {
-            continue;
-        };
-        if b.agent != AgentKind::Exec {
-            continue;
-        }
-        let path = command_path(command, Some(base));
-        let message = match std::fs::metadata(&path) {
-            Err(_) => format!("{} does not exist", path.display()),
-            Ok(m) if !m.is_file() => format!("{} is not a file", path.display()),
-            Ok(m) if !executable(&m) => {
-                format!("{} is not executable (chmod +x)", path.display())
-            }
-            Ok(_) => continue,
-        };
-        let at = KeyPath::root().key("resources").index(i).key("command");
-        issues.push(Issue::warning(&at, message));
-    }
-    issues
-}
-
-#[cfg(unix)]
-fn executable(m: &std::fs::Metadata) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    m.permissions().mode() & 0o111 != 0
-}
-
-#[cfg(not(unix))]
-fn executable(_: &std::fs::Metadata) -> bool {
-    true
 }
 
 /// `200ms`, `1s`, `1m 30s`.

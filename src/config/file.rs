@@ -287,70 +287,71 @@ fn no_null(schema: &mut schemars::Schema) {
 
 /// Durations as humantime strings (`"200ms"`, `"1s"`, `"1m 30s"`).
 pub(crate) mod duration {
-    use std::fmt;
     use std::time::Duration;
 
-    use serde::{Deserializer, Serializer, de};
+    use serde::{Deserializer, Serializer};
+
+    use super::StrVisitor;
+
+    const VISITOR: StrVisitor<Duration> = StrVisitor {
+        expecting: "a duration such as \"200ms\" or \"1s\"",
+        parse: |v| {
+            humantime::parse_duration(v).map_err(|e| format!("invalid duration \"{v}\": {e}"))
+        },
+    };
 
     pub(crate) fn serialize<S: Serializer>(value: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(&humantime::format_duration(*value))
     }
 
     pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        d.deserialize_str(Visitor)
+        d.deserialize_str(VISITOR)
     }
 
     pub(crate) fn deserialize_option<'de, D: Deserializer<'de>>(
         d: D,
     ) -> Result<Option<Duration>, D::Error> {
-        d.deserialize_str(Visitor).map(Some)
-    }
-
-    struct Visitor;
-
-    impl de::Visitor<'_> for Visitor {
-        type Value = Duration;
-
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a duration such as \"200ms\" or \"1s\"")
-        }
-
-        fn visit_str<E: de::Error>(self, v: &str) -> Result<Duration, E> {
-            humantime::parse_duration(v)
-                .map_err(|e| E::custom(format!("invalid duration \"{v}\": {e}")))
-        }
+        d.deserialize_str(VISITOR).map(Some)
     }
 }
 
 /// Secrets as `file:PATH`, `env:VAR` or inline strings.
 pub(crate) mod secret {
-    use std::fmt;
+    use serde::Deserializer;
 
-    use serde::{Deserializer, de};
-
+    use super::StrVisitor;
     use crate::config::model::SecretRef;
 
+    const VISITOR: StrVisitor<SecretRef> = StrVisitor {
+        expecting: "a secret as \"file:PATH\" or \"env:VAR\"",
+        parse: |v| Ok(SecretRef::parse(v)),
+    };
+
     pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SecretRef, D::Error> {
-        d.deserialize_str(Visitor)
+        d.deserialize_str(VISITOR)
     }
 
     pub(crate) fn deserialize_option<'de, D: Deserializer<'de>>(
         d: D,
     ) -> Result<Option<SecretRef>, D::Error> {
-        d.deserialize_str(Visitor).map(Some)
+        d.deserialize_str(VISITOR).map(Some)
+    }
+}
+
+/// A string deserialized by `parse`; `expecting` says what it should be.
+struct StrVisitor<T> {
+    expecting: &'static str,
+    parse: fn(&str) -> Result<T, String>,
+}
+
+impl<T> serde::de::Visitor<'_> for StrVisitor<T> {
+    type Value = T;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.expecting)
     }
 
-    struct Visitor;
-
-    impl de::Visitor<'_> for Visitor {
-        type Value = SecretRef;
-
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a secret as \"file:PATH\" or \"env:VAR\"")
-        }
-
-        fn visit_str<E: de::Error>(self, v: &str) -> Result<SecretRef, E> {
-            Ok(SecretRef::parse(v))
-        }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<T, E> {
+        (self.parse)(v).map_err(E::custom)
     }
 }

@@ -6,18 +6,22 @@
 //! - [`file`](mod@file): the serde types of the TOML as written, and its JSON Schema.
 //! - `decode`: the TOML span tree to those types, one section or block at a time.
 //! - [`expand`]: `{A..B}` id ranges and `{server}`.
-//! - `validate`: pure checks on the expanded site, then the resolved [`Site`].
+//! - `validate`: pure checks on the expanded site, section by section, then the resolved
+//!   [`Site`].
+//! - `load`: reading the site file, and the checks that look at the disk (secret files and
+//!   `exec` commands that do not exist), which only [`load`] runs.
 //! - `agent`: the agent settings of a `[[resources]]` block and their templates.
 //! - `locate`: key paths to `line:col`.
 //! - [`summary`]: the one-screen text `buddygate check` prints.
 
 mod agent;
 pub mod connectors;
-mod decode;
+pub(crate) mod decode;
 mod diag;
 pub mod expand;
 pub mod file;
-mod locate;
+mod load;
+pub(crate) mod locate;
 mod model;
 pub mod summary;
 mod validate;
@@ -30,6 +34,7 @@ use toml::de::DeTable;
 
 pub use agent::template_environment;
 pub use diag::{Diagnostic, Diagnostics, Severity};
+pub use load::{connectors_dir, load};
 pub use model::*;
 
 use locate::{Issue, Locator};
@@ -38,59 +43,7 @@ use locate::{Issue, Locator};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Loaded {
     pub site: Site,
-    /// The connector files of `site.connectors` ([`load`] only).
-    pub connectors: Vec<connectors::Connector>,
     pub warnings: Vec<Diagnostic>,
-}
-
-/// Reads and checks the site file at `path`. Besides [`parse_str`], it resolves relative `exec`
-/// commands against the site file's folder, and warns about `file:` secrets and commands that
-/// do not exist there.
-pub fn load(path: &Path) -> Result<Loaded, Diagnostics> {
-    let name = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        Diagnostics(vec![Diagnostic::whole_file(
-            &name,
-            format!("cannot read site file: {e}"),
-        )])
-    })?;
-    let base = path.parent().unwrap_or(Path::new(""));
-    let site = check(&text, &name, Some(base));
-    // Connector files are checked even when the site file has errors: all problems at once.
-    let dir = match &site {
-        Ok(l) => base.join(&l.site.connectors),
-        Err(_) => base.join(connectors_dir_hint(&text)),
-    };
-    let (found, diagnostics) = connectors::load_dir(&dir);
-    match site {
-        Ok(mut loaded) if !diagnostics.iter().any(Diagnostic::is_error) => {
-            loaded.connectors = found;
-            loaded.warnings.extend(diagnostics);
-            Ok(loaded)
-        }
-        Ok(loaded) => {
-            let mut all = loaded.warnings;
-            all.extend(diagnostics);
-            Err(Diagnostics::sorted(all))
-        }
-        Err(mut d) => {
-            d.0.extend(diagnostics);
-            Err(d)
-        }
-    }
-}
-
-/// The connectors folder of a site file that did not validate, as far as it can be read.
-fn connectors_dir_hint(text: &str) -> String {
-    toml::from_str::<toml::Table>(text)
-        .ok()
-        .and_then(|t| {
-            t.get("site")?
-                .get("connectors")?
-                .as_str()
-                .map(str::to_string)
-        })
-        .unwrap_or_else(|| "connectors".into())
 }
 
 /// Checks a site file's text; `file` is the name used in diagnostics. No I/O.
@@ -135,8 +88,7 @@ fn check(text: &str, file: &str, base: Option<&Path>) -> Result<Loaded, Diagnost
     };
     issues.extend(validate::validate(&site));
     if let Some(base) = base {
-        issues.extend(validate::missing_secret_files(&site, base));
-        issues.extend(agent::missing_commands(&decoded.resources, base));
+        issues.extend(load::missing_files(&site, &decoded.resources, base));
     }
     let failed = issues.iter().any(Issue::is_error);
     let diagnostics = finish(&locator, file, issues);
@@ -146,7 +98,6 @@ fn check(text: &str, file: &str, base: Option<&Path>) -> Result<Loaded, Diagnost
     match validate::resolve(&site) {
         Some(site) => Ok(Loaded {
             site,
-            connectors: Vec::new(),
             warnings: diagnostics.0,
         }),
         None => {

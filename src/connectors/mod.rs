@@ -3,15 +3,19 @@
 //! or a consumer that is down for hours loses nothing: the cursor moves only after a delivery
 //! succeeded or became a dead letter.
 //!
-//! One closed enum of kinds ([`crate::config::connectors::ConnectorKind`]), one module per
-//! kind with the same shape: config (in `config::connectors`), build, run. The kinds that push
-//! over HTTP (`webhook`, `onvif`) share [`outbox`]: the cursor, retries, dead letters, replay.
+//! One closed enum of kinds ([`ConnectorKind`]), one folder per kind with the same shape:
+//! `config.rs` (its file's keys and their checks, a `ConnectorFile`), then `build` and `run`
+//! in its `mod.rs`. [`load`] reads the connector files; the checks every kind shares are in
+//! [`crate::config::connectors`]. The kinds that push over HTTP (`webhook`, `onvif`) share
+//! [`outbox`]: the cursor, retries, dead letters, replay.
 
+pub mod load;
 pub mod mqtt;
 pub mod onvif;
 pub mod outbox;
 pub mod webhook;
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,10 +25,63 @@ use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Site;
-use crate::config::connectors::{Connector, ConnectorKind};
-use crate::runtime::state::Histogram;
+pub use self::load::{SiteFiles, check_file, load_dir, load_site};
+use self::mqtt::MqttConfig;
+use self::onvif::OnvifConfig;
+use self::webhook::WebhookConfig;
+use crate::config::decode::Section;
+use crate::config::locate::Issue;
+use crate::config::{SecretRef, Site};
 use crate::store::StoredEvent;
+use crate::view::{Histogram, Snapshot};
+
+/// What kind of connector, with its settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+// Built once at start-up; the size of a variant does not matter.
+#[allow(clippy::large_enum_variant)]
+pub enum ConnectorKind {
+    Webhook(WebhookConfig),
+    Mqtt(MqttConfig),
+    Onvif(OnvifConfig),
+}
+
+impl ConnectorKind {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            ConnectorKind::Webhook(_) => "webhook",
+            ConnectorKind::Mqtt(_) => "mqtt",
+            ConnectorKind::Onvif(_) => "onvif",
+        }
+    }
+}
+
+/// One connector file, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Connector {
+    /// The file's stem.
+    pub name: String,
+    pub file: PathBuf,
+    pub kind: ConnectorKind,
+}
+
+/// A kind's connector file: decoded with the site file's diagnostics, then checked into the
+/// kind's settings.
+pub(crate) trait ConnectorFile: Section {
+    type Config;
+
+    /// The settings, or `None` when the checks added an error to `issues`. `base` is the file's
+    /// folder, where templates and TLS files are read from; `None` skips those reads.
+    fn check(&self, base: Option<&Path>, issues: &mut Vec<Issue>) -> Option<Self::Config>;
+}
+
+/// A secret's text (trimmed). `base` is the folder `file:` secrets are relative to (the
+/// connector file's; `.` when unknown).
+pub fn secret_text(s: &SecretRef, base: Option<&Path>, what: &str) -> anyhow::Result<String> {
+    let bytes = s
+        .resolve(base.unwrap_or(Path::new(".")))
+        .map_err(|e| anyhow::anyhow!("cannot read {what} ({s:?}): {e}"))?;
+    Ok(String::from_utf8_lossy(&bytes).trim().to_string())
+}
 
 /// Live figures of one connector, shared with the API and metrics.
 #[derive(Debug)]
@@ -95,7 +152,7 @@ pub struct NodeFeeds<'a> {
     /// Every event as it is stored.
     pub events: &'a broadcast::Sender<Arc<StoredEvent>>,
     /// The node's view of servers and resources.
-    pub snapshot: &'a tokio::sync::watch::Receiver<Arc<crate::runtime::state::Snapshot>>,
+    pub snapshot: &'a tokio::sync::watch::Receiver<Arc<Snapshot>>,
 }
 
 /// Starts every connector on `tasks`; returns their handles.

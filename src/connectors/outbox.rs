@@ -21,8 +21,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::ConnectorStatus;
+use crate::backoff::{Backoff, Jitter};
+use crate::cloudevents::rfc3339;
 use crate::config::connectors::TlsFile;
-use crate::runtime::cloudevents::rfc3339;
 use crate::store::{Attempt, DeadLetter, Reader, Store, StoredEvent};
 
 /// Longest `Retry-After` honoured.
@@ -74,7 +75,7 @@ pub struct Outbox {
     store: Mutex<Store>,
     reader: Mutex<Reader>,
     status: Arc<ConnectorStatus>,
-    retry: Vec<Duration>,
+    retry: Backoff,
     batch: usize,
 }
 
@@ -85,7 +86,7 @@ impl Outbox {
         name: &str,
         data_dir: &Path,
         status: Arc<ConnectorStatus>,
-        retry: Vec<Duration>,
+        retry: Backoff,
         batch: usize,
     ) -> anyhow::Result<Self> {
         let store = Store::open_for_connector(data_dir)?;
@@ -242,7 +243,10 @@ impl Outbox {
         let Some(seq) = events.last().map(|e| e.seq) else {
             return Outcome::Delivered;
         };
-        let attempts = 1 + self.retry.len() as u32;
+        let attempts = self
+            .retry
+            .retries()
+            .map_or(u32::MAX, |n| n.saturating_add(1));
         let mut last = String::new();
         for attempt in 1..=attempts {
             let started = Instant::now();
@@ -293,11 +297,11 @@ impl Outbox {
                     self.status.failed.fetch_add(1, Ordering::Relaxed);
                     *self.status.last_error.lock().expect("status lock") = Some(reason.clone());
                     last = reason;
-                    let Some(&planned) = self.retry.get(attempt as usize - 1) else {
+                    let Some(planned) = self.retry.delay(attempt) else {
                         break;
                     };
                     self.status.retried.fetch_add(1, Ordering::Relaxed);
-                    let wait = retry_after.unwrap_or_else(|| jitter(planned));
+                    let wait = retry_after.unwrap_or(planned);
                     debug!(connector = %self.name, seq, attempt, reason = %last, ?wait, "Delivery failed; retrying.");
                     tokio::select! {
                         _ = cancel.cancelled() => return Outcome::Cancelled,
@@ -348,18 +352,6 @@ pub async fn run(
 
 fn far_future() -> tokio::time::Instant {
     tokio::time::Instant::now() + Duration::from_secs(86_400 * 365)
-}
-
-/// A secret's text (trimmed). `base` is the folder `file:` secrets are relative to.
-pub fn secret_text(
-    s: &crate::config::SecretRef,
-    base: &Path,
-    what: &str,
-) -> anyhow::Result<String> {
-    let bytes = s
-        .resolve(base)
-        .map_err(|e| anyhow::anyhow!("cannot read {what} ({s:?}): {e}"))?;
-    Ok(String::from_utf8_lossy(&bytes).trim().to_string())
 }
 
 /// The HTTP client of connector `name`: `timeout` per request, no proxy, and `tls` (only
@@ -417,9 +409,9 @@ pub fn parse_retry_after(v: &str) -> Option<Duration> {
     Some(wait.min(MAX_RETRY_AFTER))
 }
 
-/// +-10 %, so that many nodes do not retry in step.
-fn jitter(d: Duration) -> Duration {
-    d.mul_f64(0.9 + fastrand::f64() * 0.2)
+/// A connector's `retry` schedule, each delay +-10 % so that many nodes do not retry in step.
+pub fn retry_schedule(delays: Vec<Duration>) -> Backoff {
+    Backoff::listed(delays).with_jitter(Jitter::spread(0.1))
 }
 
 /// How long ago the event was stored (its CloudEvent `time`).
@@ -449,16 +441,5 @@ mod tests {
             "{d:?}"
         );
         assert_eq!(parse_retry_after("soon"), None);
-    }
-
-    #[test]
-    fn jitter_stays_within_ten_percent() {
-        for _ in 0..100 {
-            let d = jitter(Duration::from_secs(10));
-            assert!(
-                d >= Duration::from_secs(9) && d <= Duration::from_secs(11),
-                "{d:?}"
-            );
-        }
     }
 }

@@ -7,9 +7,6 @@
 //! written (and fsynced) before its agent starts, events are stored before they are
 //! published.
 
-pub mod cloudevents;
-pub mod state;
-
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -27,6 +24,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
 use crate::agent::{AgentPool, AgentReport};
+use crate::api::Shared;
+use crate::cloudevents::{self, Clock};
 use crate::config::{ResourceIdx, ServerIdx, Site};
 use crate::failover::wire::MAX_DATAGRAM;
 use crate::failover::{
@@ -34,8 +33,7 @@ use crate::failover::{
     Topology,
 };
 use crate::store::{NodeState, Record, Store, StoredEvent, StoredHold};
-use cloudevents::Clock;
-use state::{Command, Metrics, Shared, Snapshot};
+use crate::view::{Command, Metrics, Snapshot};
 
 /// Everything a node needs to run, resolved (secrets read, paths absolute).
 #[derive(Debug, Clone)]
@@ -53,7 +51,7 @@ pub struct NodeConfig {
     /// How long a clean shutdown waits for the buddies to take over.
     pub shutdown_grace: Duration,
     /// Connector files of the site.
-    pub connectors: Vec<crate::config::connectors::Connector>,
+    pub connectors: Vec<crate::connectors::Connector>,
 }
 
 #[derive(Debug, Error)]

@@ -4,6 +4,9 @@
 
 #![allow(dead_code)]
 
+pub mod receiver;
+pub mod sim_node;
+
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -11,8 +14,7 @@ use std::time::{Duration, Instant};
 
 use std::sync::Arc;
 
-use buddygate::config::connectors::{self, ConnectorKind};
-use buddygate::connectors::ConnectorStatus;
+use buddygate::connectors::{self, ConnectorKind, ConnectorStatus};
 use buddygate::store::{Store, StoredEvent};
 use serde_json::{Value, json};
 use tokio::sync::{Notify, broadcast};
@@ -445,19 +447,30 @@ impl Outbox {
     pub fn append(&mut self, ty: &str, data: Value) -> StoredEvent {
         let e = self
             .store
-            .append_event(ty, |seq| {
-                json!({
-                    "specversion": "1.0", "id": format!("fo-1:{seq}"), "type": ty,
-                    "source": "buddygate://hq/fo-1",
-                    "time": buddygate::runtime::cloudevents::rfc3339(std::time::SystemTime::now()),
-                    "datacontenttype": "application/json", "seq": seq, "data": data,
-                })
-                .to_string()
-            })
+            .append_event(ty, |seq| cloud_event(ty, seq, data))
             .unwrap();
         let _ = self.events.send(Arc::new(e.clone()));
         e
     }
+}
+
+/// The CloudEvent of type `ty` that fo-1 of site `hq` stores as `seq` (id `fo-1:{seq}`, time
+/// now) with `data`.
+pub fn cloud_event(ty: &str, seq: u64, data: Value) -> String {
+    json!({
+        "specversion": "1.0", "id": format!("fo-1:{seq}"), "type": ty,
+        "source": "buddygate://hq/fo-1",
+        "time": buddygate::cloudevents::rfc3339(std::time::SystemTime::now()),
+        "datacontenttype": "application/json", "seq": seq, "data": data,
+    })
+    .to_string()
+}
+
+/// A small CloudEvent of type `ty`: fo-1 at 127.0.0.3, epoch 298 (the benchmarks' load).
+pub fn small_event(ty: &str, seq: u64) -> String {
+    let data =
+        json!({"site": "hq", "new_server": {"id": "fo-1", "address": "127.0.0.3"}, "epoch": 298});
+    cloud_event(ty, seq, data)
 }
 
 impl Drop for Outbox {
@@ -478,6 +491,14 @@ pub fn connector(text: &str, file: &str, base: Option<&Path>) -> ConnectorKind {
             .join("\n")
     );
     c.unwrap().kind
+}
+
+/// A connector file's diagnostics, as printed, when it is refused (panics when it is valid).
+/// `base`: the file's folder, where its TLS and template files are read.
+pub fn refused(text: &str, file: &str, base: Option<&Path>) -> Vec<String> {
+    let (c, d) = connectors::check_file(text, file, Path::new(file), base);
+    assert!(c.is_none(), "{file} was accepted");
+    d.iter().map(|d| d.to_string()).collect()
 }
 
 /// A connector task running in the test's process.
@@ -544,9 +565,9 @@ pub fn owners_snapshot(
     owner: buddygate::config::ServerIdx,
     epoch: u64,
     resources: u32,
-) -> buddygate::runtime::state::Snapshot {
+) -> buddygate::view::Snapshot {
     use buddygate::failover::{ResourceState, ResourceView, ServerState, ServerView, Stats};
-    buddygate::runtime::state::Snapshot {
+    buddygate::view::Snapshot {
         site: site.clone(),
         node,
         booting: false,

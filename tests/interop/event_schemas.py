@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The JSON Schemas of buddygate's CloudEvents (schemas/events/), built from one description.
 
-The payloads are the ones src/runtime/cloudevents.rs builds; that file is the source of truth,
+The payloads are the ones src/cloudevents.rs builds; that file is the source of truth,
 and this one follows it field for field. Run
 
     python3 tests/interop/event_schemas.py --write
@@ -226,21 +226,15 @@ EVENTS = {
 }
 # path.up has path.down's data.
 EVENTS["buddygate.path.up"] = ("A silent path answers again.", copy.deepcopy(EVENTS["buddygate.path.down"][1]))
-ORDER = [
-    "buddygate.server.down",
-    "buddygate.server.up",
-    "buddygate.path.down",
-    "buddygate.path.up",
-    "buddygate.failover.started",
-    "buddygate.failover.completed",
-    "buddygate.failback.completed",
-    "buddygate.resource.failed",
-    "buddygate.ownership.conflict",
-    "buddygate.ownership.resolved",
-    "buddygate.config.mismatch",
-    "buddygate.ownership.reasserted",
-]
-assert sorted(ORDER) == sorted(EVENTS)
+def rust_event_types():
+    """`EVENT_TYPES` of src/config/connectors.rs: the types the core emits, in its order."""
+    src = (ROOT / "src" / "config" / "connectors.rs").read_text()
+    block = re.search(r"pub const EVENT_TYPES: \[&str; \d+\] = \[(.*?)\];", src, re.S)
+    return re.findall(r'"([a-z.]+)"', block.group(1)) if block else []
+
+
+# One schema per type src/ emits, in its order; EVENTS must describe exactly those.
+ORDER = rust_event_types()
 
 
 def envelope(ty, data):
@@ -311,19 +305,12 @@ def render(schema):
     return json.dumps(schema, indent=2) + "\n"
 
 
-def rust_event_types():
-    """`EVENT_TYPES` of src/config/connectors.rs: the types the core emits."""
-    src = (ROOT / "src" / "config" / "connectors.rs").read_text()
-    block = re.search(r"pub const EVENT_TYPES: \[&str; \d+\] = \[(.*?)\];", src, re.S)
-    return re.findall(r'"([a-z.]+)"', block.group(1)) if block else []
-
-
 def stale():
     """Names of committed files that differ from what this script builds (or are missing), and
     a note when the event types here are not the ones src/ emits."""
+    if sorted(ORDER) != sorted(EVENTS):
+        return [f"event types {ORDER} in src/config/connectors.rs (this script describes {sorted(EVENTS)})"]
     bad = []
-    if rust_event_types() != ORDER:
-        bad.append(f"event types {rust_event_types()} in src/config/connectors.rs (this script has {ORDER})")
     for name, schema in files().items():
         p = OUT / name
         if not p.exists() or p.read_text() != render(schema):
@@ -333,6 +320,9 @@ def stale():
 
 def main(argv):
     if argv[1:] == ["--write"]:
+        if sorted(ORDER) != sorted(EVENTS):
+            print(stale()[0])
+            return 1
         OUT.mkdir(parents=True, exist_ok=True)
         for name, schema in files().items():
             (OUT / name).write_text(render(schema))

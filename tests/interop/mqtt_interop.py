@@ -40,14 +40,12 @@ import json
 import os
 import pathlib
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 
 import datetime
 import ipaddress
@@ -57,44 +55,21 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+HERE = pathlib.Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+sys.path.insert(0, str(HERE))
+sys.dont_write_bytecode = True
+from nodes import Failure, free_port, wait  # noqa: E402
+from nodes import Site as Nodes  # noqa: E402
+
 SITE = "mqttinterop"
 PREFIX = f"buddygate/{SITE}"
 SECURE = f"secure/{SITE}"
-ROOT = pathlib.Path(__file__).resolve().parents[2]
 CAMERAS = {"live-1": 3, "live-2": 2}
 
 
 def log(msg):
     print(f"[mqtt-interop {time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-class Failure(Exception):
-    pass
-
-
-def free_port(ip):
-    """A port free for both UDP and TCP on `ip` (like tests/common/mod.rs)."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            u.bind((ip, 0))
-            port = u.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-                try:
-                    t.bind((ip, port))
-                    return port
-                except OSError:
-                    continue
-
-
-def wait(what, pred, timeout=15.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise Failure(f"timed out waiting for: {what}")
-        time.sleep(0.05)
 
 
 def pki(dir):
@@ -204,17 +179,9 @@ class Subscriber:
         self.c.disconnect()
 
 
-class Site:
+class Site(Nodes):
     def __init__(self, binary, dir, broker_port, tls_port):
-        self.binary, self.dir, self.procs, self.starts = binary, dir, {}, {}
-        self.servers = {}
-        for i, sid in enumerate(["live-1", "live-2", "fo-1"]):
-            a, b = f"127.0.1.{i + 1}", f"127.0.2.{i + 1}"
-            self.servers[sid] = {
-                "address": a,
-                "heartbeat": [f"{a}:{free_port(a)}", f"{b}:{free_port(b)}"],
-                "api": f"{a}:{free_port(a)}",
-            }
+        super().__init__(binary, dir, ["live-1", "live-2", "fo-1"])
         (dir / "site.key").write_text("mqtt-interop-site-key-0123456789\n")
         (dir / "api.token").write_text("mqtt-interop-token\n")
         (dir / "connectors").mkdir()
@@ -231,54 +198,7 @@ class Site:
             f'type = "mqtt"\nurl = "mqtts://127.0.0.1:{tls_port}"\nprotocol = "v5"\n'
             f'topic_prefix = "nocert/{SITE}"\ntls = {{ ca = "ca.pem" }}\n'
         )
-        s = [
-            f'[site]\nname = "{SITE}"\nsecret = "file:site.key"\nheartbeat_interval = "200ms"\n'
-            'failure_timeout = "1s"\nfailback = "auto"\nfailback_delay = "3s"\nconnectors = "connectors"\n\n'
-            '[api]\ntoken = "file:api.token"\n'
-        ]
-        for sid, srv in self.servers.items():
-            hb = ", ".join(f'"{h}"' for h in srv["heartbeat"])
-            s.append(f'\n[[servers]]\nid = "{sid}"\naddress = "{srv["address"]}"\nheartbeat = [{hb}]\napi = "{srv["api"]}"\n')
-            s.append('buddies = ["fo-1"]\n' if sid.startswith("live") else 'role = "failover"\nmode = "spread-servers"\n')
-        for sid, n in CAMERAS.items():
-            s.append(f'\n[[resources]]\nserver = "{sid}"\nid = "{{server}}-cam-{{01..{n:02}}}"\nkind = "camera"\n')
-        (dir / "site.toml").write_text("".join(s))
-
-    def start(self, sid):
-        n = self.starts[sid] = self.starts.get(sid, 0) + 1
-        out = open(self.dir / f"{sid}.{n}.log", "wb")
-        self.procs[sid] = subprocess.Popen(
-            [self.binary, "run", "--config", str(self.dir / "site.toml"), "--node", sid],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "BUDDYGATE_LOG": "info,buddygate=debug"},
-        )
-        out.close()
-
-    def kill9(self, sid):
-        p = self.procs.pop(sid)
-        p.kill()
-        p.wait()
-
-    def term(self, sid):
-        p = self.procs.pop(sid)
-        p.send_signal(signal.SIGTERM)
-        return p.wait(timeout=10)
-
-    def stop_all(self):
-        for p in self.procs.values():
-            p.kill()
-            p.wait()
-        self.procs.clear()
-
-    def resources(self, view, home):
-        try:
-            with urllib.request.urlopen(f"http://{self.servers[view]['api']}/api/v1/resources", timeout=3) as r:
-                rs = json.load(r)["resources"]
-        except OSError:
-            return None
-        return [r for r in rs if r["server"] == home]
+        (dir / "site.toml").write_text(self.site_file(SITE, ["fo-1"], CAMERAS))
 
     def owned(self, view, home, owner):
         rs = self.resources(view, home)

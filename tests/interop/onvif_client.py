@@ -17,107 +17,47 @@ Exits 0 when everything held, 1 otherwise (with the nodes' logs).
 import argparse
 import asyncio
 import datetime as dt
-import json
 import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
 from onvif import ONVIFCamera
 from zeep.exceptions import Fault
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.dont_write_bytecode = True
+from nodes import Site as Nodes  # noqa: E402
 
 USER, PASSWORD = "operator", "interop-Pa55word"
 TEV = "http://www.onvif.org/ver10/events/wsdl"
 CAMERAS = 3
 
 
-def free_port(ip):
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            u.bind((ip, 0))
-            port = u.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-                try:
-                    t.bind((ip, port))
-                except OSError:
-                    continue
-                return port
-
-
-class Site:
+class Site(Nodes):
     """live-1 (CAMERAS cameras) with buddies fo-1, fo-2 (spread-servers)."""
 
     def __init__(self, binary, folder):
-        self.binary, self.dir = binary, folder
-        self.procs, self.logs = {}, {}
-        self.servers = {}
-        for i, sid in enumerate(["live-1", "fo-1", "fo-2"], start=1):
-            a, b = f"127.0.1.{i}", f"127.0.2.{i}"
-            self.servers[sid] = {
-                "address": a,
-                "heartbeat": [f"{a}:{free_port(a)}", f"{b}:{free_port(b)}"],
-                "api": f"{a}:{free_port(a)}",
-            }
+        super().__init__(binary, folder, ["live-1", "fo-1", "fo-2"])
         for name, value in [("site.key", "interop-site-key-0123456789"), ("api.token", "t0ken"),
                             ("onvif.pass", PASSWORD)]:
             with open(os.path.join(folder, name), "w") as f:
                 f.write(value + "\n")
-        toml = [
-            '[site]', 'name = "interop"', 'secret = "file:site.key"', 'heartbeat_interval = "200ms"',
-            'failure_timeout = "1s"', 'failback = "manual"', '',
-            '[api]', 'token = "file:api.token"',
-            f'onvif_users = [{{ user = "{USER}", password = "file:onvif.pass" }}]', '',
-        ]
-        for sid, s in self.servers.items():
-            hb = ", ".join(f'"{h}"' for h in s["heartbeat"])
-            toml += ['[[servers]]', f'id = "{sid}"', f'address = "{s["address"]}"',
-                     f'heartbeat = [{hb}]', f'api = "{s["api"]}"']
-            if sid.startswith("live"):
-                toml += ['buddies = ["fo-1", "fo-2"]', '']
-            else:
-                toml += ['role = "failover"', 'mode = "spread-servers"', '']
-        toml += ['[[resources]]', 'server = "live-1"', f'id = "{{server}}-cam-{{01..{CAMERAS:02}}}"',
-                 'kind = "camera"', '']
         self.site = os.path.join(folder, "site.toml")
         with open(self.site, "w") as f:
-            f.write("\n".join(toml))
+            f.write(self.site_file(
+                "interop", ["fo-1", "fo-2"], {"live-1": CAMERAS}, failback='failback = "manual"\n',
+                connectors=False, api=f'onvif_users = [{{ user = "{USER}", password = "file:onvif.pass" }}]\n',
+            ))
 
-    def start(self):
+    def start_all(self):
         for sid in self.servers:
-            log = open(os.path.join(self.dir, f"{sid}.log"), "w")
-            self.logs[sid] = log.name
-            self.procs[sid] = subprocess.Popen(
-                [self.binary, "run", "--config", self.site, "--node", sid],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                env={**os.environ, "BUDDYGATE_LOG": "info,buddygate=debug"})
-
-    def kill9(self, sid):
-        p = self.procs.pop(sid)
-        p.send_signal(signal.SIGKILL)
-        p.wait()
-
-    def stop(self):
-        for p in self.procs.values():
-            p.kill()
-            p.wait()
-
-    def resources(self, sid):
-        url = f"http://{self.servers[sid]['api']}/api/v1/resources"
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                return json.load(r)["resources"]
-        except OSError:
-            return None
+            self.start(sid)
 
     def dump_logs(self):
-        for sid, path in self.logs.items():
+        for sid in self.servers:
             print(f"----- {sid} -----", file=sys.stderr)
-            with open(path) as f:
-                print(f.read()[-4000:], file=sys.stderr)
+            print(self.logs(sid)[-4000:], file=sys.stderr)
 
 
 def check(cond, what):
@@ -241,16 +181,16 @@ def main():
     args = ap.parse_args()
     folder = tempfile.mkdtemp(prefix="buddygate-onvif-interop-")
     site = Site(os.path.abspath(args.bin), folder)
-    site.start()
+    site.start_all()
     try:
         asyncio.run(scenario(site))
     except Exception as e:  # noqa: BLE001 - any failure fails the check
         print(f"FAILED: {type(e).__name__}: {e}", file=sys.stderr)
-        site.stop()
+        site.stop_all()
         site.dump_logs()
         print("onvif interop: 0 passed, 1 failed")
         return 1
-    site.stop()
+    site.stop_all()
     print("onvif interop: 1 passed, 0 failed")
     return 0
 

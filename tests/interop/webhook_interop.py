@@ -41,7 +41,6 @@ import tempfile
 import threading
 import time
 import urllib.parse
-import urllib.request
 import xml.etree.ElementTree as ET
 
 import jsonschema
@@ -52,6 +51,8 @@ ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 sys.dont_write_bytecode = True
 import event_schemas  # noqa: E402
+from nodes import Failure, free_port  # noqa: E402
+from nodes import Site as Nodes  # noqa: E402
 
 SITE = "interop"
 SECRETS = [
@@ -211,27 +212,6 @@ class Receiver:
         raise Failure(f"timed out after {timeout}s waiting for {what}")
 
 
-class Failure(Exception):
-    pass
-
-
-# --- the site ----------------------------------------------------------------------------
-
-
-def free_port(ip):
-    """A port free for both UDP and TCP on `ip` (like tests/common/mod.rs)."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            u.bind((ip, 0))
-            port = u.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-                try:
-                    t.bind((ip, port))
-                    return port
-                except OSError:
-                    continue
-
-
 IO_AGENT = """#!/bin/sh
 # An I/O unit wired to live-2 only: it cannot start on fo-1.
 case "$BUDDYGATE_OP" in
@@ -270,21 +250,9 @@ class Relay:
         self.sock.close()
 
 
-class Site:
+class Site(Nodes):
     def __init__(self, binary, dir, receiver_port):
-        self.binary = binary
-        self.dir = dir
-        self.procs = {}
-        self.starts = {}
-        ids = ["live-1", "live-2", "fo-1"]
-        self.servers = {}
-        for i, sid in enumerate(ids, 1):
-            a, b = f"127.0.1.{i}", f"127.0.2.{i}"
-            self.servers[sid] = {
-                "address": a,
-                "heartbeat": [f"{a}:{free_port(a)}", f"{b}:{free_port(b)}"],
-                "api": f"{a}:{free_port(a)}",
-            }
+        super().__init__(binary, dir, ["live-1", "live-2", "fo-1"])
         (dir / "site.key").write_text("interop-test-site-key-0123456789\n")
         (dir / "api.token").write_text("interop-api-token\n")
         (dir / "io-agent.sh").write_text(IO_AGENT)
@@ -323,22 +291,13 @@ template = "templates/server-moved.json.j2"
         )
 
     def site_toml(self, relay=None):
-        s = [
-            f'[site]\nname = "{SITE}"\nsecret = "file:site.key"\nheartbeat_interval = "200ms"\n'
-            'failure_timeout = "1s"\nfailback = "auto"\nfailback_delay = "3s"\nconnectors = "connectors"\n\n'
-            '[api]\ntoken = "file:api.token"\n'
-        ]
-        for sid, srv in self.servers.items():
-            hb = ", ".join(f'"{h}"' for h in (srv["heartbeat"][:1] + [relay] if sid == "fo-1" and relay else srv["heartbeat"]))
-            s.append(f'\n[[servers]]\nid = "{sid}"\naddress = "{srv["address"]}"\nheartbeat = [{hb}]\napi = "{srv["api"]}"\n')
-            s.append('buddies = ["fo-1"]\n' if sid.startswith("live") else 'role = "failover"\nmode = "spread-servers"\n')
-        for sid, n in CAMERAS.items():
-            s.append(f'\n[[resources]]\nserver = "{sid}"\nid = "{{server}}-cam-{{01..{n:02}}}"\nkind = "camera"\n')
-        s.append(
+        def paths(sid, heartbeat):
+            return heartbeat[:1] + [relay] if sid == "fo-1" and relay else heartbeat
+
+        return self.site_file(SITE, ["fo-1"], CAMERAS, heartbeat=paths) + (
             '\n[[resources]]\nserver = "live-2"\nid = "live-2-io-1"\nkind = "io"\n'
             'agent = "exec"\ncommand = "io-agent.sh"\nretries = 0\n'
         )
-        return "".join(s)
 
     def config(self, sid):
         return self.dir / ("site-live-2.toml" if sid == "live-2" else "site.toml")
@@ -350,39 +309,11 @@ template = "templates/server-moved.json.j2"
                 raise Failure(f"buddygate check failed ({r.returncode}):\n{r.stdout}{r.stderr}")
 
     def start(self, sid):
-        n = self.starts[sid] = self.starts.get(sid, 0) + 1
-        out = open(self.dir / f"{sid}.{n}.log", "wb")
-        self.procs[sid] = subprocess.Popen(
-            [self.binary, "run", "--config", str(self.config(sid)), "--node", sid],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "BUDDYGATE_LOG": "info,buddygate=debug", "NX_PASSWORD": NX_PASSWORD},
-        )
-        out.close()
-
-    def signal(self, sid, sig):
-        self.procs[sid].send_signal(sig)
-
-    def kill9(self, sid):
-        p = self.procs.pop(sid)
-        p.kill()
-        p.wait()
+        super().start(sid, self.config(sid), {"NX_PASSWORD": NX_PASSWORD})
 
     def stop_all(self):
-        for sid, p in list(self.procs.items()):
-            try:
-                p.send_signal(signal.SIGCONT)
-                p.kill()
-                p.wait(timeout=10)
-            except (OSError, subprocess.TimeoutExpired):
-                pass
-        self.procs.clear()
+        super().stop_all()
         self.relay.close()
-
-    def api(self, sid, path):
-        with urllib.request.urlopen(f"http://{self.servers[sid]['api']}{path}", timeout=3) as r:
-            return json.load(r)
 
     def owners(self, view, home):
         """{resource: (owner, epoch, state)} of `home`'s resources, as `view` sees them."""
@@ -411,11 +342,6 @@ template = "templates/server-moved.json.j2"
                 return events
             events += page
             after = page[-1]["seq"]
-
-    def logs(self, sid):
-        return "".join(
-            (self.dir / f"{sid}.{n}.log").read_text(errors="replace") for n in range(1, self.starts.get(sid, 0) + 1)
-        )
 
 
 # --- the checks --------------------------------------------------------------------------

@@ -8,25 +8,16 @@ use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use sha1::{Digest, Sha1};
 
-use super::soap::{Fault, ns};
-use super::time::{format_datetime, parse_datetime};
-use super::xml::{Element, XmlOut};
+use crate::onvif::security::{DIGEST_TYPE, TEXT_TYPE, password_digest};
+use crate::onvif::soap::{Fault, ns};
+use crate::onvif::time::parse_datetime;
+use crate::onvif::xml::Element;
 
 /// How far `Created` may be from this node's clock, either way.
 pub const SKEW: Duration = Duration::from_secs(300);
 /// Nonces remembered at most; beyond it the oldest are forgotten first.
 pub const NONCE_CACHE: usize = 100_000;
-
-const DIGEST_TYPE: &str = "#PasswordDigest";
-const TEXT_TYPE: &str = "#PasswordText";
-/// The token profile, before [`DIGEST_TYPE`].
-const TOKEN_PROFILE: &str =
-    "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-username-token-profile-1.0";
-/// `EncodingType` of the nonce.
-const BASE64_BINARY: &str =
-    "http://docs.oasis-open.org/wss/2004/01/oasis-200401-soap-message-security-1.0#Base64Binary";
 
 /// The accounts and the nonces already seen.
 pub struct Authenticator {
@@ -68,46 +59,6 @@ fn fault(reason: &str) -> Fault {
 /// Constant-time comparison of two byte strings.
 fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// `Base64(SHA-1(nonce + created + password))`.
-pub fn password_digest(nonce: &[u8], created: &str, password: &str) -> String {
-    let mut h = Sha1::new();
-    h.update(nonce);
-    h.update(created.as_bytes());
-    h.update(password.as_bytes());
-    B64.encode(h.finalize())
-}
-
-/// Writes a `wsse:Security` header with a `PasswordDigest` UsernameToken for `user`, a fresh
-/// random nonce and `now` as `Created`: what this node sends to consumers that want
-/// authentication (the `onvif` connector).
-pub fn write_username_token(o: &mut XmlOut, user: &str, password: &str, now: SystemTime) {
-    let mut nonce = [0u8; 16];
-    if getrandom::fill(&mut nonce).is_err() {
-        fastrand::fill(&mut nonce);
-    }
-    let created = format_datetime(now);
-    let digest_type = format!("{TOKEN_PROFILE}{DIGEST_TYPE}");
-    o.open(
-        "wsse:Security",
-        &[("xmlns:wsse", ns::WSSE), ("xmlns:wsu", ns::WSU)],
-    );
-    o.open("wsse:UsernameToken", &[]);
-    o.leaf("wsse:Username", user);
-    o.leaf_with(
-        "wsse:Password",
-        &[("Type", &digest_type)],
-        &password_digest(&nonce, &created, password),
-    );
-    o.leaf_with(
-        "wsse:Nonce",
-        &[("EncodingType", BASE64_BINARY)],
-        &B64.encode(nonce),
-    );
-    o.leaf("wsu:Created", &created);
-    o.close("wsse:UsernameToken");
-    o.close("wsse:Security");
 }
 
 impl Authenticator {
@@ -186,7 +137,8 @@ impl Authenticator {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::onvif::xml;
+    use crate::onvif::security::write_username_token;
+    use crate::onvif::xml::{self, XmlOut};
 
     fn token(user: &str, pass: &str, nonce: &[u8], created: &str) -> Element {
         let digest = password_digest(nonce, created, pass);

@@ -3,9 +3,9 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::soap::{Fault, ns};
-use super::xml::{Element, XmlOut};
 use super::{Ctx, Reply};
+use crate::onvif::soap::{Fault, ns};
+use crate::onvif::xml::{Element, XmlOut};
 
 /// ONVIF version claimed for both services.
 const VERSION: (&str, &str) = ("2", "21");

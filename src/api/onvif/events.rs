@@ -5,16 +5,17 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use super::notify::{self, PushAddresses};
-use super::soap::{Detail, Fault, ns};
+use super::push::{self, PushAddresses};
 use super::subscriptions::{PullError, Subscription};
-use super::time::{format_datetime, parse_datetime, parse_duration};
-use super::topics::{
-    CONCRETE_SET, FilterError, MESSAGE_CONTENT, TopicMask, WSTOP_DIALECTS, parse_topic_expression,
-    write_notification, write_topic_set,
-};
-use super::xml::{Element, XmlOut};
 use super::{Ctx, Reply};
+use crate::onvif::messages::write_notification;
+use crate::onvif::soap::{Detail, Fault, ns};
+use crate::onvif::time::{format_datetime, parse_datetime, parse_duration};
+use crate::onvif::topics::{
+    CONCRETE_SET, FilterError, MESSAGE_CONTENT, TopicMask, WSTOP_DIALECTS, parse_topic_expression,
+    write_topic_set,
+};
+use crate::onvif::xml::{Element, XmlOut};
 
 /// The longest `PullMessages` timeout accepted.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(60);
@@ -175,19 +176,33 @@ pub(super) fn create_pull_point(ctx: &Ctx<'_>, op: &Element) -> Result<Reply, Fa
         .create(&ctx.onvif.hub, mask, None, until)
         .map_err(|f| too_many(f.max))?;
     tracing::debug!(subscription = %sub.id, "ONVIF pull-point subscription created.");
-    let address = ctx.subscription_url(&sub.id);
-    let now = format_datetime(ctx.now);
-    let end = format_datetime(until);
-    Ok(Reply::new(
+    Ok(subscribed(
         tev_action("EventPortType", "CreatePullPointSubscription"),
-        move |o: &mut XmlOut| {
-            o.open("tev:CreatePullPointSubscriptionResponse", &[]);
-            write_reference(o, "tev:SubscriptionReference", &address);
-            o.leaf("wsnt:CurrentTime", &now);
-            o.leaf("wsnt:TerminationTime", &end);
-            o.close("tev:CreatePullPointSubscriptionResponse");
-        },
+        "tev:CreatePullPointSubscriptionResponse",
+        "tev:SubscriptionReference",
+        ctx.subscription_url(&sub.id),
+        ctx.now,
+        until,
     ))
+}
+
+/// The answer to a new subscription: its address, the time now and when it ends.
+fn subscribed(
+    action: String,
+    response: &'static str,
+    reference: &'static str,
+    address: String,
+    now: SystemTime,
+    until: SystemTime,
+) -> Reply {
+    let (now, end) = (format_datetime(now), format_datetime(until));
+    Reply::new(action, move |o: &mut XmlOut| {
+        o.open(response, &[]);
+        write_reference(o, reference, &address);
+        o.leaf("wsnt:CurrentTime", &now);
+        o.leaf("wsnt:TerminationTime", &end);
+        o.close(response);
+    })
 }
 
 pub(super) fn subscribe(ctx: &Ctx<'_>, op: &Element) -> Result<Reply, Fault> {
@@ -219,7 +234,7 @@ pub(super) fn subscribe(ctx: &Ctx<'_>, op: &Element) -> Result<Reply, Fault> {
         .map_err(|f| too_many(f.max))?;
     tracing::info!(subscription = %sub.id, consumer = %consumer, "ONVIF push subscription created.");
     let address = ctx.subscription_url(&sub.id);
-    tokio::spawn(notify::push(
+    tokio::spawn(push::push(
         sub,
         onvif.hub.clone(),
         onvif.subs.clone(),
@@ -230,17 +245,13 @@ pub(super) fn subscribe(ctx: &Ctx<'_>, op: &Element) -> Result<Reply, Fault> {
         },
         onvif.cancel.clone(),
     ));
-    let now = format_datetime(ctx.now);
-    let end = format_datetime(until);
-    Ok(Reply::new(
+    Ok(subscribed(
         wsn_action("NotificationProducer", "Subscribe"),
-        move |o: &mut XmlOut| {
-            o.open("wsnt:SubscribeResponse", &[]);
-            write_reference(o, "wsnt:SubscriptionReference", &address);
-            o.leaf("wsnt:CurrentTime", &now);
-            o.leaf("wsnt:TerminationTime", &end);
-            o.close("wsnt:SubscribeResponse");
-        },
+        "wsnt:SubscribeResponse",
+        "wsnt:SubscriptionReference",
+        address,
+        ctx.now,
+        until,
     ))
 }
 

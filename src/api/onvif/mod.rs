@@ -10,10 +10,9 @@
 //!   `Unsubscribe`. (Sent to the event service with a `wsa:To` naming a subscription address,
 //!   they reach that subscription too.)
 //!
-//! Modules: [`xml`] (reading and writing XML), [`soap`] (envelopes and faults), [`auth`],
-//! [`time`], [`device`], [`events`], [`topics`] (the topic set and its messages),
-//! [`subscriptions`] (the hub and the queues), [`notify`] (`wsnt:Notify`, public for the
-//! `onvif` connector).
+//! Modules: [`auth`] (checking WS-UsernameToken), [`device`], [`events`], [`subscriptions`]
+//! (the hub and the queues), [`push`] (push subscriptions). The vocabulary they speak (XML,
+//! SOAP, topics, messages, `wsnt:Notify`) is [`crate::onvif`], shared with the connectors.
 //!
 //! Subscriptions live in memory: they end with the node, and clients re-subscribe (ONVIF
 //! clients do when a renew fails).
@@ -21,12 +20,8 @@
 pub mod auth;
 pub mod device;
 pub mod events;
-pub mod notify;
-pub mod soap;
+pub mod push;
 pub mod subscriptions;
-pub mod time;
-pub mod topics;
-pub mod xml;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -35,16 +30,15 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use tokio_util::sync::CancellationToken;
 
 use self::auth::Authenticator;
-use self::soap::{Fault, Request, envelope, ns, parse_request, soap_response};
 use self::subscriptions::{Hub, Subscriptions};
-use self::xml::XmlOut;
-use super::AppState;
-use crate::runtime::state::Shared;
+use super::{AppState, Shared};
+use crate::onvif::soap::{self, Fault, Request, envelope, ns, parse_request};
+use crate::onvif::xml::XmlOut;
 
 /// Requests larger than this are refused with a fault.
 pub const MAX_BODY: usize = 256 * 1024;
@@ -205,14 +199,14 @@ async fn handle(state: AppState, endpoint: Endpoint, headers: HeaderMap, body: B
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > MAX_BODY as u64) {
-        return too_large().into_response(None);
+        return fault_response(too_large(), None);
     }
     let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY).await else {
-        return too_large().into_response(None);
+        return fault_response(too_large(), None);
     };
     let req = match parse_request(&bytes) {
         Ok(r) => r,
-        Err(f) => return f.into_response(None),
+        Err(f) => return fault_response(f, None),
     };
     let relates_to = req.message_id.clone();
     let addressed = req.action.is_some() || req.message_id.is_some();
@@ -229,9 +223,20 @@ async fn handle(state: AppState, endpoint: Endpoint, headers: HeaderMap, body: B
         }
         Err(fault) => {
             tracing::debug!(operation = %req.op.name, fault = %fault, "ONVIF fault.");
-            fault.into_response(relates_to.as_deref())
+            fault_response(fault, relates_to.as_deref())
         }
     }
+}
+
+/// A SOAP 1.2 message as an HTTP response.
+fn soap_response(status: StatusCode, body: String) -> Response {
+    (status, [(header::CONTENT_TYPE, soap::CONTENT_TYPE)], body).into_response()
+}
+
+/// A fault as its envelope, with the fault's HTTP status.
+fn fault_response(fault: Fault, relates_to: Option<&str>) -> Response {
+    let body = fault.to_xml(relates_to, SystemTime::now());
+    soap_response(fault.status, body)
 }
 
 /// The subscription id in an address `.../onvif/subscription/{id}`.

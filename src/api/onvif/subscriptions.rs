@@ -21,9 +21,11 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::topics::{Message, Properties, TopicMask, event_messages};
-use crate::runtime::state::{Shared, Snapshot};
+use crate::api::Shared;
+use crate::onvif::messages::{Message, Properties, event_messages};
+use crate::onvif::topics::TopicMask;
 use crate::store::StoredEvent;
+use crate::view::Snapshot;
 
 /// Messages the hub's channel keeps for slow subscriptions; one that falls further behind is
 /// re-synchronized.

@@ -13,7 +13,7 @@ use rumqttc::v5::mqttbytes::v5 as m5;
 use rumqttc::{TlsConfiguration, Transport};
 use tokio::sync::mpsc;
 
-use crate::config::connectors::{MqttConfig, MqttProtocol};
+use super::{MqttConfig, MqttProtocol};
 
 /// The largest packet either way.
 const MAX_PACKET: usize = 1 << 20;

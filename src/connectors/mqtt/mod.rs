@@ -20,32 +20,38 @@
 //! (`ce-specversion`, `ce-id`, `ce-type`, `ce-source` and `epoch` on events, `epoch` on state) and,
 //! if configured, a message expiry on events.
 //!
-//! One task per connection polls the event loop of the protocol version ([`link`]) and
+//! One task per connection polls the event loop of the protocol version (`link`) and
 //! forwards what it reports; the connector task matches each publish written (in order: the
 //! event loop handles requests in order) to the publishes it queued, and each PUBACK to what it
 //! sent.
 
+mod config;
 mod link;
+mod session;
+mod topics;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use serde_json::{Value, json};
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+pub use self::config::{MqttConfig, MqttFile, MqttProtocol};
 use self::link::{Link, Note, Props};
-use super::ConnectorStatus;
-use crate::config::connectors::MqttConfig;
+use self::session::{End, Sent, Session};
+pub use self::topics::onvif_messages;
+use self::topics::{event_props, retained, state_props};
+use super::{ConnectorStatus, secret_text};
+use crate::backoff::{Backoff, Jitter};
+use crate::cloudevents::rfc3339;
 use crate::config::{ServerIdx, Site};
-use crate::failover::ResourceState;
-use crate::runtime::cloudevents::rfc3339;
-use crate::runtime::state::Snapshot;
 use crate::store::{Reader, Store, StoredEvent};
+use crate::view::Snapshot;
 
 /// Publishes queued or unacknowledged at once.
 const WINDOW: usize = 64;
@@ -54,39 +60,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the death message may take at shutdown.
 const DEATH_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Reconnect delays: doubling from `min` to `max`, with ±20 % jitter unless turned off.
-#[derive(Debug, Clone, Copy)]
-pub struct Backoff {
-    pub min: Duration,
-    pub max: Duration,
-    pub jitter: bool,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self {
-            min: Duration::from_millis(100),
-            max: Duration::from_secs(5),
-            jitter: true,
-        }
-    }
-}
-
-impl Backoff {
-    /// The delay before attempt `n` (0 = the first retry).
-    pub fn delay(&self, n: u32) -> Duration {
-        let base = self
-            .min
-            .saturating_mul(1u32 << n.min(20))
-            .min(self.max)
-            .max(self.min);
-        if self.jitter {
-            base.mul_f64(0.8 + 0.4 * fastrand::f64())
-        } else {
-            base
-        }
-    }
-}
+/// Reconnect delays: 100ms, doubling up to 5s, with ±20 % jitter.
+const RECONNECT: Backoff =
+    Backoff::doubling(Duration::from_millis(100), RECONNECT_MAX).with_jitter(Jitter::spread(0.2));
+/// The longest wait between two connects.
+const RECONNECT_MAX: Duration = Duration::from_secs(5);
 
 /// A built MQTT connector, ready to [`Mqtt::run`].
 pub struct Mqtt {
@@ -113,50 +91,6 @@ pub struct Mqtt {
     dirty: BTreeMap<String, Value>,
 }
 
-/// What a queued publish was.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Sent {
-    Event(u64),
-    /// The same event under its ONVIF topic: acknowledged with nothing to account.
-    Copy,
-    State,
-    Death,
-}
-
-/// One connection to the broker.
-struct Session {
-    client: Link,
-    rx: mpsc::Receiver<Note>,
-    poller: tokio::task::JoinHandle<()>,
-    /// Handed to the client, not yet reported written by the event loop (in order).
-    queued: VecDeque<Sent>,
-    /// Written, awaiting a PUBACK, by packet id.
-    inflight: HashMap<u16, Sent>,
-    /// Events read from the outbox on this connection, by seq: whether acknowledged (or
-    /// skipped by the filter).
-    pending: BTreeMap<u64, bool>,
-    /// The last seq read from the outbox.
-    read: u64,
-}
-
-impl Drop for Session {
-    fn drop(&mut self) {
-        self.poller.abort();
-    }
-}
-
-impl Session {
-    fn outstanding(&self) -> usize {
-        self.queued.len() + self.inflight.len()
-    }
-}
-
-/// Why a connection ended.
-enum End {
-    Cancelled,
-    Lost(String),
-}
-
 impl Mqtt {
     /// Reads the password and opens the store.
     pub fn build(
@@ -167,14 +101,11 @@ impl Mqtt {
         data_dir: &Path,
         status: Arc<ConnectorStatus>,
     ) -> anyhow::Result<Self> {
-        let base = cfg.base.clone().unwrap_or_else(|| ".".into());
         let password = match &cfg.password {
-            Some(p) => {
-                let bytes = p.resolve(&base).map_err(|e| {
-                    anyhow::anyhow!("connector {name}: cannot read the password ({p:?}): {e}")
-                })?;
-                Some(String::from_utf8_lossy(&bytes).trim().to_string())
-            }
+            Some(p) => Some(
+                secret_text(p, cfg.base.as_deref(), "the password")
+                    .map_err(|e| anyhow::anyhow!("connector {name}: {e}"))?,
+            ),
             None => None,
         };
         let node_id = site.server(node).id.clone();
@@ -206,7 +137,7 @@ impl Mqtt {
             prefix,
             password,
             tls,
-            backoff: Backoff::default(),
+            backoff: RECONNECT,
             status,
             published: HashMap::new(),
             dirty: BTreeMap::new(),
@@ -243,8 +174,8 @@ impl Mqtt {
                 End::Lost(reason) => reason,
             };
             self.refresh_status();
-            let delay = self.backoff.delay(failures);
             failures = failures.saturating_add(1);
+            let delay = self.backoff.delay(failures).unwrap_or(RECONNECT_MAX);
             warn!(connector = %self.name, error = %reason, retry_in = ?delay, "MQTT connection failed; retrying.");
             self.status.failed.fetch_add(1, Ordering::Relaxed);
             self.status.retried.fetch_add(1, Ordering::Relaxed);
@@ -291,15 +222,7 @@ impl Mqtt {
             props: state_props(None),
         };
         let (client, rx, poller) = Link::connect(&self.cfg, &options, will);
-        let mut session = Session {
-            client,
-            rx,
-            poller,
-            queued: VecDeque::new(),
-            inflight: HashMap::new(),
-            pending: BTreeMap::new(),
-            read: 0,
-        };
+        let mut session = Session::new(client, rx, poller);
         let first = tokio::select! {
             _ = cancel.cancelled() => return Ok(None),
             _ = tokio::time::sleep(CONNECT_TIMEOUT) => return Err("no CONNACK in time".into()),
@@ -428,7 +351,7 @@ impl Mqtt {
             }
             for ev in batch {
                 s.read = ev.seq;
-                if !self.cfg.wants(&ev.kind) {
+                if !self.cfg.events.wants(&ev.kind) {
                     s.pending.insert(ev.seq, true);
                     continue;
                 }
@@ -444,31 +367,12 @@ impl Mqtt {
                     }
                 }
                 let topic = format!("{}/events/{}", self.prefix, ev.kind);
-                let props = self.event_props(&payload);
+                let props = event_props(&payload, self.cfg.message_expiry);
                 self.publish(s, topic, payload, false, Sent::Event(ev.seq), props);
                 s.pending.insert(ev.seq, false);
             }
         }
         self.advance(s)
-    }
-
-    /// MQTT 5 properties of an event: structured CloudEvent, a few attributes as user
-    /// properties so a broker rule or a subscriber can route without parsing the payload.
-    fn event_props(&self, ce: &Value) -> Props {
-        let mut user = vec![("ce-specversion".to_string(), "1.0".to_string())];
-        for key in ["id", "type", "source"] {
-            if let Some(v) = ce[key].as_str() {
-                user.push((format!("ce-{key}"), v.to_string()));
-            }
-        }
-        if let Some(epoch) = ce["data"]["epoch"].as_u64() {
-            user.push(("epoch".to_string(), epoch.to_string()));
-        }
-        Props {
-            content_type: Some("application/cloudevents+json"),
-            message_expiry: self.cfg.message_expiry,
-            user,
-        }
     }
 
     /// Moves the cursor past every acknowledged event at the front.
@@ -524,55 +428,13 @@ impl Mqtt {
         self.advance(s)
     }
 
-    /// The retained state this node publishes, by topic, without timestamps.
-    fn state(&self, snap: &Snapshot) -> BTreeMap<String, Value> {
-        let site = &self.site;
-        let me = snap.node;
-        let mut out = BTreeMap::new();
-        for v in &snap.resources {
-            // Published once it runs here: a subscriber switching to this address then finds
-            // the camera recording (not a claim still starting).
-            if v.owner != Some(me) || v.state != ResourceState::Active {
-                continue;
-            }
-            let r = site.resource(v.resource);
-            out.insert(
-                format!("{}/resources/{}", self.prefix, r.id),
-                json!({
-                    "kind": r.kind.as_str(),
-                    "owner": site.server(me).id,
-                    "address": site.server(me).address.to_string(),
-                    "epoch": v.epoch,
-                }),
-            );
-        }
-        for sv in &snap.servers {
-            let (served_by, epoch) = served_by(site, &snap.resources, sv.server);
-            if sv.server != me && served_by != me {
-                continue;
-            }
-            let server = site.server(sv.server);
-            out.insert(
-                format!("{}/servers/{}", self.prefix, server.id),
-                json!({
-                    "state": sv.state.as_str(),
-                    "address": server.address.to_string(),
-                    "served_by": site.server(served_by).id,
-                    "served_address": site.server(served_by).address.to_string(),
-                    "epoch": epoch,
-                }),
-            );
-        }
-        out
-    }
-
     /// Queues what changed since the last publish on this connection; [`Self::pump`] sends it.
     fn publish_state(&mut self, snap: &Snapshot) {
         if snap.booting {
             return;
         }
         let now = rfc3339(SystemTime::now());
-        for (topic, value) in self.state(snap) {
+        for (topic, value) in retained(&self.site, &self.prefix, snap) {
             if self.published.get(&topic) == Some(&value) {
                 continue;
             }
@@ -624,172 +486,5 @@ impl Mqtt {
             .await;
         }
         info!(connector = %self.name, "MQTT disconnected cleanly.");
-    }
-}
-
-/// The ONVIF Profile M event-broker form of an event (`onvif_topics = true`): the messages
-/// the ONVIF event service gives for it (failover, failback, ownership conflict), each under
-/// `{prefix}/onvif-ej/{topic without its namespace prefix}/&{source value}` as ONVIF event JSON:
-/// `{"Topic","UtcTime","Source":{name: value},"Data":{name: value}}`.
-pub fn onvif_messages(prefix: &str, ev: &StoredEvent) -> Vec<(String, Value)> {
-    use crate::api::onvif::topics::event_messages;
-    let items = |v: &[(&str, String)]| {
-        Value::Object(
-            v.iter()
-                .map(|(k, v)| ((*k).to_string(), Value::String(v.clone())))
-                .collect(),
-        )
-    };
-    event_messages(ev)
-        .into_iter()
-        .map(|m| {
-            let (root, leaf) = m.topic.path();
-            let mut topic = format!("{prefix}/onvif-ej/{root}/{leaf}");
-            for (_, value) in &m.source {
-                // `+`, `#` and `/` cannot appear in one topic level.
-                topic.push_str("/&");
-                topic.extend(value.chars().filter(|c| !matches!(c, '+' | '#' | '/')));
-            }
-            let message = json!({
-                "Topic": m.topic.expression(),
-                "UtcTime": m.utc_time,
-                "Source": items(&m.source),
-                "Data": items(&m.data),
-            });
-            (topic, message)
-        })
-        .collect()
-}
-
-/// MQTT 5 properties of retained state and of the birth, death and will.
-fn state_props(epoch: Option<u64>) -> Props {
-    Props {
-        content_type: Some("application/json"),
-        message_expiry: None,
-        user: epoch
-            .map(|e| vec![("epoch".to_string(), e.to_string())])
-            .unwrap_or_default(),
-    }
-}
-
-/// Who serves `server`'s resources in `views`: the owner of most of them (ties to the earlier
-/// server in the site file; the server itself when none has an owner), and the epoch of
-/// `{prefix}/servers/{id}`: the highest epoch among the resources that owner serves.
-///
-/// Not the highest among all of the server's resources: in the middle of a make-before-break
-/// hand-over (a failback) the buddy still serves most of them while the returning server's
-/// first claims are active at a higher epoch. The buddy then published `served_by` itself at
-/// the returning server's epoch, and the returning server, a moment later, `served_by` itself
-/// at that same epoch: a subscriber keeping the highest epoch (and ignoring an equal one, the
-/// epoch rule) kept the buddy's message, and the broker retained whichever came last. Each
-/// owner's own claims carry epochs no other owner shares, so the newer owner's message now
-/// always has the higher epoch.
-fn served_by(
-    site: &Site,
-    views: &[crate::failover::ResourceView],
-    server: ServerIdx,
-) -> (ServerIdx, crate::failover::Epoch) {
-    let mut owners: BTreeMap<ServerIdx, usize> = BTreeMap::new();
-    let mut any = 0;
-    let mine = || {
-        views
-            .iter()
-            .filter(|v| site.resource(v.resource).server == server)
-    };
-    for v in mine() {
-        any = any.max(v.epoch);
-        if let Some(o) = v.owner {
-            *owners.entry(o).or_default() += 1;
-        }
-    }
-    let by = owners
-        .iter()
-        .max_by_key(|(o, n)| (**n, std::cmp::Reverse(**o)))
-        .map_or(server, |(o, _)| *o);
-    let epoch = mine()
-        .filter(|v| v.owner == Some(by))
-        .map(|v| v.epoch)
-        .max()
-        .unwrap_or(any);
-    (by, epoch)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::ResourceIdx;
-    use crate::failover::{ResourceState, ResourceView};
-
-    /// Fault lab (tests/faults), every failback: the buddy published `servers/live-1` as
-    /// served by itself at the returning server's epoch, then live-1 as served by itself at
-    /// the same epoch; a subscriber applying the epoch rule ended on the buddy.
-    #[test]
-    fn servers_topic_epoch_is_the_serving_owners_own() {
-        let site = crate::config::parse_str(
-            r#"
-[site]
-name = "t"
-secret = "x"
-[api]
-token = "x"
-[[servers]]
-id = "live-1"
-address = "10.0.0.1"
-heartbeat = ["10.0.0.1:7400"]
-api = "10.0.0.1:8400"
-buddies = ["fo-1"]
-[[servers]]
-id = "fo-1"
-role = "failover"
-mode = "mirrored"
-address = "10.0.0.2"
-heartbeat = ["10.0.0.2:7400"]
-api = "10.0.0.2:8400"
-[[resources]]
-server = "live-1"
-id = "{server}-cam-{01..04}"
-kind = "camera"
-"#,
-            "site.toml",
-        )
-        .expect("valid site")
-        .site;
-        let live = site.server_idx("live-1").unwrap();
-        let fo = site.server_idx("fo-1").unwrap();
-        // `back` cameras are active on live-1 again at 399, the rest still on fo-1 at 298.
-        let views = |back: u32| -> Vec<ResourceView> {
-            (0..4)
-                .map(|i| ResourceView {
-                    resource: ResourceIdx(i),
-                    owner: Some(if i < back { live } else { fo }),
-                    epoch: if i < back { 399 } else { 298 },
-                    state: ResourceState::Active,
-                    unplaced: false,
-                })
-                .collect()
-        };
-        // fo-1 still serves most: its message carries its own epoch, below live-1's claims.
-        assert_eq!(served_by(&site, &views(1), live), (fo, 298));
-        // Half back: ties go to the earlier server in the site file.
-        assert_eq!(served_by(&site, &views(2), live), (live, 399));
-        assert_eq!(served_by(&site, &views(4), live), (live, 399));
-        assert_eq!(served_by(&site, &views(0), live), (fo, 298));
-        // Nobody serves them: the server itself, at the highest epoch known.
-        let none: Vec<_> = views(1)
-            .into_iter()
-            .map(|v| ResourceView { owner: None, ..v })
-            .collect();
-        assert_eq!(served_by(&site, &none, live), (live, 399));
-    }
-
-    #[test]
-    fn backoff_doubles_up_to_the_cap() {
-        let b = Backoff {
-            min: Duration::from_millis(100),
-            max: Duration::from_secs(1),
-            jitter: false,
-        };
-        let d: Vec<_> = (0..6).map(|n| b.delay(n).as_millis()).collect();
-        assert_eq!(d, [100, 200, 400, 800, 1000, 1000]);
     }
 }

@@ -9,6 +9,8 @@
 //! disables the endpoint until a replay. The `webhook-id` is the
 //! CloudEvent id, the same on every attempt and replay, so a receiver can drop duplicates.
 
+mod config;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -21,15 +23,13 @@ use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use super::ConnectorStatus;
-use super::outbox::{
-    self, Outbox, Sink, Try, error_chain, http_client, parse_retry_after, secret_text,
-};
-use crate::config::connectors::{WebhookConfig, decode_whsec};
+pub use self::config::{BasicAuthFile, OneOrMany, WebhookConfig, WebhookFile, decode_whsec};
+use super::outbox::{self, Outbox, Sink, Try, error_chain, http_client, parse_retry_after};
+use super::{ConnectorStatus, secret_text};
+use crate::cloudevents::rfc3339;
 use crate::config::{ServerIdx, Site};
-use crate::runtime::cloudevents::rfc3339;
-use crate::runtime::state::Snapshot;
 use crate::store::StoredEvent;
+use crate::view::Snapshot;
 
 /// A built webhook connector, ready to [`Webhook::run`].
 pub struct Webhook {
@@ -58,18 +58,18 @@ impl Webhook {
         data_dir: &Path,
         status: Arc<ConnectorStatus>,
     ) -> anyhow::Result<Self> {
-        let base = site_base(&cfg);
+        let base = cfg.base.as_deref();
         let mut keys = Vec::new();
         for s in &cfg.secrets {
-            let text = secret_text(s, &base, "the signing secret")?;
+            let text = secret_text(s, base, "the signing secret")?;
             keys.push(decode_whsec(&text).map_err(|e| anyhow::anyhow!("connector {name}: {e}"))?);
         }
         let bearer = match &cfg.bearer {
-            Some(b) => Some(secret_text(b, &base, "the bearer token")?),
+            Some(b) => Some(secret_text(b, base, "the bearer token")?),
             None => None,
         };
         let basic = match &cfg.basic {
-            Some((user, pw)) => Some((user.clone(), secret_text(pw, &base, "the password")?)),
+            Some((user, pw)) => Some((user.clone(), secret_text(pw, base, "the password")?)),
             None => None,
         };
         let client = http_client(&name, cfg.timeout, &cfg.tls)?;
@@ -77,7 +77,13 @@ impl Webhook {
         if let Some((path, text)) = &cfg.template {
             env.add_template_owned(path.display().to_string(), text.clone())?;
         }
-        let outbox = Outbox::open(&name, data_dir, status, cfg.retry.clone(), 1)?;
+        let outbox = Outbox::open(
+            &name,
+            data_dir,
+            status,
+            outbox::retry_schedule(cfg.retry.clone()),
+            1,
+        )?;
         Ok(Self {
             node: site.server(node).id.clone(),
             name,
@@ -118,7 +124,10 @@ impl Webhook {
             return;
         };
         let status = self.outbox.status();
-        if status.queue_depth() > 0 || self.outbox.is_disabled() || !self.cfg.wants(REASSERTED) {
+        if status.queue_depth() > 0
+            || self.outbox.is_disabled()
+            || !self.cfg.events.wants(REASSERTED)
+        {
             return;
         }
         let Some(json) = reassertion(&snapshot, status.head.load(Ordering::Relaxed)) else {
@@ -255,7 +264,7 @@ impl Webhook {
 
 impl Sink for Webhook {
     fn wants(&self, ev: &StoredEvent) -> bool {
-        self.cfg.wants(&ev.kind)
+        self.cfg.events.wants(&ev.kind)
     }
 
     /// One event at a time (the outbox's batch is 1).
@@ -326,13 +335,6 @@ pub fn reassertion(snap: &Snapshot, seq: u64) -> Option<String> {
         })
         .to_string(),
     )
-}
-
-/// The folder `file:` secrets of a connector are read from: its file's folder.
-fn site_base(cfg: &WebhookConfig) -> std::path::PathBuf {
-    cfg.base
-        .clone()
-        .unwrap_or_else(|| std::path::PathBuf::from("."))
 }
 
 /// `webhook-signature`: `v1,<base64 HMAC-SHA256(key, "{id}.{timestamp}.{body}")>` per key,

@@ -3,8 +3,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use http::StatusCode;
 
 use super::time::{format_datetime, format_duration};
 use super::xml::{self, Element, ParseError, XmlOut};
@@ -165,7 +164,7 @@ pub enum Detail {
 }
 
 /// A SOAP fault, answered with HTTP 400 (sender) or 500 (the rest) unless `status` says
-/// otherwise.
+/// otherwise (the SOAP 1.2 HTTP binding).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fault {
     pub status: StatusCode,
@@ -303,11 +302,6 @@ impl Fault {
         o.close("env:Envelope");
         o.finish()
     }
-
-    pub fn into_response(self, relates_to: Option<&str>) -> Response {
-        let body = self.to_xml(relates_to, SystemTime::now());
-        soap_response(self.status, body)
-    }
 }
 
 impl std::fmt::Display for Fault {
@@ -322,10 +316,6 @@ impl std::fmt::Display for Fault {
 
 /// Content type of every SOAP 1.2 message.
 pub const CONTENT_TYPE: &str = "application/soap+xml; charset=utf-8";
-
-pub fn soap_response(status: StatusCode, body: String) -> Response {
-    (status, [(header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response()
-}
 
 /// Writes a response envelope: WS-Addressing headers when the request had them, then the body
 /// written by `body`.

@@ -1,22 +1,19 @@
-//! What the runtime shares with the API, the dashboard and (later) the connectors: a snapshot of
-//! the core's view, published after changes; the event stream; the command channel; counters.
+//! What a running node shows its readers (the API, the dashboard, the connectors) and what
+//! they send back: a [`Snapshot`] of the core's view, published after changes; operator
+//! [`Command`]s; the runtime's counters ([`Metrics`]).
 //!
-//! The core is owned by one task (no `Mutex` around it); everything here is a copy or a
-//! channel.
+//! The core is owned by one task (no `Mutex` around it); everything here is a copy, a counter
+//! or a message. The runtime writes these, the readers read them: neither imports the other.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::{broadcast, mpsc, watch};
-
 use crate::config::{ServerIdx, Site};
 use crate::failover::wire::Action;
 use crate::failover::{Node, ResourceView, ServerView, Stats};
-use crate::store::StoredEvent;
 
 /// The core's view at one moment.
 #[derive(Debug, Clone)]
@@ -157,21 +154,8 @@ impl Metrics {
     }
 }
 
-/// Handles the API and connectors get.
-#[derive(Clone)]
-pub struct Shared {
-    pub snapshot: watch::Receiver<Arc<Snapshot>>,
-    /// Every event as it is stored (the SSE stream subscribes here).
-    pub events: broadcast::Sender<Arc<StoredEvent>>,
-    pub commands: mpsc::Sender<Command>,
-    /// The node's data dir: open a `store::Reader` on it for `GET /events`.
-    pub data_dir: PathBuf,
-    /// Bearer token for mutations; `None` refuses every mutation.
-    pub token: Option<String>,
-    /// ONVIF WS-UsernameToken accounts, `(user, password)`, resolved from the site's
-    /// `api.onvif_users`; empty refuses every ONVIF operation but `GetSystemDateAndTime`.
-    pub onvif_users: Vec<(String, String)>,
-    pub metrics: Arc<Metrics>,
-    /// The node's connectors (webhook, ...), for status, metrics and replay.
-    pub connectors: Arc<Vec<crate::connectors::ConnectorHandle>>,
+impl crate::agent::OpCounter for Metrics {
+    fn agent_op(&self, op: &'static str, outcome: &'static str) {
+        Metrics::agent_op(self, op, outcome);
+    }
 }

@@ -13,11 +13,11 @@ use base64::Engine as _;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::onvif::auth::password_digest;
-use crate::api::onvif::soap::ns;
-use crate::api::onvif::time::format_datetime;
-use crate::api::onvif::xml::{self, Element};
 use crate::connectors::webhook::sign;
+use crate::onvif::security::password_digest;
+use crate::onvif::soap::ns;
+use crate::onvif::time::format_datetime;
+use crate::onvif::xml::{self, Element};
 
 /// One thing a consumer received.
 #[derive(Debug, Clone)]

@@ -2,28 +2,20 @@
 //!
 //! [`notify`] makes one delivery attempt and is what the `type = "onvif"` connector calls for
 //! each batch it takes from the durable outbox (it retries from there), with a
-//! WS-UsernameToken when the consumer wants one. [`notify_envelope`] builds the message. The push subscriptions of the event service (`Subscribe`) run
-//! [`push`]: in memory, retried with backoff a few times, then dropped.
+//! WS-UsernameToken when the consumer wants one. [`notify_envelope`] builds the message;
+//! [`send`] posts one. The push subscriptions of the event service (`Subscribe`) use both
+//! (`api::onvif::push`).
 
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-use axum::http::header;
+use reqwest::header;
 use thiserror::Error;
-use tokio_util::sync::CancellationToken;
 
+use super::messages::{Message, write_notification};
 use super::soap;
-use super::subscriptions::{Hub, Subscription, Subscriptions};
-use super::topics::{Message, write_notification};
 
 /// WS-Addressing action of `Notify`.
 pub const NOTIFY_ACTION: &str = "http://docs.oasis-open.org/wsn/bw-2/NotificationConsumer/Notify";
-/// Messages per `Notify` from a push subscription.
-pub const PUSH_BATCH: usize = 100;
-/// Attempts per batch of a push subscription before it is dropped.
-pub const PUSH_ATTEMPTS: u32 = 5;
-/// First retry delay of a push subscription; doubled each time, with jitter.
-pub const PUSH_BACKOFF: Duration = Duration::from_millis(200);
 
 #[derive(Debug, Error)]
 pub enum NotifyError {
@@ -85,7 +77,7 @@ pub fn secured_envelope(
     o.open("env:Envelope", soap::ENVELOPE_NS);
     o.open("env:Header", &[]);
     if let Some(c) = credentials {
-        super::auth::write_username_token(&mut o, &c.user, &c.password, SystemTime::now());
+        super::security::write_username_token(&mut o, &c.user, &c.password, SystemTime::now());
     }
     o.leaf("wsa:Action", NOTIFY_ACTION);
     o.leaf("wsa:To", consumer_url);
@@ -113,7 +105,8 @@ pub async fn notify(
     send(client, consumer_url, body).await
 }
 
-async fn send(client: &reqwest::Client, url: &str, body: String) -> Result<(), NotifyError> {
+/// POSTs one SOAP `body` to `url`: one attempt; 2xx is success.
+pub async fn send(client: &reqwest::Client, url: &str, body: String) -> Result<(), NotifyError> {
     let resp = client
         .post(url)
         .header(header::CONTENT_TYPE, soap::CONTENT_TYPE)
@@ -151,76 +144,4 @@ fn fault_reason(body: &[u8]) -> Option<String> {
         None => fault.child_local("faultstring")?.text(),
     };
     Some(text.trim().chars().take(200).collect())
-}
-
-/// Where a push subscription's messages say they come from.
-pub struct PushAddresses {
-    pub subscription: String,
-    pub producer: String,
-}
-
-/// Runs a push subscription until it ends (`Unsubscribe`, expiry, shutdown): waits for
-/// messages, sends them in batches, retries a failed batch with backoff and drops it after
-/// [`PUSH_ATTEMPTS`].
-pub async fn push(
-    sub: Arc<Subscription>,
-    hub: Arc<Hub>,
-    subs: Arc<Subscriptions>,
-    client: reqwest::Client,
-    addresses: PushAddresses,
-    shutdown: CancellationToken,
-) {
-    let Some(consumer) = sub.consumer.clone() else {
-        return;
-    };
-    while !shutdown.is_cancelled() && !sub.expired(SystemTime::now()) {
-        let Ok(batch) = sub
-            .pull(&hub, Duration::from_secs(60), PUSH_BATCH, &shutdown)
-            .await
-        else {
-            break;
-        };
-        if batch.is_empty() {
-            continue;
-        }
-        let body = notify_envelope(
-            &consumer,
-            &batch,
-            Some(&addresses.subscription),
-            Some(&addresses.producer),
-        );
-        deliver(&sub, &client, &consumer, body, &shutdown).await;
-    }
-    subs.sweep(SystemTime::now());
-    tracing::debug!(subscription = %sub.id, "ONVIF push subscription ended.");
-}
-
-/// One batch, with retries.
-async fn deliver(
-    sub: &Subscription,
-    client: &reqwest::Client,
-    consumer: &str,
-    body: String,
-    shutdown: &CancellationToken,
-) {
-    let mut delay = PUSH_BACKOFF;
-    for attempt in 1..=PUSH_ATTEMPTS {
-        match send(client, consumer, body.clone()).await {
-            Ok(()) => return,
-            Err(e) if attempt == PUSH_ATTEMPTS || !e.is_retryable() => {
-                tracing::warn!(subscription = %sub.id, error = %e, attempt, "ONVIF Notify dropped.");
-                return;
-            }
-            Err(e) => {
-                tracing::debug!(subscription = %sub.id, error = %e, attempt, "ONVIF Notify failed; retrying.");
-            }
-        }
-        let jitter = delay.mul_f64(fastrand::f64() * 0.5);
-        tokio::select! {
-            _ = tokio::time::sleep(delay + jitter) => {}
-            _ = sub.ended.cancelled() => return,
-            _ = shutdown.cancelled() => return,
-        }
-        delay *= 2;
-    }
 }

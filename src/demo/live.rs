@@ -3,26 +3,24 @@
 //! cameras, an I/O unit, an LPR and an analytics resource each) and a spread-servers failover
 //! server, kills a live node with SIGKILL, prints the takeover resource by resource with its
 //! timing, restarts the node, prints the failback, and ends with a summary table. Beside them
-//! run the consumers ([`crate::demo_consumers`]): a PSIM webhook receiver, an ONVIF pull-point
-//! client and an MQTT subscriber on an embedded broker that every node publishes to.
+//! run the consumers ([`super::consumers`]): a PSIM webhook receiver, an ONVIF pull-point
+//! client and an MQTT subscriber on an embedded broker that every node publishes to. The site's
+//! processes and what the demo asks their APIs are in `super::site`.
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
-use std::net::{TcpListener, UdpSocket};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use std::sync::{Arc, Mutex};
 
-use anyhow::{Context as _, bail};
-use serde_json::Value;
+use anyhow::bail;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::demo_consumers::{
+use super::consumers::{
     Received, embedded_broker, mqtt_subscriber, onvif_consumer, webhook_receiver,
 };
+use super::site::{NODES, ONVIF_PASS, ONVIF_USER, Site, TOKEN, WHSEC, write_site};
 
 /// Options of the live demo.
 #[derive(Debug, Clone)]
@@ -31,260 +29,6 @@ pub struct LiveOptions {
     pub keep_running: bool,
     /// Where the site file, stores and logs go [default: a fresh temp dir].
     pub dir: Option<PathBuf>,
-}
-
-const NODES: [&str; 3] = ["live-1", "live-2", "fo-1"];
-const TOKEN: &str = "demo-token";
-
-struct Node {
-    id: &'static str,
-    ip: String,
-    api: String,
-    child: Option<Child>,
-    starts: u32,
-}
-
-struct Site {
-    dir: PathBuf,
-    file: PathBuf,
-    nodes: Vec<Node>,
-    t0: Instant,
-    client: reqwest::Client,
-}
-
-fn free_port(ip: &str) -> anyhow::Result<u16> {
-    for _ in 0..100 {
-        let udp = UdpSocket::bind(format!("{ip}:0"))?;
-        let port = udp.local_addr()?.port();
-        if TcpListener::bind(format!("{ip}:{port}")).is_ok() {
-            return Ok(port);
-        }
-    }
-    bail!("no free port on {ip}")
-}
-
-/// The PSIM's signing secret in the demo.
-const WHSEC: &str = "whsec_ZGVtby1zaWduaW5nLWtleS1mb3ItYnVkZHlnYXRl";
-const ONVIF_USER: &str = "demo";
-const ONVIF_PASS: &str = "demo-onvif-pass";
-
-fn write_site(dir: &Path, psim_url: &str, mqtt_port: u16) -> anyhow::Result<(PathBuf, Vec<Node>)> {
-    std::fs::create_dir_all(dir.join("connectors"))
-        .with_context(|| format!("cannot create {}", dir.display()))?;
-    std::fs::write(
-        dir.join("site.key"),
-        format!("demo-{}\n", std::process::id()),
-    )?;
-    std::fs::write(dir.join("api.token"), format!("{TOKEN}\n"))?;
-    std::fs::write(dir.join("onvif.pass"), format!("{ONVIF_PASS}\n"))?;
-    std::fs::write(dir.join("connectors/psim.secret"), format!("{WHSEC}\n"))?;
-    std::fs::write(
-        dir.join("connectors/psim.toml"),
-        format!(
-            "# The demo's PSIM: signed CloudEvents of failovers and failbacks.\n\
-             type = \"webhook\"\nurl = \"{psim_url}\"\nsecret = \"file:psim.secret\"\n\
-             events = [\"buddygate.failover.completed\", \"buddygate.failback.completed\"]\n"
-        ),
-    )?;
-    std::fs::write(
-        dir.join("connectors/bus.toml"),
-        format!(
-            "# The demo's embedded MQTT broker: retained owners, online flags, every event.\n\
-             type = \"mqtt\"\nurl = \"mqtt://127.0.0.1:{mqtt_port}\"\nkeep_alive = \"2s\"\n"
-        ),
-    )?;
-    let mut toml = format!(
-        "# Written by `buddygate demo`.\n[site]\nname = \"demo\"\nsecret = \"file:site.key\"\n\
-         heartbeat_interval = \"200ms\"\nfailure_timeout = \"1s\"\nfailback = \"auto\"\n\
-         failback_delay = \"5s\"\n\n[api]\ntoken = \"file:api.token\"\n\
-         onvif_users = [{{ user = \"{ONVIF_USER}\", password = \"file:onvif.pass\" }}]\n\n",
-    );
-    let mut nodes = Vec::new();
-    for (i, id) in NODES.iter().enumerate() {
-        let ip = format!("127.0.0.{}", 11 + i);
-        let ip2 = format!("127.0.1.{}", 11 + i);
-        let hb1 = format!("{ip}:{}", free_port(&ip)?);
-        let hb2 = format!("{ip2}:{}", free_port(&ip2)?);
-        let api = format!("{ip}:{}", free_port(&ip)?);
-        toml.push_str(&format!(
-            "[[servers]]\nid = \"{id}\"\naddress = \"{ip}\"\nheartbeat = [\"{hb1}\", \"{hb2}\"]\napi = \"{api}\"\n"
-        ));
-        if id.starts_with("live") {
-            toml.push_str("buddies = [\"fo-1\"]\n\n");
-        } else {
-            toml.push_str(
-                "role = \"failover\"\nmode = \"spread-servers\"\nmax_servers = 2\nmax_cameras = 60\n\n",
-            );
-        }
-        nodes.push(Node {
-            id,
-            ip,
-            api: format!("http://{api}"),
-            child: None,
-            starts: 0,
-        });
-    }
-    toml.push_str(
-        "[[resources]]\nserver = \"live-{1..2}\"\nid = \"{server}-cam-{01..25}\"\nkind = \"camera\"\n\n\
-         [[resources]]\nserver = \"live-{1..2}\"\nid = \"{server}-io\"\nkind = \"io\"\npriority = 5\n\n\
-         [[resources]]\nserver = \"live-{1..2}\"\nid = \"{server}-lpr\"\nkind = \"lpr\"\npriority = 8\n\n\
-         [[resources]]\nserver = \"live-{1..2}\"\nid = \"{server}-analytics\"\nkind = \"analytics\"\npriority = 3\n",
-    );
-    let file = dir.join("site.toml");
-    std::fs::write(&file, toml)?;
-    Ok((file, nodes))
-}
-
-impl Site {
-    fn say(&self, msg: &str) {
-        println!("[{:>7.3}s] {msg}", self.t0.elapsed().as_secs_f64());
-        let _ = std::io::stdout().flush();
-    }
-
-    fn node(&mut self, id: &str) -> &mut Node {
-        self.nodes
-            .iter_mut()
-            .find(|n| n.id == id)
-            .expect("demo node")
-    }
-
-    fn start(&mut self, id: &str) -> anyhow::Result<()> {
-        let exe = std::env::current_exe().context("cannot find the buddygate binary")?;
-        let (file, dir) = (self.file.clone(), self.dir.clone());
-        let n = self.node(id);
-        n.starts += 1;
-        let log = std::fs::File::create(dir.join(format!("{id}.{}.log", n.starts)))?;
-        let child = Command::new(exe)
-            .args(["run", "--config"])
-            .arg(&file)
-            .args(["--node", id])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("cannot start {id}"))?;
-        n.child = Some(child);
-        Ok(())
-    }
-
-    fn kill9(&mut self, id: &str) {
-        if let Some(mut c) = self.node(id).child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn api(&self, id: &str) -> String {
-        self.nodes
-            .iter()
-            .find(|n| n.id == id)
-            .expect("node")
-            .api
-            .clone()
-    }
-
-    fn ip(&self, id: &str) -> String {
-        self.nodes
-            .iter()
-            .find(|n| n.id == id)
-            .expect("node")
-            .ip
-            .clone()
-    }
-
-    async fn get(&self, id: &str, path: &str) -> Option<Value> {
-        let resp = self
-            .client
-            .get(format!("{}{path}", self.api(id)))
-            .send()
-            .await
-            .ok()?;
-        resp.json().await.ok()
-    }
-
-    /// fo-1's view of every resource: id -> (owner, epoch, state).
-    async fn owners(&self, from: &str) -> Option<BTreeMap<String, (String, u64, String)>> {
-        let v = self.get(from, "/api/v1/resources").await?;
-        Some(
-            v["resources"]
-                .as_array()?
-                .iter()
-                .map(|r| {
-                    (
-                        r["id"].as_str().unwrap_or("").to_string(),
-                        (
-                            r["owner"].as_str().unwrap_or("-").to_string(),
-                            r["epoch"].as_u64().unwrap_or(0),
-                            r["state"].as_str().unwrap_or("").to_string(),
-                        ),
-                    )
-                })
-                .collect(),
-        )
-    }
-
-    /// Prints the events `id` logged after `after`; returns the last sequence seen.
-    async fn print_events(&self, id: &str, after: u64) -> u64 {
-        let Some(v) = self
-            .get(id, &format!("/api/v1/events?after={after}&limit=1000"))
-            .await
-        else {
-            return after;
-        };
-        let mut last = after;
-        for e in v["events"].as_array().into_iter().flatten() {
-            last = last.max(e["seq"].as_u64().unwrap_or(last));
-            let ty = e["type"].as_str().unwrap_or("?");
-            if ty.ends_with("path.up") || ty.ends_with("path.down") {
-                continue;
-            }
-            let d = &e["data"];
-            let detail = match ty.trim_start_matches("buddygate.") {
-                "failover.completed" => format!(
-                    "{} -> {} ({}) epoch {}, {} resources, takeover {} ms",
-                    d["server"]["id"].as_str().unwrap_or("?"),
-                    d["new_server"]["id"].as_str().unwrap_or("?"),
-                    d["new_server"]["address"].as_str().unwrap_or("?"),
-                    d["epoch"],
-                    d["resources"].as_array().map_or(0, Vec::len),
-                    d["takeover_ms"]
-                ),
-                "failback.completed" => format!(
-                    "{} ({}) epoch {}, {} resources back in {} ms",
-                    d["server"]["id"].as_str().unwrap_or("?"),
-                    d["server"]["address"].as_str().unwrap_or("?"),
-                    d["epoch"],
-                    d["resources"].as_array().map_or(0, Vec::len),
-                    d["failback_ms"]
-                ),
-                "failover.started" => format!(
-                    "{} -> {}: {} resources at epoch {}",
-                    d["server"]["id"].as_str().unwrap_or("?"),
-                    d["new_server"]["id"].as_str().unwrap_or("?"),
-                    d["resources"].as_array().map_or(0, Vec::len),
-                    d["epoch"]
-                ),
-                _ => d["server"]["id"]
-                    .as_str()
-                    .or(d["resource"]["id"].as_str())
-                    .unwrap_or("")
-                    .to_string(),
-            };
-            self.say(&format!("  event from {id}: {ty} {detail}"));
-        }
-        last
-    }
-}
-
-impl Drop for Site {
-    fn drop(&mut self) {
-        for n in &mut self.nodes {
-            if let Some(mut c) = n.child.take() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
-    }
 }
 
 /// Runs the demo. Returns an error if the site did not behave (the demo is also a smoke test).
@@ -305,7 +49,7 @@ async fn run_async(opts: LiveOptions) -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
     let _stop = cancel.clone().drop_guard();
     let (tx, mut rx) = mpsc::unbounded_channel::<Received>();
-    let key = crate::config::connectors::decode_whsec(WHSEC).map_err(anyhow::Error::msg)?;
+    let key = crate::connectors::webhook::decode_whsec(WHSEC).map_err(anyhow::Error::msg)?;
     let psim_url = webhook_receiver(key, tx.clone(), cancel.clone()).await?;
     let mqtt_port = embedded_broker(false)?;
     let (file, nodes) = write_site(&dir, &psim_url, mqtt_port)?;

@@ -8,6 +8,8 @@
 //! fault, a timeout, a consumer that is down) is retried on the `retry` schedule like a
 //! webhook, by the shared [`outbox`] loop: dead letters, replay and `410 Gone` included.
 
+mod config;
+
 use std::path::Path;
 use std::sync::Arc;
 
@@ -15,12 +17,12 @@ use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use super::ConnectorStatus;
+pub use self::config::{MAX_BATCH, OnvifConfig, OnvifFile};
 use super::outbox::{self, Outbox, Sink, Try, error_chain, http_client, parse_retry_after};
-use crate::api::onvif::notify::{Credentials, NotifyError, notify};
-use crate::api::onvif::topics::{Message, outbox_messages};
+use super::{ConnectorStatus, secret_text};
 use crate::config::Site;
-use crate::config::connectors::OnvifConfig;
+use crate::onvif::messages::{Message, outbox_messages};
+use crate::onvif::notify::{Credentials, NotifyError, notify};
 use crate::store::StoredEvent;
 
 /// A built onvif connector, ready to [`Onvif::run`].
@@ -42,16 +44,21 @@ impl Onvif {
         data_dir: &Path,
         status: Arc<ConnectorStatus>,
     ) -> anyhow::Result<Self> {
-        let base = cfg.base.clone().unwrap_or_else(|| ".".into());
         let credentials = match &cfg.username {
             Some((user, password)) => Some(Credentials {
                 user: user.clone(),
-                password: outbox::secret_text(password, &base, "the password")?,
+                password: secret_text(password, cfg.base.as_deref(), "the password")?,
             }),
             None => None,
         };
         let client = http_client(&name, cfg.timeout, &cfg.tls)?;
-        let outbox = Outbox::open(&name, data_dir, status, cfg.retry.clone(), cfg.batch)?;
+        let outbox = Outbox::open(
+            &name,
+            data_dir,
+            status,
+            outbox::retry_schedule(cfg.retry.clone()),
+            cfg.batch,
+        )?;
         Ok(Self {
             name,
             cfg,
@@ -84,7 +91,7 @@ impl Onvif {
 
 impl Sink for Onvif {
     fn wants(&self, ev: &StoredEvent) -> bool {
-        self.cfg.wants(&ev.kind) && !outbox_messages(&self.site, ev).is_empty()
+        self.cfg.events.wants(&ev.kind) && !outbox_messages(&self.site, ev).is_empty()
     }
 
     /// Every message of `events`, `batch` per `Notify`; the first failure fails the attempt

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use crate::config::{ResourceIdx, ServerIdx, Site};
 use crate::failover::{DownReason, Event, FailedResource};
@@ -57,6 +57,28 @@ fn resources_with_owner(
     )
 }
 
+/// What `failover.started` and `failover.completed` share: `server`'s `resources` moved to
+/// `new_server` at `epoch`.
+fn moved(
+    site: &Site,
+    s: ServerIdx,
+    new_server: ServerIdx,
+    epoch: u64,
+    resources: &[ResourceIdx],
+    epochs: &HashMap<ResourceIdx, u64>,
+) -> Map<String, Value> {
+    let mut data = Map::new();
+    data.insert("site".into(), site.name.clone().into());
+    data.insert("server".into(), server(site, s));
+    data.insert("new_server".into(), server(site, new_server));
+    data.insert("epoch".into(), epoch.into());
+    data.insert(
+        "resources".into(),
+        resources_with_owner(site, resources, new_server, epochs, epoch),
+    );
+    data
+}
+
 fn failed(site: &Site, f: &[FailedResource]) -> Value {
     Value::Array(
         f.iter()
@@ -103,13 +125,7 @@ pub fn to_cloudevent(
             new_server,
             epoch,
             resources,
-        } => json!({
-            "site": site.name,
-            "server": server(site, *s),
-            "new_server": server(site, *new_server),
-            "epoch": epoch,
-            "resources": resources_with_owner(site, resources, *new_server, epochs, *epoch),
-        }),
+        } => Value::Object(moved(site, *s, *new_server, *epoch, resources, epochs)),
         Event::FailoverCompleted {
             server: s,
             new_server,
@@ -118,16 +134,13 @@ pub fn to_cloudevent(
             failed: f,
             down_since,
             takeover,
-        } => json!({
-            "site": site.name,
-            "server": server(site, *s),
-            "new_server": server(site, *new_server),
-            "epoch": epoch,
-            "resources": resources_with_owner(site, resources, *new_server, epochs, *epoch),
-            "failed": failed(site, f),
-            "down_since": rfc3339(clock.wall(*down_since)),
-            "takeover_ms": takeover.as_millis() as u64,
-        }),
+        } => {
+            let mut data = moved(site, *s, *new_server, *epoch, resources, epochs);
+            data.insert("failed".into(), failed(site, f));
+            data.insert("down_since".into(), rfc3339(clock.wall(*down_since)).into());
+            data.insert("takeover_ms".into(), (takeover.as_millis() as u64).into());
+            Value::Object(data)
+        }
         Event::FailbackCompleted {
             server: s,
             epoch,

@@ -1,16 +1,28 @@
 //! The command line: a clap [`Command`] per subcommand, each run by a function that writes to
 //! the given outputs and returns the process exit code. `main` only parses and calls [`run`].
+//!
+//! - `check`: `buddygate check`, the site file's diagnostics or its summary.
+//! - `node`: `buddygate run`, one server's daemon.
+//! - `client`: `status`, `failover`, `failback`, `replay` through a node's API.
+//! - `buddygate demo` runs [`crate::demo`].
+
+mod check;
+mod client;
+mod node;
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::config;
+use crate::config::{self, Site};
+use crate::connectors::{self, SiteFiles};
 
 /// Exit code for an invalid site file (BSD `EX_USAGE`, as DESIGN fixes it).
 pub const EXIT_INVALID: u8 = 64;
+/// Exit code when the daemon or a client cannot start (BSD `EX_UNAVAILABLE`).
+const EXIT_UNAVAILABLE: u8 = 69;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -123,21 +135,21 @@ pub fn run(cli: Cli) -> ExitCode {
 /// Runs the command, writing results to `out` and diagnostics to `err`; returns the exit code.
 pub fn run_with(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
     let result = match cli.command {
-        Command::Check { config } => return check(&config, out, err),
+        Command::Check { config } => return check::check(&config, out, err),
         Command::Run {
             config,
             node,
             data_dir,
-        } => return crate::cli_node::run_node(&config, &node, data_dir, err),
-        Command::Status { target } => return crate::cli_node::status(&target, out, err),
+        } => return node::run_node(&config, &node, data_dir, err),
+        Command::Status { target } => return client::status(&target, out, err),
         Command::Failover { server, target } => {
-            return crate::cli_node::command(&target, "failover", &server, out, err);
+            return client::command(&target, "failover", &server, out, err);
         }
         Command::Replay { connector, target } => {
-            return crate::cli_node::replay(&target, &connector, out, err);
+            return client::replay(&target, &connector, out, err);
         }
         Command::Failback { server, target } => {
-            return crate::cli_node::command(&target, "failback", &server, out, err);
+            return client::command(&target, "failback", &server, out, err);
         }
         Command::Demo {
             keep_running,
@@ -147,9 +159,9 @@ pub fn run_with(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
             seed,
         } => {
             let result = if simulated {
-                crate::demo::run(crate::demo::DemoOptions { fast, seed })
+                crate::demo::simulated::run(crate::demo::simulated::DemoOptions { fast, seed })
             } else {
-                crate::demo_live::run(crate::demo_live::LiveOptions { keep_running, dir })
+                crate::demo::live::run(crate::demo::live::LiveOptions { keep_running, dir })
             };
             return match result {
                 Ok(()) => 0,
@@ -170,74 +182,23 @@ pub fn run_with(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
     }
 }
 
-/// `buddygate check`: diagnostics to `err`, the summary to `out`.
-fn check(path: &std::path::Path, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
-    match config::load(path) {
+/// Loads the site file, printing diagnostics; `None` when invalid.
+pub(crate) fn load(config: &Path, err: &mut dyn Write) -> Option<Site> {
+    load_all(config, err).map(|l| l.site)
+}
+
+/// The site and its connector files.
+pub(crate) fn load_all(config: &Path, err: &mut dyn Write) -> Option<SiteFiles> {
+    match connectors::load_site(config) {
         Ok(loaded) => {
             for w in &loaded.warnings {
                 let _ = writeln!(err, "{w}");
             }
-            let _ = out.write_all(config::summary::render(&loaded.site).as_bytes());
-            if !loaded.connectors.is_empty() {
-                let _ = writeln!(out, "connectors:");
-                for c in &loaded.connectors {
-                    let (events, target, suffix) = match &c.kind {
-                        config::connectors::ConnectorKind::Webhook(w) => (
-                            &w.events,
-                            format!("{} {}", w.method, w.url),
-                            if w.secrets.is_empty() { "" } else { ", signed" },
-                        ),
-                        config::connectors::ConnectorKind::Mqtt(m) => (
-                            &m.events,
-                            format!("{} qos {}", m.url, m.qos),
-                            match (
-                                m.protocol == config::connectors::MqttProtocol::V5,
-                                m.tls.cert.is_some(),
-                            ) {
-                                (true, true) => ", MQTT 5, client certificate",
-                                (true, false) => ", MQTT 5",
-                                (false, true) => ", client certificate",
-                                (false, false) => "",
-                            },
-                        ),
-                        config::connectors::ConnectorKind::Onvif(o) => (
-                            &o.events,
-                            format!("Notify {}", o.url),
-                            if o.username.is_some() {
-                                ", WS-UsernameToken"
-                            } else {
-                                ""
-                            },
-                        ),
-                    };
-                    let events = if events.is_empty() {
-                        "all events".to_string()
-                    } else {
-                        events.join(", ")
-                    };
-                    let _ = writeln!(
-                        out,
-                        "  {} ({}): {target} [{events}]{suffix}",
-                        c.name,
-                        c.kind.type_name()
-                    );
-                }
-            }
-            let _ = writeln!(out);
-            let _ =
-                out.write_all(crate::failover::placement::capacity_report(&loaded.site).as_bytes());
-            0
+            Some(loaded)
         }
         Err(diagnostics) => {
             let _ = writeln!(err, "{diagnostics}");
-            let errors = diagnostics.errors().count();
-            let _ = writeln!(
-                err,
-                "{}: invalid: {errors} error{}",
-                path.display(),
-                if errors == 1 { "" } else { "s" }
-            );
-            EXIT_INVALID
+            None
         }
     }
 }

@@ -1,0 +1,77 @@
+//! `buddygate check`: every problem of the site file and its connector files, or a summary of
+//! the site, its connectors and its failover capacity.
+
+use std::io::Write;
+
+use super::EXIT_INVALID;
+use crate::config;
+use crate::connectors::ConnectorKind;
+use crate::connectors::mqtt::MqttProtocol;
+
+/// `buddygate check`: diagnostics to `err`, the summary to `out`.
+pub(super) fn check(path: &std::path::Path, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+    match crate::connectors::load_site(path) {
+        Ok(loaded) => {
+            for w in &loaded.warnings {
+                let _ = writeln!(err, "{w}");
+            }
+            let _ = out.write_all(config::summary::render(&loaded.site).as_bytes());
+            if !loaded.connectors.is_empty() {
+                let _ = writeln!(out, "connectors:");
+                for c in &loaded.connectors {
+                    let (events, target, suffix) = match &c.kind {
+                        ConnectorKind::Webhook(w) => (
+                            &w.events,
+                            format!("{} {}", w.method, w.url),
+                            if w.secrets.is_empty() { "" } else { ", signed" },
+                        ),
+                        ConnectorKind::Mqtt(m) => (
+                            &m.events,
+                            format!("{} qos {}", m.url, m.qos),
+                            match (m.protocol == MqttProtocol::V5, m.tls.cert.is_some()) {
+                                (true, true) => ", MQTT 5, client certificate",
+                                (true, false) => ", MQTT 5",
+                                (false, true) => ", client certificate",
+                                (false, false) => "",
+                            },
+                        ),
+                        ConnectorKind::Onvif(o) => (
+                            &o.events,
+                            format!("Notify {}", o.url),
+                            if o.username.is_some() {
+                                ", WS-UsernameToken"
+                            } else {
+                                ""
+                            },
+                        ),
+                    };
+                    let events = match events.patterns() {
+                        [] => "all events".to_string(),
+                        patterns => patterns.join(", "),
+                    };
+                    let _ = writeln!(
+                        out,
+                        "  {} ({}): {target} [{events}]{suffix}",
+                        c.name,
+                        c.kind.type_name()
+                    );
+                }
+            }
+            let _ = writeln!(out);
+            let _ =
+                out.write_all(crate::failover::placement::capacity_report(&loaded.site).as_bytes());
+            0
+        }
+        Err(diagnostics) => {
+            let _ = writeln!(err, "{diagnostics}");
+            let errors = diagnostics.errors().count();
+            let _ = writeln!(
+                err,
+                "{}: invalid: {errors} error{}",
+                path.display(),
+                if errors == 1 { "" } else { "s" }
+            );
+            EXIT_INVALID
+        }
+    }
+}

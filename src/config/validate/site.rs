@@ -1,0 +1,80 @@
+//! `[site]` and `[api]`.
+
+use std::collections::HashSet;
+
+use super::{Validator, show};
+use crate::config::decode::Broken;
+use crate::config::file::{ApiSection, SiteSection};
+use crate::config::locate::KeyPath;
+
+impl<'a> Validator<'a> {
+    pub(super) fn site(&mut self, site: &SiteSection, broken: &Broken) {
+        let path = KeyPath::root().key("site");
+        if !broken.has("name") {
+            self.name(&path.key("name"), &site.name);
+        }
+        if !broken.has("secret") {
+            self.secret(&path.key("secret"), &site.secret);
+        }
+        let (hb, ft) = (site.heartbeat_interval, site.failure_timeout);
+        if broken.has("heartbeat_interval") {
+            // Reported; failure_timeout cannot be compared with it.
+        } else if hb.is_zero() {
+            self.error(&path.key("heartbeat_interval"), "must be greater than zero");
+        } else if ft <= hb.saturating_mul(2) && !broken.has("failure_timeout") {
+            self.error(
+                &path.key("failure_timeout"),
+                format!(
+                    "{} must be greater than 2 x heartbeat_interval ({}), \
+                     or one lost heartbeat looks like a dead server",
+                    show(ft),
+                    show(hb.saturating_mul(2))
+                ),
+            );
+        }
+        let mut seen = HashSet::new();
+        for (i, w) in site.witnesses.iter().enumerate() {
+            let at = path.key("witnesses").index(i);
+            if let Some(addr) = self.socket(&at, w)
+                && !seen.insert(addr)
+            {
+                self.error(&at, format!("{addr} is listed twice"));
+            }
+        }
+        let n = site.witnesses.len();
+        if n >= 2 && n.is_multiple_of(2) {
+            self.warning(
+                &path.key("witnesses"),
+                format!(
+                    "{n} witnesses survive as few witness failures as {} do; use an odd number",
+                    n - 1
+                ),
+            );
+        }
+        if site.connectors.as_os_str().is_empty() {
+            self.error(&path.key("connectors"), "must not be empty");
+        }
+    }
+
+    pub(super) fn api(&mut self, api: &ApiSection, broken: &Broken) {
+        let path = KeyPath::root().key("api");
+        match &api.token {
+            Some(token) => self.secret(&path.key("token"), token),
+            None if broken.has("token") => {}
+            None => self.warning(
+                &path.key("token"),
+                "not set: every API mutation (failover, failback, replay) will be refused",
+            ),
+        }
+        let mut seen = HashSet::new();
+        for (i, u) in api.onvif_users.iter().enumerate() {
+            let at = path.key("onvif_users").index(i);
+            if u.user.is_empty() {
+                self.error(&at.key("user"), "must not be empty");
+            } else if !seen.insert(u.user.as_str()) {
+                self.error(&at.key("user"), format!("\"{}\" is listed twice", u.user));
+            }
+            self.secret(&at.key("password"), &u.password);
+        }
+    }
+}
