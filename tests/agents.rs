@@ -61,6 +61,7 @@ fn timings(timeout: Duration, monitor_interval: Option<Duration>, retries: u32) 
         timeout,
         monitor_interval,
         retries,
+        ready_timeout: None,
     }
 }
 

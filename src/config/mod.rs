@@ -8,6 +8,7 @@
 //! - [`expand`]: `{A..B}` id ranges and `{server}`.
 //! - `validate`: pure checks on the expanded site, then the resolved [`Site`].
 //! - `agent`: the agent settings of a `[[resources]]` block and their templates.
+//! - `params`: a resource's own agent settings (`params = { url = ... }`).
 //! - `locate`: key paths to `line:col`.
 //! - [`summary`]: the one-screen text `buddygate check` prints.
 
@@ -19,6 +20,7 @@ pub mod expand;
 pub mod file;
 mod locate;
 mod model;
+mod params;
 pub mod summary;
 mod validate;
 
@@ -28,9 +30,10 @@ use std::path::Path;
 
 use toml::de::DeTable;
 
-pub use agent::template_environment;
+pub use agent::{PARAMS_VARIABLE, template_environment};
 pub use diag::{Diagnostic, Diagnostics, Severity};
 pub use model::*;
+pub use params::{MAX_PARAMS, ParamText, env_suffix as param_env_suffix};
 
 use locate::{Issue, Locator};
 
@@ -134,9 +137,13 @@ fn check(text: &str, file: &str, base: Option<&Path>) -> Result<Loaded, Diagnost
         resources_complete,
     };
     issues.extend(validate::validate(&site));
+    for (i, block) in decoded.resources.iter().enumerate() {
+        issues.extend(block.iter().flat_map(|b| params::check(i, b)));
+    }
     if let Some(base) = base {
         issues.extend(validate::missing_secret_files(&site, base));
         issues.extend(agent::missing_commands(&decoded.resources, base));
+        issues.extend(params::missing_secret_files(&decoded.resources, base));
     }
     let failed = issues.iter().any(Issue::is_error);
     let diagnostics = finish(&locator, file, issues);

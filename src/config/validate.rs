@@ -10,7 +10,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
-use super::agent;
 use super::decode::{Block, Broken};
 use super::expand::{ExResource, ExServer};
 use super::file::{ApiSection, ResourceBlock, SiteSection};
@@ -18,6 +17,7 @@ use super::locate::{Issue, KeyPath};
 use super::model::{
     Api, Mode, OnvifUser, Resource, ResourceIdx, Role, SecretRef, Server, ServerIdx, Site,
 };
+use super::{agent, params};
 
 /// Longest id or site name.
 pub(crate) const MAX_ID_LEN: usize = 64;
@@ -684,6 +684,7 @@ pub(crate) fn resolve(x: &Expanded<'_>) -> Option<Site> {
         .iter()
         .map(|r| {
             let (agent, timings) = agents.get(r.block)?.clone()?;
+            let block = &x.resource_blocks.get(r.block)?.as_ref()?.value;
             Some(Resource {
                 id: r.id.clone(),
                 kind: r.kind,
@@ -691,6 +692,7 @@ pub(crate) fn resolve(x: &Expanded<'_>) -> Option<Site> {
                 priority: r.priority,
                 agent,
                 timings,
+                params: params::render(block, r, x.base),
             })
         })
         .collect::<Option<_>>()?;
