@@ -16,7 +16,8 @@ use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use buddygate::agent::{AgentError, AgentPool, AgentReport, Agents, Backoff, Op, ResourceEnv};
 use buddygate::config::{
-    AgentSpec, AgentTimings, FailMode, Kind, Mode, ResourceIdx, ServerIdx, Site,
+    AgentSpec, AgentTimings, FailMode, Kind, Mode, ParamValue, Params, ResourceIdx, SecretRef,
+    ServerIdx, Site,
 };
 use buddygate::failover::AgentOp;
 use buddygate::runtime::state::Metrics;
@@ -724,11 +725,14 @@ fn resource_env_lists_every_agent_variable_in_order() {
     assert_eq!(vars["op"], "stop");
     assert_eq!(vars["epoch"], "7");
     assert_eq!(vars["server"], "live-1");
-    assert_eq!(
+    assert!(matches!(
         ResourceEnv::new(&site, ServerIdx(9), ResourceIdx(0), 1),
-        None
-    );
-    assert_eq!(ResourceEnv::new(&site, NODE, ResourceIdx(9), 1), None);
+        Err(AgentError::NotInSite)
+    ));
+    assert!(matches!(
+        ResourceEnv::new(&site, NODE, ResourceIdx(9), 1),
+        Err(AgentError::NotInSite)
+    ));
 }
 
 #[tokio::test]
@@ -766,4 +770,133 @@ async fn the_example_vms_agent_follows_the_contract() {
     assert!(!state.exists());
     let monitor = run(Op::Monitor).await.expect_err("stopped");
     assert!(matches!(monitor, AgentError::NotRunning), "{monitor}");
+}
+
+/// `site` with `params` on every resource.
+fn with_params(site: Arc<Site>, params: &[(&str, ParamValue)]) -> Arc<Site> {
+    let mut site = Arc::unwrap_or_clone(site);
+    for r in &mut site.resources {
+        r.params = Params(
+            params
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.clone()))
+                .collect(),
+        );
+    }
+    Arc::new(site)
+}
+
+fn text(value: &str) -> ParamValue {
+    ParamValue::Text(value.into())
+}
+
+#[tokio::test]
+async fn exec_agent_gets_its_params_with_secrets_read_when_it_runs() {
+    let dir = std::env::temp_dir().join(format!("buddygate-params-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(dir.join("cam.pass"), "pa ss\n").expect("secret");
+    let secret = |path: &str| ParamValue::Secret {
+        written: SecretRef::File(path.into()),
+        base: dir.clone(),
+    };
+    let params = with_params(
+        site(
+            "exec-params",
+            1,
+            exec("env.sh"),
+            timings(SHORT * 10, None, 0),
+        ),
+        &[
+            ("password", secret("cam.pass")),
+            ("url", text("rtsp://10.0.5.1/cam-1")),
+            ("vms_id", text("17")),
+        ],
+    );
+    let env = env_of(&params);
+    assert_eq!(
+        format!("{:?}", env.params),
+        r#"[password=<secret>, url="rtsp://10.0.5.1/cam-1", vms_id="17"]"#,
+        "a secret's value is never shown"
+    );
+    let out = fixture_file("env", &env, ".start");
+    let _ = std::fs::remove_file(&out);
+    run(&params, Op::Start).await.expect("runs");
+    let written = std::fs::read_to_string(&out).expect("the script wrote its environment");
+    let params: Vec<&str> = written
+        .lines()
+        .filter(|l| l.starts_with("BUDDYGATE_PARAM_"))
+        .collect();
+    assert_eq!(
+        params,
+        [
+            "BUDDYGATE_PARAM_PASSWORD=pa ss",
+            "BUDDYGATE_PARAM_URL=rtsp://10.0.5.1/cam-1",
+            "BUDDYGATE_PARAM_VMS_ID=17",
+        ]
+    );
+    std::fs::remove_file(&out).expect("cleanup");
+
+    // A secret that cannot be read fails the operation before anything runs, and says which.
+    let missing = with_params(
+        site(
+            "exec-params-missing",
+            1,
+            exec("env.sh"),
+            timings(SHORT * 10, None, 0),
+        ),
+        &[("password", secret("nope.pass"))],
+    );
+    let error = run_env(&missing, Op::Start)
+        .await
+        .expect_err("unreadable secret");
+    assert_eq!(
+        error.to_string(),
+        "param password: cannot read file:nope.pass: No such file or directory (os error 2)"
+    );
+    assert!(!fixture_file("env", &env_of_any(&missing), ".start").exists());
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}
+
+/// Like [`run`], but an environment that cannot be built is the operation's error.
+async fn run_env(site: &Site, op: Op) -> Result<(), AgentError> {
+    let r = &site.resources[0];
+    let env = ResourceEnv::new(site, NODE, ResourceIdx(0), 7)?;
+    Agents::new()
+        .run(&r.agent, &env, op, r.timings.timeout)
+        .await
+}
+
+/// The environment of the first resource without its params (they may not be readable).
+fn env_of_any(site: &Site) -> ResourceEnv {
+    let mut site = site.clone();
+    site.resources[0].params = Params::default();
+    env_of(&site)
+}
+
+#[tokio::test]
+async fn http_templates_see_params() {
+    let vms = Vms::default();
+    let addr = vms.clone().serve().await;
+    let agent = http(
+        format!("http://{addr}/cameras/{{{{ params.vms_id }}}}/{{{{ op }}}}"),
+        "POST",
+        Some(r#"{"url": "{{ params.url }}", "epoch": {{ epoch }}}"#),
+    );
+    let site = with_params(
+        site("http-params", 1, agent, timings(SHORT * 10, None, 0)),
+        &[
+            ("url", text("rtsp://10.0.5.1/cam-1")),
+            ("vms_id", text("17")),
+        ],
+    );
+    run(&site, Op::Start).await.expect("204 is success");
+    assert_eq!(
+        vms.seen(),
+        [Seen {
+            method: "POST".into(),
+            uri: "/cameras/17/start".into(),
+            body: r#"{"url": "rtsp://10.0.5.1/cam-1", "epoch": 7}"#.into(),
+            token: Some("s3cret".into()),
+        }]
+    );
 }

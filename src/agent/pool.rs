@@ -374,9 +374,12 @@ impl Ctx {
     async fn op(&self, op: Op, epoch: Epoch) -> Option<Result<(), AgentError>> {
         let shared = &self.shared;
         let resource = self.resource()?;
-        let Some(env) = ResourceEnv::new(&shared.site, shared.node, self.resource, epoch) else {
-            warn!(resource = %resource.id, epoch, op = %op, node = shared.node.0, "This node is not in the site; the operation fails.");
-            return Some(Err(AgentError::NotInSite));
+        let env = match ResourceEnv::new(&shared.site, shared.node, self.resource, epoch) {
+            Ok(env) => env,
+            Err(e) => {
+                warn!(resource = %resource.id, epoch, op = %op, node = shared.node.0, error = %e, "Cannot prepare the agent's environment; the operation fails.");
+                return Some(Err(e));
+            }
         };
         let _permit = shared
             .cancel
