@@ -66,6 +66,14 @@ fn timings(timeout: Duration, monitor_interval: Option<Duration>, retries: u32) 
     }
 }
 
+/// `timings` with a `ready_timeout`.
+fn ready_within(timeout: Duration, ready_timeout: Duration, retries: u32) -> AgentTimings {
+    AgentTimings {
+        ready_timeout: Some(ready_timeout),
+        ..timings(timeout, None, retries)
+    }
+}
+
 /// The environment of the first resource of `site` at epoch 7.
 fn env_of(site: &Site) -> ResourceEnv {
     ResourceEnv::new(site, NODE, ResourceIdx(0), 7).expect("in the site")
@@ -898,5 +906,109 @@ async fn http_templates_see_params() {
             body: r#"{"url": "rtsp://10.0.5.1/cam-1", "epoch": 7}"#.into(),
             token: Some("s3cret".into()),
         }]
+    );
+}
+
+#[tokio::test]
+async fn pool_start_is_done_only_once_monitor_says_running() {
+    let site = site(
+        "pool-ready",
+        1,
+        exec("slow-ready.sh"),
+        ready_within(SHORT * 10, Duration::from_secs(5), 0),
+    );
+    let counter = fixture_file("ready", &env_of(&site), "");
+    let (pool, mut reports, metrics, _cancel) = new_pool(&site, 4);
+    pool.start(ResourceIdx(0), 3);
+    assert_eq!(next(&mut reports).await, done(0, 3, AgentOp::Start, Ok(())));
+    // Two "not running" answers, then "running": the report came after the third monitor.
+    let monitors = std::fs::read_to_string(&counter).expect("counter");
+    assert_eq!(monitors.lines().count(), 3);
+    assert_eq!(count(&metrics, "monitor", "failed"), 2);
+    assert_eq!(count(&metrics, "monitor", "ok"), 1);
+    let time = pool
+        .last_op(ResourceIdx(0), AgentOp::Start)
+        .expect("measured");
+    assert!(time.ok && time.attempts == 1 && time.epoch == 3, "{time:?}");
+    // Polled at once, after 25 ms and after 50 ms more.
+    let ready = time.ready_after.expect("a readiness wait");
+    assert!(ready >= Duration::from_millis(75), "{ready:?}");
+    assert!(time.took >= ready, "{time:?}");
+    assert_eq!(pool.last_op(ResourceIdx(0), AgentOp::Stop), None);
+    pool.stop(ResourceIdx(0), 3);
+    assert_eq!(next(&mut reports).await, done(0, 3, AgentOp::Stop, Ok(())));
+    let stop = pool
+        .last_op(ResourceIdx(0), AgentOp::Stop)
+        .expect("measured");
+    assert!(stop.ok && stop.ready_after.is_none(), "{stop:?}");
+    std::fs::remove_file(&counter).expect("cleanup");
+}
+
+#[tokio::test]
+async fn pool_start_that_never_gets_ready_fails_at_the_ready_timeout_and_is_retried() {
+    let site = site(
+        "pool-never-ready",
+        1,
+        exec("not-running.sh"),
+        ready_within(SHORT * 10, SHORT, 1),
+    );
+    let (pool, mut reports, metrics, _cancel) = new_pool(&site, 4);
+    let began = Instant::now();
+    pool.start(ResourceIdx(0), 4);
+    assert_eq!(
+        next(&mut reports).await,
+        done(
+            0,
+            4,
+            AgentOp::Start,
+            Err("not ready within 300ms: monitor: not running (after 2 attempts)")
+        )
+    );
+    assert!(began.elapsed() >= SHORT * 2, "{:?}", began.elapsed());
+    assert_eq!(count(&metrics, "start", "ok"), 2);
+    let time = pool
+        .last_op(ResourceIdx(0), AgentOp::Start)
+        .expect("measured");
+    assert!(
+        !time.ok && time.attempts == 2 && time.ready_after.is_none(),
+        "{time:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn pool_measures_each_start_and_stop_from_the_moment_it_was_asked() {
+    let site = site(
+        "pool-times",
+        2,
+        AgentSpec::Simulated {
+            activation: Duration::from_millis(400),
+            fail: None,
+        },
+        ready_within(Duration::from_secs(5), Duration::from_secs(1), 0),
+    );
+    // One permit: the second start waits for the first.
+    let (pool, mut reports, _metrics, _cancel) = new_pool(&site, 1);
+    pool.start(ResourceIdx(0), 1);
+    pool.start(ResourceIdx(1), 1);
+    let mut took = Vec::new();
+    for _ in 0..2 {
+        let AgentReport::Done { resource, .. } = next(&mut reports).await else {
+            panic!("a start report");
+        };
+        let time = pool.last_op(resource, AgentOp::Start).expect("measured");
+        assert_eq!(
+            time.ready_after,
+            Some(Duration::ZERO),
+            "a simulated start works at once"
+        );
+        took.push((resource.0, time.took));
+    }
+    took.sort();
+    assert_eq!(
+        took,
+        [
+            (0, Duration::from_millis(400)),
+            (1, Duration::from_millis(800))
+        ]
     );
 }

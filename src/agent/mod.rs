@@ -19,7 +19,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use pool::{AgentPool, AgentReport, Backoff, DEFAULT_CONCURRENCY};
+pub use pool::{AgentPool, AgentReport, Backoff, DEFAULT_CONCURRENCY, OpTime};
 
 use crate::config::{
     AGENT_VARIABLES, AgentSpec, Kind, ResourceIdx, ServerIdx, Site, param_env_suffix,
@@ -213,13 +213,17 @@ pub enum AgentError {
     /// A secret param could not be read.
     #[error("param {name}: {message}")]
     Param { name: String, message: String },
+    /// `start` succeeded but `monitor` did not report the resource running within the
+    /// resource's `ready_timeout`; `last`: what the last monitor said.
+    #[error("not ready within {}: monitor: {last}", humantime::format_duration(*.timeout))]
+    NotReady { timeout: Duration, last: String },
 }
 
 impl AgentError {
     /// The outcome label of `metrics.agent_op`: `timeout` or `failed`.
     pub fn outcome(&self) -> &'static str {
         match self {
-            AgentError::TimedOut(_) => "timeout",
+            AgentError::TimedOut(_) | AgentError::NotReady { .. } => "timeout",
             _ => "failed",
         }
     }
