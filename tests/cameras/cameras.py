@@ -66,8 +66,10 @@ class Camera:
         self.number = number
         self.sources = set()
         # The encoder's parameter sets (SPS, PPS), as a real camera knows them: a new media
-        # gets them at once, so that DESCRIBE is answered without waiting for a keyframe.
+        # gets them with its first access unit, so that DESCRIBE is answered after one frame
+        # rather than at the next keyframe.
         self.parameter_sets = b""
+        self.fresh = set()
         self.encoder = Gst.parse_launch(ENCODER)
         self.raw = self.encoder.get_by_name("raw")
         self.encoder.get_by_name("out").connect("new-sample", self.encoded)
@@ -79,8 +81,7 @@ class Camera:
 
     def configure(self, _factory, media):
         src = media.get_element().get_child_by_name("src")
-        if self.parameter_sets:
-            src.emit("push-buffer", Gst.Buffer.new_wrapped(self.parameter_sets))
+        self.fresh.add(src)
         self.sources.add(src)
         media.connect("unprepared", lambda _m: self.sources.discard(src))
 
@@ -97,7 +98,9 @@ class Camera:
         if sets:
             self.parameter_sets = sets
         for src in list(self.sources):
-            src.emit("push-buffer", Gst.Buffer.new_wrapped(data))
+            first = src in self.fresh and not sets
+            self.fresh.discard(src)
+            src.emit("push-buffer", Gst.Buffer.new_wrapped(self.parameter_sets + data if first else data))
         return Gst.FlowReturn.OK
 
 
