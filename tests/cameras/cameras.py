@@ -146,6 +146,10 @@ def main():
         factory = GstRtspServer.RTSPMediaFactory()
         factory.set_launch(MEDIA)
         factory.set_shared(True)
+        # A viewer that dies without TEARDOWN (a recorder killed with its server) must not
+        # take the camera's shared media down under the viewers that are joining meanwhile:
+        # its session just times out, as on a real camera.
+        factory.set_stop_on_disconnect(False)
         factory.connect("media-configure", cam.configure)
         mounts.add_factory(f"/{framecode.camera_name(n)}", factory)
         cameras.append(cam)

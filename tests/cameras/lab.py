@@ -3,7 +3,8 @@
 and the video each failover lost, read back from the recordings (issue 14).
 
     tests/cameras/lab.py --bin target/release/buddygate [--cameras 8] [--runs 1]
-        [--scenarios agent,kill9,sigterm] [--ready frame|launch] [--ready-timeout 8s]
+        [--scenarios agent,kill9,sigterm,standby-cost] [--ready frame|launch]
+        [--ready-timeout 8s]
         [--assert] [--json FILE] [--keep]
 
 - cameras.py serves N cameras (H.264, 10 fps, 1 s GOP) whose frames carry their capture time.
@@ -16,6 +17,8 @@ and the video each failover lost, read back from the recordings (issue 14).
 - agent: the recorder agent alone, without buddygate: its contract (idempotent start, stop,
   monitor codes, readiness, errors) and a hot-standby hand-over with BUDDYGATE_COVER_FROM
   after a kill -9 of the recording one, which must lose no frame.
+- standby-cost: every camera's recorder in standby at once (what a hot-standby buddy would
+  run): CPU, memory and buffer on disk per camera.
 - The analyzer (analyze.py) decodes every recording and counts, per camera, the frames
   captured in [fault - 2 s, end] that no node recorded.
 
@@ -545,6 +548,84 @@ def agent_checks(args, cameras, workdir):
     return result, failures
 
 
+def proc_usage(pid):
+    """(CPU seconds, RSS bytes) of process `pid`, or None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[-1].split()
+        with open(f"/proc/{pid}/statm") as f:
+            rss_pages = int(f.read().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks, rss_pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def children(pid):
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(c) for c in f.read().split()]
+    except OSError:
+        return []
+
+
+def standby_cost(args, cameras, workdir, seconds=20):
+    """What a hot-standby camera costs the buddy: CPU, memory and disk of its recorder in
+    standby (supervisor and ffmpeg), over `seconds`, for every camera of the lab at once."""
+    video = os.path.join(workdir, "cost")
+    agents = [
+        Agent(video, framecode.camera_name(n), "fo-1", cameras.url(framecode.camera_name(n)))
+        for n in range(1, cameras.count + 1)
+    ]
+    failures = []
+    for a in agents:
+        code, _, out = a.run("standby")
+        check(code == 0, f"standby {a.env['BUDDYGATE_RESOURCE']}: exit {code}: {out}", failures)
+    time.sleep(3)
+
+    def sample():
+        cpu = rss = 0.0
+        for a in agents:
+            pid = a.supervisor()
+            for p in [pid] + children(pid) if pid else []:
+                u = proc_usage(p)
+                if u:
+                    cpu += u[0]
+                    rss += u[1]
+        return cpu, rss
+
+    cpu0, _ = sample()
+    began = time.monotonic()
+    time.sleep(seconds)
+    cpu1, rss = sample()
+    elapsed = time.monotonic() - began
+    disk = 0
+    for a in agents:
+        disk += sum(
+            os.path.getsize(os.path.join(a.folder, f))
+            for f in os.listdir(a.folder)
+            if f.endswith(".ts")
+        )
+    for a in agents:
+        a.run("stop")
+    n = len(agents)
+    result = {
+        "scenario": "standby-cost",
+        "cameras": n,
+        "cpu_percent_per_camera": round(100 * (cpu1 - cpu0) / elapsed / n, 2),
+        "rss_mb_per_camera": round(rss / n / 1e6, 1),
+        "buffer_kb_per_camera": round(disk / n / 1e3),
+    }
+    log(
+        f"standby cost, {n} cameras: {result['cpu_percent_per_camera']} % of a core, "
+        f"{result['rss_mb_per_camera']} MB RSS (supervisor and ffmpeg) and "
+        f"{result['buffer_kb_per_camera']} kB of buffer on disk per camera"
+    )
+    if not args.keep:
+        shutil.rmtree(video, ignore_errors=True)
+    return result, failures
+
+
 def report(results):
     """The figures per scenario over all runs and cameras."""
     lines = []
@@ -609,8 +690,9 @@ def main():
     results, failures = [], []
     try:
         for scenario in scenarios:
-            if scenario == "agent":
-                r, f = agent_checks(args, cameras, workdir)
+            if scenario in ("agent", "standby-cost"):
+                run = agent_checks if scenario == "agent" else standby_cost
+                r, f = run(args, cameras, workdir)
                 results.append(r)
                 failures += f
                 continue
