@@ -157,6 +157,18 @@ def main():
         print(f"cannot listen on {args.host}:{args.port}", file=sys.stderr)
         return 69
 
+    # Every camera keeps one viewer of its own (as a camera's own recording or analytics
+    # would), so that its shared media is prepared once and never torn down and rebuilt
+    # while recorders come and go: a viewer joining a media that was being torn down got
+    # nothing, and its recorder waited for its socket timeout.
+    viewers = []
+    for n in range(1, args.cameras + 1):
+        viewer = Gst.parse_launch(
+            f"rtspsrc location=rtsp://{args.host}:{args.port}/{framecode.camera_name(n)} "
+            "protocols=tcp latency=0 ! fakesink sync=false"
+        )
+        viewer.set_state(Gst.State.PLAYING)
+        viewers.append(viewer)
     loop = GLib.MainLoop()
     state = {"next": time.time_ns() // framecode.TICK_NS + 1}
 

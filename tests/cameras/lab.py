@@ -549,16 +549,17 @@ def agent_checks(args, cameras, workdir):
 
 
 def proc_usage(pid):
-    """(CPU seconds, RSS bytes) of process `pid`, or None when it is gone."""
+    """(CPU seconds, PSS bytes) of process `pid`, or None when it is gone. PSS, not RSS: the
+    ffmpeg and Python libraries every recorder maps are shared, and counted once in all."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[-1].split()
-        with open(f"/proc/{pid}/statm") as f:
-            rss_pages = int(f.read().split()[1])
-    except (OSError, IndexError, ValueError):
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            pss_kb = next(int(line.split()[1]) for line in f if line.startswith("Pss:"))
+    except (OSError, IndexError, ValueError, StopIteration):
         return None
     ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks, rss_pages * os.sysconf("SC_PAGE_SIZE")
+    return (int(fields[11]) + int(fields[12])) / ticks, pss_kb * 1024
 
 
 def children(pid):
@@ -613,12 +614,12 @@ def standby_cost(args, cameras, workdir, seconds=20):
         "scenario": "standby-cost",
         "cameras": n,
         "cpu_percent_per_camera": round(100 * (cpu1 - cpu0) / elapsed / n, 2),
-        "rss_mb_per_camera": round(rss / n / 1e6, 1),
+        "pss_mb_per_camera": round(rss / n / 1e6, 1),
         "buffer_kb_per_camera": round(disk / n / 1e3),
     }
     log(
         f"standby cost, {n} cameras: {result['cpu_percent_per_camera']} % of a core, "
-        f"{result['rss_mb_per_camera']} MB RSS (supervisor and ffmpeg) and "
+        f"{result['pss_mb_per_camera']} MB (PSS of supervisor and ffmpeg) and "
         f"{result['buffer_kb_per_camera']} kB of buffer on disk per camera"
     )
     if not args.keep:
