@@ -17,7 +17,8 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use buddygate::agent::{AgentError, AgentPool, AgentReport, Agents, Op, ResourceEnv};
 use buddygate::backoff::Backoff;
 use buddygate::config::{
-    AgentSpec, AgentTimings, FailMode, Kind, Mode, ResourceIdx, ServerIdx, Site,
+    AgentSpec, AgentTimings, FailMode, Kind, Mode, ParamValue, Params, ResourceIdx, SecretRef,
+    ServerIdx, Site,
 };
 use buddygate::failover::AgentOp;
 use buddygate::sim::SiteBuilder;
@@ -62,6 +63,15 @@ fn timings(timeout: Duration, monitor_interval: Option<Duration>, retries: u32) 
         timeout,
         monitor_interval,
         retries,
+        ready_timeout: None,
+    }
+}
+
+/// `timings` with a `ready_timeout`.
+fn ready_within(timeout: Duration, ready_timeout: Duration, retries: u32) -> AgentTimings {
+    AgentTimings {
+        ready_timeout: Some(ready_timeout),
+        ..timings(timeout, None, retries)
     }
 }
 
@@ -723,11 +733,14 @@ fn resource_env_lists_every_agent_variable_in_order() {
     assert_eq!(vars["op"], "stop");
     assert_eq!(vars["epoch"], "7");
     assert_eq!(vars["server"], "live-1");
-    assert_eq!(
+    assert!(matches!(
         ResourceEnv::new(&site, ServerIdx(9), ResourceIdx(0), 1),
-        None
-    );
-    assert_eq!(ResourceEnv::new(&site, NODE, ResourceIdx(9), 1), None);
+        Err(AgentError::NotInSite)
+    ));
+    assert!(matches!(
+        ResourceEnv::new(&site, NODE, ResourceIdx(9), 1),
+        Err(AgentError::NotInSite)
+    ));
 }
 
 #[tokio::test]
@@ -765,4 +778,237 @@ async fn the_example_vms_agent_follows_the_contract() {
     assert!(!state.exists());
     let monitor = run(Op::Monitor).await.expect_err("stopped");
     assert!(matches!(monitor, AgentError::NotRunning), "{monitor}");
+}
+
+/// `site` with `params` on every resource.
+fn with_params(site: Arc<Site>, params: &[(&str, ParamValue)]) -> Arc<Site> {
+    let mut site = Arc::unwrap_or_clone(site);
+    for r in &mut site.resources {
+        r.params = Params(
+            params
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.clone()))
+                .collect(),
+        );
+    }
+    Arc::new(site)
+}
+
+fn text(value: &str) -> ParamValue {
+    ParamValue::Text(value.into())
+}
+
+#[tokio::test]
+async fn exec_agent_gets_its_params_with_secrets_read_when_it_runs() {
+    let dir = std::env::temp_dir().join(format!("buddygate-params-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(dir.join("cam.pass"), "pa ss\n").expect("secret");
+    let secret = |path: &str| ParamValue::Secret {
+        written: SecretRef::File(path.into()),
+        base: dir.clone(),
+    };
+    let params = with_params(
+        site(
+            "exec-params",
+            1,
+            exec("env.sh"),
+            timings(SHORT * 10, None, 0),
+        ),
+        &[
+            ("password", secret("cam.pass")),
+            ("url", text("rtsp://10.0.5.1/cam-1")),
+            ("vms_id", text("17")),
+        ],
+    );
+    let env = env_of(&params);
+    assert_eq!(
+        format!("{:?}", env.params),
+        r#"[password=<secret>, url="rtsp://10.0.5.1/cam-1", vms_id="17"]"#,
+        "a secret's value is never shown"
+    );
+    let out = fixture_file("env", &env, ".start");
+    let _ = std::fs::remove_file(&out);
+    run(&params, Op::Start).await.expect("runs");
+    let written = std::fs::read_to_string(&out).expect("the script wrote its environment");
+    let params: Vec<&str> = written
+        .lines()
+        .filter(|l| l.starts_with("BUDDYGATE_PARAM_"))
+        .collect();
+    assert_eq!(
+        params,
+        [
+            "BUDDYGATE_PARAM_PASSWORD=pa ss",
+            "BUDDYGATE_PARAM_URL=rtsp://10.0.5.1/cam-1",
+            "BUDDYGATE_PARAM_VMS_ID=17",
+        ]
+    );
+    std::fs::remove_file(&out).expect("cleanup");
+
+    // A secret that cannot be read fails the operation before anything runs, and says which.
+    let missing = with_params(
+        site(
+            "exec-params-missing",
+            1,
+            exec("env.sh"),
+            timings(SHORT * 10, None, 0),
+        ),
+        &[("password", secret("nope.pass"))],
+    );
+    let error = run_env(&missing, Op::Start)
+        .await
+        .expect_err("unreadable secret");
+    assert_eq!(
+        error.to_string(),
+        "param password: cannot read file:nope.pass: No such file or directory (os error 2)"
+    );
+    assert!(!fixture_file("env", &env_of_any(&missing), ".start").exists());
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}
+
+/// Like [`run`], but an environment that cannot be built is the operation's error.
+async fn run_env(site: &Site, op: Op) -> Result<(), AgentError> {
+    let r = &site.resources[0];
+    let env = ResourceEnv::new(site, NODE, ResourceIdx(0), 7)?;
+    Agents::new()
+        .run(&r.agent, &env, op, r.timings.timeout)
+        .await
+}
+
+/// The environment of the first resource without its params (they may not be readable).
+fn env_of_any(site: &Site) -> ResourceEnv {
+    let mut site = site.clone();
+    site.resources[0].params = Params::default();
+    env_of(&site)
+}
+
+#[tokio::test]
+async fn http_templates_see_params() {
+    let vms = Vms::default();
+    let addr = vms.clone().serve().await;
+    let agent = http(
+        format!("http://{addr}/cameras/{{{{ params.vms_id }}}}/{{{{ op }}}}"),
+        "POST",
+        Some(r#"{"url": "{{ params.url }}", "epoch": {{ epoch }}}"#),
+    );
+    let site = with_params(
+        site("http-params", 1, agent, timings(SHORT * 10, None, 0)),
+        &[
+            ("url", text("rtsp://10.0.5.1/cam-1")),
+            ("vms_id", text("17")),
+        ],
+    );
+    run(&site, Op::Start).await.expect("204 is success");
+    assert_eq!(
+        vms.seen(),
+        [Seen {
+            method: "POST".into(),
+            uri: "/cameras/17/start".into(),
+            body: r#"{"url": "rtsp://10.0.5.1/cam-1", "epoch": 7}"#.into(),
+            token: Some("s3cret".into()),
+        }]
+    );
+}
+
+#[tokio::test]
+async fn pool_start_is_done_only_once_monitor_says_running() {
+    let site = site(
+        "pool-ready",
+        1,
+        exec("slow-ready.sh"),
+        ready_within(SHORT * 10, Duration::from_secs(5), 0),
+    );
+    let counter = fixture_file("ready", &env_of(&site), "");
+    let (pool, mut reports, metrics, _cancel) = new_pool(&site, 4);
+    pool.start(ResourceIdx(0), 3);
+    assert_eq!(next(&mut reports).await, done(0, 3, AgentOp::Start, Ok(())));
+    // Two "not running" answers, then "running": the report came after the third monitor.
+    let monitors = std::fs::read_to_string(&counter).expect("counter");
+    assert_eq!(monitors.lines().count(), 3);
+    assert_eq!(count(&metrics, "monitor", "failed"), 2);
+    assert_eq!(count(&metrics, "monitor", "ok"), 1);
+    let time = pool
+        .last_op(ResourceIdx(0), AgentOp::Start)
+        .expect("measured");
+    assert!(time.ok && time.attempts == 1 && time.epoch == 3, "{time:?}");
+    // Polled at once, after 25 ms and after 50 ms more.
+    let ready = time.ready_after.expect("a readiness wait");
+    assert!(ready >= Duration::from_millis(75), "{ready:?}");
+    assert!(time.took >= ready, "{time:?}");
+    assert_eq!(pool.last_op(ResourceIdx(0), AgentOp::Stop), None);
+    pool.stop(ResourceIdx(0), 3);
+    assert_eq!(next(&mut reports).await, done(0, 3, AgentOp::Stop, Ok(())));
+    let stop = pool
+        .last_op(ResourceIdx(0), AgentOp::Stop)
+        .expect("measured");
+    assert!(stop.ok && stop.ready_after.is_none(), "{stop:?}");
+    std::fs::remove_file(&counter).expect("cleanup");
+}
+
+#[tokio::test]
+async fn pool_start_that_never_gets_ready_fails_at_the_ready_timeout_and_is_retried() {
+    let site = site(
+        "pool-never-ready",
+        1,
+        exec("not-running.sh"),
+        ready_within(SHORT * 10, SHORT, 1),
+    );
+    let (pool, mut reports, metrics, _cancel) = new_pool(&site, 4);
+    let began = Instant::now();
+    pool.start(ResourceIdx(0), 4);
+    assert_eq!(
+        next(&mut reports).await,
+        done(
+            0,
+            4,
+            AgentOp::Start,
+            Err("not ready within 300ms: monitor: not running (after 2 attempts)")
+        )
+    );
+    assert!(began.elapsed() >= SHORT * 2, "{:?}", began.elapsed());
+    assert_eq!(count(&metrics, "start", "ok"), 2);
+    let time = pool
+        .last_op(ResourceIdx(0), AgentOp::Start)
+        .expect("measured");
+    assert!(
+        !time.ok && time.attempts == 2 && time.ready_after.is_none(),
+        "{time:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn pool_measures_each_start_and_stop_from_the_moment_it_was_asked() {
+    let site = site(
+        "pool-times",
+        2,
+        AgentSpec::Simulated {
+            activation: Duration::from_millis(400),
+            fail: None,
+        },
+        ready_within(Duration::from_secs(5), Duration::from_secs(1), 0),
+    );
+    // One permit: the second start waits for the first.
+    let (pool, mut reports, _metrics, _cancel) = new_pool(&site, 1);
+    pool.start(ResourceIdx(0), 1);
+    pool.start(ResourceIdx(1), 1);
+    let mut took = Vec::new();
+    for _ in 0..2 {
+        let AgentReport::Done { resource, .. } = next(&mut reports).await else {
+            panic!("a start report");
+        };
+        let time = pool.last_op(resource, AgentOp::Start).expect("measured");
+        assert_eq!(
+            time.ready_after,
+            Some(Duration::ZERO),
+            "a simulated start works at once"
+        );
+        took.push((resource.0, time.took));
+    }
+    took.sort();
+    assert_eq!(
+        took,
+        [
+            (0, Duration::from_millis(400)),
+            (1, Duration::from_millis(800))
+        ]
+    );
 }

@@ -7,8 +7,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use buddygate::config::{
-    self, AgentSpec, AgentTimings, FailMode, Failback, Kind, Mode, ResourceIdx, Role, SecretRef,
-    ServerIdx, Severity,
+    self, AgentSpec, AgentTimings, FailMode, Failback, Kind, Mode, ParamValue, Params, ResourceIdx,
+    Role, SecretRef, ServerIdx, Severity,
 };
 use buddygate::connectors;
 
@@ -111,7 +111,8 @@ fn the_valid_site_resolves_with_defaults_and_no_warning() {
         AgentTimings {
             timeout: Duration::from_secs(10),
             monitor_interval: Some(Duration::from_secs(5)),
-            retries: 2
+            retries: 2,
+            ready_timeout: None
         }
     );
 }
@@ -1408,7 +1409,8 @@ fn agent_settings_resolve_with_defaults_per_kind() {
             AgentTimings {
                 timeout: Duration::from_secs(3),
                 monitor_interval: None,
-                retries: 0
+                retries: 0,
+                ready_timeout: None
             }
         )
     );
@@ -1569,4 +1571,245 @@ fn http_agent_templates_are_compiled_when_checked() {
     ];
     let cases: Vec<(&str, &[&str])> = cases.iter().map(|(b, e)| (b.as_str(), *e)).collect();
     table(&cases);
+}
+
+fn text(value: &str) -> ParamValue {
+    ParamValue::Text(value.into())
+}
+
+#[test]
+fn params_resolve_per_resource_with_ranges_server_and_secret_references() {
+    let site_text = format!(
+        "{HEAD}{}",
+        agent_case(
+            "agent = \"exec\"\ncommand = \"cam.sh\"\nready_timeout = \"4s\"\n\
+             params = { url = \"rtsp://10.0.5.1/{server}/c{1..3}\", vms_id = 17, audio = false, \
+             password = \"file:cam.pass\", user = \"env:CAM_USER\" }\n"
+        )
+    );
+    let loaded = config::parse_str(&site_text, "t.toml").expect("valid");
+    assert_eq!(loaded.warnings, []);
+    let site = loaded.site;
+    assert_eq!(
+        site.resources[0].timings.ready_timeout,
+        Some(Duration::from_secs(4))
+    );
+    let secret = |written| ParamValue::Secret {
+        written,
+        base: PathBuf::new(),
+    };
+    assert_eq!(
+        site.resources[1].params,
+        Params(vec![
+            ("audio".into(), text("false")),
+            (
+                "password".into(),
+                secret(SecretRef::File("cam.pass".into()))
+            ),
+            ("url".into(), text("rtsp://10.0.5.1/live-1/c2")),
+            ("user".into(), secret(SecretRef::Env("CAM_USER".into()))),
+            ("vms_id".into(), text("17")),
+        ])
+    );
+    // A secret's value is never in the site's debug output; a reference is.
+    let debug = format!("{:?}", site.resources[1].params);
+    assert!(debug.contains("file:cam.pass"), "{debug}");
+
+    // Many servers: ranges in params follow the id's range, `{server}` the home server.
+    let many = format!(
+        "{HEAD}{}{}{}{}",
+        live("live-1", 11, "\"fo-1\""),
+        live("live-2", 12, "\"fo-1\""),
+        failover("fo-1", 21, "spread-servers"),
+        "[[resources]]\nserver = \"live-{1..2}\"\nid = \"{server}-cam-{01..02}\"\nkind = \"camera\"\n\
+         agent = \"exec\"\ncommand = \"cam.sh\"\n\
+         params = { url = \"rtsp://{server}.cams/{101..102}\" }\n"
+    );
+    let site = config::parse_str(&many, "t.toml").expect("valid").site;
+    let urls: Vec<(&str, &ParamValue)> = site
+        .resources
+        .iter()
+        .map(|r| (r.id.as_str(), r.params.get("url").expect("url")))
+        .collect();
+    assert_eq!(
+        urls,
+        [
+            ("live-1-cam-01", &text("rtsp://live-1.cams/101")),
+            ("live-1-cam-02", &text("rtsp://live-1.cams/102")),
+            ("live-2-cam-01", &text("rtsp://live-2.cams/101")),
+            ("live-2-cam-02", &text("rtsp://live-2.cams/102")),
+        ]
+    );
+    // No params: none.
+    let plain = config::parse_str(&format!("{HEAD}{VALID}"), "t.toml").expect("valid");
+    assert!(plain.site.resources[0].params.is_empty());
+}
+
+#[test]
+fn params_diagnostics_name_the_param() {
+    let exec =
+        |lines: &str| agent_case(&format!("agent = \"exec\"\ncommand = \"cam.sh\"\n{lines}"));
+    let cases: Vec<(String, &[&str])> = vec![
+        (
+            exec("params = { URL = \"x\", \"vms-id\" = 1, ok = \"y\" }\n"),
+            &[
+                "t.toml:23:12: resources[0].params.URL: param name \"URL\": use lower-case letters, digits and `_`, \
+                 starting with a letter (\"url\"); agents get BUDDYGATE_PARAM_<NAME>",
+                "t.toml:23:23: resources[0].params.vms-id: param name \"vms-id\": use lower-case letters, digits \
+                 and `_`, starting with a letter (\"vms_id\"); agents get BUDDYGATE_PARAM_<NAME>",
+            ],
+        ),
+        (
+            exec(
+                "params = { url = \"rtsp://x/{1..2}\", path = \"/c{1..x}\", other = \"{server}/{1..3}\" }\n",
+            ),
+            &[
+                "t.toml:23:18: resources[0].params.url: has a range of 2 values but id has 3; a range in a \
+                 param is zipped with the id's and must have the same length",
+                "t.toml:23:44: resources[0].params.path: `{1..x}` is not a range; write `{A..B}` with decimal \
+                 numbers A <= B",
+            ],
+        ),
+        (
+            exec(
+                "params = { password = \"hunter2\", token = \"file:\", api_key = \"env:1X\", user = \"env:\" }\n",
+            ),
+            &[
+                "t.toml:23:23: warning: resources[0].params.password: inline secret; use file:PATH or env:VAR \
+                 in production",
+                "t.toml:23:42: resources[0].params.token: `file:` needs a path",
+                "t.toml:23:61: resources[0].params.api_key: \"1X\" is not an environment variable name",
+                "t.toml:23:78: resources[0].params.user: `env:` needs a variable name",
+            ],
+        ),
+        (
+            exec("params = { a = [1] }\n"),
+            &[
+                "t.toml:23:16: resources[0].params.a: invalid type: sequence, expected a string, integer or \
+                 boolean",
+            ],
+        ),
+        (
+            exec("params = { f = 1.5 }\n"),
+            &[
+                "t.toml:23:16: resources[0].params.f: invalid type: floating point `1.5`, expected a string, \
+                 integer or boolean",
+            ],
+        ),
+        (
+            exec("params = \"url\"\n"),
+            &["t.toml:23:10: resources[0].params: invalid type: string \"url\", expected a map"],
+        ),
+        (
+            exec("ready_timeout = \"0s\"\n"),
+            &[
+                "t.toml:23:17: resources[0].ready_timeout: must be greater than zero; leave it out to take a \
+                 successful start as ready",
+            ],
+        ),
+        (
+            exec("ready_timeout = 5\n"),
+            &[
+                "t.toml:23:17: resources[0].ready_timeout: invalid type: integer `5`, expected a duration such \
+                 as \"200ms\" or \"1s\"",
+            ],
+        ),
+        (
+            agent_case("params = { url = \"x\" }\n"),
+            &[
+                "t.toml:21:10: warning: resources[0].params: a simulated agent ignores params; they are for \
+                 exec and http agents",
+            ],
+        ),
+        (
+            format!(
+                "{}{}{}",
+                live("live-1", 11, "\"fo-1\""),
+                failover("fo-1", 21, "mirrored"),
+                "[[resources]]\nid = \"cam-1\"\nkind = \"camera\"\nserver = \"live-1\"\n\
+                 agent = \"exec\"\ncommand = \"cam.sh\"\nparams = { url = \"rtsp://x/{1..2}\" }\n"
+            ),
+            &[
+                "t.toml:23:18: resources[0].params.url: has a range of 2 values but id has none; a range in a \
+                 param is zipped with the id's (e.g. id = \"cam-{01..02}\")",
+            ],
+        ),
+        (
+            agent_case(
+                "agent = \"http\"\nparams = { vms_id = 1, host = \"10.0.0.{1..3}:8080\" }\n\
+                 url = \"http://{{ params.host }}/cameras/{{ params.vmsid }}/{{ params.nope }}\"\n",
+            ),
+            &[
+                "t.toml:23:7: resources[0].url: unknown param `params.nope`; this resource's params are \
+                 `host`, `vms_id`",
+                "t.toml:23:7: resources[0].url: unknown param `params.vmsid`; did you mean `params.vms_id`?",
+            ],
+        ),
+        (
+            agent_case("agent = \"http\"\nurl = \"http://127.0.0.1/{{ params.id }}\"\n"),
+            &[
+                "t.toml:22:7: resources[0].url: unknown param `params.id`: this resource has no params",
+            ],
+        ),
+        (
+            // Valid: a param used in a template, and params = {}.
+            agent_case(
+                "agent = \"http\"\nparams = { host = \"10.0.0.{1..3}:8080\" }\n\
+                 url = \"http://{{ params.host }}/{{ resource }}\"\nbody = \"{{ params.host }}\"\n",
+            ),
+            &[],
+        ),
+    ];
+    let cases: Vec<(&str, &[&str])> = cases.iter().map(|(b, e)| (b.as_str(), *e)).collect();
+    table(&cases);
+}
+
+#[test]
+fn load_warns_about_param_secret_files_that_do_not_exist() {
+    let dir = std::env::temp_dir().join(format!("buddygate-param-secret-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let text = format!(
+        "{HEAD}{}",
+        agent_case(
+            "agent = \"exec\"\ncommand = \"/bin/true\"\nparams = { password = \"file:cam{1..3}.pass\" }\n"
+        )
+    );
+    let path = dir.join("site.toml");
+    std::fs::write(&path, &text).expect("write");
+    let f = path.display().to_string();
+    let warnings = || -> Vec<String> {
+        let loaded = config::load(&path).expect("valid");
+        loaded
+            .warnings
+            .iter()
+            .map(|w| w.to_string().replace(&f, "F"))
+            .collect()
+    };
+    assert_eq!(
+        warnings(),
+        [format!(
+            "F:23:23: warning: resources[0].params.password: secret file {} does not exist",
+            dir.join("cam1.pass").display()
+        )]
+    );
+    std::fs::write(dir.join("cam1.pass"), "s3cret\n").expect("write");
+    assert_eq!(warnings(), Vec::<String>::new());
+    // Relative to the site file's folder, read when the agent runs.
+    let site = config::load(&path).expect("valid").site;
+    let ParamValue::Secret { written, base } = site.resources[0].params.get("password").unwrap()
+    else {
+        panic!("a secret");
+    };
+    assert_eq!(written, &SecretRef::File("cam1.pass".into()));
+    assert_eq!(base, &dir);
+    assert_eq!(
+        site.resources[0]
+            .params
+            .get("password")
+            .unwrap()
+            .value()
+            .unwrap(),
+        "s3cret"
+    );
+    std::fs::remove_dir_all(&dir).expect("cleanup");
 }

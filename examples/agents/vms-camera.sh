@@ -30,6 +30,8 @@
 #                        give it to the VMS so that it can refuse an older owner
 #   BUDDYGATE_ADDRESS    this server's announced IP address
 #   BUDDYGATE_OP         start | stop | monitor (the same as $1)
+#   BUDDYGATE_PARAM_<NAME>  each of the resource's params (`params = { vms_id = 17 }` in the site
+#                        file gives BUDDYGATE_PARAM_VMS_ID=17; file:/env: secrets already read)
 # and, for this example only:
 #   BUDDYGATE_STATE_DIR  where it keeps its state files (default /tmp)
 #

@@ -1,5 +1,6 @@
 //! The `exec` agent: runs `COMMAND start|stop|monitor` with the resource in `BUDDYGATE_*`
-//! environment variables, stdin empty, and the last lines of its output kept for the error.
+//! environment variables (its params in `BUDDYGATE_PARAM_<NAME>`), stdin empty, and the last
+//! lines of its output kept for the error.
 //!
 //! Exit 0 is success. Exit 7 means "not running": an error for `monitor`, success for `stop`
 //! (stopping what is not running is done). The program runs in a process group of its own;
@@ -40,6 +41,7 @@ pub(super) async fn run(command: &Path, env: &ResourceEnv, op: Op) -> Result<(),
             env.vars(op)
                 .map(|(name, value)| (format!("BUDDYGATE_{}", name.to_ascii_uppercase()), value)),
         )
+        .envs(env.params.iter().map(|p| (p.env_name(), &p.value)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

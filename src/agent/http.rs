@@ -1,13 +1,14 @@
 //! The `http` agent: one request to the local VMS API per operation, its URL and body rendered
-//! from the resource's minijinja templates (`{{ resource }}`, `{{ epoch }}`, `{{ op }}`...). A 2xx
-//! answer is success; any other answer, or no answer, is an error that says why.
+//! from the resource's minijinja templates (`{{ resource }}`, `{{ epoch }}`, `{{ op }}`,
+//! `{{ params.url }}`...). A 2xx answer is success; any other answer, or no answer, is an error
+//! that says why.
 
 use std::collections::BTreeMap;
 
 use minijinja::Value;
 
 use super::{AgentError, Op, ResourceEnv};
-use crate::config::template_environment;
+use crate::config::{PARAMS_VARIABLE, template_environment};
 
 /// Bytes of an error answer's body kept for the error message.
 const BODY_BYTES: usize = 200;
@@ -80,15 +81,23 @@ pub(super) async fn run(
 }
 
 /// The template variables: [`ResourceEnv::vars`], with the epoch as a number so that a JSON
-/// body can use `{{ epoch }}` bare.
+/// body can use `{{ epoch }}` bare, and `params` (`{{ params.url }}`).
 fn context(env: &ResourceEnv, op: Op) -> BTreeMap<&'static str, Value> {
-    env.vars(op)
+    let mut context: BTreeMap<&'static str, Value> = env
+        .vars(op)
         .into_iter()
         .map(|(name, value)| match name {
             "epoch" => (name, Value::from(env.epoch)),
             _ => (name, Value::from(value)),
         })
-        .collect()
+        .collect();
+    let params: BTreeMap<String, String> = env
+        .params
+        .iter()
+        .map(|p| (p.name.clone(), p.value.clone()))
+        .collect();
+    context.insert(PARAMS_VARIABLE, Value::from_object(params));
+    context
 }
 
 /// An error and its sources: "error sending request: tcp connect error: Connection refused".

@@ -19,9 +19,11 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use pool::{AgentPool, AgentReport, DEFAULT_CONCURRENCY, OpCounter, START_BACKOFF};
+pub use pool::{AgentPool, AgentReport, DEFAULT_CONCURRENCY, OpCounter, OpTime, START_BACKOFF};
 
-use crate::config::{AGENT_VARIABLES, AgentSpec, Kind, ResourceIdx, ServerIdx, Site};
+use crate::config::{
+    AGENT_VARIABLES, AgentSpec, Kind, ResourceIdx, ServerIdx, Site, param_env_suffix,
+};
 use crate::failover::{AgentOp, Epoch};
 
 /// One operation of the resource-agent contract.
@@ -59,7 +61,8 @@ impl From<AgentOp> for Op {
 }
 
 /// What an agent is told about the resource: `BUDDYGATE_<NAME>` for `exec` agents, `{{ name }}`
-/// in `http` templates (names as in [`AGENT_VARIABLES`]; the operation is added per call).
+/// in `http` templates (names as in [`AGENT_VARIABLES`]; the operation is added per call), and
+/// its `params`: `BUDDYGATE_PARAM_<NAME>`, `{{ params.name }}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResourceEnv {
     /// Site name.
@@ -75,15 +78,75 @@ pub struct ResourceEnv {
     pub epoch: Epoch,
     /// This node's announced address.
     pub address: IpAddr,
+    /// The resource's params, secrets read, sorted by name.
+    pub params: Vec<Param>,
+}
+
+/// One of a resource's params with its value (a secret read from its file or variable).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Param {
+    pub name: String,
+    pub value: String,
+    /// Logs and errors never show a secret's value.
+    pub secret: bool,
+}
+
+impl fmt::Debug for Param {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.secret {
+            write!(f, "{}=<secret>", self.name)
+        } else {
+            write!(f, "{}={:?}", self.name, self.value)
+        }
+    }
+}
+
+impl Param {
+    /// `BUDDYGATE_PARAM_<NAME>`: the variable an `exec` agent reads it from.
+    pub fn env_name(&self) -> String {
+        format!("BUDDYGATE_PARAM_{}", param_env_suffix(&self.name))
+    }
 }
 
 impl ResourceEnv {
-    /// The environment of `resource` on `node`; `None` when either is not in `site`.
-    pub fn new(site: &Site, node: ServerIdx, resource: ResourceIdx, epoch: Epoch) -> Option<Self> {
-        let this = site.servers.get(usize::from(node.0))?;
-        let r = site.resources.get(usize::try_from(resource.0).ok()?)?;
-        let home = site.servers.get(usize::from(r.server.0))?;
-        Some(Self {
+    /// The environment of `resource` on `node`. Reads the resource's secret params, so it
+    /// fails when one cannot be read ([`AgentError::Param`]) as well as when the node or the
+    /// resource is not in `site` ([`AgentError::NotInSite`]).
+    pub fn new(
+        site: &Site,
+        node: ServerIdx,
+        resource: ResourceIdx,
+        epoch: Epoch,
+    ) -> Result<Self, AgentError> {
+        let this = site
+            .servers
+            .get(usize::from(node.0))
+            .ok_or(AgentError::NotInSite)?;
+        let r = usize::try_from(resource.0)
+            .ok()
+            .and_then(|i| site.resources.get(i))
+            .ok_or(AgentError::NotInSite)?;
+        let home = site
+            .servers
+            .get(usize::from(r.server.0))
+            .ok_or(AgentError::NotInSite)?;
+        let params = r
+            .params
+            .0
+            .iter()
+            .map(|(name, value)| {
+                let read = value.value().map_err(|e| AgentError::Param {
+                    name: name.clone(),
+                    message: format!("cannot read {value:?}: {e}"),
+                })?;
+                Ok(Param {
+                    name: name.clone(),
+                    value: read,
+                    secret: value.is_secret(),
+                })
+            })
+            .collect::<Result<_, AgentError>>()?;
+        Ok(Self {
             site: site.name.clone(),
             node: this.id.clone(),
             resource: r.id.clone(),
@@ -91,6 +154,7 @@ impl ResourceEnv {
             server: home.id.clone(),
             epoch,
             address: this.address,
+            params,
         })
     }
 
@@ -146,13 +210,20 @@ pub enum AgentError {
     /// The pool's node or the resource is not in its site (a bug in the caller).
     #[error("this node or resource is not in the site")]
     NotInSite,
+    /// A secret param could not be read.
+    #[error("param {name}: {message}")]
+    Param { name: String, message: String },
+    /// `start` succeeded but `monitor` did not report the resource running within the
+    /// resource's `ready_timeout`; `last`: what the last monitor said.
+    #[error("not ready within {}: monitor: {last}", humantime::format_duration(*.timeout))]
+    NotReady { timeout: Duration, last: String },
 }
 
 impl AgentError {
     /// The outcome label of `metrics.agent_op`: `timeout` or `failed`.
     pub fn outcome(&self) -> &'static str {
         match self {
-            AgentError::TimedOut(_) => "timeout",
+            AgentError::TimedOut(_) | AgentError::NotReady { .. } => "timeout",
             _ => "failed",
         }
     }

@@ -5,7 +5,12 @@
 //!   runs waits for it.
 //! - Different resources run in parallel; a semaphore bounds how many operations (starts,
 //!   stops and monitors) run at once.
+//! - A start is complete when the resource really works: with a `ready_timeout`, `monitor` is
+//!   polled after `start` succeeds until it reports running (under the start's permit); still
+//!   not running at the `ready_timeout` is a failed start.
 //! - A failed start is tried again `retries` times, after an exponential [`Backoff`].
+//! - How long each resource's last start and stop took, from the moment it was asked for, is
+//!   kept ([`AgentPool::last_op`]) and logged.
 //! - A started resource is monitored every `monitor_interval` until its next operation; two
 //!   failed monitors in a row are reported as [`AgentReport::MonitorFailed`], and monitoring
 //!   stops.
@@ -14,9 +19,9 @@
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, SemaphorePermit, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
@@ -31,6 +36,12 @@ pub const DEFAULT_CONCURRENCY: usize = 16;
 
 /// Failed monitors in a row that fail the resource.
 const MONITOR_FAILURES: u32 = 2;
+
+/// The first wait between readiness monitors; it doubles up to [`READY_POLL_MAX`].
+const READY_POLL_FIRST: Duration = Duration::from_millis(25);
+
+/// The longest wait between readiness monitors.
+const READY_POLL_MAX: Duration = Duration::from_millis(400);
 
 /// What the pool tells the task that owns the core.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,6 +100,27 @@ pub trait OpCounter: Send + Sync {
 struct Job {
     op: AgentOp,
     epoch: Epoch,
+    /// When it was asked for.
+    asked: tokio::time::Instant,
+    asked_at: SystemTime,
+}
+
+/// How a resource's start or stop went, as the pool measured it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpTime {
+    pub op: AgentOp,
+    pub epoch: Epoch,
+    /// When it was asked for (wall clock).
+    pub asked_at: SystemTime,
+    /// From asked to done: the wait behind the resource's earlier operations and for a free
+    /// permit, every attempt and backoff, and for a start the wait until it was ready.
+    pub took: Duration,
+    /// Starts with a `ready_timeout`: from the successful `start`'s exit to the first
+    /// `monitor` that said running.
+    pub ready_after: Option<Duration>,
+    /// Attempts made (1 for a stop).
+    pub attempts: u32,
+    pub ok: bool,
 }
 
 /// Runs the agents of this node's resources; see the module docs. `start` and `stop` never
@@ -109,6 +141,8 @@ struct Shared {
     cancel: CancellationToken,
     permits: Semaphore,
     agents: Agents,
+    /// The last start and the last stop of each resource.
+    last: Mutex<HashMap<(ResourceIdx, Op), OpTime>>,
 }
 
 impl AgentPool {
@@ -131,6 +165,7 @@ impl AgentPool {
                 cancel,
                 permits: Semaphore::new(concurrency.clamp(1, Semaphore::MAX_PERMITS)),
                 agents: Agents::new(),
+                last: Mutex::new(HashMap::new()),
             }),
             backoff: START_BACKOFF,
             workers: Mutex::new(HashMap::new()),
@@ -154,6 +189,16 @@ impl AgentPool {
         self.ask(resource, AgentOp::Stop, epoch);
     }
 
+    /// How the last `op` (a start or a stop) of `resource` went; `None` before one finished.
+    pub fn last_op(&self, resource: ResourceIdx, op: AgentOp) -> Option<OpTime> {
+        let last = self
+            .shared
+            .last
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        last.get(&(resource, Op::from(op))).copied()
+    }
+
     /// Waits until every worker has ended; they end when the pool's token is cancelled (or
     /// the pool is dropped).
     pub async fn wait(&self) {
@@ -162,7 +207,12 @@ impl AgentPool {
     }
 
     fn ask(&self, resource: ResourceIdx, op: AgentOp, epoch: Epoch) {
-        let job = Job { op, epoch };
+        let job = Job {
+            op,
+            epoch,
+            asked: tokio::time::Instant::now(),
+            asked_at: SystemTime::now(),
+        };
         let Some(id) = self.shared.resource(resource).map(|r| r.id.as_str()) else {
             warn!(resource = resource.0, epoch, op = %Op::from(op), "No such resource in the site; ignoring the operation.");
             return;
@@ -241,8 +291,8 @@ impl Worker {
                 },
             };
             let running = match job.op {
-                AgentOp::Start => self.ctx.start(job.epoch).await,
-                AgentOp::Stop => self.ctx.stop(job.epoch).await.map(|()| false),
+                AgentOp::Start => self.ctx.start(&job).await,
+                AgentOp::Stop => self.ctx.stop(&job).await.map(|()| false),
             };
             match running {
                 None => return,
@@ -304,14 +354,32 @@ impl Ctx {
 
     /// Starts the resource, retrying as configured, and reports the outcome. Whether it is
     /// running; `None` on shutdown.
-    async fn start(&self, epoch: Epoch) -> Option<bool> {
-        let retries = self.resource()?.timings.retries;
+    async fn start(&self, job: &Job) -> Option<bool> {
+        let epoch = job.epoch;
+        let timings = self.resource()?.timings;
         let mut attempt: u32 = 0;
+        let mut ready_after = None;
         let result = loop {
             attempt += 1;
-            match self.op(Op::Start, epoch).await? {
+            // The start and its readiness polls are one operation: they share one permit, so
+            // that a started resource is not kept waiting behind other resources' starts.
+            let permit = self.permit().await?;
+            let outcome = match self.run(Op::Start, epoch, false).await? {
+                Ok(()) => match timings.ready_timeout {
+                    Some(limit) => {
+                        let started = tokio::time::Instant::now();
+                        let ready = self.ready(epoch, limit).await?;
+                        ready_after = Some(started.elapsed());
+                        ready
+                    }
+                    None => Ok(()),
+                },
+                Err(e) => Err(e),
+            };
+            drop(permit);
+            match outcome {
                 Ok(()) => break Ok(()),
-                Err(e) if attempt > retries => break Err(e),
+                Err(e) if attempt > timings.retries => break Err(e),
                 Err(e) => {
                     let Some(delay) = self.backoff.delay(attempt) else {
                         break Err(e);
@@ -325,6 +393,10 @@ impl Ctx {
             }
         };
         let running = result.is_ok();
+        let time = self.record(job, attempt, ready_after.filter(|_| running), running);
+        if running {
+            info!(resource = %self.id(), epoch, took = ?time.took, ready_after = ?time.ready_after, attempts = attempt, "Resource started.");
+        }
         let result = result.map_err(|e| match attempt {
             1 => e.to_string(),
             n => format!("{e} (after {n} attempts)"),
@@ -339,12 +411,42 @@ impl Ctx {
         Some(running)
     }
 
+    /// Polls `monitor` until it reports the started resource running: at once, then after
+    /// 25 ms, waits doubling up to 400 ms, the last one at `limit` after the first. `None` on
+    /// shutdown.
+    async fn ready(&self, epoch: Epoch, limit: Duration) -> Option<Result<(), AgentError>> {
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut wait = READY_POLL_FIRST;
+        loop {
+            let last = match self.run(Op::Monitor, epoch, true).await? {
+                Ok(()) => return Some(Ok(())),
+                Err(e) => e.to_string(),
+            };
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Some(Err(AgentError::NotReady {
+                    timeout: limit,
+                    last,
+                }));
+            }
+            debug!(resource = %self.id(), epoch, monitor = %last, "Started; not ready yet.");
+            let next = (now + wait).min(deadline);
+            let cancel = &self.shared.cancel;
+            cancel
+                .run_until_cancelled(tokio::time::sleep_until(next))
+                .await?;
+            wait = (wait * 2).min(READY_POLL_MAX);
+        }
+    }
+
     /// Stops the resource and reports the outcome; `None` on shutdown.
-    async fn stop(&self, epoch: Epoch) -> Option<()> {
-        let result = self.op(Op::Stop, epoch).await?;
+    async fn stop(&self, job: &Job) -> Option<()> {
+        let result = self.op(Op::Stop, job.epoch).await?;
+        let time = self.record(job, 1, None, result.is_ok());
+        debug!(resource = %self.id(), epoch = job.epoch, took = ?time.took, "Stop done.");
         self.report(AgentReport::Done {
             resource: self.resource,
-            epoch,
+            epoch: job.epoch,
             op: AgentOp::Stop,
             result: result.map_err(|e| e.to_string()),
         })
@@ -352,19 +454,55 @@ impl Ctx {
         Some(())
     }
 
-    /// One attempt at `op`, once a permit is free; counted and logged. `None` on shutdown.
-    async fn op(&self, op: Op, epoch: Epoch) -> Option<Result<(), AgentError>> {
-        let shared = &self.shared;
-        let resource = self.resource()?;
-        let Some(env) = ResourceEnv::new(&shared.site, shared.node, self.resource, epoch) else {
-            warn!(resource = %resource.id, epoch, op = %op, node = shared.node.0, "This node is not in the site; the operation fails.");
-            return Some(Err(AgentError::NotInSite));
+    /// Keeps how `job` went as the resource's last start or stop.
+    fn record(&self, job: &Job, attempts: u32, ready_after: Option<Duration>, ok: bool) -> OpTime {
+        let time = OpTime {
+            op: job.op,
+            epoch: job.epoch,
+            asked_at: job.asked_at,
+            took: job.asked.elapsed(),
+            ready_after,
+            attempts,
+            ok,
         };
-        let _permit = shared
+        let mut last = self
+            .shared
+            .last
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        last.insert((self.resource, Op::from(job.op)), time);
+        time
+    }
+
+    /// A permit to run operations; `None` on shutdown.
+    async fn permit(&self) -> Option<SemaphorePermit<'_>> {
+        let shared = &self.shared;
+        shared
             .cancel
             .run_until_cancelled(shared.permits.acquire())
             .await?
-            .ok()?;
+            .ok()
+    }
+
+    /// One attempt at `op`, once a permit is free; counted and logged. `None` on shutdown.
+    async fn op(&self, op: Op, epoch: Epoch) -> Option<Result<(), AgentError>> {
+        let _permit = self.permit().await?;
+        self.run(op, epoch, false).await
+    }
+
+    /// One attempt at `op` under a permit the caller holds; counted and logged (a `polling`
+    /// monitor's failure only at debug level: readiness polls expect "not running" at first).
+    /// `None` on shutdown.
+    async fn run(&self, op: Op, epoch: Epoch, polling: bool) -> Option<Result<(), AgentError>> {
+        let shared = &self.shared;
+        let resource = self.resource()?;
+        let env = match ResourceEnv::new(&shared.site, shared.node, self.resource, epoch) {
+            Ok(env) => env,
+            Err(e) => {
+                warn!(resource = %resource.id, epoch, op = %op, node = shared.node.0, error = %e, "Cannot prepare the agent's environment; the operation fails.");
+                return Some(Err(e));
+            }
+        };
         let began = tokio::time::Instant::now();
         let result = shared
             .cancel
@@ -387,6 +525,9 @@ impl Ctx {
             }
             (Ok(()), _) => {
                 info!(resource = %resource.id, epoch, op = %op, took = ?took, "Agent operation succeeded.");
+            }
+            (Err(e), _) if polling => {
+                debug!(resource = %resource.id, epoch, op = %op, took = ?took, error = %e, "Agent operation failed.");
             }
             (Err(e), _) => {
                 warn!(resource = %resource.id, epoch, op = %op, took = ?took, error = %e, "Agent operation failed.");

@@ -54,6 +54,12 @@ impl Checker<'_> {
         if self.ok("timeout") && b.timeout.is_zero() {
             self.error("timeout", "must be greater than zero");
         }
+        if b.ready_timeout.is_some_and(|t| t.is_zero()) {
+            self.error(
+                "ready_timeout",
+                "must be greater than zero; leave it out to take a successful start as ready",
+            );
+        }
         if !self.ok("agent") {
             // Which keys belong here is unknown.
             return;
@@ -171,10 +177,40 @@ impl Checker<'_> {
             }
         };
         let globals: Vec<&str> = env.globals().map(|(name, _)| name).collect();
+        let params = &self.raw.value.params;
+        let mut unknown_params: Vec<String> = template
+            .undeclared_variables(true)
+            .into_iter()
+            .filter_map(|v| v.strip_prefix("params.").map(str::to_string))
+            .filter(|p| !params.contains_key(p))
+            .collect();
+        unknown_params.sort();
+        for p in &unknown_params {
+            let names: Vec<&str> = params.keys().map(String::as_str).collect();
+            let message = match closest(p, &names) {
+                Some(c) => format!("unknown param `params.{p}`; did you mean `params.{c}`?"),
+                None if names.is_empty() => {
+                    format!("unknown param `params.{p}`: this resource has no params")
+                }
+                None => format!(
+                    "unknown param `params.{p}`; this resource's params are {}",
+                    names
+                        .iter()
+                        .map(|n| format!("`{n}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            };
+            self.error(key, message);
+        }
         let mut unknown: Vec<String> = template
             .undeclared_variables(false)
             .into_iter()
-            .filter(|v| !AGENT_VARIABLES.contains(&v.as_str()) && !globals.contains(&v.as_str()))
+            .filter(|v| {
+                !AGENT_VARIABLES.contains(&v.as_str())
+                    && v != PARAMS_VARIABLE
+                    && !globals.contains(&v.as_str())
+            })
             .collect();
         unknown.sort();
         for v in &unknown {
@@ -187,12 +223,19 @@ impl Checker<'_> {
             };
             self.error(key, message);
         }
-        unknown.is_empty()
+        unknown.is_empty() && unknown_params.is_empty()
     }
 
     /// `url` rendered with sample values must be an `http://` URL.
     fn url(&mut self, source: &str) {
-        let sample: BTreeMap<&str, minijinja::Value> = AGENT_VARIABLES
+        let params: BTreeMap<String, String> = self
+            .raw
+            .value
+            .params
+            .iter()
+            .map(|(name, value)| (name.clone(), sample_param(&value.0)))
+            .collect();
+        let mut sample: BTreeMap<&str, minijinja::Value> = AGENT_VARIABLES
             .iter()
             .map(|&v| {
                 let value = match v {
@@ -205,6 +248,7 @@ impl Checker<'_> {
                 (v, value)
             })
             .collect();
+        sample.insert(PARAMS_VARIABLE, minijinja::Value::from_object(params));
         let rendered = match template_environment().render_str(source, sample) {
             Ok(r) => r,
             Err(e) => {
@@ -237,6 +281,19 @@ impl Checker<'_> {
     }
 }
 
+/// The template variable that holds a resource's params: `{{ params.url }}`.
+pub const PARAMS_VARIABLE: &str = "params";
+
+/// A param's value for rendering a sample URL: its first value, `secret` for a secret.
+fn sample_param(value: &str) -> String {
+    if value.starts_with("file:") || value.starts_with("env:") {
+        return "secret".to_string();
+    }
+    super::expand::Template::parse(value, true)
+        .map(|t| t.render(0, "server-1"))
+        .unwrap_or_else(|_| value.to_string())
+}
+
 /// "syntax error: unexpected end of input, expected end of variable block", with the template's
 /// line when it has several.
 fn template_error(e: &minijinja::Error, source: &str) -> String {
@@ -258,6 +315,7 @@ pub(crate) fn resolve(b: &ResourceBlock, base: Option<&Path>) -> Option<(AgentSp
         timeout: b.timeout,
         monitor_interval: (!b.monitor_interval.is_zero()).then_some(b.monitor_interval),
         retries: b.retries,
+        ready_timeout: b.ready_timeout,
     };
     let spec = match b.agent {
         AgentKind::Simulated => AgentSpec::Simulated {

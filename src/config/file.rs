@@ -15,6 +15,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::model::{AgentKind, AgentTimings, FailMode, Failback, Kind, Mode, Role, SecretRef};
+use super::params::ParamText;
 
 /// A whole site file.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
@@ -167,6 +168,25 @@ pub struct ResourceBlock {
     /// before the resource counts as failed.
     #[serde(default = "default_retries")]
     pub retries: u32,
+    /// Every agent: a start is complete when the resource really works. After `start`
+    /// succeeds, `monitor` is polled until it reports running, for at most this long (the start
+    /// fails then, and is retried like any failed start). Absent: a start is complete when
+    /// `start` succeeds.
+    #[serde(default, deserialize_with = "duration::deserialize_option")]
+    #[schemars(with = "Option<String>")]
+    pub ready_timeout: Option<Duration>,
+    /// `exec` and `http` agents: the resource's own settings, e.g.
+    /// `{ url = "rtsp://10.0.5.1/cam-{01..50}", vms_id = 17, password = "file:cam.pass" }`.
+    /// Names are lower-case letters, digits and `_`; values are strings, integers or booleans.
+    /// A value may use `{server}` and id ranges, zipped with the id's range. A value
+    /// `file:PATH` or `env:VAR` is a secret, read when the agent runs. `exec` agents get
+    /// `BUDDYGATE_PARAM_<NAME>` (upper case), `http` templates `{{ params.name }}`.
+    #[serde(default)]
+    #[schemars(extend(
+        "propertyNames" = { "pattern": "^[a-z][a-z0-9_]*$", "maxLength": 64 },
+        "maxProperties" = 32
+    ))]
+    pub params: BTreeMap<String, ParamText>,
     /// `simulated` agents: how long a start takes. Default `"50ms"`.
     #[serde(default, deserialize_with = "duration::deserialize_option")]
     #[schemars(with = "Option<String>", extend("default" = "50ms"))]

@@ -11,6 +11,7 @@
 //! - `load`: reading the site file, and the checks that look at the disk (secret files and
 //!   `exec` commands that do not exist), which only [`load`] runs.
 //! - `agent`: the agent settings of a `[[resources]]` block and their templates.
+//! - `params`: a resource's own agent settings (`params = { url = ... }`).
 //! - `locate`: key paths to `line:col`.
 //! - [`summary`]: the one-screen text `buddygate check` prints.
 
@@ -23,6 +24,7 @@ pub mod file;
 mod load;
 pub(crate) mod locate;
 mod model;
+mod params;
 pub mod summary;
 mod validate;
 
@@ -32,10 +34,11 @@ use std::path::Path;
 
 use toml::de::DeTable;
 
-pub use agent::template_environment;
+pub use agent::{PARAMS_VARIABLE, template_environment};
 pub use diag::{Diagnostic, Diagnostics, Severity};
 pub use load::{connectors_dir, load};
 pub use model::*;
+pub use params::{MAX_PARAMS, ParamText, env_suffix as param_env_suffix};
 
 use locate::{Issue, Locator};
 
@@ -87,8 +90,12 @@ fn check(text: &str, file: &str, base: Option<&Path>) -> Result<Loaded, Diagnost
         resources_complete,
     };
     issues.extend(validate::validate(&site));
+    for (i, block) in decoded.resources.iter().enumerate() {
+        issues.extend(block.iter().flat_map(|b| params::check(i, b)));
+    }
     if let Some(base) = base {
         issues.extend(load::missing_files(&site, &decoded.resources, base));
+        issues.extend(params::missing_secret_files(&decoded.resources, base));
     }
     let failed = issues.iter().any(Issue::is_error);
     let diagnostics = finish(&locator, file, issues);

@@ -237,14 +237,18 @@ pub struct AgentTimings {
     pub monitor_interval: Option<Duration>,
     /// Start attempts after the first one fails.
     pub retries: u32,
+    /// After a start exits 0, how long `monitor` is polled until it reports running; the start
+    /// is complete only then. `None`: the start's exit is the end of it.
+    pub ready_timeout: Option<Duration>,
 }
 
 impl AgentTimings {
-    /// The site file's defaults: 10s timeout, monitor every 5s, 2 retries.
+    /// The site file's defaults: 10s timeout, monitor every 5s, 2 retries, no readiness poll.
     pub const DEFAULT: Self = Self {
         timeout: Duration::from_secs(10),
         monitor_interval: Some(Duration::from_secs(5)),
         retries: 2,
+        ready_timeout: None,
     };
 }
 
@@ -284,6 +288,69 @@ pub struct Resource {
     /// How it is started, stopped and monitored.
     pub agent: AgentSpec,
     pub timings: AgentTimings,
+    /// Its own agent settings (`params`), for `exec` and `http` agents.
+    pub params: Params,
+}
+
+/// A resource's `params`, rendered for it (ranges and `{server}` filled in), sorted by name:
+/// `BUDDYGATE_PARAM_<NAME>` for `exec` agents, `{{ params.name }}` in `http` templates.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Params(pub Vec<(String, ParamValue)>);
+
+impl Params {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn get(&self, name: &str) -> Option<&ParamValue> {
+        self.0.iter().find(|(n, _)| n == name).map(|(_, v)| v)
+    }
+}
+
+/// One param's value.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ParamValue {
+    /// Given to the agent as written.
+    Text(String),
+    /// `file:PATH` or `env:VAR`: read each time the agent runs, so that a rotated credential
+    /// is picked up.
+    Secret {
+        /// As the site file names it; the site digest covers this.
+        written: SecretRef,
+        /// The folder a relative `file:` path starts from (the site file's), set by
+        /// [`crate::config::load`]; left out of the digest like an exec agent's `command`.
+        #[serde(skip)]
+        base: PathBuf,
+    },
+}
+
+impl std::fmt::Debug for ParamValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Text(t) => write!(f, "{t:?}"),
+            Self::Secret { written, .. } => write!(f, "{written:?}"),
+        }
+    }
+}
+
+impl ParamValue {
+    /// The value to give the agent: the text, or the secret read now (a file's trailing line
+    /// break removed).
+    pub fn value(&self) -> std::io::Result<String> {
+        match self {
+            Self::Text(t) => Ok(t.clone()),
+            Self::Secret { written, base } => {
+                String::from_utf8(written.resolve(base)?).map_err(|_| {
+                    std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text")
+                })
+            }
+        }
+    }
+
+    /// Whether the value is a secret, which logs and errors must not show.
+    pub fn is_secret(&self) -> bool {
+        matches!(self, Self::Secret { .. })
+    }
 }
 
 /// A validated site. Every index inside points into `servers` or `resources`.

@@ -184,6 +184,7 @@ impl SiteBuilder {
                 priority: *priority,
                 agent: AgentSpec::default(),
                 timings: AgentTimings::default(),
+                params: Default::default(),
             })
             .collect();
         Site {

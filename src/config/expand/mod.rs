@@ -81,6 +81,9 @@ pub(crate) struct ExResource {
     pub(crate) kind: Kind,
     pub(crate) server: String,
     pub(crate) priority: i32,
+    /// Which value of the id's range it is (0 without a range): the value its `params`
+    /// ranges take.
+    pub(crate) index: u64,
 }
 
 impl ExResource {
@@ -367,6 +370,7 @@ pub(crate) fn expand_resources(
                     kind: raw.kind,
                     server: server.clone(),
                     priority: raw.priority,
+                    index: i,
                 });
             }
         }

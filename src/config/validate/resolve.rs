@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use super::Expanded;
-use crate::config::agent;
+use crate::config::{agent, params};
 use crate::config::model::{Api, OnvifUser, Resource, ResourceIdx, Server, ServerIdx, Site};
 
 /// The resolved site. Call only when [`validate`] found no error; `None` means a rule is
@@ -66,6 +66,7 @@ pub(crate) fn resolve(x: &Expanded<'_>) -> Option<Site> {
         .iter()
         .map(|r| {
             let (agent, timings) = agents.get(r.block)?.clone()?;
+            let block = &x.resource_blocks.get(r.block)?.as_ref()?.value;
             Some(Resource {
                 id: r.id.clone(),
                 kind: r.kind,
@@ -73,6 +74,7 @@ pub(crate) fn resolve(x: &Expanded<'_>) -> Option<Site> {
                 priority: r.priority,
                 agent,
                 timings,
+                params: params::render(block, r, x.base),
             })
         })
         .collect::<Option<_>>()?;
