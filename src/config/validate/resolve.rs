@@ -3,8 +3,8 @@
 use std::collections::HashMap;
 
 use super::Expanded;
-use crate::config::{agent, params};
 use crate::config::model::{Api, OnvifUser, Resource, ResourceIdx, Server, ServerIdx, Site};
+use crate::config::{agent, params};
 
 /// The resolved site. Call only when [`validate`] found no error; `None` means a rule is
 /// missing there (reported as an internal error, never a panic).

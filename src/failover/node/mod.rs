@@ -24,7 +24,7 @@ mod own;
 mod peers;
 mod takeover;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -114,6 +114,9 @@ pub struct Node {
     witnesses: Witnesses,
     /// Resources this node reports unplaced (see [`takeover`]).
     unplaced: BTreeSet<ResourceIdx>,
+    /// Resources their live home server stood down for a claim this node has not heard,
+    /// until when it waits to hear it (see [`takeover`]).
+    handed: BTreeMap<ResourceIdx, Duration>,
     /// Since when this node's view has been stable (no path or server transition, no failure
     /// of its own resources, no conflict): auto failback waits `failback_delay` from here.
     stable_since: Duration,
@@ -187,6 +190,7 @@ impl Node {
             known,
             batches: Batches::default(),
             unplaced: BTreeSet::new(),
+            handed: BTreeMap::new(),
             stable_since: now,
             next_heartbeat: now,
             page_cursor: 0,
@@ -260,6 +264,9 @@ impl Node {
         if let Some(t) = self.own.next_deadline() {
             next = next.min(t);
         }
+        if let Some(&t) = self.handed.values().min() {
+            next = next.min(t);
+        }
         next
     }
 
@@ -298,6 +305,11 @@ impl Node {
         }
         self.refresh_peers(now, out);
         self.expire_failures(now);
+        let handed = self.handed.len();
+        self.handed.retain(|_, until| now < *until);
+        if self.handed.len() != handed {
+            self.placement_dirty = true;
+        }
         if let Phase::Booting { until } = self.phase
             && (self.peers.all_heard() || now >= until)
         {

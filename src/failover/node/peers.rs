@@ -159,15 +159,15 @@ impl Peers {
     }
 
     /// Replaces what `s` claims on the resources of heartbeat page `page` of `pages`;
-    /// whether that changed anything. Costs the claims of `s`, and index updates for what
-    /// changed only.
+    /// returns what changed: (resource, the claim before, the claim now). Costs the claims of
+    /// `s`, and index updates for what changed only.
     fn set_claims(
         &mut self,
         topo: &Topology,
         s: ServerIdx,
         (page, pages): (u8, u8),
         claims: Vec<(ResourceIdx, Holder)>,
-    ) -> bool {
+    ) -> Vec<(ResourceIdx, Option<Holder>, Option<Holder>)> {
         let in_page = |r: ResourceIdx| topo.page(r, pages) == page;
         let mut new: BTreeMap<ResourceIdx, Holder> =
             claims.into_iter().filter(|(r, _)| in_page(*r)).collect();
@@ -184,24 +184,24 @@ impl Peers {
                 Some(n) if n == h => {}
                 Some(n) => {
                     peer.claims.insert(r, n);
-                    changed.push((r, Some(n)));
+                    changed.push((r, Some(h), Some(n)));
                 }
                 None => {
                     peer.claims.remove(&r);
-                    changed.push((r, None));
+                    changed.push((r, Some(h), None));
                 }
             }
         }
         for (r, h) in new {
             peer.claims.insert(r, h);
-            changed.push((r, Some(h)));
+            changed.push((r, None, Some(h)));
         }
-        for &(r, h) in &changed {
+        for &(r, _, h) in &changed {
             let holders = &mut self.index[r.0 as usize];
             holders.retain(|x| x.server != s);
             holders.extend(h);
         }
-        !changed.is_empty()
+        changed
     }
 
     /// The earliest moment a path or a peer's silence times out.
@@ -325,11 +325,17 @@ impl Node {
         }
         let peer = self.peers.by_server.get_mut(&from).expect("peer");
         peer.confirmed = true;
-        self.apply_heartbeat(from, hb, out);
+        self.apply_heartbeat(from, hb, now, out);
     }
 
     /// The content of an authentic, new heartbeat from `from` that echoes our incarnation.
-    fn apply_heartbeat(&mut self, from: ServerIdx, hb: Heartbeat, out: &mut Vec<Output>) {
+    fn apply_heartbeat(
+        &mut self,
+        from: ServerIdx,
+        hb: Heartbeat,
+        now: Duration,
+        out: &mut Vec<Output>,
+    ) {
         // Names by index mean this node's site file only if it is the sender's.
         let by_index = hb.digest == self.ctx.digest;
         let unreadable = std::cell::Cell::new(0usize);
@@ -419,7 +425,19 @@ impl Node {
         }
         let page = (hb.page, hb.pages.max(1));
         let topo = self.ctx.topo.clone();
-        let changed = self.peers.set_claims(&topo, from, page, claims);
+        let changes = self.peers.set_claims(&topo, from, page, claims);
+        let changed = !changes.is_empty();
+        // A live server that stops its own resource without failing it hands it to a claim
+        // that beat its own, which this node may not hear yet (a heal heard late): see
+        // `takeover::orphans`.
+        let site = &self.ctx.site;
+        for (r, before, now_) in changes {
+            let stood_down = before.is_some_and(|h| h.holds()) && now_.is_none_or(|h| !h.holds());
+            if stood_down && site.resource(r).server == from && !failed.iter().any(|&(x, _)| x == r)
+            {
+                self.handed.insert(r, now + self.ctx.site.failure_timeout);
+            }
+        }
         let peer = self.peers.by_server.get_mut(&from).expect("peer");
         if peer.pages != page.1 {
             peer.pages = page.1;

@@ -78,8 +78,11 @@ impl Node {
                     .holders(r)
                     .iter()
                     .any(|h| h.server == home && h.holds());
-                // Not holding it counts only once all its claims were heard.
-                let dropped = p.reported != PeerState::Booting && p.complete() && !held_at_home;
+                // Not holding it counts only once all its claims were heard, and not while
+                // it was handed to a claim this node has not heard yet.
+                let handed = self.handed.contains_key(&r) && self.best_other(r, now).is_none();
+                let dropped =
+                    p.reported != PeerState::Booting && p.complete() && !held_at_home && !handed;
                 if gone || dropped {
                     out.push(r);
                 }
