@@ -247,6 +247,33 @@ def final_state(run, snap, concerned):
     return out
 
 
+def settle(lab, tag, timeout, expect=None, every=0.1):
+    """Waits until the site has settled, then leaves the API snapshot `tag` for the final
+    checks. Settled: every API concerned agrees (`lab.converged(expect)`), and the ground
+    truth at the snapshot is exactly that owner and epoch for every resource with no agent
+    start in flight: no hand-over is still going on (a buddy's stop behind the home's start,
+    a start not completed). Sampling at one moment once made `partition` fail on a clean
+    run: its final check ran while the buddy's stop was 26 ms behind the home server's start.
+    Returns (ok, seconds waited); at the deadline the snapshot is taken anyway, for the
+    checks to say what is wrong."""
+    t0 = time.monotonic()
+    while True:
+        if lab.converged(expect):
+            path = lab.snapshot_apis(tag)
+            time.sleep(0.05)  # lines stamped just before the snapshot are in the logs now
+            with open(path) as f:
+                snap = json.load(f)
+            run = Run(lab.dir)
+            fin = final_state(run, snap, lab.concerned)
+            if (all(f["agree"] and f["truth_ok"] for f in fin.values())
+                    and not run.in_flight(snap["t"])):
+                return True, time.monotonic() - t0
+        if time.monotonic() - t0 >= timeout:
+            lab.snapshot_apis(tag)
+            return False, time.monotonic() - t0
+        time.sleep(every)
+
+
 def events_in(snap, a, b):
     """Events (type, node, data) from every node's log whose time is in [a, b]."""
     out = []

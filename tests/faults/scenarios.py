@@ -67,13 +67,16 @@ class Ctx:
                                    lambda: self.served_by(home, nodes), timeout, every=0.02)
 
     def settle_down(self, timeout=None):
-        """Waits for every resource at home and every API agreeing, then snapshots the APIs."""
+        """Waits until every resource is at home, every API agrees and the agents' ground
+        truth says the same with no hand-over in flight (checker.settle), then leaves the API
+        snapshot the final checks use."""
         timeout = timeout or FBD_S + 12
-        ok = self.lab.wait_home(timeout)
-        self.expect(ok, f"not converged back home within {timeout} s after the heal")
+        ok, waited = checker.settle(self.lab, "end", timeout)
+        self.figures["settled_after_s"] = round(waited, 1)
+        self.expect(ok, f"not settled back home within {timeout} s after the heal (every API "
+                        f"agreeing, the ground truth the same, no hand-over in flight)")
         dead = self.lab.check_alive()
         self.expect(not dead, f"daemon(s) exited on their own: {dead}")
-        self.lab.snapshot_apis("end")
         b = now_ns()
         self.check_consumers()
         return b

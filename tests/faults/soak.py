@@ -256,11 +256,12 @@ class Soak:
         self.n, self.mid = n, None
         fn = getattr(self, "f_" + kind.replace("-", "_"))
         failed, fault, heal, detail = fn()
-        ok_home = self.lab.wait_home(FBD_S + 15)
+        # Settled: home, every API agreeing, the ground truth the same, no hand-over in
+        # flight (checker.settle); the snapshot it leaves is what the episode is checked on.
+        ok_home, _ = checker.settle(self.lab, f"ep{n:03d}", FBD_S + 15)
         dead = self.lab.check_alive()
         if any(d.startswith("harness:") for d in dead):
             raise RuntimeError(f"the lab broke, not the daemon: {dead}")
-        self.lab.snapshot_apis(f"ep{n:03d}")
         b = now_ns()
         # The connector consumers, by the epoch rule, within 10 s (connectors retry).
         cons = checker.wait_consumers(self.lab, timeout=CONSUMER_WAIT_S, tag=f"ep{n:03d}")
