@@ -437,9 +437,10 @@ class Lab:
         for s in self.servers:
             self.start(s.id, env=(env or {}).get(s.id))
 
-    def set_start_delay(self, sid, ms):
-        """Every start by `sid`'s agent takes `ms` from now on (0: as fast as it can)."""
-        path = os.path.join(self.dir, "agent", f"start-delay-ms.{sid}")
+    def set_start_delay(self, sid, ms, op="start"):
+        """Every start (or stop, with op="stop") by `sid`'s agent takes `ms` from now on (0:
+        as fast as it can)."""
+        path = os.path.join(self.dir, "agent", f"{op}-delay-ms.{sid}")
         if ms:
             with open(path + ".tmp", "w") as f:
                 f.write(f"{int(ms)}\n")
