@@ -16,6 +16,9 @@
 #   FAULTS_START_DELAY_MS   a start takes this long (default 0): "the middle of a takeover";
 #                           $FAULTS_AGENT_DIR/start-delay-ms.$BUDDYGATE_NODE, when it exists,
 #                           overrides it (the harness changes it while the daemon runs)
+#   FAULTS_STOP_DELAY_MS    a stop takes this long before the recording ends (default 0): a
+#                           slow VMS, a hand-over whose buddy stops late; overridden by
+#                           $FAULTS_AGENT_DIR/stop-delay-ms.$BUDDYGATE_NODE, as for starts
 set -eu
 
 op="${1:-}"
@@ -48,6 +51,13 @@ start)
     line start
     ;;
 stop)
+    delay="${FAULTS_STOP_DELAY_MS:-0}"
+    if [ -f "$dir/stop-delay-ms.$node" ]; then
+        delay="$(cat "$dir/stop-delay-ms.$node")"
+    fi
+    if [ "$delay" -gt 0 ]; then
+        sleep "$(printf '%d.%03d' $((delay / 1000)) $((delay % 1000)))"
+    fi
     rm -f "$state"
     line stop
     ;;

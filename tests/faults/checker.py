@@ -3,8 +3,10 @@
 
 Ground truth is the agent logs (`agent/<node>.agent.log`: who served which resource when,
 written by tests/faults/agent.sh), corrected by the harness's markers (`markers.jsonl`): a node
-killed with -9 stops serving everything at the kill (its VMS died with it), and lines written
-by an agent whose daemon was not the node's current boot are ignored. The APIs' view is in the
+killed with -9 (`crash`) stops serving everything at the kill (its VMS died with it), and lines
+written later by an agent of a boot before that crash are ignored. A daemon-only kill
+(`kill-daemon`: the VMS keeps recording) changes nothing: the node still serves what it served,
+and its dead daemon's agents' lines still count. The APIs' view is in the
 snapshots (`api/<tag>.json`: every running node's `/api/v1/resources` and event log).
 
 Per window it computes:
@@ -67,10 +69,12 @@ class Run:
     def _build(self):
         """Ownership changes per resource: a list of (t, {node: epoch}) after each change."""
         boots = {}  # node -> [(t_boot, pid, t_crash or None)]
+        crashes = {}  # node -> [t]: the server died with its VMS (kill9)
         for m in self.markers:
             if m["kind"] == "boot":
                 boots.setdefault(m["node"], []).append([m["t"], m["pid"], None])
             elif m["kind"] == "crash":
+                crashes.setdefault(m["node"], []).append(m["t"])
                 for b in boots.get(m["node"], []):
                     if b[1] == m["pid"]:
                         b[2] = m["t"]
@@ -86,14 +90,17 @@ class Run:
         self.steps = {}  # resource -> [(t, dict)]
         self.resources = set()
 
-        def current_pid(node, t):
-            """The pid of the node's newest boot not after t, unless that boot had crashed."""
-            live = None
-            for t_boot, pid, t_crash in boots.get(node, []):
-                if t_boot <= t:
-                    live = pid if (t_crash is None or t < t_crash) else None
-            return live
+        def counts(node, pid, t):
+            """Whether a line written at t by an agent of the node's boot `pid` changed what
+            the node serves: that boot had begun and the server has not died since (a crash
+            kills the VMS and every agent). A daemon-only kill (`kill-daemon`) ends the boot
+            but not its VMS: its agents' lines still count, after the next boot too."""
+            for t_boot, p, _ in boots.get(node, []):
+                if p == pid and t_boot <= t:
+                    return not any(t_boot <= tc <= t for tc in crashes.get(node, []))
+            return False
 
+        self.counts = counts
         for t, kind, data in changes:
             if kind == "crash":
                 node, _ = data
@@ -108,7 +115,7 @@ class Run:
             self.resources.add(res)
             if op == "begin":
                 continue
-            if boots and current_pid(node, t) != pid:
+            if boots and not counts(node, pid, t):
                 self.ignored += 1
                 continue
             owners = dict(state.get(res, {}))
@@ -166,6 +173,17 @@ class Run:
             if s <= heal:
                 return e - heal
         return 0
+
+    def in_flight(self, t):
+        """(node, resource) whose agent began a start not completed at t (counted boots)."""
+        last = {}
+        for ts, op, node, res, _, pid in self.lines:
+            if ts > t:
+                break
+            if (not self.boots or self.counts(node, pid, ts)) and op in ("begin", "start",
+                                                                          "stop"):
+                last[(node, res)] = op
+        return sorted(k for k, op in last.items() if op == "begin")
 
     def first_time(self, resources, pred, a, b):
         """The first t in [a, b] at which pred(owners) holds for every resource at once."""
@@ -227,6 +245,33 @@ def final_state(run, snap, concerned):
             "truth_ok": truth == ({owner: epoch} if owner else {}),
         }
     return out
+
+
+def settle(lab, tag, timeout, expect=None, every=0.1):
+    """Waits until the site has settled, then leaves the API snapshot `tag` for the final
+    checks. Settled: every API concerned agrees (`lab.converged(expect)`), and the ground
+    truth at the snapshot is exactly that owner and epoch for every resource with no agent
+    start in flight: no hand-over is still going on (a buddy's stop behind the home's start,
+    a start not completed). Sampling at one moment once made `partition` fail on a clean
+    run: its final check ran while the buddy's stop was 26 ms behind the home server's start.
+    Returns (ok, seconds waited); at the deadline the snapshot is taken anyway, for the
+    checks to say what is wrong."""
+    t0 = time.monotonic()
+    while True:
+        if lab.converged(expect):
+            path = lab.snapshot_apis(tag)
+            time.sleep(0.05)  # lines stamped just before the snapshot are in the logs now
+            with open(path) as f:
+                snap = json.load(f)
+            run = Run(lab.dir)
+            fin = final_state(run, snap, lab.concerned)
+            if (all(f["agree"] and f["truth_ok"] for f in fin.values())
+                    and not run.in_flight(snap["t"])):
+                return True, time.monotonic() - t0
+        if time.monotonic() - t0 >= timeout:
+            lab.snapshot_apis(tag)
+            return False, time.monotonic() - t0
+        time.sleep(every)
 
 
 def events_in(snap, a, b):

@@ -15,7 +15,8 @@ namespace runs a tiny TCP listener that the site lists in `witnesses`.
 
 Faults: `link()` (ip link down/up in a host), `impair()` / `partition()` / `clear_net()` (the
 switches: loss, delay, jitter, reordering, duplication, blocks), `pause()` / `resume()`
-(SIGSTOP/SIGCONT), `kill9()`, `start(..., empty=True)` (a restart with an empty data dir).
+(SIGSTOP/SIGCONT), `kill9()` (the server dies), `kill_daemon()` (only the daemon dies: its VMS
+keeps recording), `start(..., empty=True)` (a restart with an empty data dir).
 
 Everything a run leaves is in its directory: site.toml, per-node daemon logs (`<id>.<n>.log`),
 agent logs (`agent/<id>.agent.log`, the ground truth), `markers.jsonl` (what the harness did
@@ -354,10 +355,11 @@ class Lab:
         finally:
             conn.close()
 
-    def _pids_in_our_namespaces(self):
-        """Every process living in one of our namespaces (daemons, leftover agents)."""
+    def _pids_in_our_namespaces(self, namespaces=None):
+        """Every process living in one of our namespaces (daemons, leftover agents), or in
+        the given ones."""
         inodes = set()
-        for ns in self.namespaces:
+        for ns in self.namespaces if namespaces is None else namespaces:
             try:
                 inodes.add(os.stat(f"/var/run/netns/{ns}").st_ino)
             except OSError:
@@ -367,7 +369,7 @@ class Lab:
             if not d.isdigit():
                 continue
             try:
-                if os.stat(f"/proc/{d}/ns/net").st_ino in inodes:
+                if os.stat(f"/proc/{d}/ns/net").st_ino in inodes and int(d) != os.getpid():
                     pids.append(int(d))
             except OSError:
                 pass
@@ -435,9 +437,10 @@ class Lab:
         for s in self.servers:
             self.start(s.id, env=(env or {}).get(s.id))
 
-    def set_start_delay(self, sid, ms):
-        """Every start by `sid`'s agent takes `ms` from now on (0: as fast as it can)."""
-        path = os.path.join(self.dir, "agent", f"start-delay-ms.{sid}")
+    def set_start_delay(self, sid, ms, op="start"):
+        """Every start (or stop, with op="stop") by `sid`'s agent takes `ms` from now on (0:
+        as fast as it can)."""
+        path = os.path.join(self.dir, "agent", f"{op}-delay-ms.{sid}")
         if ms:
             with open(path + ".tmp", "w") as f:
                 f.write(f"{int(ms)}\n")
@@ -450,14 +453,33 @@ class Lab:
         return s.proc is not None and s.proc.poll() is None
 
     def kill9(self, sid):
+        """The server dies (kill -9, power lost): the daemon and every process in its
+        namespace (agents in the middle of a start or stop), and its VMS with them: what it
+        served is no longer served."""
         s = self.by_id[sid]
         s.proc.kill()
+        for pid in self._pids_in_our_namespaces([s.ns]):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
         t = self.mark("crash", node=sid, pid=s.proc.pid)
         s.proc.wait()
         s.proc = None
         s.paused = False
-        # The server died with its VMS: what it served is no longer served.
         shutil.rmtree(os.path.join(self.dir, "agent", "state", sid), ignore_errors=True)
+        return t
+
+    def kill_daemon(self, sid):
+        """kill -9 of the buddygate daemon only: the VMS keeps recording (its state files stay,
+        agents already running finish), as after a daemon crash or an OOM kill. The checker
+        keeps counting what the node served, and the lines of that boot's agents."""
+        s = self.by_id[sid]
+        s.proc.kill()
+        t = self.mark("kill-daemon", node=sid, pid=s.proc.pid)
+        s.proc.wait()
+        s.proc = None
+        s.paused = False
         return t
 
     def pause(self, sid):

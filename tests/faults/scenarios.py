@@ -13,6 +13,7 @@ for a minute (the CI run is shorter). Needs root (ip netns, TAP devices).
 import argparse
 import json
 import os
+import random
 import shutil
 import signal
 import sys
@@ -36,6 +37,7 @@ class Ctx:
         self.name, self.lab, self.args = name, lab, args
         self.failures = []
         self.figures = {}
+        self.rng = random.Random(f"{args.seed}:{name}")  # a scenario's own random choices
         self.notes = []
         # Bounds (ms).
         self.takeover_bound = FT_MS + 100 + args.slack_ms
@@ -67,13 +69,16 @@ class Ctx:
                                    lambda: self.served_by(home, nodes), timeout, every=0.02)
 
     def settle_down(self, timeout=None):
-        """Waits for every resource at home and every API agreeing, then snapshots the APIs."""
+        """Waits until every resource is at home, every API agrees and the agents' ground
+        truth says the same with no hand-over in flight (checker.settle), then leaves the API
+        snapshot the final checks use."""
         timeout = timeout or FBD_S + 12
-        ok = self.lab.wait_home(timeout)
-        self.expect(ok, f"not converged back home within {timeout} s after the heal")
+        ok, waited = checker.settle(self.lab, "end", timeout)
+        self.figures["settled_after_s"] = round(waited, 1)
+        self.expect(ok, f"not settled back home within {timeout} s after the heal (every API "
+                        f"agreeing, the ground truth the same, no hand-over in flight)")
         dead = self.lab.check_alive()
         self.expect(not dead, f"daemon(s) exited on their own: {dead}")
-        self.lab.snapshot_apis("end")
         b = now_ns()
         self.check_consumers()
         return b
@@ -168,6 +173,18 @@ class Ctx:
         o = self.figures.get("overlap_ms") or 0
         self.expect(o <= self.overlap_bound,
                     f"a planned hand-over overlapped {o:.0f} ms (bound {self.overlap_bound} ms)")
+
+    def api_epochs(self, nodes=None):
+        """Per resource: the highest epoch any running node's API reports now."""
+        out = {}
+        for sid in nodes or self.lab.up_nodes():
+            for rid, r in (self.lab.resources(sid) or {}).items():
+                if r.get("epoch") is not None and rid in self.lab.resource_ids():
+                    out[rid] = max(out.get(rid, 0), r["epoch"])
+        return out
+
+    def mine(self, home):
+        return [r for r in self.lab.resource_ids() if checker.home_of(r) == home]
 
     def expect_failback_per_policy(self, home, heal):
         """The home server took its resources back, not before failback_delay after `heal`,
@@ -466,6 +483,176 @@ def s_empty_restart(c):
     c.expect_final_home()
 
 
+def s_kill_daemon(c):
+    """kill -9 of live-1's daemon only: its VMS keeps recording. fo-1 takes over after
+    failure_timeout (both record meanwhile: allowed). The restarted daemon stops its own
+    copies within its start-up wait (fo-1 is active at a higher epoch, so no make-before-break
+    is owed) and fails back after failback_delay; after the start-up wait nothing is recorded
+    twice but during the failback's hand-over."""
+    a = steady(c)
+    fault = c.lab.kill_daemon("live-1")
+    ok = c.wait_served_by("live-1", {"fo-1"}, 5)
+    c.expect(ok, "fo-1 never took over live-1's cameras")
+    time.sleep(2)
+    run, t = c.truth(), now_ns()
+    kept = [r for r in c.mine("live-1") if "live-1" in run.owners_at(r, t)]
+    c.expect(len(kept) == len(c.mine("live-1")),
+             f"live-1's VMS did not keep recording after its daemon died: {kept}")
+    buddy = c.api_epochs(["fo-1"])
+    heal = c.lab.mark("restart", node="live-1")
+    pid = c.lab.start("live-1")
+    b = c.settle_down()
+    c.analyze(a, b, fault=fault, heal=heal, failed="live-1")
+    c.expect_takeover()
+    c.expect(c.figures["orphan_ms"] == 0,
+             f"a resource had no owner for {c.figures['orphan_ms']:.0f} ms (the VMS never died)")
+    # Both recorded from the takeover until the restarted daemon stood down: within its
+    # start-up wait (2 x failure_timeout) of the restart.
+    boot_bound = 2 * FT_MS + c.args.slack_ms
+    c.figures["stood_down_ms"] = c.figures["settle_ms"]
+    c.expect(c.figures["settle_ms"] <= boot_bound,
+             f"the restarted live-1 still recorded next to fo-1 {c.figures['settle_ms']:.0f} ms "
+             f"after its restart (bound {boot_bound} ms = its start-up wait 2 x "
+             f"failure_timeout + {c.args.slack_ms} ms)")
+    o = c.figures["overlap_ms"] or 0
+    c.expect(o <= c.overlap_bound, f"after live-1's start-up wait a resource was recorded twice "
+                                   f"for {o:.0f} ms (bound {c.overlap_bound} ms: the failback's "
+                                   f"make-before-break)")
+    # The new boot never restarted a claim fo-1 had beaten: its first starts are the failback.
+    stale = [(ln[3], ln[4]) for ln in c.lab.agent_lines("live-1")
+             if ln[1] == "start" and int(ln[5]) == pid and int(ln[4]) <= buddy.get(ln[3], 0)]
+    c.expect(not stale, f"the restarted live-1 started claims at or below fo-1's epochs: {stale}")
+    stops = [int(ln[0]) for ln in c.lab.agent_lines("live-1")
+             if ln[1] == "stop" and int(ln[5]) == pid]
+    c.expect(len(stops) >= len(c.mine("live-1")),
+             f"the restarted live-1 stopped {len(stops)} copies (want {len(c.mine('live-1'))})")
+    c.figures["conflicts"] = len(c.events("ownership.conflict"))
+    c.expect_failback_per_policy("live-1", heal)
+    c.expect_no_moves_after_heal()
+    c.expect_final_home()
+
+
+def s_restart_buddy(c):
+    """fo-1 holds live-1's cameras after a takeover; its daemon is killed with -9 (the VMS
+    keeps recording) and started again at once: nothing moves. fo-2, the next buddy, never
+    takes them; fo-1 stops nothing; the epochs stay or rise; no gap."""
+    a = steady(c)
+    fault = c.lab.kill9("live-1")
+    ok = c.wait_served_by("live-1", {"fo-1"}, 5)
+    c.expect(ok, "fo-1 never took over live-1's cameras")
+    time.sleep(1)
+    before = c.api_epochs()
+    restart = c.lab.kill_daemon("fo-1")
+    c.lab.start("fo-1")
+    held = {r: ("fo-1" if checker.home_of(r) == "live-1" else checker.home_of(r))
+            for r in c.lab.resource_ids()}
+    ok = c.lab.wait_until("fo-1 serving live-1's cameras again by every API",
+                          lambda: c.lab.converged(held), 10)
+    c.expect(ok, "after its restart fo-1 was not the owner of live-1's cameras on every API")
+    c.figures["resumed_after_ms"] = (now_ns() - restart) / 1e6
+    # Past failure_timeout and the start-up wait: fo-2 would have taken them by now.
+    time.sleep(max(0.0, (2 * FT_MS + 1000) / 1000 - (now_ns() - restart) / 1e9))
+    after = c.api_epochs()
+    heal = c.lab.mark("restart", node="live-1")
+    c.lab.start("live-1")
+    b = c.settle_down()
+    rep = c.analyze(a, b, fault=fault, heal=heal, failed="live-1")
+    run = rep["run"]
+    c.expect_takeover()
+    by = sorted({n for t, n, r, _ in rep["foreign_starts"] if r.startswith("live-1")})
+    c.expect(by == ["fo-1"], f"live-1's cameras were started away from home by {by} (want fo-1)")
+    ev = [(n, d.get("server", {}).get("id")) for t, n, d in c.events("failover.started")
+          if t >= restart]
+    c.expect(not ev, f"failovers began after fo-1's restart: {ev}")
+    stops = [(ln[3], ln[4]) for ln in c.lab.agent_lines("fo-1")
+             if ln[1] == "stop" and restart <= int(ln[0]) < heal]
+    c.expect(not stops, f"fo-1 stopped cameras across its restart: {stops}")
+    gap = max(run.orphan_ns(r, restart, b) for r in c.lab.resource_ids()) / 1e6
+    c.figures["gap_after_restart_ms"] = gap
+    c.expect(gap == 0, f"a resource had no owner for {gap:.0f} ms after fo-1's restart")
+    c.expect(c.figures["orphan_ms"] <= c.takeover_bound,
+             f"a gap of {c.figures['orphan_ms']:.0f} ms (bound {c.takeover_bound} ms: the "
+             f"takeover after live-1's death)")
+    low = {r: (before[r], after.get(r)) for r in before if (after.get(r) or 0) < before[r]}
+    c.expect(not low, f"epochs went down across fo-1's restart (before, after): {low}")
+    c.figures["epochs_kept"] = sum(1 for r in before if after.get(r) == before[r])
+    c.expect_settle()
+    c.expect_failback_per_policy("live-1", heal)
+    c.expect_no_moves_after_heal()
+    c.expect_final_home()
+
+
+def s_power_cut(c):
+    """A site-wide power cut after a takeover (every server and its VMS dies), every node
+    restarted in a seeded random order within a few seconds: every resource ends with one
+    owner at an epoch above what was announced before the cut (equal only where the same
+    owner resumed it), no ownership.conflict where a home server came back within its
+    start-up wait of its first buddy, consumers converged."""
+    a = steady(c)
+    fault = c.lab.kill9("live-1")
+    ok = c.wait_served_by("live-1", {"fo-1"}, 5)
+    c.expect(ok, "fo-1 never took over live-1's cameras")
+    time.sleep(1)
+    announced = c.api_epochs()
+    views = checker.consumer_views(c.lab.dir)
+    for k in ("webhook", "mqtt"):
+        for rid, v in views[k].best.items():
+            if rid in announced:
+                announced[rid] = max(announced[rid], v["epoch"])
+    run, t = c.truth(), now_ns()
+    held = {r: run.owners_at(r, t) for r in c.lab.resource_ids()}
+    cut = c.lab.mark("power-cut")
+    for sid in c.lab.up_nodes():
+        c.lab.kill9(sid)
+    time.sleep(0.5)
+    order = [s.id for s in c.lab.servers]
+    c.rng.shuffle(order)
+    offsets = sorted(c.rng.uniform(0, 3.0) for _ in order)
+    boots, t0 = {}, time.monotonic()
+    for sid, off in zip(order, offsets):
+        time.sleep(max(0.0, t0 + off - time.monotonic()))
+        c.lab.start(sid)
+        boots[sid] = now_ns()
+    c.figures["restart_order"] = ", ".join(f"{sid} +{off:.1f}s" for sid, off in
+                                           zip(order, offsets))
+    first_boot = min(boots.values())
+    heal = c.lab.mark("restarted")
+    b = c.settle_down(FBD_S + 15)
+    rep = c.analyze(a, b, fault=fault, heal=heal, failed="live-1")
+    c.expect_takeover()
+    fin = rep["final"]
+
+    def above(r, f):
+        ann = announced.get(r, 0)
+        return f["epoch"] > ann or (f["epoch"] == ann and held.get(r) == {f["owner"]: ann})
+    low = {r: (announced.get(r), f["owner"], f["epoch"]) for r, f in fin.items()
+           if not above(r, f)}
+    c.expect(not low, f"final epochs not above every epoch announced before the cut "
+                      f"(announced, final owner, final epoch): {low}")
+    ft2 = 2 * FT_MS * 1e6
+    conflicts = [(n, (d.get("resource") or {}).get("id")) for t, n, d
+                 in c.events("ownership.conflict") if t >= first_boot]
+    c.figures["conflicts"] = len(conflicts)
+    for live in ("live-1", "live-2"):
+        buddy = c.lab.by_id[live].buddies[0]
+        close = abs(boots[live] - boots[buddy]) <= ft2
+        mine = [x for x in conflicts if x[1] and checker.home_of(x[1]) == live]
+        c.figures[f"{live}_within_wait_of_{buddy}"] = close
+        if close:
+            c.expect(not mine, f"{live} came back within its start-up wait of {buddy}, yet "
+                               f"{len(mine)} ownership.conflict events: {mine[:4]}")
+    # Once the last node is back and past its start-up wait, a node other than the home
+    # starts only what it held before the cut (a resume: its VMS died with the power). Before
+    # that a buddy whose wait ends as a live server boots counts it down (rule 6) and takes it.
+    settled_from = heal + (2 * FT_MS + c.args.slack_ms) * 10**6
+    moves = [(n, r, e) for t, n, r, e in rep["foreign_starts"]
+             if t >= settled_from and held.get(r, {}).get(n) != e]
+    c.expect(not moves, f"takeover starts after every node was back (not resumes): {moves[:6]}")
+    c.figures["resumed_by_buddy"] = len([1 for t, n, r, e in rep["foreign_starts"]
+                                         if t >= first_boot and held.get(r, {}).get(n) == e])
+    c.expect_final_home()
+
+
 SCENARIOS = [
     ("path-cut", "one path cut, then restored", s_path_cut),
     ("both-paths", "both paths to live-1 cut, restored", s_both_paths),
@@ -476,6 +663,9 @@ SCENARIOS = [
     ("flapping", "both paths flap, one always up", s_flapping),
     ("kill-buddy", "kill -9 live-1, then fo-1 mid-takeover", s_kill_buddy_mid_takeover),
     ("empty-restart", "live-1 back with an empty data dir", s_empty_restart),
+    ("kill-daemon", "kill -9 live-1's daemon only, VMS recording", s_kill_daemon),
+    ("restart-buddy", "fo-1's daemon restarted while holding", s_restart_buddy),
+    ("power-cut", "takeover, power cut, restarts in random order", s_power_cut),
 ]
 
 
@@ -521,6 +711,8 @@ def main():
                     help="takeover bound = failure_timeout + 100 ms + this")
     ap.add_argument("--settle-slack-ms", type=int, default=100,
                     help="settle / hand-over bound = 2 heartbeat intervals + this")
+    ap.add_argument("--seed", type=int, default=None,
+                    help="the scenarios' random choices (power-cut's restart order); printed")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--keep", action="store_true", help="keep the run directories")
     ap.add_argument("--json", default=None, help="write the results here")
@@ -535,6 +727,10 @@ def main():
     unknown = set(names) - {n for n, _, _ in SCENARIOS}
     if unknown:
         ap.error(f"unknown scenario(s): {sorted(unknown)}")
+    if args.seed is None:
+        args.seed = random.randrange(1 << 31)
+    print(f"scenarios: seed {args.seed} (replay with --seed {args.seed})", file=sys.stderr,
+          flush=True)
     root = args.workdir or tempfile.mkdtemp(prefix="buddygate-faults-")
     os.makedirs(root, exist_ok=True)
     results = []
@@ -569,7 +765,7 @@ def main():
     print_table(results)
     failed = [r for r in results if not r["ok"]]
     print(f"\n{len(results) - len(failed)}/{len(results)} scenarios ok in "
-          f"{time.monotonic() - t_all:.0f} s")
+          f"{time.monotonic() - t_all:.0f} s (seed {args.seed})")
     for r in failed:
         print(f"FAILED {r['name']} (logs in {r['dir']}):")
         for f in r["failures"]:

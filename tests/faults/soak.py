@@ -71,7 +71,14 @@ MENU = [
     ("kill-live", 2),
     ("kill-buddy", 1),
     ("kill-fo", 1),
+    ("kill-daemon", 1),
+    ("restart-fo", 1),
+    ("power-cut", 1),
 ]
+
+# Faults in which a server dies with its VMS: a resource may be served by nobody until a buddy
+# takes over. Elsewhere the home (or the buddy holding it) kept serving: any orphan time fails.
+ORPHAN_OK = ("kill-live", "kill-buddy", "restart-fo", "power-cut")
 
 
 def pct(xs, p):
@@ -236,6 +243,109 @@ class Soak:
         self.lab.start(s, empty=self.rng.random() < 0.5)
         return [], fault, heal, s
 
+    def f_kill_daemon(self):
+        """kill -9 of a live server's daemon only (its VMS keeps recording), restarted."""
+        s = self.rng.choice(["live-1", "live-2"])
+        fault = self.lab.kill_daemon(s)
+        self.wait_away(s)
+        self.hold(0.5, 2.5)
+        self.consumers_before_heal()
+        heal = self.lab.mark("restart", node=s)
+        self.lab.start(s)
+        # Both record until the restarted daemon has heard its buddies (at most its start-up
+        # wait, 2 x failure_timeout); no resource is ever without an owner.
+        self.extra.update(settle_bound=2 * FT_MS + self.args.slack_ms, orphan_ok=False)
+        return [s], fault, heal, s
+
+    def f_restart_fo(self):
+        """kill -9 of a live server; its first buddy takes over, then that buddy's daemon is
+        killed with -9 (its VMS keeps recording) and started again at once: nothing moves."""
+        s = self.rng.choice(["live-1", "live-2"])
+        first, second = self.lab.by_id[s].buddies
+        fault = self.lab.kill9(s)
+        self.wait_away(s, nodes={first})
+        self.hold(0.3, 1.5)
+        restart = self.lab.kill_daemon(first)
+        self.lab.start(first)
+        self.hold(2.5, 4)  # past failure_timeout and the restarted buddy's start-up wait
+        self.consumers_before_heal()
+        heal = self.lab.mark("restart", node=s)
+        self.lab.start(s)
+
+        def check(rep, run, b):
+            p = []
+            by = [(n, r, e) for _, n, r, e in rep["foreign_starts"]
+                  if n == second and checker.home_of(r) == s]
+            if by:
+                p.append(f"{second} took {s}'s resources while {first} restarted: {by[:4]}")
+            gap = max(run.orphan_ns(r, restart, b) for r in self.lab.resource_ids()) / 1e6
+            if gap:
+                p.append(f"a resource had no owner for {gap:.0f} ms after {first}'s restart")
+            return p
+        self.extra["check"] = check
+        return [s], fault, heal, f"{s} dead, {first} restarted"
+
+    def f_power_cut(self):
+        """Every server and its VMS dies (after a takeover, half the time), then every node
+        restarts in random order within 3 s."""
+        failed, fault, detail = [], None, ""
+        if self.rng.random() < 0.5:
+            s = self.rng.choice(["live-1", "live-2"])
+            fault = self.lab.kill9(s)
+            self.wait_away(s)
+            self.hold(0.3, 1.5)
+            failed, detail = [s], f"after {s}'s takeover; "
+        announced = {}
+        for sid in self.lab.up_nodes():
+            for rid, r in (self.lab.resources(sid) or {}).items():
+                announced[rid] = max(announced.get(rid, 0), r.get("epoch") or 0)
+        run, t = checker.Run(self.lab.dir), now_ns()
+        held = {r: run.owners_at(r, t) for r in self.lab.resource_ids()}
+        cut = self.lab.mark("power-cut")
+        for sid in self.lab.up_nodes():
+            self.lab.kill9(sid)
+        self.hold(0.3, 1)
+        order = [x.id for x in self.lab.servers]
+        self.rng.shuffle(order)
+        offsets = sorted(self.rng.uniform(0, 3) for _ in order)
+        boots, t0 = {}, time.monotonic()
+        for sid, off in zip(order, offsets):
+            time.sleep(max(0.0, t0 + off - time.monotonic()))
+            self.lab.start(sid)
+            boots[sid] = now_ns()
+        heal = self.lab.mark("restarted")
+
+        def check(rep, run, b):
+            p = []
+            for r, f in rep["final"].items():
+                ann = announced.get(r, 0)
+                if not (f["epoch"] > ann or (f["epoch"] == ann
+                                             and held.get(r) == {f["owner"]: ann})):
+                    p.append(f"{r} ended at {f['owner']}@{f['epoch']}, not above {ann} "
+                             f"announced before the cut")
+            for live in ("live-1", "live-2"):
+                buddy = self.lab.by_id[live].buddies[0]
+                if abs(boots[live] - boots[buddy]) > 2 * FT_MS * 1e6:
+                    continue
+                c = [(n, (d.get("resource") or {}).get("id")) for t, n, k, d in rep["events"]
+                     if k == "ownership.conflict" and t >= min(boots.values())
+                     and checker.home_of((d.get("resource") or {}).get("id") or "") == live]
+                if c:
+                    p.append(f"{live} came back within its start-up wait of {buddy}, yet "
+                             f"{len(c)} ownership.conflict events: {c[:4]}")
+            return p
+        # Every live server lost power: a buddy may take (or resume) any of them until every
+        # node is back and past its start-up wait (a buddy whose wait ends just as a live
+        # server boots counts it down, by rule 6: seed 98140208 saw fo-2 take live-1's
+        # cameras 2 ms after live-1's boot, 2 s after its own); after that, only resumes of
+        # what a node held before the cut.
+        self.extra.update(
+            failed=["live-1", "live-2"], check=check,
+            moves_from=heal + (2 * FT_MS + self.args.slack_ms) * 10**6,
+            allowed={(n, r, e) for r, o in held.items() for n, e in o.items()})
+        return failed, fault or cut, heal, detail + " ".join(
+            f"{sid}+{off:.1f}s" for sid, off in zip(order, offsets))
+
     def consumers_before_heal(self):
         """Before the heal of a fault that made a buddy take over: every consumer on the
         owner the epoch rule picks from the ground truth (the buddy; a cut-off or frozen home
@@ -253,14 +363,15 @@ class Soak:
         # rules, reported as a false failover of the lossy episode.
         self.lab.wait_until("every path between running nodes up", self.lab.paths_settled, 10)
         a = now_ns()
-        self.n, self.mid = n, None
+        self.n, self.mid, self.extra = n, None, {}
         fn = getattr(self, "f_" + kind.replace("-", "_"))
         failed, fault, heal, detail = fn()
-        ok_home = self.lab.wait_home(FBD_S + 15)
+        # Settled: home, every API agreeing, the ground truth the same, no hand-over in
+        # flight (checker.settle); the snapshot it leaves is what the episode is checked on.
+        ok_home, _ = checker.settle(self.lab, f"ep{n:03d}", FBD_S + 15)
         dead = self.lab.check_alive()
         if any(d.startswith("harness:") for d in dead):
             raise RuntimeError(f"the lab broke, not the daemon: {dead}")
-        self.lab.snapshot_apis(f"ep{n:03d}")
         b = now_ns()
         # The connector consumers, by the epoch rule, within 10 s (connectors retry).
         cons = checker.wait_consumers(self.lab, timeout=CONSUMER_WAIT_S, tag=f"ep{n:03d}")
@@ -281,6 +392,8 @@ class Soak:
                        f"episode]" if slow_disk else ""))
         # Takeover latency per failed live server.
         ep["takeover_ms"] = {}
+        allowed = self.extra.get("allowed", set())  # starts away from home that are resumes
+        lost = self.extra.get("failed", failed)  # live servers a buddy may serve
         for s in failed:
             mine = [r for r in self.lab.resource_ids() if checker.home_of(r) == s]
             t = run.first_time(mine, lambda r, o: any(x != checker.home_of(r) for x in o),
@@ -294,9 +407,9 @@ class Soak:
         # False failovers: resources started away from home whose home did not fail, and
         # failovers begun of servers that did not fail.
         false_starts = [(x[1], x[2]) for x in rep["foreign_starts"]
-                        if checker.home_of(x[2]) not in failed]
+                        if checker.home_of(x[2]) not in lost and x[1:] not in allowed]
         began = [(node, (d.get("server") or {}).get("id")) for _, node, k, d in rep["events"]
-                 if k == "failover.started" and (d.get("server") or {}).get("id") not in failed]
+                 if k == "failover.started" and (d.get("server") or {}).get("id") not in lost]
         ep["false_failover"] = bool(false_starts or began)
         if ep["false_failover"]:
             ep["problems"].append(f"false failover: starts {false_starts[:6]}, "
@@ -306,7 +419,7 @@ class Soak:
         # holds the resource (a re-placement, counted apart) and nothing else moves either.
         ep["moves_after_heal"], ep["replacements"], needless = 0, 0, []
         for t, node, r, e in rep["foreign_starts"]:
-            if t < heal:
+            if t < self.extra.get("moves_from", heal) or (node, r, e) in allowed:
                 continue
             ep["moves_after_heal"] += 1
             order = self.lab.by_id[checker.home_of(r)].buddies
@@ -324,16 +437,17 @@ class Soak:
         ep["settle_ms"] = max(p["settle_ms"] for p in pr)
         ep["overlap_ms"] = max(p["max_overlap_after_settle_ms"] for p in pr)
         ep["dual_ms"] = max(p["dual_ms"] for p in pr)
-        if ep["settle_ms"] > self.args.settle_bound:
+        settle_bound = self.extra.get("settle_bound", self.args.settle_bound)
+        if ep["settle_ms"] > settle_bound:
             over_bound(f"two owners {ep['settle_ms']:.0f} ms after the heal "
-                       f"(bound {self.args.settle_bound})")
+                       f"(bound {settle_bound})")
         if ep["overlap_ms"] > self.args.settle_bound:
             over_bound(f"hand-over overlap {ep['overlap_ms']:.0f} ms "
                        f"(bound {self.args.settle_bound})")
         # Orphans are expected only where a server died (kill -9) or a takeover was needed
         # while its home was unreachable and not serving (kill): elsewhere the home kept
         # serving, so any orphan time is a problem.
-        if not kind.startswith("kill-") or kind == "kill-fo":
+        if not self.extra.get("orphan_ok", kind in ORPHAN_OK):
             if ep["orphan_ms"] > 0:
                 ep["problems"].append(f"a resource had no owner for {ep['orphan_ms']:.0f} ms")
         ep["converged"] = bool(ok_home and rep["agree"])
@@ -343,6 +457,8 @@ class Soak:
             ep["problems"].append(f"not converged (home: {ok_home}): {bad}")
         if dead:
             ep["problems"].append(f"daemon(s) exited on their own: {dead}")
+        if "check" in self.extra:
+            ep["problems"] += self.extra["check"](rep, run, b)
         ep["consumers"] = {k: not cons["result"][k]["bad"] for k in checker.CONSUMER_KINDS}
         ep["consumers_line"] = checker.consumers_line(cons)
         ep["consumers_ms"] = cons["ms"]
@@ -501,10 +617,11 @@ def main():
           f"(in {f['no_failover_episodes']} episodes whose fault left every live server "
           f"reachable, and in the others for servers that did not fail)")
     by = f["worst_orphan_by_kind"]
-    others = max([v for k, v in by.items() if not k.startswith("kill-")] + [0.0])
+    others = max([v for k, v in by.items() if k not in ORPHAN_OK] + [0.0])
     print(f"  worst orphan time       {ms(f['worst_orphan_ms'])} ({f['worst_orphan_kind']}); "
           f"kill -9 of a live server {ms(by.get('kill-live'))}, then of its buddy too "
-          f"{ms(by.get('kill-buddy'))}, every other fault {ms(others)}")
+          f"{ms(by.get('kill-buddy'))}, power cut {ms(by.get('power-cut'))}, every other "
+          f"fault {ms(others)}")
     print(f"  worst dual-owner after heal {ms(f['worst_settle_ms'])} (target <= "
           f"{2 * HB_MS} ms); longest planned hand-over overlap {ms(f['worst_overlap_ms'])}")
     print(f"  moves after heals       {f['needless_moves']} (target 0), of which "
