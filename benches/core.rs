@@ -97,6 +97,7 @@ fn takeover_and_round_bench() {
         let input = Input::Datagram {
             path,
             bytes: bytes.clone(),
+            at,
         };
         let t = Instant::now();
         black_box(n.handle(input, at));

@@ -47,10 +47,7 @@ impl Snapshot {
                 .server_indices()
                 .map(|s| node.server_view(s, now))
                 .collect(),
-            resources: site
-                .resource_indices()
-                .map(|r| node.resource_view(r, now))
-                .collect(),
+            resources: node.resource_views(now),
             stats: node.stats().clone(),
             site,
         }
@@ -128,6 +125,9 @@ pub struct Metrics {
     pub takeover_seconds: Histogram,
     /// Time from the first witness-confirmed decision to all resources active.
     pub events_stored: AtomicU64,
+    /// Datagrams refused before they reached the core, by reason (`hmac`, `size`,
+    /// `queue_full`, ...); reported with the core's own refusals.
+    pub wire_rejected: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 impl Default for Metrics {
@@ -142,11 +142,18 @@ impl Default for Metrics {
                 0.1, 0.25, 0.5, 1.0, 1.2, 1.5, 2.0, 5.0, 10.0, 30.0,
             ]),
             events_stored: AtomicU64::new(0),
+            wire_rejected: Mutex::new(BTreeMap::new()),
         }
     }
 }
 
 impl Metrics {
+    pub fn wire_reject(&self, reason: &'static str) {
+        if let Ok(mut m) = self.wire_rejected.lock() {
+            *m.entry(reason).or_default() += 1;
+        }
+    }
+
     pub fn agent_op(&self, op: &'static str, outcome: &'static str) {
         if let Ok(mut m) = self.agent_ops.lock() {
             *m.entry((op, outcome)).or_default() += 1;

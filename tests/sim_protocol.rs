@@ -740,3 +740,31 @@ fn heartbeats_fit_one_unfragmented_datagram_and_pages_carry_every_claim() {
         assert_eq!(node.stats().unreadable, 0);
     }
 }
+
+/// A failover node stalled (VM pause, SIGSTOP, CPU starvation) for twice the failure timeout
+/// resumes with every heartbeat it missed queued: it reads them all, listens afresh, and takes
+/// over nothing from servers that kept heartbeating.
+#[test]
+fn a_stalled_buddy_takes_nothing_over_from_servers_that_kept_heartbeating() {
+    for seed in 1..=5 {
+        let mut sim = started(seed, two_live_one_buddy());
+        let fo = sim.idx("fo-1");
+        let t = sim.now();
+        sim.pause(fo);
+        sim.run_for(2 * sim.site().failure_timeout);
+        sim.resume(fo);
+        sim.run_for(SECS(3));
+        assert_eq!(
+            count(&sim, fo, t, "buddygate.failover.started"),
+            0,
+            "seed {seed}"
+        );
+        assert_eq!(
+            count(&sim, fo, t, "buddygate.server.down"),
+            0,
+            "seed {seed}"
+        );
+        assert!(sim.running_on(fo).is_empty());
+        assert_eq!(sim.node(fo).unwrap().stats().stalls, 1);
+    }
+}

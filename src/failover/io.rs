@@ -13,7 +13,7 @@
 use std::time::Duration;
 
 use super::event::Event;
-use super::wire::Action;
+use super::wire::{Action, Heartbeat};
 use crate::config::{ResourceIdx, ServerIdx};
 
 /// Fencing token: every change of owner of a resource gets a higher one.
@@ -29,8 +29,20 @@ pub enum AgentOp {
 pub enum Input {
     /// Timers: call at least by `Node::next_deadline`.
     Tick,
-    /// A datagram that arrived on our heartbeat path `path`.
-    Datagram { path: usize, bytes: Vec<u8> },
+    /// A datagram that arrived on our heartbeat path `path` at `at` (the driver's clock when
+    /// it was read from the socket, not when the core gets to it).
+    Datagram {
+        path: usize,
+        bytes: Vec<u8>,
+        at: Duration,
+    },
+    /// A heartbeat the driver already decoded and authenticated (`wire::decode`), for a
+    /// driver that drops bad datagrams before they are queued.
+    Heartbeat {
+        path: usize,
+        heartbeat: Box<Heartbeat>,
+        at: Duration,
+    },
     /// An agent finished a start or stop it was asked for.
     AgentDone {
         resource: ResourceIdx,

@@ -1,7 +1,7 @@
 //! What a node shows of its view: servers and their paths (`GET /site`), who serves each
 //! resource (`GET /resources`), and its counters (`/metrics`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use super::io::Epoch;
@@ -116,6 +116,9 @@ pub struct Stats {
     /// Names in heartbeats this node could not read (by index, from a peer running another
     /// site file).
     pub unreadable: u64,
+    /// Times this node noticed it had not run for a while (a stall) and listened afresh
+    /// before deciding anything.
+    pub stalls: u64,
     /// Heartbeats counted for liveness only: they did not echo this node's incarnation (sent
     /// before the peer heard it, or replayed).
     pub unconfirmed: u64,
@@ -165,6 +168,29 @@ impl Node {
     /// Who serves `r` now as this node knows it: the active claim that wins (highest epoch,
     /// ties to the smaller server id), else the best starting one, else a stopping one.
     pub fn resource_view(&self, r: ResourceIdx, now: Duration) -> ResourceView {
+        let failures: Vec<(ServerIdx, Epoch)> = self.peer_failures(r, now).collect();
+        self.view_with(r, now, &failures)
+    }
+
+    /// Every resource's view, in site order; costs each resource's own claims, not every
+    /// claim of every peer (the snapshot the API and connectors read).
+    pub fn resource_views(&self, now: Duration) -> Vec<ResourceView> {
+        let mut failures: HashMap<ResourceIdx, Vec<(ServerIdx, Epoch)>> = HashMap::new();
+        for (s, r, epoch) in self.all_peer_failures(now) {
+            failures.entry(r).or_default().push((s, epoch));
+        }
+        self.site()
+            .resource_indices()
+            .map(|r| self.view_with(r, now, failures.get(&r).map_or(&[], Vec::as_slice)))
+            .collect()
+    }
+
+    fn view_with(
+        &self,
+        r: ResourceIdx,
+        now: Duration,
+        failures: &[(ServerIdx, Epoch)],
+    ) -> ResourceView {
         let mut best: Option<(u8, Epoch, &str, ServerIdx, ResourceState)> = None;
         let site = self.site().clone();
         let mut consider = |s: ServerIdx, epoch: Epoch, state: ResourceState| {
@@ -186,15 +212,13 @@ impl Node {
             }
         };
         let me = self.me();
-        for (x, epoch, state) in self.held() {
-            if x == r {
-                let s = match state {
-                    OwnState::Resumed | OwnState::Starting => ResourceState::Starting,
-                    OwnState::Active => ResourceState::Active,
-                    OwnState::Stopping => ResourceState::Stopping,
-                };
-                consider(me, epoch, s);
-            }
+        if let Some((epoch, state)) = self.own_claim(r) {
+            let s = match state {
+                OwnState::Resumed | OwnState::Starting => ResourceState::Starting,
+                OwnState::Active => ResourceState::Active,
+                OwnState::Stopping => ResourceState::Stopping,
+            };
+            consider(me, epoch, s);
         }
         if let Some(epoch) = self.own_failure(r) {
             consider(me, epoch, ResourceState::Failed);
@@ -207,7 +231,7 @@ impl Node {
             };
             consider(s, epoch, s2);
         }
-        for (s, epoch) in self.peer_failures(r, now) {
+        for &(s, epoch) in failures {
             consider(s, epoch, ResourceState::Failed);
         }
         let unplaced = self.reports_unplaced(r);

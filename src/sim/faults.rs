@@ -191,10 +191,8 @@ impl Sim {
         n.status = NodeStatus::Running;
         let inbox = std::mem::take(&mut n.inbox);
         self.status_log.push((self.now, s, NodeStatus::Running));
-        for input in inbox {
-            self.input(s, input);
-        }
-        self.input(s, Input::Tick);
+        // Everything queued is read at once, as the daemon drains its sockets.
+        self.inputs(s, inbox);
     }
 
     /// Clean shutdown: the node says it is leaving; its daemon exits once it has handed

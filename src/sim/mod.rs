@@ -295,10 +295,15 @@ impl Sim {
             Ev::Deliver { to, path, bytes } => {
                 let n = &mut self.nodes[to.0 as usize];
                 match n.status {
-                    NodeStatus::Running => self.input(to, Input::Datagram { path, bytes }),
-                    NodeStatus::Paused if n.inbox.len() < 4096 => {
-                        n.inbox.push(Input::Datagram { path, bytes })
+                    NodeStatus::Running => {
+                        let at = self.now;
+                        self.input(to, Input::Datagram { path, bytes, at })
                     }
+                    NodeStatus::Paused if n.inbox.len() < 4096 => n.inbox.push(Input::Datagram {
+                        path,
+                        bytes,
+                        at: self.now,
+                    }),
                     _ => {}
                 }
             }
@@ -407,6 +412,12 @@ impl Sim {
 
     /// Feeds one input to a running node and carries out its outputs.
     pub fn input(&mut self, s: ServerIdx, input: Input) {
+        self.inputs(s, vec![input]);
+    }
+
+    /// Feeds inputs that are ready at once (a stalled daemon's queue) to a running node, and
+    /// carries out its outputs.
+    pub fn inputs(&mut self, s: ServerIdx, inputs: Vec<Input>) {
         let now = self.now;
         let n = &mut self.nodes[s.0 as usize];
         if n.status != NodeStatus::Running {
@@ -415,7 +426,7 @@ impl Sim {
         let Some(node) = n.node.as_mut() else {
             return;
         };
-        let outputs = node.handle(input, now);
+        let outputs = node.handle_all(inputs, now);
         let deadline = node.next_deadline().max(now + Duration::from_micros(100));
         for o in outputs {
             self.carry_out(s, o);

@@ -125,6 +125,10 @@ pub struct Node {
     page_cursor: usize,
     /// When the last burst sent on a change went out.
     last_burst: Duration,
+    /// When the driver last fed an input; a long gap is a stall.
+    last_input: Option<Duration>,
+    /// After a stall: no silence is judged and nothing decided before this.
+    listen_until: Duration,
     next_checkpoint: Duration,
     send_now: bool,
     placement_dirty: bool,
@@ -195,6 +199,8 @@ impl Node {
             next_heartbeat: now,
             page_cursor: 0,
             last_burst: Duration::ZERO,
+            last_input: None,
+            listen_until: Duration::ZERO,
             next_checkpoint: now + PEER_CHECKPOINT,
             send_now: true,
             placement_dirty: true,
@@ -267,23 +273,70 @@ impl Node {
         if let Some(&t) = self.handed.values().min() {
             next = next.min(t);
         }
+        if self.last_input.is_some_and(|t| t < self.listen_until) {
+            next = next.min(self.listen_until);
+        }
         next
     }
 
     /// Feeds one input; returns what the driver must do, in order.
     pub fn handle(&mut self, input: Input, now: Duration) -> Vec<Output> {
+        self.handle_all([input], now)
+    }
+
+    /// Feeds every input that is ready at once (datagrams read in one go, agent reports),
+    /// then decides and sends once: what they change goes out in one burst, and silence is
+    /// judged only after every queued datagram was read.
+    pub fn handle_all(
+        &mut self,
+        inputs: impl IntoIterator<Item = Input>,
+        now: Duration,
+    ) -> Vec<Output> {
         let mut out = Vec::new();
+        self.notice_stall(now);
+        for input in inputs {
+            self.input(input, now, &mut out);
+        }
+        self.step(now, &mut out);
+        out
+    }
+
+    /// A node that did not run for a while (a stalled VM, a SIGSTOP, CPU starvation) heard
+    /// nothing meanwhile that it has read yet: it judges no silence and decides nothing until
+    /// it has listened afresh for two heartbeat intervals.
+    fn notice_stall(&mut self, now: Duration) {
+        let hb = self.ctx.site.heartbeat_interval;
+        if let Some(last) = self.last_input
+            && now > last + 2 * hb + Duration::from_millis(50)
+        {
+            self.listen_until = now + 2 * hb;
+            self.stats.stalls += 1;
+        }
+        self.last_input = Some(now);
+    }
+
+    /// Still listening after a stall.
+    fn listening(&self, now: Duration) -> bool {
+        now < self.listen_until
+    }
+
+    fn input(&mut self, input: Input, now: Duration, out: &mut Vec<Output>) {
         match input {
             Input::Tick => {}
-            Input::Datagram { path, bytes } => self.on_datagram(path, &bytes, now, &mut out),
+            Input::Datagram { path, bytes, at } => self.on_datagram(path, &bytes, at.min(now), out),
+            Input::Heartbeat {
+                path,
+                heartbeat,
+                at,
+            } => self.on_heartbeat(path, *heartbeat, at.min(now), out),
             Input::AgentDone {
                 resource,
                 epoch,
                 op,
                 result,
-            } => self.on_agent_done(resource, epoch, op, result, now, &mut out),
+            } => self.on_agent_done(resource, epoch, op, result, now, out),
             Input::MonitorFailed { resource, reason } => {
-                self.on_monitor_failed(resource, reason, now, &mut out)
+                self.on_monitor_failed(resource, reason, now, out)
             }
             Input::Witness { index, reachable } => self.on_witness(index, reachable, now),
             Input::Command {
@@ -293,8 +346,6 @@ impl Node {
             } => self.on_command(action, server, stamp),
             Input::Shutdown => self.on_shutdown(),
         }
-        self.step(now, &mut out);
-        out
     }
 
     /// What every input is followed by: timers, then the decisions, then the heartbeats.
@@ -303,7 +354,12 @@ impl Node {
             self.witnesses.settles_at = None;
             self.placement_dirty = true;
         }
-        self.refresh_peers(now, out);
+        if self.listening(now) {
+            // Fresh datagrams first; then everything is judged again.
+            self.placement_dirty = true;
+        } else {
+            self.refresh_peers(now, out);
+        }
         self.expire_failures(now);
         let handed = self.handed.len();
         self.handed.retain(|_, until| now < *until);
@@ -315,7 +371,7 @@ impl Node {
         {
             self.finish_boot(now, out);
         }
-        if !self.is_booting() {
+        if !self.is_booting() && !self.listening(now) {
             self.resolve_ownership(now, out);
             self.retry_stops(now, out);
             if self.phase == Phase::Running && !self.holds.held(self.ctx.me) {
@@ -423,6 +479,22 @@ impl Node {
 
     pub(crate) fn own_state(&self) -> wire::PeerState {
         self.my_state()
+    }
+
+    pub(crate) fn own_claim(&self, r: ResourceIdx) -> Option<(super::Epoch, OwnState)> {
+        self.own.get(r).map(|c| (c.epoch, c.state))
+    }
+
+    /// Failures reported by peers heard within `failure_timeout`: (server, resource, epoch).
+    pub(crate) fn all_peer_failures(
+        &self,
+        now: Duration,
+    ) -> impl Iterator<Item = (ServerIdx, ResourceIdx, super::Epoch)> + '_ {
+        self.peers
+            .by_server
+            .iter()
+            .filter(move |(s, _)| self.recently_heard(**s, now))
+            .flat_map(|(&s, p)| p.failed.iter().map(move |&(r, e)| (s, r, e)))
     }
 
     pub(crate) fn own_failure(&self, r: ResourceIdx) -> Option<super::Epoch> {

@@ -252,13 +252,24 @@ impl Node {
         &mut self,
         path: usize,
         bytes: &[u8],
-        now: Duration,
+        at: Duration,
         out: &mut Vec<Output>,
     ) {
-        let hb = match wire::decode(&self.ctx.key, bytes) {
-            Ok(hb) => hb,
-            Err(e) => return self.reject(e.reason()),
-        };
+        match wire::decode(&self.ctx.key, bytes) {
+            Ok(hb) => self.on_heartbeat(path, hb, at, out),
+            Err(e) => self.reject(e.reason()),
+        }
+    }
+
+    /// An authentic heartbeat that arrived on path `path` at `at`.
+    pub(super) fn on_heartbeat(
+        &mut self,
+        path: usize,
+        hb: Heartbeat,
+        at: Duration,
+        out: &mut Vec<Output>,
+    ) {
+        let now = at;
         let Some(&from) = self.ctx.servers.get(&hb.from) else {
             return self.reject("unknown_sender");
         };

@@ -1,0 +1,324 @@
+//! The task that owns the failover core (no `Mutex` around it). Each turn it waits for one
+//! input, takes every other input already waiting (datagrams read meanwhile, agent reports),
+//! feeds them to the core at once and carries out the outputs:
+//! - heartbeats are sent at once: nothing on this task waits for a disk;
+//! - durable records and events go to the store writer as one job;
+//! - agent starts and stops wait until every job handed out before them is committed, so a
+//!   claim is on disk before its agent starts (rule 4), and a node whose disk is slow keeps
+//!   heartbeating meanwhile;
+//! - events are published once stored.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::net::UdpSocket;
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use super::net::Received;
+use super::records::record;
+use super::writer::{Done, Job, PendingEvent};
+use crate::agent::{AgentPool, AgentReport};
+use crate::cloudevents::{self, Clock};
+use crate::config::{ResourceIdx, ServerIdx, Site};
+use crate::failover::{AgentOp, Epoch, Event, Input, Node, Output};
+use crate::store::StoredEvent;
+use crate::view::{Command, Metrics, Snapshot};
+
+/// Inputs taken in one turn, at most (the rest wait for the next turn).
+const BATCH: usize = 1024;
+
+/// A snapshot is published on every change, and at least this often (path ages).
+const PUBLISH_EVERY: Duration = Duration::from_secs(1);
+
+/// The channels the core task reads.
+pub(super) struct Inputs {
+    pub heartbeats: mpsc::Receiver<Received>,
+    pub queued: Arc<AtomicUsize>,
+    pub agent_reports: mpsc::Receiver<AgentReport>,
+    pub commands: mpsc::Receiver<Command>,
+    pub witnesses: mpsc::Receiver<(usize, bool)>,
+    pub stored: mpsc::UnboundedReceiver<Done>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Action {
+    Start(ResourceIdx, Epoch),
+    Stop(ResourceIdx, Epoch),
+}
+
+pub(super) struct Core {
+    pub site: Arc<Site>,
+    pub me: ServerIdx,
+    pub node: Node,
+    pub writer: mpsc::UnboundedSender<Job>,
+    pub sockets: Vec<Arc<UdpSocket>>,
+    pub agents: AgentPool,
+    pub origin: Instant,
+    pub clock: Clock,
+    pub events: broadcast::Sender<Arc<StoredEvent>>,
+    pub snapshots: watch::Sender<Arc<Snapshot>>,
+    pub metrics: Arc<Metrics>,
+    pub last_publish: Instant,
+    /// The last job handed to the writer, and the last one committed.
+    pub handed: u64,
+    pub committed: u64,
+    /// Agent operations waiting for the job they follow.
+    pub waiting: VecDeque<(u64, Action)>,
+}
+
+impl Core {
+    fn now(&self) -> Duration {
+        Instant::now().saturating_duration_since(self.origin)
+    }
+
+    pub(super) async fn run(
+        &mut self,
+        cancel: CancellationToken,
+        mut inputs: Inputs,
+        grace: Duration,
+    ) -> anyhow::Result<()> {
+        let mut leaving_until: Option<Instant> = None;
+        loop {
+            let deadline = self.origin + self.node.next_deadline();
+            let first = tokio::select! {
+                _ = cancel.cancelled(), if leaving_until.is_none() => {
+                    info!("Shutting down: telling the buddies we are leaving.");
+                    leaving_until = Some(Instant::now() + grace);
+                    Some(Input::Shutdown)
+                }
+                _ = tokio::time::sleep_until(leaving_until.unwrap_or(deadline)), if leaving_until.is_some() => {
+                    warn!("Buddies did not take everything over within the grace period; leaving anyway.");
+                    break;
+                }
+                Some(done) = inputs.stored.recv() => {
+                    self.on_stored(done)?;
+                    None
+                }
+                Some(r) = inputs.heartbeats.recv() => Some(heartbeat(r, &inputs.queued)),
+                Some(report) = inputs.agent_reports.recv() => Some(report.into()),
+                Some(cmd) = inputs.commands.recv() => Some(Input::Command {
+                    action: cmd.action,
+                    server: cmd.server,
+                    stamp: super::wall_ms(),
+                }),
+                Some((index, reachable)) = inputs.witnesses.recv() => Some(Input::Witness { index, reachable }),
+                _ = tokio::time::sleep_until(deadline) => Some(Input::Tick),
+            };
+            if let Some(first) = first {
+                let mut batch = vec![first];
+                while batch.len() < BATCH {
+                    match inputs.heartbeats.try_recv() {
+                        Ok(r) => batch.push(heartbeat(r, &inputs.queued)),
+                        Err(_) => break,
+                    }
+                }
+                while batch.len() < BATCH {
+                    match inputs.agent_reports.try_recv() {
+                        Ok(report) => batch.push(report.into()),
+                        Err(_) => break,
+                    }
+                }
+                let now = self.now();
+                let outputs = self.node.handle_all(batch, now);
+                let changed = outputs.iter().any(|o| !matches!(o, Output::Send { .. }));
+                self.carry_out(outputs, now);
+                if changed || Instant::now() >= self.last_publish + PUBLISH_EVERY {
+                    self.publish();
+                }
+            }
+            if leaving_until.is_some() && self.node.drained() && self.waiting.is_empty() {
+                info!("Everything handed over; stopping.");
+                break;
+            }
+        }
+        // What was handed to the writer is committed before the node stops.
+        while self.committed < self.handed {
+            match inputs.stored.recv().await {
+                Some(done) => self.on_stored(done)?,
+                None => break,
+            }
+        }
+        self.publish();
+        Ok(())
+    }
+
+    pub(super) fn publish(&mut self) {
+        self.last_publish = Instant::now();
+        let mut snap = Snapshot::of(&self.node, self.now());
+        if let Ok(wire) = self.metrics.wire_rejected.lock() {
+            for (&reason, &n) in wire.iter() {
+                *snap.stats.rejected.entry(reason).or_default() += n;
+            }
+        }
+        self.snapshots.send_replace(Arc::new(snap));
+    }
+
+    /// Sends at once; hands what must be durable to the writer; queues agent operations
+    /// behind it.
+    fn carry_out(&mut self, outputs: Vec<Output>, now: Duration) {
+        let mut records = Vec::new();
+        let mut events = Vec::new();
+        let mut actions = Vec::new();
+        for o in outputs {
+            match o {
+                Output::Send { path, to, bytes } => self.send(path, to, &bytes),
+                Output::Persist(ds) => records.extend(ds.iter().map(|d| record(&self.site, d))),
+                Output::Event(e) => events.push(e),
+                Output::Start { resource, epoch } => actions.push(Action::Start(resource, epoch)),
+                Output::Stop { resource, epoch } => actions.push(Action::Stop(resource, epoch)),
+            }
+        }
+        if !records.is_empty() || !events.is_empty() {
+            self.handed += 1;
+            let events = self.pending_events(events, now);
+            let job = Job {
+                ticket: self.handed,
+                records,
+                events,
+            };
+            if self.writer.send(job).is_err() {
+                error!("The store writer is gone; nothing more can be stored.");
+            }
+        }
+        let after = self.handed;
+        self.waiting.extend(actions.into_iter().map(|a| (after, a)));
+        self.run_ready();
+    }
+
+    /// Events with what their CloudEvent needs, built once their sequence number is known.
+    fn pending_events(&self, events: Vec<Event>, now: Duration) -> Vec<PendingEvent> {
+        let needs_epochs = events.iter().any(|e| {
+            matches!(
+                e,
+                Event::FailoverStarted { .. }
+                    | Event::FailoverCompleted { .. }
+                    | Event::FailbackCompleted { .. }
+            )
+        });
+        let epochs: Arc<HashMap<ResourceIdx, u64>> = Arc::new(if needs_epochs {
+            self.node.held().map(|(r, epoch, _)| (r, epoch)).collect()
+        } else {
+            HashMap::new()
+        });
+        events
+            .into_iter()
+            .map(|event| {
+                let (site, me, clock) = (self.site.clone(), self.me, self.clock);
+                let (e, epochs) = (event.clone(), epochs.clone());
+                PendingEvent {
+                    event,
+                    json: Box::new(move |seq| {
+                        cloudevents::to_cloudevent(&site, me, seq, now, clock, &e, &epochs)
+                            .to_string()
+                    }),
+                }
+            })
+            .collect()
+    }
+
+    /// A job was committed (or not): publish its events, run what waited for it.
+    fn on_stored(&mut self, done: Done) -> anyhow::Result<()> {
+        self.committed = done.ticket;
+        match done.result {
+            Ok(stored) => {
+                for (e, stored) in stored {
+                    self.metrics.events_stored.fetch_add(1, Ordering::Relaxed);
+                    if let Event::FailoverCompleted { takeover, .. } = &e {
+                        self.metrics.takeover_seconds.observe(*takeover);
+                    }
+                    log_event(&self.site, &e);
+                    let _ = self.events.send(Arc::new(stored));
+                }
+                self.run_ready();
+                Ok(())
+            }
+            Err(e) => {
+                error!(error = %e, "Cannot store claims and events; their resources will not start.");
+                // Rule 4: never start what is not durable. Those starts failed.
+                let now = self.now();
+                let failed: Vec<Input> = self
+                    .waiting
+                    .iter()
+                    .filter(|(t, _)| *t == done.ticket)
+                    .filter_map(|(_, a)| match *a {
+                        Action::Start(resource, epoch) => Some(Input::AgentDone {
+                            resource,
+                            epoch,
+                            op: AgentOp::Start,
+                            result: Err("claim could not be stored".into()),
+                        }),
+                        Action::Stop(..) => None,
+                    })
+                    .collect();
+                self.waiting
+                    .retain(|(t, a)| *t != done.ticket || matches!(a, Action::Stop(..)));
+                let outputs = self.node.handle_all(failed, now);
+                self.carry_out(outputs, now);
+                // An event that cannot be stored is fatal: nothing may be lost.
+                Err(anyhow::Error::new(e).context("cannot store events"))
+            }
+        }
+    }
+
+    /// Agent operations whose jobs are committed, in order.
+    fn run_ready(&mut self) {
+        while let Some(&(after, action)) = self.waiting.front() {
+            if after > self.committed {
+                return;
+            }
+            self.waiting.pop_front();
+            match action {
+                Action::Start(resource, epoch) => {
+                    debug!(resource = %self.site.resource(resource).id, epoch, "Starting.");
+                    self.agents.start(resource, epoch);
+                }
+                Action::Stop(resource, epoch) => {
+                    debug!(resource = %self.site.resource(resource).id, epoch, "Stopping.");
+                    self.agents.stop(resource, epoch);
+                }
+            }
+        }
+    }
+
+    fn send(&self, path: usize, to: ServerIdx, bytes: &[u8]) {
+        let Some(addr) = self.site.server(to).heartbeat.get(path) else {
+            return;
+        };
+        match self.sockets[path].try_send_to(bytes, *addr) {
+            Ok(_) => {
+                self.metrics.datagrams_sent.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.metrics.send_errors.fetch_add(1, Ordering::Relaxed);
+                debug!(to = %self.site.server(to).id, path, error = %e, "Heartbeat not sent.");
+            }
+        }
+    }
+}
+
+fn heartbeat(r: Received, queued: &AtomicUsize) -> Input {
+    queued.fetch_sub(r.size, Ordering::Relaxed);
+    Input::Heartbeat {
+        path: r.path,
+        heartbeat: r.heartbeat,
+        at: r.at,
+    }
+}
+
+fn log_event(site: &Site, e: &Event) {
+    let text = e.describe(site);
+    match e {
+        Event::ServerDown { .. }
+        | Event::ResourceFailed { .. }
+        | Event::ResourceUnplaced { .. }
+        | Event::OwnershipConflict { .. }
+        | Event::ConfigMismatch { .. }
+        | Event::PathDown { .. } => warn!(event = e.type_name(), "{text}"),
+        _ => info!(event = e.type_name(), "{text}"),
+    }
+}
