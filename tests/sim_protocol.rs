@@ -768,3 +768,38 @@ fn a_stalled_buddy_takes_nothing_over_from_servers_that_kept_heartbeating() {
         assert_eq!(sim.node(fo).unwrap().stats().stalls, 1);
     }
 }
+
+/// Found by the random fault run (seed 177): a one-way cut from live-1 to its first buddy fo-2
+/// (fo-2 cannot hear it; fo-1, the other buddy, can). fo-2 took live-1's cameras over, live-1
+/// stood down, failed back after failback_delay, and fo-2 renewed above it: the cameras moved
+/// every few seconds. A server that a peer still hears is not down.
+#[test]
+fn a_buddy_that_cannot_hear_a_live_server_its_co_buddy_hears_takes_nothing() {
+    let site = SiteBuilder::new("hq")
+        .live("live-1", &["fo-2", "fo-1"])
+        .failover("fo-1", Mode::SpreadServers, None, None)
+        .failover("fo-2", Mode::SpreadServers, None, None)
+        .many("live-1", Kind::Camera, 6, 0)
+        .failback(Failback::Auto, SECS(3));
+    for seed in 1..=5 {
+        let mut sim = started(seed, site.clone());
+        let (l1, f2) = (sim.idx("live-1"), sim.idx("fo-2"));
+        let rs = homed(&sim, l1);
+        let t = sim.now();
+        sim.cut_one_way(l1, f2, true);
+        sim.run_for(SECS(10));
+        assert!(all_on(&sim, &rs, l1), "seed {seed}");
+        assert_eq!(
+            count_all(&sim, t, "buddygate.failover.started"),
+            0,
+            "seed {seed}"
+        );
+        // And when live-1 really dies, fo-2 takes over once fo-1 stops hearing it too.
+        sim.crash(l1);
+        let limit = sim.site().failure_timeout + sim.site().heartbeat_interval;
+        assert!(
+            sim.run_until_cond(limit, |sim| all_on(sim, &rs, f2)),
+            "seed {seed}"
+        );
+    }
+}

@@ -100,6 +100,15 @@ pub struct WireEpoch {
     pub epoch: u64,
 }
 
+/// One of the receiver's claims below an epoch the sender knows of; `holder` runs the resource
+/// at that epoch now, as far as the sender hears (none: nobody does).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireNewer {
+    pub resource: Name,
+    pub epoch: u64,
+    pub holder: Option<Name>,
+}
+
 /// The highest epoch round the sender knows among the resources of home server `server`.
 /// A node that lost its store (or was away) claims above it, so epochs never go backwards.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -170,8 +179,12 @@ pub struct Heartbeat {
     pub failed: Vec<WireEpoch>,
     /// The receiver's claims the sender knows a newer epoch for (usually none): a node that
     /// kept recording through a partition learns that consumers were told of another owner,
-    /// and renews its claim above it.
-    pub newer: Vec<WireEpoch>,
+    /// and renews its claim above it, or stops if that owner still runs it.
+    pub newer: Vec<WireNewer>,
+    /// The live servers the receiver may claim for that the sender heard within
+    /// `failure_timeout`: a server one buddy cannot hear (a one-way cut) but another can is
+    /// not down.
+    pub hears: Vec<Name>,
     pub rounds: Vec<WireRound>,
     pub holds: Vec<WireHold>,
     /// Failover servers: what they hold in all.
@@ -285,10 +298,12 @@ mod tests {
                 resource: Name::Index(2),
                 epoch: 298,
             }],
-            newer: vec![WireEpoch {
+            newer: vec![WireNewer {
                 resource: Name::Id("cam-003".into()),
                 epoch: 399,
+                holder: Some(Name::Index(0)),
             }],
+            hears: vec![Name::Index(0)],
             rounds: vec![WireRound {
                 server: Name::Index(0),
                 round: 3,

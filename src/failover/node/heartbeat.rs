@@ -1,8 +1,9 @@
 //! What a heartbeat carries (rule 1), made for each peer: this node's state; its claims and
 //! failures on the resources of the home servers the peer may claim for (a live server hears
 //! about its own resources, a co-buddy about the live servers it shares); the round floors of
-//! those home servers; the peer's own claims this node knows a newer epoch for; every operator
-//! hold it knows; a failover server's whole load; and the echo of the peer's incarnation.
+//! those home servers; the peer's own claims this node knows a newer epoch for (and who runs
+//! them at it); the live servers this node hears; every operator hold it knows; a failover
+//! server's whole load; and the echo of the peer's incarnation.
 //!
 //! Servers and resources are named by index when the peer runs the same site file (equal
 //! digests), by id otherwise, and claims of one epoch, state and kind share one group, so a
@@ -11,11 +12,13 @@
 //! sends them all.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use super::{Node, Output};
 use crate::config::{Kind, ResourceIdx, Role, ServerIdx};
 use crate::failover::wire::{
-    self, ClaimGroup, ClaimKind, ClaimState, Heartbeat, Name, Names, WireEpoch, WireLoad, WireRound,
+    self, ClaimGroup, ClaimKind, ClaimState, Heartbeat, Name, Names, WireEpoch, WireLoad,
+    WireNewer, WireRound,
 };
 
 /// Largest heartbeat sent: one unfragmented UDP datagram at a 1500-byte MTU (1472 bytes of
@@ -30,7 +33,7 @@ struct Pages {
 
 impl Node {
     /// Sends one round: one page per peer and path, or every page when `all` (a change).
-    pub(super) fn send_heartbeats(&mut self, all: bool, out: &mut Vec<Output>) {
+    pub(super) fn send_heartbeats(&mut self, all: bool, now: Duration, out: &mut Vec<Output>) {
         let me = self.ctx.me;
         let topo = self.ctx.topo.clone();
         let per_peer: Vec<Pages> = topo
@@ -38,7 +41,7 @@ impl Node {
             .iter()
             .map(|&to| Pages {
                 to,
-                pages: self.pages_for(to),
+                pages: self.pages_for(to, now),
             })
             .collect();
         let cursor = self.page_cursor;
@@ -73,7 +76,7 @@ impl Node {
     }
 
     /// Everything `to` is told this round, in as many pages as it takes.
-    fn pages_for(&self, to: ServerIdx) -> Vec<Heartbeat> {
+    fn pages_for(&self, to: ServerIdx, now: Duration) -> Vec<Heartbeat> {
         let site = &self.ctx.site;
         let topo = &self.ctx.topo;
         let peer = self.peers.get(to);
@@ -95,14 +98,22 @@ impl Node {
             .filter(|(r, _)| cares(**r))
             .map(|(&r, f)| (r, f.epoch))
             .collect();
-        let newer: Vec<(ResourceIdx, u64)> =
+        let newer: Vec<(ResourceIdx, u64, Option<ServerIdx>)> =
             peer.filter(|p| !p.silent).map_or_else(Vec::new, |p| {
                 p.claims
                     .iter()
                     .filter(|(r, h)| h.holds() && self.known.get(**r) > h.epoch)
-                    .map(|(&r, _)| (r, self.known.get(r)))
+                    .map(|(&r, _)| {
+                        let epoch = self.known.get(r);
+                        (r, epoch, self.active_holder_at(r, epoch, now))
+                    })
                     .collect()
             });
+        let hears: Vec<Name> = interests
+            .iter()
+            .filter(|&&h| h != to && self.recently_heard(h, now))
+            .map(|&h| self.server_name(h, by_index))
+            .collect();
         let base = Heartbeat {
             from: site.server(self.ctx.me).id.clone(),
             incarnation: self.incarnation,
@@ -120,6 +131,7 @@ impl Node {
                 })
                 .collect(),
             holds: self.holds.wire(|s| self.server_name(s, by_index)),
+            hears,
             load: (site.server(self.ctx.me).role == Role::Failover)
                 .then(|| self.wire_load(by_index)),
             ..Heartbeat::default()
@@ -144,7 +156,15 @@ impl Node {
                 pages,
                 claims: self.groups(&mine, by_index),
                 failed: epochs(&failed, page, pages),
-                newer: epochs(&newer, page, pages),
+                newer: newer
+                    .iter()
+                    .filter(|(r, _, _)| topo.page(*r, pages) == page)
+                    .map(|&(r, epoch, holder)| WireNewer {
+                        resource: self.resource_name(r, by_index),
+                        epoch,
+                        holder: holder.map(|s| self.server_name(s, by_index)),
+                    })
+                    .collect(),
                 ..base.clone()
             }
         };

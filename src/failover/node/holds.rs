@@ -127,6 +127,7 @@ impl Node {
         }
         self.placement_dirty = true;
         self.send_now = true;
+        self.urgent = true;
     }
 
     /// Whether an operator failback of this server is waiting to be carried out; if so it is

@@ -117,6 +117,9 @@ pub struct Node {
     /// Resources their live home server stood down for a claim this node has not heard,
     /// until when it waits to hear it (see [`takeover`]).
     handed: BTreeMap<ResourceIdx, Duration>,
+    /// Active claims a peer heard and this node may not (a one-way cut): resource ->
+    /// (holder, epoch, until when the report holds).
+    relayed: BTreeMap<ResourceIdx, (ServerIdx, super::Epoch, Duration)>,
     /// Since when this node's view has been stable (no path or server transition, no failure
     /// of its own resources, no conflict): auto failback waits `failback_delay` from here.
     stable_since: Duration,
@@ -131,6 +134,9 @@ pub struct Node {
     listen_until: Duration,
     next_checkpoint: Duration,
     send_now: bool,
+    /// The change must go out now, whatever the burst spacing: new claims (their epochs must
+    /// be known before anyone announces them), leaving, an operator's hold.
+    urgent: bool,
     placement_dirty: bool,
     /// Durable records not yet handed out (those with no ordering constraint).
     pending: Vec<Durable>,
@@ -195,6 +201,7 @@ impl Node {
             batches: Batches::default(),
             unplaced: BTreeSet::new(),
             handed: BTreeMap::new(),
+            relayed: BTreeMap::new(),
             stable_since: now,
             next_heartbeat: now,
             page_cursor: 0,
@@ -203,6 +210,7 @@ impl Node {
             listen_until: Duration::ZERO,
             next_checkpoint: now + PEER_CHECKPOINT,
             send_now: true,
+            urgent: true,
             placement_dirty: true,
             pending: Vec::new(),
             stats: Stats::default(),
@@ -361,6 +369,7 @@ impl Node {
             self.refresh_peers(now, out);
         }
         self.expire_failures(now);
+        self.relayed.retain(|_, (_, _, until)| now < *until);
         let handed = self.handed.len();
         self.handed.retain(|_, until| now < *until);
         if self.handed.len() != handed {
@@ -391,13 +400,14 @@ impl Node {
         self.flush_durable(out);
         // A change goes out at once, but changes that follow within `burst_spacing` (a
         // takeover's starts completing one by one) share the next burst.
-        let burst = self.send_now && now >= self.last_burst + self.burst_spacing();
+        let burst = self.send_now && (self.urgent || now >= self.last_burst + self.burst_spacing());
         if burst || now >= self.next_heartbeat {
-            self.send_heartbeats(self.send_now, out);
+            self.send_heartbeats(self.send_now, now, out);
             if self.send_now {
                 self.last_burst = now;
             }
             self.send_now = false;
+            self.urgent = false;
             self.next_heartbeat = now + self.ctx.site.heartbeat_interval;
         }
     }
@@ -421,6 +431,7 @@ impl Node {
         if self.phase != Phase::Leaving {
             self.phase = Phase::Leaving;
             self.send_now = true;
+            self.urgent = true;
             self.placement_dirty = true;
             // What a restart needs to refuse replays of what was heard until now.
             self.checkpoint_peers();

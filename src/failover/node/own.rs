@@ -137,6 +137,31 @@ impl Node {
         }
     }
 
+    /// Who runs `r` at `epoch` now (an active claim), as this node hears it.
+    pub(super) fn active_holder_at(
+        &self,
+        r: ResourceIdx,
+        epoch: Epoch,
+        now: Duration,
+    ) -> Option<ServerIdx> {
+        if self
+            .own
+            .get(r)
+            .is_some_and(|c| c.epoch == epoch && c.state == OwnState::Active)
+        {
+            return Some(self.ctx.me);
+        }
+        self.peers
+            .holders(r)
+            .iter()
+            .find(|h| {
+                h.epoch == epoch
+                    && h.state == ClaimState::Active
+                    && self.recently_heard(h.server, now)
+            })
+            .map(|h| h.server)
+    }
+
     /// The best claim on `r` among peers heard recently, starting or active.
     pub(super) fn best_other(&self, r: ResourceIdx, now: Duration) -> Option<Holder> {
         let mut best: Option<Holder> = None;
@@ -346,6 +371,14 @@ impl Node {
             }
             // Stale, or tied with a peer (site files that differ): an epoch must name one owner.
             let tied_active = tie && c.state == OwnState::Active;
+            // A peer says another server runs it above us, which we may not hear.
+            if let Some(&(x, e, _)) = self.relayed.get(&r)
+                && x != self.ctx.me
+                && beats((e, self.ctx.id(x)), (c.epoch, self.ctx.id(self.ctx.me)))
+            {
+                beaten = true;
+                to_stop.push((r, c.epoch));
+            }
             if !beaten && (c.epoch < self.known.get(r) || tied_active) && !leaving {
                 stale.push(r);
             }
@@ -546,6 +579,7 @@ impl Node {
         }
         self.batches.open(batch, home, epoch, rs, since, now);
         self.send_now = true;
+        self.urgent = true;
         self.placement_dirty = true;
     }
 

@@ -47,6 +47,8 @@ pub(super) struct Peer {
     pub failed: Vec<(ResourceIdx, Epoch)>,
     /// A failover server's whole load, as it says.
     pub load: Option<crate::failover::placement::Load>,
+    /// The live servers it hears (of those this node may claim for).
+    pub hears: Vec<ServerIdx>,
     pub digest: [u8; 8],
     pub mismatch_reported: Option<[u8; 8]>,
     /// A `server.down` was emitted and no `server.up` since.
@@ -129,6 +131,7 @@ impl Peers {
                     claims: BTreeMap::new(),
                     failed: Vec::new(),
                     load: None,
+                    hears: Vec::new(),
                     digest: [0; 8],
                     mismatch_reported: None,
                     announced_down: false,
@@ -392,10 +395,10 @@ impl Node {
             .iter()
             .filter_map(|f| Some((resource(&f.resource)?, f.epoch)))
             .collect();
-        let newer: Vec<(ResourceIdx, Epoch)> = hb
+        let newer: Vec<(ResourceIdx, Epoch, Option<&Name>)> = hb
             .newer
             .iter()
-            .filter_map(|f| Some((resource(&f.resource)?, f.epoch)))
+            .filter_map(|f| Some((resource(&f.resource)?, f.epoch, f.holder.as_ref())))
             .collect();
         let servers = &self.ctx.servers;
         let server = |n: &Name| match n {
@@ -421,9 +424,22 @@ impl Node {
         for &(r, h) in &claims {
             self.known.raise(r, h.epoch);
         }
-        for &(r, e) in failed.iter().chain(&newer) {
+        for &(r, e) in &failed {
             self.known.raise(r, e);
         }
+        let ft = self.ctx.site.failure_timeout;
+        for &(r, e, holder) in &newer {
+            self.known.raise(r, e);
+            match holder.and_then(server) {
+                Some(x) => {
+                    self.relayed.insert(r, (x, e, now + ft));
+                }
+                None => {
+                    self.relayed.remove(&r);
+                }
+            }
+        }
+        let hears: Vec<ServerIdx> = hb.hears.iter().filter_map(server).collect();
         for (h, round) in rounds {
             self.known.raise_floor(h, round);
         }
@@ -475,6 +491,10 @@ impl Node {
         }
         if peer.load != load {
             peer.load = load;
+            self.placement_dirty = true;
+        }
+        if peer.hears != hears {
+            peer.hears = hears;
             self.placement_dirty = true;
         }
         if changed {
@@ -541,6 +561,8 @@ impl Node {
             if peer.silent != silent {
                 peer.silent = silent;
                 self.placement_dirty = true;
+                // Co-buddies learn at once whom this node still hears.
+                self.send_now = true;
             }
             if booting {
                 continue;

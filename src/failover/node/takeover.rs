@@ -56,8 +56,13 @@ impl Node {
             return Some(false);
         }
         if !self.recently_heard(home, now) {
-            // Silence on every path for failure_timeout (or never heard since we booted).
-            return Some(true);
+            // Silence on every path for failure_timeout (or never heard since we booted),
+            // unless a peer this node hears still hears it (a cut on our side only).
+            let vouched =
+                self.peers.by_server.iter().any(|(&s, p)| {
+                    s != home && p.hears.contains(&home) && self.recently_heard(s, now)
+                });
+            return (!vouched).then_some(true);
         }
         (self.peer_state(home) == Some(PeerState::Leaving)).then_some(false)
     }
