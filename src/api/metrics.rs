@@ -207,7 +207,7 @@ impl Collector for NodeFigures {
                 .iter()
                 .map(|(reason, n)| ([("reason", *reason)], ConstCounter::new(*n))),
         )?;
-        let counters: [(&str, &str, u64); 8] = [
+        let counters: [(&str, &str, u64); 15] = [
             (
                 "datagrams_sent",
                 "UDP datagrams sent on the heartbeat paths.",
@@ -249,10 +249,55 @@ impl Collector for NodeFigures {
                 "Buddies found running a different site file.",
                 stats.config_mismatches,
             ),
+            (
+                "stop_failures",
+                "Agent stops that failed (each is retried; the claim is kept meanwhile).",
+                stats.stop_failures,
+            ),
+            (
+                "claim_renewals",
+                "Claims renewed at a new round because a newer epoch was known for them.",
+                stats.renewals,
+            ),
+            (
+                "capacity_evictions",
+                "Resources stopped to bring this node back within its capacity.",
+                stats.evictions,
+            ),
+            (
+                "incarnation_jumps",
+                "Times this node jumped past an incarnation its peers remembered.",
+                stats.incarnation_jumps,
+            ),
+            (
+                "heartbeats_unconfirmed",
+                "Heartbeats counted for liveness only (they did not echo this node's incarnation).",
+                stats.unconfirmed,
+            ),
+            (
+                "heartbeat_paged_rounds",
+                "Heartbeat rounds whose claims took more than one datagram for some peer.",
+                stats.paged_rounds,
+            ),
+            (
+                "stalls",
+                "Times this node found it had not run for a while and listened afresh.",
+                stats.stalls,
+            ),
         ];
         for (name, help, value) in counters {
             m.counter(name, help, value)?;
         }
+        m.gauge(
+            "stops_failing",
+            "Claims whose agent stop is failing now (the resource may run on two servers).",
+            stats.stops_failing,
+        )?;
+        m.gauge(
+            "resources_unplaced",
+            "Resources this node reports unplaced: they need a host and no buddy can take them.",
+            stats.unplaced,
+        )?;
         let takeover = Reading::of(&metrics.takeover_seconds);
         takeover.encode(m.0.encode_descriptor(
             "takeover_seconds",

@@ -40,6 +40,9 @@ pub struct ServerStatus {
     pub config_mismatch: bool,
     /// The answering node heartbeats with it (or is it); otherwise `state` says nothing.
     pub known: bool,
+    /// Held out of service by an operator's failover, until a failback.
+    #[serde(default)]
+    pub held: bool,
 }
 
 /// One network path to a server.
@@ -74,6 +77,10 @@ pub struct ResourceStatus {
     pub epoch: u64,
     /// `active`, `starting`, `stopping`, `failed` or `unassigned`.
     pub state: String,
+    /// It needs a host and no buddy can take it: the answering node reports it
+    /// (`buddygate.resource.unplaced`).
+    #[serde(default)]
+    pub unplaced: bool,
 }
 
 pub(crate) fn role_str(role: Role) -> &'static str {
@@ -94,6 +101,11 @@ pub(crate) fn server_id(site: &Site, s: ServerIdx) -> &str {
 impl SiteStatus {
     pub fn from_snapshot(snap: &Snapshot) -> Self {
         let site = &snap.site;
+        // The snapshot's clock, moved on to now: snapshots are published on changes.
+        let now = snap.now
+            + std::time::SystemTime::now()
+                .duration_since(snap.taken_at)
+                .unwrap_or_default();
         let servers = snap
             .servers
             .iter()
@@ -107,8 +119,7 @@ impl SiteStatus {
                         address: server.heartbeat.get(i).map(|a| a.to_string()),
                         state: if p.up { "up" } else { "down" }.to_string(),
                         last_heard_ms: p.last_heard.map(|t| {
-                            u64::try_from(snap.now.saturating_sub(t).as_millis())
-                                .unwrap_or(u64::MAX)
+                            u64::try_from(now.saturating_sub(t).as_millis()).unwrap_or(u64::MAX)
                         }),
                     })
                     .collect();
@@ -121,6 +132,7 @@ impl SiteStatus {
                     booting: v.booting,
                     config_mismatch: v.config_mismatch,
                     known: v.known,
+                    held: v.held,
                 })
             })
             .collect();
@@ -150,6 +162,7 @@ impl ResourcesStatus {
                     address: owner.map(|o| o.address.to_string()),
                     epoch: v.epoch,
                     state: v.state.as_str().to_string(),
+                    unplaced: v.unplaced,
                 })
             })
             .collect();

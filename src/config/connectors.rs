@@ -12,7 +12,7 @@ use super::locate::{Issue, KeyPath};
 use super::model::SecretRef;
 
 /// Every event type the core emits.
-pub const EVENT_TYPES: [&str; 12] = [
+pub const EVENT_TYPES: [&str; 13] = [
     "buddygate.server.down",
     "buddygate.server.up",
     "buddygate.path.down",
@@ -21,6 +21,7 @@ pub const EVENT_TYPES: [&str; 12] = [
     "buddygate.failover.completed",
     "buddygate.failback.completed",
     "buddygate.resource.failed",
+    "buddygate.resource.unplaced",
     "buddygate.ownership.conflict",
     "buddygate.ownership.resolved",
     "buddygate.config.mismatch",

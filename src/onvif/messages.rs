@@ -143,13 +143,26 @@ pub fn event_messages(e: &StoredEvent) -> Vec<Message> {
                 ],
             )]
         }
+        "buddygate.resource.unplaced" => d["resources"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| {
+                event(
+                    Topic::OwnershipUnplaced,
+                    vec![("Resource", s(&r["id"]))],
+                    vec![("Home", s(&d["server"]["id"])), ("Reason", s(&r["reason"]))],
+                )
+            })
+            .collect(),
         _ => Vec::new(),
     }
 }
 
 /// Every message one stored event gives the `onvif` connector: the `Changed` properties it
 /// records (a server down or up; each resource of a failover or failback with its new owner,
-/// address and epoch; a resolved conflict's owner; a resource that failed), then its event
+/// address and epoch; a resolved conflict's owner; a resource that failed; resources nobody
+/// can take, with no owner), then its event
 /// message ([`event_messages`]). Kinds and home servers come from `site`; resources it does
 /// not know are left out. Events with nothing to say in ONVIF (paths, `failover.started`,
 /// config mismatches) give none.
@@ -212,6 +225,23 @@ pub fn outbox_messages(site: &Site, e: &StoredEvent) -> Vec<Message> {
         )
         .into_iter()
         .collect(),
+        "buddygate.resource.unplaced" => d["resources"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| {
+                let res = site.resource(site.resource_idx(r["id"].as_str()?)?);
+                let p = ResourceProp {
+                    id: res.id.clone(),
+                    kind: res.kind.as_str(),
+                    home: site.server(res.server).id.clone(),
+                    owner: None,
+                    epoch: 0,
+                    state: "unassigned",
+                };
+                Some(Properties::resource_message(&p, changed, &t))
+            })
+            .collect(),
         _ => Vec::new(),
     };
     out.extend(event_messages(e));

@@ -8,6 +8,7 @@
 //! | `bg:Failover/Completed` | event | `Server` | `NewServer`, `Address`, `Epoch`, `Resources`, `Failed`, `TakeoverMs` |
 //! | `bg:Failover/Failback` | event | `Server` | `NewServer`, `Address`, `Epoch`, `Resources`, `Failed` |
 //! | `bg:Ownership/Conflict` | event | `Resource` | `Owners`, `Addresses`, `Epoch` |
+//! | `bg:Ownership/Unplaced` | event | `Resource` | `Home`, `Reason` |
 //!
 //! The messages under these topics are in [`super::messages`].
 
@@ -32,15 +33,18 @@ pub enum Topic {
     FailoverCompleted,
     FailoverFailback,
     OwnershipConflict,
+    /// A resource that needs a host and that no buddy can take.
+    OwnershipUnplaced,
 }
 
 impl Topic {
-    pub const ALL: [Topic; 5] = [
+    pub const ALL: [Topic; 6] = [
         Topic::ServerState,
         Topic::OwnershipResource,
         Topic::FailoverCompleted,
         Topic::FailoverFailback,
         Topic::OwnershipConflict,
+        Topic::OwnershipUnplaced,
     ];
 
     /// `(root, leaf)` below the `bg:` namespace.
@@ -51,6 +55,7 @@ impl Topic {
             Topic::FailoverCompleted => ("Failover", "Completed"),
             Topic::FailoverFailback => ("Failover", "Failback"),
             Topic::OwnershipConflict => ("Ownership", "Conflict"),
+            Topic::OwnershipUnplaced => ("Ownership", "Unplaced"),
         }
     }
 
@@ -71,7 +76,9 @@ impl Topic {
     fn source(self) -> &'static [&'static str] {
         match self {
             Topic::ServerState | Topic::FailoverCompleted | Topic::FailoverFailback => &["Server"],
-            Topic::OwnershipResource | Topic::OwnershipConflict => &["Resource"],
+            Topic::OwnershipResource | Topic::OwnershipConflict | Topic::OwnershipUnplaced => {
+                &["Resource"]
+            }
         }
     }
 
@@ -107,6 +114,7 @@ impl Topic {
                 ("Addresses", "xs:string"),
                 ("Epoch", "xs:unsignedLong"),
             ],
+            Topic::OwnershipUnplaced => &[("Home", "xs:string"), ("Reason", "xs:string")],
         }
     }
 }
@@ -116,7 +124,7 @@ impl Topic {
 pub struct TopicMask(u8);
 
 impl TopicMask {
-    pub const ALL: TopicMask = TopicMask(0b1_1111);
+    pub const ALL: TopicMask = TopicMask(0b11_1111);
     pub const NONE: TopicMask = TopicMask(0);
 
     /// The topics both select.
@@ -196,7 +204,8 @@ pub fn parse_topic_expression(el: &Element) -> Result<TopicMask, FilterError> {
     if mask == 0 {
         return Err(FilterError::Expression(format!(
             "{:?} selects none of this node's topics (bg:Server/State, bg:Ownership/Resource, \
-             bg:Ownership/Conflict, bg:Failover/Completed, bg:Failover/Failback)",
+             bg:Ownership/Conflict, bg:Ownership/Unplaced, bg:Failover/Completed, \
+             bg:Failover/Failback)",
             el.text()
         )));
     }

@@ -175,6 +175,28 @@ EVENTS = {
             }
         ),
     ),
+    "buddygate.resource.unplaced": (
+        "Resources of `server` that need a host and that no buddy can take: nobody records "
+        "them. Reported by their first buddy that is up; cleared by the takeover that places "
+        "them or by the home server running them again.",
+        obj(
+            {
+                "site": ref("name"),
+                "server": ref("server"),
+                "resources": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": obj(
+                        {
+                            "id": ref("name"),
+                            "kind": KIND,
+                            "reason": {"enum": ["capacity", "failed", "unavailable"]},
+                        }
+                    ),
+                },
+            }
+        ),
+    ),
     "buddygate.ownership.conflict": (
         "Two servers serve one resource (a partition healed); the winner is first.",
         obj(
