@@ -78,11 +78,14 @@ impl Node {
             }
             let gone = self.home_gone(home, now).is_some();
             for &r in self.ctx.topo.homed(home) {
+                // Held at home as its own heartbeats say, or as a peer that hears it sooner
+                // relays (a heal heard late on our side).
                 let held_at_home = self
                     .peers
                     .holders(r)
                     .iter()
-                    .any(|h| h.server == home && h.holds());
+                    .any(|h| h.server == home && h.holds())
+                    || self.relayed.get(&r).is_some_and(|&(x, _, _)| x == home);
                 // Not holding it counts only once all its claims were heard, and not while
                 // it was handed to a claim this node has not heard yet.
                 let handed = self.handed.contains_key(&r) && self.best_other(r, now).is_none();
