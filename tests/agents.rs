@@ -64,6 +64,7 @@ fn timings(timeout: Duration, monitor_interval: Option<Duration>, retries: u32) 
         monitor_interval,
         retries,
         ready_timeout: None,
+        standby: false,
     }
 }
 

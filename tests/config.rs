@@ -112,7 +112,8 @@ fn the_valid_site_resolves_with_defaults_and_no_warning() {
             timeout: Duration::from_secs(10),
             monitor_interval: Some(Duration::from_secs(5)),
             retries: 2,
-            ready_timeout: None
+            ready_timeout: None,
+            standby: false
         }
     );
 }
@@ -1410,7 +1411,8 @@ fn agent_settings_resolve_with_defaults_per_kind() {
                 timeout: Duration::from_secs(3),
                 monitor_interval: None,
                 retries: 0,
-                ready_timeout: None
+                ready_timeout: None,
+                standby: false
             }
         )
     );

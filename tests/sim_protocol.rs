@@ -803,3 +803,55 @@ fn a_buddy_that_cannot_hear_a_live_server_its_co_buddy_hears_takes_nothing() {
         );
     }
 }
+
+/// Hot standby: the first buddy that is up prepares a standby camera while its home server
+/// runs it; the next buddy does when the first goes; a takeover's start covers from the home
+/// server's last heartbeat, less an interval; the standby ends when the buddy takes it over.
+#[test]
+fn hot_standby_is_prepared_by_the_first_buddy_up_and_the_takeover_covers_from_the_last_heartbeat() {
+    let site = SiteBuilder::new("hq")
+        .live("live-1", &["fo-1", "fo-2"])
+        .failover("fo-1", Mode::SpreadServers, None, None)
+        .failover("fo-2", Mode::SpreadServers, None, None)
+        .many("live-1", Kind::Camera, 4, 0)
+        .standby(&["live-1-camera-001", "live-1-camera-002"]);
+    let mut sim = started(3, site);
+    let (l1, f1, f2) = (sim.idx("live-1"), sim.idx("fo-1"), sim.idx("fo-2"));
+    let (c1, c2) = (sim.ridx("live-1-camera-001"), sim.ridx("live-1-camera-002"));
+    assert_eq!(sim.standby_on(f1), vec![c1, c2]);
+    assert!(sim.standby_on(f2).is_empty());
+    sim.crash(f1);
+    sim.run_for(SECS(2));
+    assert_eq!(
+        sim.standby_on(f2),
+        vec![c1, c2],
+        "the next buddy prepares them"
+    );
+    sim.start(f1);
+    sim.run_for(SECS(4));
+    assert_eq!(sim.standby_on(f1), vec![c1, c2]);
+    assert!(sim.standby_on(f2).is_empty(), "released when fo-1 is back");
+    let t = sim.now();
+    sim.crash(l1);
+    let rs = homed(&sim, l1);
+    assert!(sim.run_until_cond(SECS(2), |sim| all_on(sim, &rs, f1)));
+    assert!(
+        sim.standby_on(f1).is_empty(),
+        "the start superseded the standby"
+    );
+    let down_since = sim
+        .events()
+        .iter()
+        .find_map(|(at, n, e)| match e {
+            buddygate::failover::Event::ServerDown { down_since, .. } if *n == f1 && *at > t => {
+                Some(*down_since)
+            }
+            _ => None,
+        })
+        .expect("server.down");
+    assert!(down_since <= t);
+    let margin = sim.site().heartbeat_interval;
+    for &r in &rs {
+        assert_eq!(sim.cover_from(f1, r), Some(down_since - margin));
+    }
+}

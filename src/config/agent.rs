@@ -316,6 +316,7 @@ pub(crate) fn resolve(b: &ResourceBlock, base: Option<&Path>) -> Option<(AgentSp
         monitor_interval: (!b.monitor_interval.is_zero()).then_some(b.monitor_interval),
         retries: b.retries,
         ready_timeout: b.ready_timeout,
+        standby: b.standby,
     };
     let spec = match b.agent {
         AgentKind::Simulated => AgentSpec::Simulated {

@@ -175,6 +175,12 @@ pub struct ResourceBlock {
     #[serde(default, deserialize_with = "duration::deserialize_option")]
     #[schemars(with = "Option<String>")]
     pub ready_timeout: Option<Duration>,
+    /// Every agent: hot standby. The first buddy that may take the resource prepares it while
+    /// its home server runs it (agent op `standby`: a recorder keeps the stream open with a
+    /// short rolling buffer), and a takeover's `start` is told from which instant it must
+    /// cover (`BUDDYGATE_COVER_FROM`), so it keeps the video the dying server never wrote.
+    #[serde(default)]
+    pub standby: bool,
     /// `exec` and `http` agents: the resource's own settings, e.g.
     /// `{ url = "rtsp://10.0.5.1/cam-{01..50}", vms_id = 17, password = "file:cam.pass" }`.
     /// Names are lower-case letters, digits and `_`; values are strings, integers or booleans.

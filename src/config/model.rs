@@ -240,6 +240,8 @@ pub struct AgentTimings {
     /// After a start exits 0, how long `monitor` is polled until it reports running; the start
     /// is complete only then. `None`: the start's exit is the end of it.
     pub ready_timeout: Option<Duration>,
+    /// Hot standby: the first buddy prepares the resource before any failure.
+    pub standby: bool,
 }
 
 impl AgentTimings {
@@ -249,6 +251,7 @@ impl AgentTimings {
         monitor_interval: Some(Duration::from_secs(5)),
         retries: 2,
         ready_timeout: None,
+        standby: false,
     };
 }
 

@@ -186,6 +186,17 @@ pub enum Output {
     Start {
         resource: ResourceIdx,
         epoch: Epoch,
+        /// A takeover: the instant (on the core's clock) from which the resource must be
+        /// covered, when its home server was last heard less a margin for what its agent had
+        /// not written yet. A hot-standby agent keeps what it buffered from then on; an
+        /// overlap is harmless, a gap is not. `None` for home claims, failbacks and resumes.
+        cover_from: Option<Duration>,
+    },
+    /// Hot standby (`standby = true`): prepare the resource before any failure (`prepare`), or
+    /// release what was prepared. This node is the first buddy that would take it over.
+    Standby {
+        resource: ResourceIdx,
+        prepare: bool,
     },
     Stop {
         resource: ResourceIdx,

@@ -11,7 +11,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::net::UdpSocket;
 use tokio::sync::{broadcast, mpsc, watch};
@@ -47,8 +47,10 @@ pub(super) struct Inputs {
 
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Action {
-    Start(ResourceIdx, Epoch),
+    /// With the wall-clock instant a takeover must cover from.
+    Start(ResourceIdx, Epoch, Option<SystemTime>),
     Stop(ResourceIdx, Epoch),
+    Standby(ResourceIdx, bool),
 }
 
 pub(super) struct Core {
@@ -169,7 +171,17 @@ impl Core {
                 Output::Send { path, to, bytes } => self.send(path, to, &bytes),
                 Output::Persist(ds) => records.extend(ds.iter().map(|d| record(&self.site, d))),
                 Output::Event(e) => events.push(e),
-                Output::Start { resource, epoch } => actions.push(Action::Start(resource, epoch)),
+                Output::Start {
+                    resource,
+                    epoch,
+                    cover_from,
+                } => {
+                    let cover_from = cover_from.map(|t| self.clock.wall(t));
+                    actions.push(Action::Start(resource, epoch, cover_from));
+                }
+                Output::Standby { resource, prepare } => {
+                    actions.push(Action::Standby(resource, prepare))
+                }
                 Output::Stop { resource, epoch } => actions.push(Action::Stop(resource, epoch)),
             }
         }
@@ -246,17 +258,17 @@ impl Core {
                     .iter()
                     .filter(|(t, _)| *t == done.ticket)
                     .filter_map(|(_, a)| match *a {
-                        Action::Start(resource, epoch) => Some(Input::AgentDone {
+                        Action::Start(resource, epoch, _) => Some(Input::AgentDone {
                             resource,
                             epoch,
                             op: AgentOp::Start,
                             result: Err("claim could not be stored".into()),
                         }),
-                        Action::Stop(..) => None,
+                        Action::Stop(..) | Action::Standby(..) => None,
                     })
                     .collect();
                 self.waiting
-                    .retain(|(t, a)| *t != done.ticket || matches!(a, Action::Stop(..)));
+                    .retain(|(t, a)| *t != done.ticket || !matches!(a, Action::Start(..)));
                 let outputs = self.node.handle_all(failed, now);
                 self.carry_out(outputs, now);
                 // An event that cannot be stored is fatal: nothing may be lost.
@@ -273,9 +285,12 @@ impl Core {
             }
             self.waiting.pop_front();
             match action {
-                Action::Start(resource, epoch) => {
-                    debug!(resource = %self.site.resource(resource).id, epoch, "Starting.");
+                Action::Start(resource, epoch, cover_from) => {
+                    debug!(resource = %self.site.resource(resource).id, epoch, ?cover_from, "Starting.");
                     self.agents.start(resource, epoch);
+                }
+                Action::Standby(resource, prepare) => {
+                    debug!(resource = %self.site.resource(resource).id, prepare, "Hot standby.");
                 }
                 Action::Stop(resource, epoch) => {
                     debug!(resource = %self.site.resource(resource).id, epoch, "Stopping.");

@@ -121,6 +121,7 @@ impl Sim {
     pub fn crash(&mut self, s: ServerIdx) {
         self.kill_daemon(s);
         let n = &mut self.nodes[s.0 as usize];
+        n.standby.clear();
         let stopped: Vec<ResourceIdx> = n.running.keys().copied().collect();
         n.running.clear();
         for r in stopped {

@@ -98,6 +98,10 @@ struct SimNode {
     busy_until: HashMap<ResourceIdx, Duration>,
     fail_start: BTreeSet<ResourceIdx>,
     fail_stop: BTreeSet<ResourceIdx>,
+    /// Resources its agents keep in hot standby.
+    standby: BTreeSet<ResourceIdx>,
+    /// The instant the last start of each resource had to cover from.
+    cover_from: HashMap<ResourceIdx, Option<Duration>>,
     witnesses: Vec<bool>,
 }
 
@@ -160,6 +164,8 @@ impl Sim {
                     busy_until: HashMap::new(),
                     fail_start: BTreeSet::new(),
                     fail_stop: BTreeSet::new(),
+                    standby: BTreeSet::new(),
+                    cover_from: HashMap::new(),
                     witnesses: vec![true; nw],
                 })
                 .collect(),
@@ -226,6 +232,20 @@ impl Sim {
     /// Runs `f` on a copy of `s`'s node as it is now (benchmarks, what-if tests).
     pub fn clone_node(&self, s: ServerIdx) -> Option<Node> {
         self.node(s).cloned()
+    }
+
+    /// Resources `s`'s agents keep in hot standby.
+    pub fn standby_on(&self, s: ServerIdx) -> Vec<ResourceIdx> {
+        self.nodes[s.0 as usize].standby.iter().copied().collect()
+    }
+
+    /// The instant `s`'s last start of `r` had to cover from (`None`: not a takeover).
+    pub fn cover_from(&self, s: ServerIdx, r: ResourceIdx) -> Option<Duration> {
+        self.nodes[s.0 as usize]
+            .cover_from
+            .get(&r)
+            .copied()
+            .flatten()
     }
 
     /// What `s`'s store holds.
@@ -451,7 +471,22 @@ impl Sim {
                 }
                 self.persisted(s, &records);
             }
-            Output::Start { resource, epoch } => {
+            Output::Standby { resource, prepare } => {
+                let n = &mut self.nodes[s.0 as usize];
+                if prepare {
+                    n.standby.insert(resource);
+                } else {
+                    n.standby.remove(&resource);
+                }
+            }
+            Output::Start {
+                resource,
+                epoch,
+                cover_from,
+            } => {
+                let n = &mut self.nodes[s.0 as usize];
+                n.standby.remove(&resource);
+                n.cover_from.insert(resource, cover_from);
                 let n = &self.nodes[s.0 as usize];
                 let durable = n
                     .store

@@ -33,6 +33,8 @@ pub struct SiteBuilder {
     paths: usize,
     servers: Vec<PendingServer>,
     resources: Vec<(String, Kind, String, i32)>,
+    /// Resources in hot standby.
+    standby: Vec<String>,
 }
 
 impl SiteBuilder {
@@ -49,6 +51,7 @@ impl SiteBuilder {
             paths: 2,
             servers: Vec::new(),
             resources: Vec::new(),
+            standby: Vec::new(),
         }
     }
 
@@ -134,6 +137,12 @@ impl SiteBuilder {
         self
     }
 
+    /// Puts resources `ids` (added before) in hot standby.
+    pub fn standby(mut self, ids: &[&str]) -> Self {
+        self.standby.extend(ids.iter().map(|id| id.to_string()));
+        self
+    }
+
     /// Resolves ids. Panics on a dangling id: builders are for code, not for user input.
     pub fn build(self) -> Site {
         let idx = |id: &str| -> ServerIdx {
@@ -183,7 +192,10 @@ impl SiteBuilder {
                 server: idx(server),
                 priority: *priority,
                 agent: AgentSpec::default(),
-                timings: AgentTimings::default(),
+                timings: AgentTimings {
+                    standby: self.standby.contains(id),
+                    ..AgentTimings::default()
+                },
                 params: Default::default(),
             })
             .collect();

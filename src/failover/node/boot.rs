@@ -70,6 +70,7 @@ impl Node {
                 out.push(Output::Start {
                     resource: r,
                     epoch: e,
+                    cover_from: None,
                 });
             }
             self.batches

@@ -12,6 +12,7 @@
 //! - [`holds`]: operator holds (manual failover until failback), durable and gossiped;
 //! - [`boot`]: the start-up wait, resuming stored claims, home claims and failback;
 //! - [`takeover`]: what a failover server takes, keeps, gives up and reports unplaced;
+//! - [`standby`]: the hot-standby resources a failover server prepares;
 //! - [`batches`]: the claims of one takeover or failback, for their completion events;
 //! - [`heartbeat`]: what a heartbeat carries to each peer.
 
@@ -22,6 +23,7 @@ mod holds;
 mod known;
 mod own;
 mod peers;
+mod standby;
 mod takeover;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -117,6 +119,8 @@ pub struct Node {
     /// Resources their live home server stood down for a claim this node has not heard,
     /// until when it waits to hear it (see [`takeover`]).
     handed: BTreeMap<ResourceIdx, Duration>,
+    /// Hot-standby resources this node prepares (see [`standby`]).
+    standby: BTreeSet<ResourceIdx>,
     /// Active claims a peer heard and this node may not (a one-way cut): resource ->
     /// (holder, epoch, until when the report holds).
     relayed: BTreeMap<ResourceIdx, (ServerIdx, super::Epoch, Duration)>,
@@ -202,6 +206,7 @@ impl Node {
             unplaced: BTreeSet::new(),
             handed: BTreeMap::new(),
             relayed: BTreeMap::new(),
+            standby: BTreeSet::new(),
             stable_since: now,
             next_heartbeat: now,
             page_cursor: 0,
@@ -386,11 +391,12 @@ impl Node {
             if self.phase == Phase::Running && !self.holds.held(self.ctx.me) {
                 self.claim_home(now, out);
             }
-            if self.phase == Phase::Running
-                && self.ctx.site.server(self.ctx.me).role == crate::config::Role::Failover
-                && self.placement_dirty
-            {
+            let failover = self.ctx.site.server(self.ctx.me).role == crate::config::Role::Failover;
+            if self.phase == Phase::Running && failover && self.placement_dirty {
                 self.take_over(now, out);
+            }
+            if failover {
+                self.update_standby(now, out);
             }
         }
         if now >= self.next_checkpoint {

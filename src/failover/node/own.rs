@@ -571,10 +571,16 @@ impl Node {
                 resources: rs.clone(),
             }));
         }
+        // A takeover covers from when the home server was last heard, less a heartbeat
+        // interval for what its agent had not written yet.
+        let cover_from = (batch == BatchKind::Failover)
+            .then(|| since.saturating_sub(self.ctx.site.heartbeat_interval));
         for (&r, &e) in rs.iter().zip(&epochs) {
+            self.standby.remove(&r);
             out.push(Output::Start {
                 resource: r,
                 epoch: e,
+                cover_from,
             });
         }
         self.batches.open(batch, home, epoch, rs, since, now);
