@@ -2,8 +2,8 @@
 //! one fault drawn from everything a site meets (a crash of the machine or of the daemon only,
 //! a restart with or without its store or with its clock set back, a site-wide power cut, a
 //! stall, a clean shutdown, failing starts, stops and monitors, operator commands at any
-//! moment, a site file that differs on one node, partitions, one-way cuts, a cut or lossy
-//! path), heals it, and checks the protocol's invariants after every step and once the site
+//! moment, a site file that differs on one node, a full disk, partitions, one-way cuts, a cut
+//! or lossy path), heals it, and checks the protocol's invariants after every step and once the site
 //! has settled:
 //! - no node claims at or below an epoch it knew (epochs never go backwards), and consumers
 //!   that keep the newest epoch end on the server that really records;
@@ -74,6 +74,7 @@ enum Fault {
     FailStart(ServerIdx, ResourceIdx),
     FailStop(ServerIdx, ResourceIdx),
     FailMonitor(ResourceIdx),
+    FullDisk(ServerIdx),
     Rollout(ServerIdx),
     Partition(Vec<ServerIdx>, Vec<ServerIdx>),
     OneWay(ServerIdx, ServerIdx),
@@ -86,7 +87,7 @@ fn pick_fault(rng: &mut fastrand::Rng, sim: &Sim) -> Fault {
     let nr = sim.site().resources.len() as u32;
     let node = |rng: &mut fastrand::Rng| ServerIdx(rng.u16(0..n));
     let res = |rng: &mut fastrand::Rng| ResourceIdx(rng.u32(0..nr));
-    match rng.u8(0..15) {
+    match rng.u8(0..16) {
         0 => Fault::Crash(node(rng)),
         1 => Fault::KillDaemon(node(rng)),
         2 => Fault::CrashEmpty(node(rng)),
@@ -124,6 +125,7 @@ fn pick_fault(rng: &mut fastrand::Rng, sim: &Sim) -> Fault {
             Fault::OneWay(a, b)
         }
         13 => Fault::CutPath(rng.usize(0..2)),
+        14 => Fault::FullDisk(node(rng)),
         _ => Fault::Lossy(rng.usize(0..2)),
     }
 }
@@ -461,6 +463,7 @@ fn run_seed(seed: u64, rounds: usize) {
                     sim.fail_monitor(s, *r);
                 }
             }
+            Fault::FullDisk(s) => sim.set_storage(*s, false),
             Fault::Rollout(s) => {
                 c.rollout = true;
                 sim.set_site(*s, variant_site());
@@ -532,6 +535,9 @@ fn run_seed(seed: u64, rounds: usize) {
         for s in down {
             sim.start(s);
             c.run(&mut sim, MS(rng.u64(0..500)));
+        }
+        if let Fault::FullDisk(s) = fault {
+            sim.set_storage(s, true);
         }
         if let Fault::Rollout(s) = fault {
             sim.set_site(s, base_site());

@@ -855,3 +855,22 @@ fn hot_standby_is_prepared_by_the_first_buddy_up_and_the_takeover_covers_from_th
         assert_eq!(sim.cover_from(f1, r), Some(down_since - margin));
     }
 }
+
+/// A live server whose disk fills up cannot make a claim durable: it says it is leaving, its
+/// buddy takes over at once, and it takes its resources back after failback_delay once its
+/// disk works again.
+#[test]
+fn a_full_disk_hands_over_at_once_and_comes_back_by_itself() {
+    let mut sim = started(4, two_live_one_buddy().failback(Failback::Auto, SECS(3)));
+    let (l1, fo) = (sim.idx("live-1"), sim.idx("fo-1"));
+    let rs = homed(&sim, l1);
+    let t = sim.now();
+    sim.set_storage(l1, false);
+    assert!(sim.run_until_cond(MS(100), |sim| all_on(sim, &rs, fo)));
+    assert!(no_orphan_after(&sim, &rs, t));
+    sim.run_for(SECS(5));
+    assert!(all_on(&sim, &rs, fo), "no claim while the disk is full");
+    sim.set_storage(l1, true);
+    assert!(sim.run_until_cond(SECS(5), |sim| all_on(sim, &rs, l1)));
+    assert_eq!(count_all(&sim, t, "buddygate.ownership.conflict"), 0);
+}

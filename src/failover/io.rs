@@ -67,6 +67,10 @@ pub enum Input {
     },
     /// Clean shutdown: tell the buddies we are leaving so they take over at once.
     Shutdown,
+    /// Whether the driver can make things durable (`false`: a full or failing disk). While it
+    /// cannot, the node says it is leaving, so its buddies take over at once, and claims
+    /// nothing; it comes back by itself when it can again.
+    Storage { ok: bool },
 }
 
 /// One claim of this node as the store keeps it.

@@ -223,6 +223,11 @@ impl Sim {
         );
     }
 
+    /// The store of `s` can (or cannot: a full disk) make things durable.
+    pub fn set_storage(&mut self, s: ServerIdx, ok: bool) {
+        self.input(s, Input::Storage { ok });
+    }
+
     /// The agent of `s` will fail to start `r` from now on.
     pub fn fail_start(&mut self, s: ServerIdx, r: ResourceIdx, fail: bool) {
         let n = &mut self.nodes[s.0 as usize];

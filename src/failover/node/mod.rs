@@ -119,6 +119,8 @@ pub struct Node {
     /// Resources their live home server stood down for a claim this node has not heard,
     /// until when it waits to hear it (see [`takeover`]).
     handed: BTreeMap<ResourceIdx, Duration>,
+    /// The driver can make things durable (see [`Input::Storage`]).
+    storage_ok: bool,
     /// Hot-standby resources this node prepares (see [`standby`]).
     standby: BTreeSet<ResourceIdx>,
     /// Active claims a peer heard and this node may not (a one-way cut): resource ->
@@ -207,6 +209,7 @@ impl Node {
             handed: BTreeMap::new(),
             relayed: BTreeMap::new(),
             standby: BTreeSet::new(),
+            storage_ok: true,
             stable_since: now,
             next_heartbeat: now,
             page_cursor: 0,
@@ -249,6 +252,11 @@ impl Node {
     /// was nothing to hand over). Resources nobody took over keep running.
     pub fn drained(&self) -> bool {
         self.phase == Phase::Leaving && self.own.is_empty()
+    }
+
+    /// Whether the node can make things durable (see [`Input::Storage`]).
+    pub fn storage_ok(&self) -> bool {
+        self.storage_ok
     }
 
     /// Resources this node holds now (its agent may run them), with epoch and state.
@@ -358,6 +366,16 @@ impl Node {
                 stamp,
             } => self.on_command(action, server, stamp),
             Input::Shutdown => self.on_shutdown(),
+            Input::Storage { ok } => {
+                if self.storage_ok != ok {
+                    self.storage_ok = ok;
+                    self.send_now = true;
+                    self.urgent = true;
+                    self.placement_dirty = true;
+                    // Back from a full disk is a disturbance: failback waits from here.
+                    self.stable_since = now;
+                }
+            }
         }
     }
 
@@ -388,11 +406,12 @@ impl Node {
         if !self.is_booting() && !self.listening(now) {
             self.resolve_ownership(now, out);
             self.retry_stops(now, out);
-            if self.phase == Phase::Running && !self.holds.held(self.ctx.me) {
+            let claims = self.phase == Phase::Running && self.storage_ok;
+            if claims && !self.holds.held(self.ctx.me) {
                 self.claim_home(now, out);
             }
             let failover = self.ctx.site.server(self.ctx.me).role == crate::config::Role::Failover;
-            if self.phase == Phase::Running && failover && self.placement_dirty {
+            if claims && failover && self.placement_dirty {
                 self.take_over(now, out);
             }
             if failover {

@@ -126,7 +126,9 @@ impl Node {
         match self.phase {
             Phase::Booting { .. } => PeerState::Booting,
             Phase::Leaving => PeerState::Leaving,
-            Phase::Running if self.holds.held(self.ctx.me) => PeerState::Leaving,
+            Phase::Running if self.holds.held(self.ctx.me) || !self.storage_ok => {
+                PeerState::Leaving
+            }
             Phase::Running => {
                 if self.own.failed.keys().any(|&r| self.ctx.is_home(r)) {
                     PeerState::Unhealthy

@@ -24,7 +24,8 @@ impl Node {
     /// Whether `s` may take work, as this node sees it.
     pub(super) fn availability(&self, s: ServerIdx, now: Duration) -> Availability {
         if s == self.ctx.me {
-            return if self.phase == super::Phase::Running && !self.holds.held(s) {
+            return if self.phase == super::Phase::Running && !self.holds.held(s) && self.storage_ok
+            {
                 Availability::Yes
             } else {
                 Availability::No
