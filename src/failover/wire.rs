@@ -100,13 +100,14 @@ pub struct WireEpoch {
     pub epoch: u64,
 }
 
-/// One of the receiver's claims below an epoch the sender knows of; `holder` runs the resource
-/// at that epoch now, as far as the sender hears (none: nobody does).
+/// One of the receiver's claims below an epoch the sender knows of; `holder` holds the resource
+/// at that epoch now (starting, or `active`), as far as the sender hears (none: nobody does).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WireNewer {
     pub resource: Name,
     pub epoch: u64,
     pub holder: Option<Name>,
+    pub active: bool,
 }
 
 /// The highest epoch round the sender knows among the resources of home server `server`.
@@ -302,6 +303,7 @@ mod tests {
                 resource: Name::Id("cam-003".into()),
                 epoch: 399,
                 holder: Some(Name::Index(0)),
+                active: true,
             }],
             hears: vec![Name::Index(0)],
             rounds: vec![WireRound {

@@ -98,14 +98,14 @@ impl Node {
             .filter(|(r, _)| cares(**r))
             .map(|(&r, f)| (r, f.epoch))
             .collect();
-        let newer: Vec<(ResourceIdx, u64, Option<ServerIdx>)> =
+        let newer: Vec<(ResourceIdx, u64, Option<(ServerIdx, bool)>)> =
             peer.filter(|p| !p.silent).map_or_else(Vec::new, |p| {
                 p.claims
                     .iter()
                     .filter(|(r, h)| h.holds() && self.known.get(**r) > h.epoch)
                     .map(|(&r, _)| {
                         let epoch = self.known.get(r);
-                        (r, epoch, self.active_holder_at(r, epoch, now))
+                        (r, epoch, self.holder_at(r, epoch, now))
                     })
                     .collect()
             });
@@ -162,7 +162,8 @@ impl Node {
                     .map(|&(r, epoch, holder)| WireNewer {
                         resource: self.resource_name(r, by_index),
                         epoch,
-                        holder: holder.map(|s| self.server_name(s, by_index)),
+                        holder: holder.map(|(s, _)| self.server_name(s, by_index)),
+                        active: holder.is_some_and(|(_, active)| active),
                     })
                     .collect(),
                 ..base.clone()

@@ -125,7 +125,8 @@ pub struct Node {
     standby: BTreeSet<ResourceIdx>,
     /// Active claims a peer heard and this node may not (a one-way cut): resource ->
     /// (holder, epoch, until when the report holds).
-    relayed: BTreeMap<ResourceIdx, (ServerIdx, super::Epoch, Duration)>,
+    /// (holder, epoch, active, until when the report holds).
+    relayed: BTreeMap<ResourceIdx, (ServerIdx, super::Epoch, bool, Duration)>,
     /// Since when this node's view has been stable (no path or server transition, no failure
     /// of its own resources, no conflict): auto failback waits `failback_delay` from here.
     stable_since: Duration,
@@ -392,7 +393,7 @@ impl Node {
             self.refresh_peers(now, out);
         }
         self.expire_failures(now);
-        self.relayed.retain(|_, (_, _, until)| now < *until);
+        self.relayed.retain(|_, (_, _, _, until)| now < *until);
         let handed = self.handed.len();
         self.handed.retain(|_, until| now < *until);
         if self.handed.len() != handed {

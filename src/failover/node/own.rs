@@ -139,29 +139,25 @@ impl Node {
         }
     }
 
-    /// Who runs `r` at `epoch` now (an active claim), as this node hears it.
-    pub(super) fn active_holder_at(
+    /// Who holds `r` at `epoch` now (starting or active), and whether it is active, as this
+    /// node hears it.
+    pub(super) fn holder_at(
         &self,
         r: ResourceIdx,
         epoch: Epoch,
         now: Duration,
-    ) -> Option<ServerIdx> {
-        if self
-            .own
-            .get(r)
-            .is_some_and(|c| c.epoch == epoch && c.state == OwnState::Active)
+    ) -> Option<(ServerIdx, bool)> {
+        if let Some(c) = self.own.get(r)
+            && c.epoch == epoch
+            && c.state.holds()
         {
-            return Some(self.ctx.me);
+            return Some((self.ctx.me, c.state == OwnState::Active));
         }
         self.peers
             .holders(r)
             .iter()
-            .find(|h| {
-                h.epoch == epoch
-                    && h.state == ClaimState::Active
-                    && self.recently_heard(h.server, now)
-            })
-            .map(|h| h.server)
+            .find(|h| h.epoch == epoch && h.holds() && self.recently_heard(h.server, now))
+            .map(|h| (h.server, h.state == ClaimState::Active))
     }
 
     /// The best claim on `r` among peers heard recently, starting or active.
@@ -373,13 +369,16 @@ impl Node {
             }
             // Stale, or tied with a peer (site files that differ): an epoch must name one owner.
             let tied_active = tie && c.state == OwnState::Active;
-            // A peer says another server runs it above us, which we may not hear.
-            if let Some(&(x, e, _)) = self.relayed.get(&r)
+            // A peer says another server holds it above us, which we may not hear: we are
+            // beaten, and stop once it is active.
+            if let Some(&(x, e, active, _)) = self.relayed.get(&r)
                 && x != self.ctx.me
                 && beats((e, self.ctx.id(x)), (c.epoch, self.ctx.id(self.ctx.me)))
             {
                 beaten = true;
-                to_stop.push((r, c.epoch));
+                if active {
+                    to_stop.push((r, c.epoch));
+                }
             }
             if !beaten && (c.epoch < self.known.get(r) || tied_active) && !leaving {
                 stale.push(r);

@@ -395,10 +395,10 @@ impl Node {
             .iter()
             .filter_map(|f| Some((resource(&f.resource)?, f.epoch)))
             .collect();
-        let newer: Vec<(ResourceIdx, Epoch, Option<&Name>)> = hb
+        let newer: Vec<(ResourceIdx, Epoch, Option<&Name>, bool)> = hb
             .newer
             .iter()
-            .filter_map(|f| Some((resource(&f.resource)?, f.epoch, f.holder.as_ref())))
+            .filter_map(|f| Some((resource(&f.resource)?, f.epoch, f.holder.as_ref(), f.active)))
             .collect();
         let servers = &self.ctx.servers;
         let server = |n: &Name| match n {
@@ -428,11 +428,11 @@ impl Node {
             self.known.raise(r, e);
         }
         let ft = self.ctx.site.failure_timeout;
-        for &(r, e, holder) in &newer {
+        for &(r, e, holder, active) in &newer {
             self.known.raise(r, e);
             match holder.and_then(server) {
                 Some(x) => {
-                    self.relayed.insert(r, (x, e, now + ft));
+                    self.relayed.insert(r, (x, e, active, now + ft));
                 }
                 None => {
                     self.relayed.remove(&r);

@@ -86,7 +86,7 @@ impl Node {
                     .holders(r)
                     .iter()
                     .any(|h| h.server == home && h.holds())
-                    || self.relayed.get(&r).is_some_and(|&(x, _, _)| x == home);
+                    || self.relayed.get(&r).is_some_and(|&(x, ..)| x == home);
                 // Not holding it counts only once all its claims were heard, and not while
                 // it was handed to a claim this node has not heard yet.
                 let handed = self.handed.contains_key(&r) && self.best_other(r, now).is_none();
