@@ -25,6 +25,9 @@ use crate::failover::wire::{
 /// IPv4 payload, 1452 of IPv6), with room to spare.
 pub const DATAGRAM_BUDGET: usize = 1400;
 
+/// Who holds a resource at an epoch, and whether it is active.
+type Holding = Option<(ServerIdx, bool)>;
+
 /// The pages of one peer's heartbeat, without `seq` and `path`.
 struct Pages {
     to: ServerIdx,
@@ -98,7 +101,7 @@ impl Node {
             .filter(|(r, _)| cares(**r))
             .map(|(&r, f)| (r, f.epoch))
             .collect();
-        let newer: Vec<(ResourceIdx, u64, Option<(ServerIdx, bool)>)> =
+        let newer: Vec<(ResourceIdx, u64, Holding)> =
             peer.filter(|p| !p.silent).map_or_else(Vec::new, |p| {
                 p.claims
                     .iter()
