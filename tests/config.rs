@@ -1815,3 +1815,54 @@ fn load_warns_about_param_secret_files_that_do_not_exist() {
     );
     std::fs::remove_dir_all(&dir).expect("cleanup");
 }
+
+#[test]
+fn check_warns_when_claims_need_more_than_one_heartbeat_datagram() {
+    let dir = std::env::temp_dir().join(format!("buddygate-paging-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("site.key"), "k").unwrap();
+    let site = dir.join("site.toml");
+    std::fs::write(
+        &site,
+        r#"[site]
+name = "big"
+secret = "file:site.key"
+
+[api]
+
+[[servers]]
+id = "live-1"
+address = "10.0.0.1"
+heartbeat = ["10.0.0.1:7400"]
+buddies = ["fo-1"]
+
+[[servers]]
+id = "fo-1"
+role = "failover"
+mode = "mirrored"
+address = "10.0.0.2"
+heartbeat = ["10.0.0.2:7400"]
+
+[[resources]]
+server = "live-1"
+id = "cam-{0001..2000}"
+kind = "camera"
+"#,
+    )
+    .unwrap();
+    let (code, _, err) = buddygate(&["check", "--config", &site.display().to_string()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("warning: some heartbeats need more than one datagram"),
+        "{err}"
+    );
+    assert!(err.contains("live-1 -> fo-1: about"), "{err}");
+    assert!(err.contains("fo-1 -> live-1: about"), "{err}");
+    let (_, _, quiet) = buddygate(&[
+        "check",
+        "--config",
+        &repo("examples/large-site.toml").display().to_string(),
+    ]);
+    assert!(!quiet.contains("warning: some heartbeats"), "{quiet}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -60,6 +60,18 @@ pub(super) fn check(path: &std::path::Path, out: &mut dyn Write, err: &mut dyn W
             let _ = writeln!(out);
             let _ =
                 out.write_all(crate::failover::placement::capacity_report(&loaded.site).as_bytes());
+            let paging = crate::failover::node::heartbeat::paging_report(&loaded.site);
+            if !paging.is_empty() {
+                let _ = writeln!(
+                    err,
+                    "warning: some heartbeats need more than one datagram (more claims than fit {} bytes); \
+                     they are split into pages, and a lost page is re-sent a few rounds later:",
+                    crate::failover::node::heartbeat::DATAGRAM_BUDGET
+                );
+                for line in &paging {
+                    let _ = writeln!(err, "  {line}");
+                }
+            }
             0
         }
         Err(diagnostics) => {

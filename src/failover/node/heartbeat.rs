@@ -265,3 +265,84 @@ impl Node {
         }
     }
 }
+
+/// The heartbeats of `site` that may not fit one datagram: for each sender and receiver whose
+/// claims, in the worst case the site allows (a live server: all its resources; a failover
+/// server: all it may take for the receiver's live servers, within its capacity), take more
+/// than one page, a line `sender -> receiver: N datagrams (M claims)`. Empty when every
+/// heartbeat fits one datagram. `buddygate check` prints it as a warning.
+pub fn paging_report(site: &crate::config::Site) -> Vec<String> {
+    use crate::failover::topology::Topology;
+    let topo = Topology::new(site);
+    let mut lines = Vec::new();
+    for s in site.server_indices() {
+        let srv = site.server(s);
+        for &to in topo.peers(s) {
+            let interests = topo.interests(to);
+            let mut held: Vec<ResourceIdx> = site
+                .resource_indices()
+                .filter(|&r| {
+                    let home = site.resource(r).server;
+                    interests.binary_search(&home).is_ok()
+                        && (home == s || topo.candidates(r).contains(&s))
+                })
+                .collect();
+            if srv.role == Role::Failover {
+                // Within its capacity: the largest homes first, up to max_servers (one when
+                // mirrored), then cameras up to max_cameras.
+                let homes = match srv.mode {
+                    Some(crate::config::Mode::Mirrored) => Some(1),
+                    _ => srv.max_servers.map(|m| m as usize),
+                };
+                if let Some(max) = homes {
+                    let mut by_home: BTreeMap<ServerIdx, usize> = BTreeMap::new();
+                    for &r in &held {
+                        *by_home.entry(site.resource(r).server).or_default() += 1;
+                    }
+                    let mut largest: Vec<(usize, ServerIdx)> =
+                        by_home.into_iter().map(|(h, n)| (n, h)).collect();
+                    largest.sort_unstable_by(|a, b| b.cmp(a));
+                    let kept: Vec<ServerIdx> =
+                        largest.into_iter().take(max).map(|(_, h)| h).collect();
+                    held.retain(|&r| kept.contains(&site.resource(r).server));
+                }
+                if let Some(max) = srv.max_cameras {
+                    let mut cameras = 0;
+                    held.retain(|&r| {
+                        let camera = site.resource(r).kind == Kind::Camera;
+                        cameras += u32::from(camera);
+                        !camera || cameras <= max
+                    });
+                }
+            }
+            let hb = Heartbeat {
+                from: srv.id.clone(),
+                claims: vec![ClaimGroup {
+                    epoch: u64::from(u32::MAX),
+                    state: ClaimState::Active,
+                    kind: ClaimKind::Takeover,
+                    resources: Names::Index(held.iter().map(|r| r.0).collect()),
+                }],
+                rounds: interests
+                    .iter()
+                    .map(|&h| WireRound {
+                        server: Name::Index(u32::from(h.0)),
+                        round: u64::from(u32::MAX),
+                    })
+                    .collect(),
+                ..Heartbeat::default()
+            };
+            let size = wire::encoded_len(&hb);
+            if size > DATAGRAM_BUDGET {
+                lines.push(format!(
+                    "{} -> {}: about {} datagrams per change ({} claims); each round sends one of them",
+                    srv.id,
+                    site.server(to).id,
+                    size.div_ceil(DATAGRAM_BUDGET - 200),
+                    held.len()
+                ));
+            }
+        }
+    }
+    lines
+}
