@@ -539,11 +539,11 @@ fn run_seed(seed: u64, rounds: usize) {
         if let Fault::FullDisk(s) = fault {
             sim.set_storage(s, true);
         }
+        let rolled_back = matches!(fault, Fault::Rollout(_));
         if let Fault::Rollout(s) = fault {
             sim.set_site(s, base_site());
             sim.kill_daemon(s);
             sim.start(s);
-            c.rollout = false;
         }
         for &s in &all {
             if sim
@@ -586,6 +586,10 @@ fn run_seed(seed: u64, rounds: usize) {
         c.run(&mut sim, SECS(4));
         if let Err(e) = settled(&sim) {
             c.fail(&sim, format!("unsettled again: {e}"));
+        }
+        if rolled_back {
+            // Ties made while the files differed are resolved by now.
+            c.rollout = false;
         }
         // No ping-pong: the fault (or its heal) and the failback move a resource once each,
         // and so does each command.
