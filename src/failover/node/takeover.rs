@@ -92,7 +92,13 @@ impl Node {
                 let handed = self.handed.contains_key(&r) && self.best_other(r, now).is_none();
                 let dropped =
                     p.reported != PeerState::Booting && p.complete() && !held_at_home && !handed;
-                if gone || dropped {
+                // A peer that hears sooner says another server runs it (a failback or a heal
+                // heard late on our side): it has a host.
+                let relayed = self
+                    .relayed
+                    .get(&r)
+                    .is_some_and(|&(x, _, active, _)| active && x != self.ctx.me);
+                if (gone || dropped) && !relayed {
                     out.push(r);
                 }
             }
