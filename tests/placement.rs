@@ -479,6 +479,50 @@ proptest! {
         }
     }
 
+    /// Capacity counts what each failover server already carries for other live servers
+    /// (resources not being placed): committed load plus what is placed never exceeds it.
+    #[test]
+    fn committed_load_counts_against_capacity(spec in spec()) {
+        let sc = build(&spec);
+        let mut rng = fastrand::Rng::with_seed(spec.seed);
+        let mut committed: HashMap<ServerIdx, Load> = HashMap::new();
+        for r in sc.site.resource_indices().filter(|r| !sc.orphans.contains(r)) {
+            if let Some(&c) = rng.choice(sc.topo.candidates(r))
+                && rng.bool()
+            {
+                let load = committed.entry(c).or_default();
+                let mut next = load.clone();
+                next.add(&sc.site, r);
+                if !next.exceeds(&sc.site, c) {
+                    *load = next;
+                }
+            }
+        }
+        let p = place(
+            &sc.site,
+            &sc.topo,
+            &sc.orphans,
+            |s| if sc.is_available(s) { Availability::Yes } else { Availability::No },
+            |r, s| sc.has_failed(r, s),
+            |r| sc.holders.get(&r).copied(),
+            |s| committed.get(&s).cloned().unwrap_or_default(),
+        );
+        let mut total = committed.clone();
+        for &(r, s) in &p.assigned {
+            total.entry(s).or_default().add(&sc.site, r);
+        }
+        for (s, load) in &total {
+            prop_assert!(
+                !load.exceeds(&sc.site, *s),
+                "{} carries {load:?} (committed {:?})",
+                sc.sid(*s),
+                committed.get(s)
+            );
+        }
+        // Nothing placed is lost: every orphan is assigned or unplaced, once.
+        prop_assert_eq!(p.assigned.len() + p.unplaced.len(), sc.orphans.len());
+    }
+
     /// (e): the order (and repetition) of the orphans does not matter.
     #[test]
     fn answer_does_not_depend_on_orphan_order(spec in spec()) {
