@@ -123,6 +123,8 @@ pub struct Node {
     storage_ok: bool,
     /// Hot-standby resources this node prepares (see [`standby`]).
     standby: BTreeSet<ResourceIdx>,
+    /// The hot-standby resources this node may take over (see [`standby`]).
+    standby_candidates: Arc<Vec<ResourceIdx>>,
     /// Active claims a peer heard and this node may not (a one-way cut): resource ->
     /// (holder, epoch, until when the report holds).
     /// (holder, epoch, active, until when the report holds).
@@ -210,6 +212,13 @@ impl Node {
             handed: BTreeMap::new(),
             relayed: BTreeMap::new(),
             standby: BTreeSet::new(),
+            standby_candidates: Arc::new(
+                site.resource_indices()
+                    .filter(|&r| {
+                        site.resource(r).timings.standby && topo.candidates(r).contains(&me)
+                    })
+                    .collect(),
+            ),
             storage_ok: true,
             stable_since: now,
             next_heartbeat: now,

@@ -17,29 +17,28 @@ impl Node {
         let site = self.ctx.site.clone();
         let topo = self.ctx.topo.clone();
         let me = self.ctx.me;
+        if self.standby_candidates.is_empty() {
+            return;
+        }
         let mut want = BTreeSet::new();
         if self.phase == Phase::Running && !self.listening(now) {
-            for &home in topo.interests(me) {
-                if !self.recently_heard(home, now) {
+            for &r in self.standby_candidates.iter() {
+                let home = site.resource(r).server;
+                if !self.recently_heard(home, now) || self.own.get(r).is_some() {
                     continue;
                 }
-                for &r in topo.homed(home) {
-                    if !site.resource(r).timings.standby || self.own.get(r).is_some() {
-                        continue;
-                    }
-                    let runs_at_home = self
-                        .peers
-                        .holders(r)
-                        .iter()
-                        .any(|h| h.server == home && h.holds());
-                    let first = topo
-                        .candidates(r)
-                        .iter()
-                        .copied()
-                        .find(|&s| self.availability(s, now) == Availability::Yes);
-                    if runs_at_home && first == Some(me) {
-                        want.insert(r);
-                    }
+                let runs_at_home = self
+                    .peers
+                    .holders(r)
+                    .iter()
+                    .any(|h| h.server == home && h.holds());
+                let first = topo
+                    .candidates(r)
+                    .iter()
+                    .copied()
+                    .find(|&s| self.availability(s, now) == Availability::Yes);
+                if runs_at_home && first == Some(me) {
+                    want.insert(r);
                 }
             }
         }
