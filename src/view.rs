@@ -128,6 +128,8 @@ pub struct Metrics {
     /// Datagrams refused before they reached the core, by reason (`hmac`, `size`,
     /// `queue_full`, ...); reported with the core's own refusals.
     pub wire_rejected: Mutex<BTreeMap<&'static str, u64>>,
+    /// Time spent in the failover core (`Node::handle_all`), in microseconds.
+    pub core_micros: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -143,6 +145,7 @@ impl Default for Metrics {
             ]),
             events_stored: AtomicU64::new(0),
             wire_rejected: Mutex::new(BTreeMap::new()),
+            core_micros: AtomicU64::new(0),
         }
     }
 }

@@ -288,6 +288,15 @@ impl Collector for NodeFigures {
         for (name, help, value) in counters {
             m.counter(name, help, value)?;
         }
+        m.0.encode_descriptor(
+            "core_seconds",
+            "Time spent in the failover core (deciding, not sending or storing).",
+            None,
+            MetricType::Counter,
+        )
+        .and_then(|e| {
+            ConstCounter::new(metrics.core_micros.load(Relaxed) as f64 / 1e6).encode(e)
+        })?;
         m.gauge(
             "stops_failing",
             "Claims whose agent stop is failing now (the resource may run on two servers).",

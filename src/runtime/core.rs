@@ -126,7 +126,11 @@ impl Core {
                     }
                 }
                 let now = self.now();
+                let began = Instant::now();
                 let outputs = self.node.handle_all(batch, now);
+                self.metrics
+                    .core_micros
+                    .fetch_add(began.elapsed().as_micros() as u64, Ordering::Relaxed);
                 let changed = outputs.iter().any(|o| !matches!(o, Output::Send { .. }));
                 self.carry_out(outputs, now);
                 if changed || Instant::now() >= self.last_publish + PUBLISH_EVERY {
