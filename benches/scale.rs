@@ -234,6 +234,14 @@ async fn main() {
         );
     }
     println!("idle datagrams: {udp:.0}/s on loopback, all nodes");
+    if let Some(hold) = std::env::var("SCALE_HOLD_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        // Time to profile an idle node: `perf record -p PID`.
+        println!("holding {hold} s; fo-0 is pid {}", c.pid(&fo(0)));
+        tokio::time::sleep(Duration::from_secs(hold)).await;
+    }
 
     let killed: BTreeSet<String> = KILLED.iter().map(|&l| live(l)).collect();
     let concerned: Vec<String> = {

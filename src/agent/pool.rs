@@ -130,6 +130,8 @@ pub struct AgentPool {
     backoff: Backoff,
     workers: Mutex<HashMap<ResourceIdx, mpsc::UnboundedSender<Job>>>,
     tracker: TaskTracker,
+    /// The runtime the workers run on: the one the pool was made in.
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 /// What every worker uses.
@@ -170,6 +172,7 @@ impl AgentPool {
             backoff: START_BACKOFF,
             workers: Mutex::new(HashMap::new()),
             tracker: TaskTracker::new(),
+            runtime: tokio::runtime::Handle::try_current().ok(),
         }
     }
 
@@ -221,10 +224,16 @@ impl AgentPool {
             debug!(resource = %id, epoch, op = %Op::from(op), "Agent pool is shut down; ignoring the operation.");
             return;
         }
-        if tokio::runtime::Handle::try_current().is_err() {
+        // Workers run on the runtime the pool was made in, whoever asks (the failover core
+        // runs on a thread of its own).
+        let Some(runtime) = self
+            .runtime
+            .clone()
+            .or_else(|| tokio::runtime::Handle::try_current().ok())
+        else {
             warn!(resource = %id, epoch, op = %Op::from(op), "Agent operation asked outside the runtime; ignoring it.");
             return;
-        }
+        };
         let mut workers = self.workers.lock().unwrap_or_else(PoisonError::into_inner);
         let sender = match workers.entry(resource) {
             Entry::Occupied(e) if !e.get().is_closed() => e.into_mut(),
@@ -238,7 +247,7 @@ impl AgentPool {
                     },
                     jobs: rx,
                 };
-                self.tracker.spawn(worker.run());
+                self.tracker.spawn_on(worker.run(), &runtime);
                 match entry {
                     Entry::Occupied(mut e) => {
                         e.insert(tx);

@@ -76,7 +76,8 @@ pub enum BuildError {
 pub struct Daemon {
     cfg: NodeConfig,
     store: Store,
-    sockets: Vec<Arc<UdpSocket>>,
+    /// Bound here; registered with the failover core's own runtime when it starts.
+    sockets: Vec<std::net::UdpSocket>,
     api: Option<TcpListener>,
     incarnation: u64,
 }
@@ -89,10 +90,10 @@ impl Daemon {
         let me = cfg.site.server(cfg.node);
         let mut sockets = Vec::new();
         for (path, &addr) in me.heartbeat.iter().enumerate() {
-            let sock = UdpSocket::bind(addr)
-                .await
-                .map_err(|source| BuildError::Heartbeat { path, addr, source })?;
-            sockets.push(Arc::new(sock));
+            let err = |source| BuildError::Heartbeat { path, addr, source };
+            let sock = std::net::UdpSocket::bind(addr).map_err(err)?;
+            sock.set_nonblocking(true).map_err(err)?;
+            sockets.push(sock);
         }
         let api = match me.api {
             Some(addr) => Some(
@@ -171,10 +172,6 @@ impl Daemon {
             metrics: metrics.clone(),
             cancel: inner.clone(),
         };
-        for (path, sock) in sockets.iter().enumerate() {
-            tasks.spawn(receiver.clone().run(path, sock.clone()));
-        }
-        drop(receiver);
         let (witness_tx, witnesses) = mpsc::channel(64);
         for (index, &addr) in site.witnesses.iter().enumerate() {
             tasks.spawn(net::witness_loop(
@@ -236,7 +233,7 @@ impl Daemon {
             me,
             node,
             writer,
-            sockets,
+            sockets: Vec::new(),
             agents,
             origin,
             clock,
@@ -256,7 +253,44 @@ impl Daemon {
             witnesses,
             stored,
         };
-        let result = core.run(cancel, inputs, cfg.shutdown_grace).await;
+        let grace = cfg.shutdown_grace;
+        let net_cancel = inner.clone();
+        // The core and the heartbeat sockets run on a thread of their own: nothing else the
+        // node does (agents, the API, connectors) can delay a heartbeat or the reading of one.
+        let (result_tx, result_rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("failover-core".into())
+            .spawn(move || {
+                let result = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .context("cannot start the failover core's runtime")
+                    .and_then(|rt| {
+                        rt.block_on(async move {
+                            let sockets = sockets
+                                .into_iter()
+                                .map(|s| UdpSocket::from_std(s).map(Arc::new))
+                                .collect::<Result<Vec<_>, _>>()
+                                .context("cannot register the heartbeat sockets")?;
+                            let receivers = TaskTracker::new();
+                            for (path, sock) in sockets.iter().enumerate() {
+                                receivers.spawn(receiver.clone().run(path, sock.clone()));
+                            }
+                            drop(receiver);
+                            core.sockets = sockets;
+                            let result = core.run(cancel, inputs, grace).await;
+                            net_cancel.cancel();
+                            receivers.close();
+                            receivers.wait().await;
+                            result
+                        })
+                    });
+                let _ = result_tx.send(result);
+            })
+            .context("cannot start the failover core's thread")?;
+        let result = result_rx
+            .await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the failover core's thread ended")));
         inner.cancel();
         tasks.close();
         if tokio::time::timeout(Duration::from_secs(5), tasks.wait())
