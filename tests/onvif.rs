@@ -636,7 +636,10 @@ async fn event_service_capabilities_and_topic_set() {
             .3
             .contains(&"Epoch".to_string())
     );
-    assert_eq!(topics.len(), 5);
+    assert_eq!(find("bg:Ownership/Unplaced").1, "false");
+    assert_eq!(find("bg:Ownership/Unplaced").2, ["Resource"]);
+    assert_eq!(find("bg:Ownership/Unplaced").3, ["Home", "Reason"]);
+    assert_eq!(topics.len(), 6);
 }
 
 /// Every resource with an owner, as fo-1's snapshot has it: (id, owner, address, epoch).
