@@ -12,6 +12,7 @@
 //!   benchmarks.
 //! - [`store`]: SQLite (WAL) in the node's data dir: claims, epochs, event log, outbox cursors.
 //! - [`backoff`]: the one retry [`backoff::Backoff`] (doubling or listed, with jitter).
+//! - [`redact`]: credentials out of URLs and error texts before anyone sees them.
 //! - [`cloudevents`]: the core's events as CloudEvents 1.0, the payloads DESIGN fixes.
 //! - [`agent`]: resource agents (`simulated`, `exec`, `http`) and the pool that runs their
 //!   starts, stops and monitors for the runtime.
@@ -37,6 +38,7 @@ pub mod connectors;
 pub mod demo;
 pub mod failover;
 pub mod onvif;
+pub mod redact;
 pub mod runtime;
 pub mod sim;
 pub mod store;

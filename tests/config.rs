@@ -759,6 +759,42 @@ fn api_ingress_rules() {
     );
 }
 
+/// A webhook or onvif connector URL with credentials is refused with a pointer to the keys
+/// that hold them; a token in the query is warned about.
+#[test]
+fn connector_urls_carry_no_credentials() {
+    let cases = [
+        (
+            "type = \"webhook\"\nurl = \"https://psim:s3cret@psim.example.com/hook\"\n",
+            "hook.toml:2:7: url: credentials go in `basic`, `bearer` or `headers`, not in the URL (a URL is shown in logs and `buddygate status`)",
+        ),
+        (
+            "type = \"onvif\"\nurl = \"http://admin:pw@10.0.5.7/onvif/notify\"\n",
+            "hook.toml:2:7: url: credentials go in `username` and `password`, not in the URL (a URL is shown in logs and `buddygate status`)",
+        ),
+    ];
+    for (text, message) in cases {
+        let (c, d) = connectors::check_file(text, "hook.toml", Path::new("hook.toml"), None);
+        assert!(c.is_none(), "{text}");
+        let d: Vec<String> = d.iter().map(ToString::to_string).collect();
+        assert_eq!(d, [message], "{text}");
+    }
+    let (c, d) = buddygate::connectors::check_file(
+        "type = \"webhook\"\nurl = \"https://psim.example.com/hook?site=hq&token=abc\"\n",
+        "hook.toml",
+        std::path::Path::new("hook.toml"),
+        None,
+    );
+    assert!(c.is_some());
+    let d: Vec<String> = d.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        d,
+        [
+            "hook.toml:2:7: warning: url: `token=` looks like a credential in the URL: it is redacted in logs and API answers, but `basic`, `bearer` or `headers` keep it out of the URL"
+        ]
+    );
+}
+
 #[test]
 fn ranges_expand_with_padding_zip_and_server() {
     let body = "\

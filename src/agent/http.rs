@@ -100,7 +100,8 @@ fn context(env: &ResourceEnv, op: Op) -> BTreeMap<&'static str, Value> {
     context
 }
 
-/// An error and its sources: "error sending request: tcp connect error: Connection refused".
+/// An error and its sources: "error sending request: tcp connect error: Connection refused",
+/// credentials in URLs redacted.
 fn chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
@@ -112,5 +113,5 @@ fn chain(error: &dyn std::error::Error) -> String {
         }
         source = e.source();
     }
-    text
+    crate::redact::text(&text)
 }

@@ -212,7 +212,8 @@ pub(crate) async fn connectors(State(state): State<AppState>) -> Result<Response
             .iter()
             .map(|c| {
                 let s = &c.status;
-                let disabled = s.disabled.lock().ok().and_then(|d| d.clone());
+                let redact = |t: Option<String>| t.map(|t| crate::redact::text(&t));
+                let disabled = redact(s.disabled.lock().ok().and_then(|d| d.clone()));
                 let dead_letters = reader
                     .as_ref()
                     .and_then(|r| r.dead_letters(&c.name).ok())
@@ -233,7 +234,7 @@ pub(crate) async fn connectors(State(state): State<AppState>) -> Result<Response
                 serde_json::json!({
                     "name": c.name,
                     "type": c.kind,
-                    "target": c.target,
+                    "target": crate::redact::url(&c.target),
                     "state": state,
                     "disabled_reason": disabled,
                     "cursor": s.cursor.load(Relaxed),
@@ -241,9 +242,9 @@ pub(crate) async fn connectors(State(state): State<AppState>) -> Result<Response
                     "delivered": s.delivered.load(Relaxed),
                     "retried": s.retried.load(Relaxed),
                     "failed": s.failed.load(Relaxed),
-                    "last_error": s.last_error.lock().ok().and_then(|e| e.clone()),
+                    "last_error": redact(s.last_error.lock().ok().and_then(|e| e.clone())),
                     "dead_letters": dead_letters.iter().map(|d| serde_json::json!({
-                        "seq": d.seq, "attempts": d.attempts, "reason": d.reason,
+                        "seq": d.seq, "attempts": d.attempts, "reason": crate::redact::text(&d.reason),
                         "time": d.time, "replay_queued": d.replay,
                     })).collect::<Vec<_>>(),
                     "attempts": attempts.iter().map(|a| serde_json::json!({
