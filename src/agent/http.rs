@@ -57,10 +57,13 @@ pub(super) async fn run(
     if let Some(body) = request.body {
         builder = builder.body(render("body", body)?);
     }
-    let mut response = builder
-        .send()
-        .await
-        .map_err(|e| AgentError::Request(chain(&e)))?;
+    let mut response = builder.send().await.map_err(|e| {
+        if crate::fds::caused_by_exhaustion(&e) {
+            AgentError::Exhausted(chain(&e))
+        } else {
+            AgentError::Request(chain(&e))
+        }
+    })?;
     let status = response.status();
     if status.is_success() {
         return Ok(());

@@ -83,6 +83,8 @@ pub struct Daemon {
 impl Daemon {
     /// Opens the store and binds every socket. Fails before anything runs.
     pub async fn build(cfg: NodeConfig) -> Result<Self, BuildError> {
+        // Before anything opens a descriptor; the API keeps a reserve of them (crate::fds).
+        crate::fds::raise();
         let mut store = Store::open(&cfg.data_dir)?;
         let incarnation = store.next_incarnation(wall_ms())?;
         let me = cfg.site.server(cfg.node);
