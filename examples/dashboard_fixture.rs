@@ -309,6 +309,7 @@ async fn main() -> anyhow::Result<()> {
             channel: 256,
             commands: 16,
             metrics: metrics.clone(),
+            access: Default::default(),
         },
     );
     let mut commands = served.commands;

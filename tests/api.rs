@@ -68,6 +68,7 @@ struct Setup {
     name: &'static str,
     token: Option<&'static str>,
     channel: usize,
+    access: buddygate::api::Access,
 }
 
 impl Setup {
@@ -76,6 +77,7 @@ impl Setup {
             name,
             token: Some(TOKEN),
             channel: 64,
+            access: Default::default(),
         }
     }
 }
@@ -126,6 +128,7 @@ async fn start(setup: Setup) -> Fixture {
             channel: setup.channel,
             commands: 8,
             metrics: metrics.clone(),
+            access: setup.access.clone(),
         },
     );
     Fixture {
@@ -148,8 +151,14 @@ impl Fixture {
         format!("{}{path}", self.base)
     }
 
+    /// A read, with the API token.
     async fn get(&self, path: &str) -> reqwest::Response {
-        self.http.get(self.url(path)).send().await.unwrap()
+        self.http
+            .get(self.url(path))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
     }
 
     async fn get_json(&self, path: &str) -> (u16, Value) {
@@ -358,6 +367,7 @@ async fn bad_event_queries_are_400_with_a_message() {
     let resp = f
         .http
         .get(f.url("/api/v1/events/stream"))
+        .bearer_auth(TOKEN)
         .header("last-event-id", "seven")
         .send()
         .await
@@ -387,7 +397,7 @@ struct Message {
 
 impl SseReader {
     async fn open(f: &Fixture, path: &str, last_event_id: Option<&str>) -> Self {
-        let mut req = f.http.get(f.url(path));
+        let mut req = f.http.get(f.url(path)).bearer_auth(TOKEN);
         if let Some(id) = last_event_id {
             req = req.header("last-event-id", id);
         }

@@ -52,6 +52,8 @@ pub struct NodeConfig {
     pub shutdown_grace: Duration,
     /// Connector files of the site.
     pub connectors: Vec<crate::connectors::Connector>,
+    /// The API's read access, host names, ONVIF push consumers and TLS.
+    pub api_access: crate::api::Access,
 }
 
 #[derive(Debug, Error)]
@@ -213,6 +215,7 @@ impl Daemon {
             onvif_users: cfg.onvif_users.clone(),
             metrics: metrics.clone(),
             connectors: Arc::new(connectors),
+            access: cfg.api_access.clone(),
         };
         if let Some(listener) = api {
             let shared = shared.clone();

@@ -300,7 +300,23 @@ impl Drop for Cluster {
     }
 }
 
+/// An HTTP client for the nodes' APIs: every request carries the site's API token (reads need
+/// one), unless it sets its own `Authorization`. [`anonymous`] sends none.
 pub fn client() -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {TOKEN}").parse().unwrap(),
+    );
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .default_headers(headers)
+        .build()
+        .unwrap()
+}
+
+/// An HTTP client without credentials.
+pub fn anonymous() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(3))
         .build()
