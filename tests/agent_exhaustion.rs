@@ -66,13 +66,12 @@ async fn a_node_out_of_descriptors_fails_no_monitor_and_uses_up_no_start_retries
         .build();
     for r in &mut site.resources {
         r.agent = ok_agent();
-        r.timings = AgentTimings {
-            timeout: Duration::from_secs(5),
-            monitor_interval: Some(Duration::from_millis(50)),
-            // No retries: a start that could not run must not count as the one attempt.
-            retries: 0,
-            ready_timeout: None,
-        };
+        let mut timings = AgentTimings::DEFAULT;
+        timings.timeout = Duration::from_secs(5);
+        timings.monitor_interval = Some(Duration::from_millis(50));
+        // No retries: a start that could not run must not count as the one attempt.
+        timings.retries = 0;
+        r.timings = timings;
     }
     let (tx, mut reports) = mpsc::channel(64);
     let metrics = Arc::new(Metrics::default());

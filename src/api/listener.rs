@@ -4,7 +4,9 @@
 //!
 //! - at most [`MAX_CONNECTIONS`] connections at once (fewer when the file-descriptor limit
 //!   leaves less after its reserve, see [`crate::fds`]), and [`MAX_CONNECTIONS_PER_CLIENT`]
-//!   from one client address (one IPv6 /64); a connection over a cap is closed at once;
+//!   from one client address (one IPv6 /64); when the node is full, a new connection takes
+//!   the place of the one idle longest (see [`Connections`]); a connection over a cap is
+//!   closed at once;
 //! - the TLS handshake within [`HANDSHAKE_TIMEOUT`];
 //! - a request's headers within [`HEADER_TIMEOUT`] of the connection becoming idle (a
 //!   connection that sends nothing, or half a request, is closed), in at most
@@ -14,18 +16,18 @@
 //! What a request may then do (bodies, timeouts, authorization) is decided by the router's
 //! layers (`super::app`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -60,19 +62,42 @@ const DRAIN: Duration = Duration::from_secs(5);
 /// The wait after a failed `accept` (out of descriptors: let some close first).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-/// The connections open now, in all and per client.
+/// The connections open now, in all and per client. When all the node's places are taken, a
+/// new connection takes the place of the one that has been idle longest (no request in
+/// flight: waiting for its first request or its next one), which is closed: connections that
+/// send nothing, or half a request, cannot keep anyone out. Only when every connection has a
+/// request in flight is a new one refused.
 pub(crate) struct Connections {
     max: usize,
     per_client: usize,
-    open: Mutex<(usize, HashMap<IpAddr, usize>)>,
+    open: Mutex<Open>,
     /// Where the number open is shown (`buddygate_api_connections`).
     metrics: Arc<Metrics>,
+}
+
+#[derive(Default)]
+struct Open {
+    /// By id: oldest first.
+    conns: BTreeMap<u64, Arc<Conn>>,
+    per_client: HashMap<IpAddr, usize>,
+    next_id: u64,
+}
+
+/// One admitted connection, as [`Connections`] sees it.
+pub(crate) struct Conn {
+    id: u64,
+    key: IpAddr,
+    /// Requests whose answer is not written yet (an event stream's until it ends).
+    in_flight: AtomicUsize,
+    /// Cancelled to close the connection for a newer one.
+    evicted: CancellationToken,
 }
 
 /// Why a connection was not admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Full {
-    /// All [`MAX_CONNECTIONS`] (or the descriptor budget) are in use.
+    /// All [`MAX_CONNECTIONS`] (or the descriptor budget) are in use, each with a request in
+    /// flight.
     Node,
     /// This client holds [`MAX_CONNECTIONS_PER_CLIENT`].
     Client,
@@ -83,44 +108,85 @@ impl Connections {
         Arc::new(Self {
             max,
             per_client,
-            open: Mutex::new((0, HashMap::new())),
+            open: Mutex::new(Open::default()),
             metrics,
         })
     }
 
-    /// Admits one more connection from `client`, or says which cap it hits.
+    /// Admits one more connection from `client` (closing the longest-idle one if the node is
+    /// full), or says which cap it hits.
     pub(crate) fn admit(self: &Arc<Self>, client: IpAddr) -> Result<Admitted, Full> {
         let key = client_key(client);
         let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
-        if open.0 >= self.max {
-            return Err(Full::Node);
-        }
-        let mine = open.1.entry(key).or_insert(0);
-        if *mine >= self.per_client {
+        if open.per_client.get(&key).copied().unwrap_or(0) >= self.per_client {
             return Err(Full::Client);
         }
-        *mine += 1;
-        open.0 += 1;
+        if open.conns.len() >= self.max {
+            let idle = open
+                .conns
+                .values()
+                .find(|c| c.in_flight.load(Ordering::Acquire) == 0)
+                .cloned()
+                .ok_or(Full::Node)?;
+            open.remove(&idle);
+            idle.evicted.cancel();
+            self.metrics.api_refused.add("evicted");
+        }
+        let conn = Arc::new(Conn {
+            id: open.next_id,
+            key,
+            in_flight: AtomicUsize::new(0),
+            evicted: CancellationToken::new(),
+        });
+        open.next_id += 1;
+        open.conns.insert(conn.id, conn.clone());
+        *open.per_client.entry(key).or_insert(0) += 1;
         self.metrics
             .api_connections
-            .store(open.0 as u64, Ordering::Relaxed);
+            .store(open.conns.len() as u64, Ordering::Relaxed);
         Ok(Admitted {
             conns: self.clone(),
-            key,
+            conn,
         })
     }
 
     /// Connections open now.
     #[cfg(test)]
     fn open(&self) -> usize {
-        self.open.lock().unwrap_or_else(PoisonError::into_inner).0
+        self.open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .conns
+            .len()
     }
 }
 
-/// An admitted connection; it is counted until dropped.
+impl Open {
+    /// Forgets `conn` (once: an evicted connection is forgotten when evicted).
+    fn remove(&mut self, conn: &Conn) {
+        if self.conns.remove(&conn.id).is_none() {
+            return;
+        }
+        if let Some(n) = self.per_client.get_mut(&conn.key) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_client.remove(&conn.key);
+            }
+        }
+    }
+}
+
+/// An admitted connection; it holds its place until dropped.
 pub(crate) struct Admitted {
     conns: Arc<Connections>,
-    key: IpAddr,
+    conn: Arc<Conn>,
+}
+
+impl Admitted {
+    /// The connection is closed to make room for a newer one.
+    pub(crate) async fn evicted(&self) {
+        self.conn.evicted.cancelled().await;
+    }
 }
 
 impl Drop for Admitted {
@@ -130,18 +196,54 @@ impl Drop for Admitted {
             .open
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        open.0 = open.0.saturating_sub(1);
-        let now = open.0 as u64;
+        open.remove(&self.conn);
         self.conns
             .metrics
             .api_connections
-            .store(now, Ordering::Relaxed);
-        if let Some(n) = open.1.get_mut(&self.key) {
-            *n -= 1;
-            if *n == 0 {
-                open.1.remove(&self.key);
-            }
-        }
+            .store(open.conns.len() as u64, Ordering::Relaxed);
+    }
+}
+
+/// A request of a connection, in flight from its head being read until its answer is written
+/// (or the connection is dropped); meanwhile the connection is not idle.
+pub(crate) struct InFlight(Arc<Conn>);
+
+impl InFlight {
+    fn new(conn: &Arc<Conn>) -> Self {
+        conn.in_flight.fetch_add(1, Ordering::AcqRel);
+        Self(conn.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A response body that keeps its request [`InFlight`] until it is written.
+struct Tracked {
+    body: Body,
+    _in_flight: InFlight,
+}
+
+impl http_body::Body for Tracked {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -201,7 +303,11 @@ pub(crate) async fn serve(
         let tls = l.tls.clone();
         let cancel = cancel.clone();
         tracker.spawn(async move {
-            connection(stream, peer, app, tls, cancel).await;
+            tokio::select! {
+                () = connection(stream, peer, app, tls, admitted.conn.clone(), cancel) => {}
+                // Idle, and its place given to a newer connection: closed.
+                () = admitted.evicted() => {}
+            }
             drop(admitted);
         });
     }
@@ -216,11 +322,13 @@ async fn connection(
     peer: SocketAddr,
     app: Router,
     tls: Option<TlsAcceptor>,
+    conn: Arc<Conn>,
     cancel: CancellationToken,
 ) {
     let local = stream.local_addr().ok();
+    let at = Peer { peer, local, conn };
     match tls {
-        None => http(Stalls::new(stream), peer, local, app, cancel).await,
+        None => http(Stalls::new(stream), at, app, cancel).await,
         Some(acceptor) => {
             let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream));
             let stream = tokio::select! {
@@ -228,7 +336,7 @@ async fn connection(
                 s = handshake => s,
             };
             match stream {
-                Ok(Ok(s)) => http(Stalls::new(s), peer, local, app, cancel).await,
+                Ok(Ok(s)) => http(Stalls::new(s), at, app, cancel).await,
                 Ok(Err(e)) => tracing::debug!(client = %peer, error = %e, "TLS handshake failed."),
                 Err(_) => tracing::debug!(client = %peer, "TLS handshake timed out."),
             }
@@ -236,22 +344,34 @@ async fn connection(
     }
 }
 
-async fn http<IO>(
-    io: Stalls<IO>,
+/// Who a connection is with, and its place in [`Connections`].
+struct Peer {
     peer: SocketAddr,
     local: Option<SocketAddr>,
-    app: Router,
-    cancel: CancellationToken,
-) where
+    conn: Arc<Conn>,
+}
+
+async fn http<IO>(io: Stalls<IO>, at: Peer, app: Router, cancel: CancellationToken)
+where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let Peer { peer, local, conn } = at;
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        let in_flight = InFlight::new(&conn);
         req.extensions_mut().insert(ConnectInfo(peer));
         if let Some(local) = local {
             req.extensions_mut().insert(LocalAddr(local));
         }
         let mut app = app.clone();
-        async move { tower::Service::call(&mut app, req.map(Body::new)).await }
+        async move {
+            let resp = tower::Service::call(&mut app, req.map(Body::new)).await;
+            resp.map(|r| {
+                r.map(|body| Tracked {
+                    body,
+                    _in_flight: in_flight,
+                })
+            })
+        }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
@@ -415,20 +535,34 @@ mod tests {
 
     #[test]
     fn caps_per_node_and_per_client() {
-        let conns = Connections::new(3, 2, Arc::new(Metrics::default()));
+        let metrics = Arc::new(Metrics::default());
+        let conns = Connections::new(3, 2, metrics.clone());
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "::ffff:10.0.0.2".parse().unwrap();
         let a1 = conns.admit(a).unwrap();
-        let _a2 = conns.admit(a).unwrap();
+        let a2 = conns.admit(a).unwrap();
         assert_eq!(conns.admit(a).err(), Some(Full::Client));
-        let _b1 = conns.admit(b).unwrap();
+        let b1 = conns.admit(b).unwrap();
+        // Full: a request in flight on every connection but a1, which gives way.
+        let _busy = [InFlight::new(&a2.conn), InFlight::new(&b1.conn)];
+        let c1 = conns.admit("10.0.0.9".parse().unwrap()).unwrap();
+        assert!(a1.conn.evicted.is_cancelled());
+        assert!(!a2.conn.evicted.is_cancelled());
+        assert_eq!(metrics.api_refused.get("evicted"), 1);
+        assert_eq!(conns.open(), 3);
+        // Now none is idle but c1; then none at all: refused.
+        let _busy_too = InFlight::new(&c1.conn);
         assert_eq!(
-            conns.admit("10.0.0.9".parse().unwrap()).err(),
+            conns.admit("10.0.0.8".parse().unwrap()).err(),
             Some(Full::Node)
         );
+        // The evicted connection's end forgets nothing twice.
         drop(a1);
+        assert_eq!(conns.open(), 3);
+        drop(a2);
         assert_eq!(conns.open(), 2);
-        assert!(conns.admit(a).is_ok());
+        let _a3 = conns.admit(a).unwrap();
+        assert_eq!(metrics.api_connections.load(Ordering::Relaxed), 3);
     }
 
     #[test]
