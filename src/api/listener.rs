@@ -325,8 +325,37 @@ async fn connection(
     conn: Arc<Conn>,
     cancel: CancellationToken,
 ) {
+    // Nothing is allocated for a connection (TLS state, hyper's buffers) before its first
+    // byte: one that sends nothing costs a socket and a task, and is closed at the timeout;
+    // one closed without sending anything is dropped as it is.
+    let mut first = [0u8; 1];
+    let sent = tokio::time::timeout(HEADER_TIMEOUT, stream.peek(&mut first));
+    match tokio::select! {
+        _ = cancel.cancelled() => return,
+        r = sent => r,
+    } {
+        Ok(Ok(n)) if n > 0 => {}
+        Ok(_) => return,
+        Err(_) => {
+            tracing::debug!(client = %peer, "Connection closed: nothing sent.");
+            return;
+        }
+    }
     let local = stream.local_addr().ok();
     let at = Peer { peer, local, conn };
+    // Boxed: the waiting above is all an idle connection's task holds in memory.
+    Box::pin(serve_connection(stream, at, app, tls, cancel)).await;
+}
+
+/// The TLS handshake if any, then HTTP/1.1.
+async fn serve_connection(
+    stream: TcpStream,
+    at: Peer,
+    app: Router,
+    tls: Option<TlsAcceptor>,
+    cancel: CancellationToken,
+) {
+    let peer = at.peer;
     match tls {
         None => http(Stalls::new(stream), at, app, cancel).await,
         Some(acceptor) => {

@@ -340,6 +340,20 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
     )
 }
 
+/// Whether a refusal with `status` also ends the connection (`Connection: close`): a client
+/// refused for its credentials, its `Host`, a body too large or too slow keeps no connection
+/// (and no buffers) open on this node; a legitimate one simply connects again.
+pub(crate) fn closes(status: StatusCode) -> bool {
+    matches!(
+        status,
+        StatusCode::UNAUTHORIZED
+            | StatusCode::FORBIDDEN
+            | StatusCode::REQUEST_TIMEOUT
+            | StatusCode::PAYLOAD_TOO_LARGE
+            | StatusCode::MISDIRECTED_REQUEST
+    )
+}
+
 /// Whether a body error (or one of its sources) is the body timeout.
 pub(crate) fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut next = Some(e);
@@ -355,10 +369,14 @@ pub(crate) fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
 /// Turns every error response that is not JSON yet (extractor rejections, body limits) into
 /// `{"error": ...}`, keeping its status and headers; counts refusals for a body too large or a
 /// request too slow. SOAP faults stay as they are.
-async fn json_errors(State(state): State<AppState>, resp: Response) -> Response {
+async fn json_errors(State(state): State<AppState>, mut resp: Response) -> Response {
     let status = resp.status();
     if !(status.is_client_error() || status.is_server_error()) {
         return resp;
+    }
+    if closes(status) {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     match status {
         StatusCode::PAYLOAD_TOO_LARGE => {

@@ -45,8 +45,8 @@ pub const MAX_BODY: usize = 64 * 1024;
 /// A request's body must have arrived within this (408 otherwise).
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Requests whose bodies are read at once at most: the authentication is inside the body, so
-/// this bounds what unauthenticated clients can make the node hold (64 x [`MAX_BODY`]).
-pub const BODY_READS: usize = 64;
+/// this bounds what unauthenticated clients can make the node hold (16 x [`MAX_BODY`]).
+pub const BODY_READS: usize = 16;
 /// How long a request waits for one of the [`BODY_READS`] before it is answered 503.
 const BODY_READ_WAIT: Duration = Duration::from_secs(5);
 /// Subscriptions (pull and push) open at once at most.
@@ -222,12 +222,37 @@ async fn read_body(onvif: &Onvif, headers: &HeaderMap, body: Body) -> Result<Byt
         .await
         .map_err(|_| busy())?
         .map_err(|_| busy())?;
-    match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY)).await {
+    let capacity = declared.map_or(8 * 1024, |n| n as usize);
+    match tokio::time::timeout(BODY_TIMEOUT, collect(body, capacity)).await {
         Err(_) => Err(too_slow()),
-        Ok(Err(e)) if super::is_timeout(&e) => Err(too_slow()),
-        Ok(Err(_)) => Err(too_large()),
+        Ok(Err(f)) => Err(f),
         Ok(Ok(bytes)) => Ok(bytes),
     }
+}
+
+/// The body's bytes, into one buffer of `capacity` (the announced length) that grows only for
+/// a body without one: no garbage of doubled buffers per request.
+async fn collect(mut body: Body, capacity: usize) -> Result<Bytes, Fault> {
+    use http_body::Body as _;
+    let mut out = Vec::with_capacity(capacity.min(MAX_BODY));
+    while let Some(frame) =
+        std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await
+    {
+        let frame = frame.map_err(|e| {
+            if super::is_timeout(&e) {
+                too_slow()
+            } else {
+                Fault::sender(&["ter:InvalidArgs"], "the request body could not be read")
+            }
+        })?;
+        if let Ok(data) = frame.into_data() {
+            if out.len() + data.len() > MAX_BODY {
+                return Err(too_large());
+            }
+            out.extend_from_slice(&data);
+        }
+    }
+    Ok(Bytes::from(out))
 }
 
 /// The request's scheme + `Host` if it looks like one, else this node's API address.
@@ -298,9 +323,18 @@ fn soap_response(status: StatusCode, body: String) -> Response {
 }
 
 /// A fault as its envelope, with the fault's HTTP status.
+/// A failed authentication, a body too large or too slow also ends the connection.
 fn fault_response(fault: Fault, relates_to: Option<&str>) -> Response {
     let body = fault.to_xml(relates_to, SystemTime::now());
-    soap_response(fault.status, body)
+    let close = super::closes(fault.status) || fault.subcodes.contains(&"ter:NotAuthorized");
+    let mut resp = soap_response(fault.status, body);
+    if close {
+        resp.headers_mut().insert(
+            header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
+    resp
 }
 
 /// The subscription id in an address `.../onvif/subscription/{id}`.
