@@ -3,13 +3,12 @@
 //! the bearer token every read and mutation needs.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::Value;
 
 use super::{EXIT_INVALID, EXIT_UNAVAILABLE, Target, load_all};
-use crate::config::connectors::TlsFile;
 
 /// What a client command needs: the node's API and how to talk to it.
 struct Endpoint {
@@ -20,14 +19,25 @@ struct Endpoint {
     client: reqwest::Client,
 }
 
+/// How a client command speaks TLS: the CA certificates it trusts (only them, or the system's
+/// too), and the certificate it presents.
+#[derive(Debug, Default)]
+struct ClientTls {
+    cas: Vec<PathBuf>,
+    only: bool,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+}
+
 /// Resolves the API base URL, the token and the TLS settings of a client command: `--api`,
 /// `--token`, `--cacert`, `--cert`/`--key`; or, with `--config`, the node's address, the
 /// site file's `api.token` (or `api.read_token` for a read), and with `[api] tls` HTTPS that
-/// trusts the node's certificate file, presenting the node's own certificate when the API
-/// asks for one.
+/// trusts the certificates of the node's certificate file and of `client_ca` (besides the
+/// system's), presenting the node's own certificate when the API asks for one.
 fn target(t: &Target, read: bool, err: &mut dyn Write) -> Option<Endpoint> {
-    let mut tls = TlsFile {
-        ca: t.cacert.clone(),
+    let mut tls = ClientTls {
+        cas: t.cacert.iter().cloned().collect(),
+        only: t.cacert.is_some(),
         cert: t.cert.clone(),
         key: t.key.clone(),
     };
@@ -35,12 +45,8 @@ fn target(t: &Target, read: bool, err: &mut dyn Write) -> Option<Endpoint> {
         let _ = writeln!(err, "buddygate: --cert and --key go together");
         return None;
     }
-    let (base, token, merge_roots) = if let Some(api) = &t.api {
-        (
-            api.trim_end_matches('/').to_string(),
-            t.token.clone(),
-            false,
-        )
+    let (base, token) = if let Some(api) = &t.api {
+        (api.trim_end_matches('/').to_string(), t.token.clone())
     } else {
         let Some(config) = &t.config else {
             let _ = writeln!(
@@ -74,7 +80,10 @@ fn target(t: &Target, read: bool, err: &mut dyn Write) -> Option<Endpoint> {
         });
         let scheme = match &ingress.tls {
             Some(api_tls) => {
-                tls.ca = tls.ca.or_else(|| Some(api_tls.cert.clone()));
+                if tls.cas.is_empty() {
+                    tls.cas.push(api_tls.cert.clone());
+                    tls.cas.extend(api_tls.client_ca.clone());
+                }
                 if api_tls.client_ca.is_some() && tls.cert.is_none() {
                     tls.cert = Some(api_tls.cert.clone());
                     tls.key = Some(api_tls.key.clone());
@@ -83,9 +92,9 @@ fn target(t: &Target, read: bool, err: &mut dyn Write) -> Option<Endpoint> {
             }
             None => "http",
         };
-        (format!("{scheme}://{addr}"), token, t.cacert.is_none())
+        (format!("{scheme}://{addr}"), token)
     };
-    match client(&tls, merge_roots) {
+    match client(&tls) {
         Ok(client) => Some(Endpoint {
             base,
             token,
@@ -98,19 +107,23 @@ fn target(t: &Target, read: bool, err: &mut dyn Write) -> Option<Endpoint> {
     }
 }
 
-/// The HTTP client of a command: 5 s per request; with `tls.ca` trusting that CA (only it,
-/// unless `merge_roots`: the system's too); with `tls.cert`/`tls.key` presenting that
-/// certificate.
-fn client(tls: &TlsFile, merge_roots: bool) -> Result<reqwest::Client, String> {
+/// The HTTP client of a command: 5 s per request; trusting `tls.cas` (only them with
+/// `tls.only`, else the system's too); presenting `tls.cert`/`tls.key`.
+fn client(tls: &ClientTls) -> Result<reqwest::Client, String> {
     let read = |p: &Path| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
     let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(5));
-    if let Some(ca) = &tls.ca {
-        let certs = reqwest::Certificate::from_pem_bundle(&read(ca)?)
-            .map_err(|e| format!("{}: {e}", ca.display()))?;
-        builder = if merge_roots {
-            builder.tls_certs_merge(certs)
-        } else {
+    let mut certs = Vec::new();
+    for ca in &tls.cas {
+        certs.extend(
+            reqwest::Certificate::from_pem_bundle(&read(ca)?)
+                .map_err(|e| format!("{}: {e}", ca.display()))?,
+        );
+    }
+    if !certs.is_empty() {
+        builder = if tls.only {
             builder.tls_certs_only(certs)
+        } else {
+            builder.tls_certs_merge(certs)
         };
     }
     if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
