@@ -19,6 +19,9 @@ use tokio::net::{TcpSocket, TcpStream};
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
 
+/// One site at a time: thousands of sockets must not starve another test's heartbeats.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// An attacker's connection from loopback address `from`; `Err(true)` when the node reset it
 /// as it was being set up (refused at once), `Err(false)` when it could not be made.
 async fn dial(from: IpAddr, to: SocketAddr) -> Result<TcpStream, bool> {
@@ -210,6 +213,7 @@ async fn site(name: &str) -> (Cluster, Probe) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attacks_on_a_live_node_neither_exhaust_it_nor_fail_it_over() {
+    let _serial = SERIAL.lock().await;
     let (c, probe) = site("ingress").await;
     let api: SocketAddr = c.servers[c.index("live-1")].api;
 
@@ -578,4 +582,246 @@ async fn onvif_guesses(probe: &Probe, api: SocketAddr) {
         .unwrap();
     assert_eq!(resp.status(), 200);
     probe.no_failover("ONVIF guesses").await;
+}
+
+/// The buddygate binary with `args`: (success, stdout, stderr).
+fn cli(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_buddygate"))
+        .args(args)
+        .env_remove("BUDDYGATE_TOKEN")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A CA, and signed by it: the API's certificate for the nodes' API addresses (as `api.crt`,
+/// the leaf only, and `api.key`) and an operator's client certificate (`client.pem`,
+/// `client.key`); the CA as `ca.pem`.
+fn certificates(dir: &std::path::Path, ips: &[String]) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(DnType::CommonName, "site CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let api = CertificateParams::new(ips.to_vec())
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let client_key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec!["operator".to_string()]).unwrap();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "operator");
+    let client = params.signed_by(&client_key, &issuer).unwrap();
+    for (name, text) in [
+        ("ca.pem", ca_cert.pem()),
+        ("api.crt", api.pem()),
+        ("api.key", key.serialize_pem()),
+        ("client.pem", client.pem()),
+        ("client.key", client_key.serialize_pem()),
+    ] {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_over_https_with_client_certificates() {
+    let _serial = SERIAL.lock().await;
+    let mut c = Cluster::new(
+        "https",
+        1,
+        3,
+        SiteOptions {
+            failback: "manual",
+            extra_api_keys: "read_token = \"file:read.token\"\n\
+                 tls = { cert = \"api.crt\", key = \"api.key\", client_ca = \"ca.pem\" }\n"
+                .to_string(),
+            ..SiteOptions::default()
+        },
+    );
+    let ips: Vec<String> = c.servers.iter().map(|s| s.api.ip().to_string()).collect();
+    certificates(&c.dir, &ips);
+    std::fs::write(c.dir.join("read.token"), "read-only-token\n").unwrap();
+    c.start_all();
+    let fo = format!("https://{}", c.servers[c.index("fo-1")].api);
+    let live = format!("https://{}", c.servers[c.index("live-1")].api);
+    let pem = |name: &str| std::fs::read(c.dir.join(name)).unwrap();
+    let mut identity = pem("client.pem");
+    identity.extend(pem("client.key"));
+    let ca = reqwest::Certificate::from_pem_bundle(&pem("ca.pem")).unwrap();
+    let https = reqwest::Client::builder()
+        .tls_certs_only(ca.clone())
+        .identity(reqwest::Identity::from_pem(&identity).unwrap())
+        .timeout(SECS(3))
+        .build()
+        .unwrap();
+    eventually(SECS(15), "live-1 active at home, over https", || async {
+        let v: serde_json::Value = https
+            .get(format!("{fo}/api/v1/resources"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        let rs = v["resources"].as_array()?;
+        (rs.len() == 3
+            && rs
+                .iter()
+                .all(|r| r["owner"] == "live-1" && r["state"] == "active"))
+        .then_some(())
+    })
+    .await;
+
+    // A client without a certificate, or speaking plain HTTP, gets nothing.
+    let anonymous = reqwest::Client::builder()
+        .tls_certs_only(ca)
+        .timeout(SECS(3))
+        .build()
+        .unwrap();
+    assert!(anonymous.get(format!("{fo}/healthz")).send().await.is_err());
+    let plain = fo.replacen("https://", "http://", 1);
+    assert!(
+        anonymous
+            .get(format!("{plain}/healthz"))
+            .send()
+            .await
+            .is_err()
+    );
+    // The dashboard page, and ONVIF addresses that say https.
+    let page = https.get(format!("{fo}/")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let body = https
+        .post(format!("{fo}/onvif/device_service"))
+        .header("content-type", "application/soap+xml")
+        .body(r#"<s:Envelope xmlns:s="http://www.w3.org/2003/05/soap-envelope"><s:Body><tds:GetSystemDateAndTime xmlns:tds="http://www.onvif.org/ver10/device/wsdl"/></s:Body></s:Envelope>"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(body.status(), 200);
+
+    // status: from the site file (the node's own certificate, the CA it names)...
+    let site = c.site.to_str().unwrap();
+    let (ok, out, err) = cli(&["status", "--config", site, "--node", "fo-1"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("site https as node fo-1 sees it"), "{out}");
+    // ...or from flags, with the read token.
+    let file = |n: &str| c.dir.join(n).to_str().unwrap().to_string();
+    let (cacert, cert, key) = (file("ca.pem"), file("client.pem"), file("client.key"));
+    let tls_flags = ["--cacert", &cacert, "--cert", &cert, "--key", &key];
+    let mut args = vec!["status", "--api", &live, "--token", "read-only-token"];
+    args.extend(tls_flags);
+    let (ok, out, err) = cli(&args);
+    assert!(ok, "{err}");
+    assert!(out.contains("as node live-1 sees it"), "{out}");
+    // Without the client certificate the handshake fails, and says so.
+    let (ok, _, err) = cli(&[
+        "status", "--api", &live, "--token", TOKEN, "--cacert", &cacert,
+    ]);
+    assert!(!ok);
+    assert!(err.contains(&live), "{err}");
+    // failover and failback over https.
+    let mut args = vec!["failover", "live-1", "--api", &live, "--token", TOKEN];
+    args.extend(tls_flags);
+    let (ok, out, err) = cli(&args);
+    assert!(ok, "{err}");
+    assert!(out.contains("failover of live-1"), "{out}");
+    eventually(SECS(10), "live-1's cameras on fo-1", || async {
+        let v: serde_json::Value = https
+            .get(format!("{fo}/api/v1/resources"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        let rs = v["resources"].as_array()?;
+        rs.iter()
+            .all(|r| r["owner"] == "fo-1" && r["state"] == "active")
+            .then_some(())
+    })
+    .await;
+    let (ok, _, err) = cli(&["failback", "live-1", "--config", site, "--node", "fo-1"]);
+    assert!(ok, "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_in_urls_are_never_shown() {
+    let _serial = SERIAL.lock().await;
+    let secret = "s3cr3t-query-token";
+    let webhook = format!(
+        "type = \"webhook\"\nurl = \"http://127.0.0.1:9/hook?site=hq&token={secret}\"\n\
+         basic = {{ user = \"psim\", password = \"file:psim.pass\" }}\nretry = [\"100ms\"]\n"
+    );
+    let mut c = Cluster::new(
+        "secrets",
+        1,
+        2,
+        SiteOptions {
+            connectors: vec![("psim", webhook)],
+            ..SiteOptions::default()
+        },
+    );
+    std::fs::write(c.dir.join("connectors/psim.pass"), "s3cr3t-basic-pass\n").unwrap();
+    let site = c.site.to_str().unwrap().to_string();
+    let (ok, out, err) = cli(&["check", "--config", &site]);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("warning: url: `token=` looks like a credential"),
+        "{err}"
+    );
+    assert!(
+        out.contains("http://127.0.0.1:9/hook?site=hq&token=***"),
+        "{out}"
+    );
+    c.start_all();
+    let api = c.api("fo-1");
+    eventually(SECS(15), "live-1 active at home", || async {
+        let v = owners(&api, "live-1").await?;
+        (v.len() == 2 && v.iter().all(|(o, _, _, s)| o == "live-1" && s == "active")).then_some(())
+    })
+    .await;
+    // Something to deliver: a manual failover's events.
+    let resp = client()
+        .post(format!("{api}/api/v1/servers/live-1/failover"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let connector = eventually(SECS(15), "a failed delivery", || async {
+        let v = get(&format!("{api}/api/v1/connectors")).await?;
+        let c = v["connectors"][0].clone();
+        c["last_error"].is_string().then_some(c)
+    })
+    .await;
+    assert_eq!(
+        connector["target"],
+        "http://127.0.0.1:9/hook?site=hq&token=***"
+    );
+    let last_error = connector["last_error"].as_str().unwrap();
+    assert!(last_error.contains("token=***"), "{last_error}");
+    let (ok, out, err) = cli(&["status", "--config", &site, "--node", "fo-1"]);
+    assert!(ok, "{err}");
+    for (what, text) in [
+        ("check", out.clone()),
+        ("the connectors answer", connector.to_string()),
+        ("status", out),
+        ("live-1's log", c.logs("live-1")),
+        ("fo-1's log", c.logs("fo-1")),
+    ] {
+        assert!(!text.contains(secret), "{what} shows the token: {text}");
+        assert!(
+            !text.contains("s3cr3t-basic-pass"),
+            "{what} shows the password"
+        );
+    }
 }
