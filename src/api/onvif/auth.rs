@@ -21,6 +21,7 @@ use crate::onvif::security::{DIGEST_TYPE, TEXT_TYPE, password_digest};
 use crate::onvif::soap::{Fault, ns};
 use crate::onvif::time::parse_datetime;
 use crate::onvif::xml::Element;
+use crate::ratelimit::LogLimiter;
 use crate::view::Metrics;
 
 /// How far `Created` may be from this node's clock, either way.
@@ -34,6 +35,8 @@ pub struct Authenticator {
     nonces: Mutex<Nonces>,
     throttle: Mutex<Throttle>,
     metrics: Arc<Metrics>,
+    /// Addresses being slowed down are logged at this rate.
+    log: LogLimiter,
 }
 
 #[derive(Default)]
@@ -141,7 +144,8 @@ impl Throttle {
             .is_some_and(|until| now < until)
     }
 
-    fn failed(&mut self, client: IpAddr, now: Instant) {
+    /// Counts a failure of `client`; whether it is slowed down now.
+    fn failed(&mut self, client: IpAddr, now: Instant) -> bool {
         if self.clients.len() >= MAX_CLIENTS && !self.clients.contains_key(&client) {
             self.clients
                 .retain(|_, s| now.duration_since(s.last) < FORGET_AFTER);
@@ -169,7 +173,9 @@ impl Throttle {
                 .saturating_mul(1 << doublings)
                 .min(MAX_PENALTY);
             s.blocked_until = Some(now + wait);
+            return true;
         }
+        false
     }
 
     fn succeeded(&mut self, client: IpAddr) {
@@ -184,6 +190,7 @@ impl Authenticator {
             nonces: Mutex::new(Nonces::default()),
             throttle: Mutex::new(Throttle::default()),
             metrics,
+            log: LogLimiter::new(),
         }
     }
 
@@ -211,8 +218,11 @@ impl Authenticator {
             Err(why) => {
                 // A request without a token is a client that has not authenticated yet (many
                 // ask unauthenticated first): counted, but never slowed down.
-                if let (Some(k), false) = (key, why == Refused::Missing) {
-                    throttle.failed(k, mono);
+                if let (Some(k), false) = (key, why == Refused::Missing)
+                    && throttle.failed(k, mono)
+                    && let Some(suppressed) = self.log.allow("onvif_throttled")
+                {
+                    tracing::warn!(client = ?client, suppressed, "ONVIF authentication keeps failing from this address; slowing it down.");
                 }
                 Err(self.refuse(why, client))
             }

@@ -16,6 +16,12 @@
 //!
 //! Subscriptions live in memory: they end with the node, and clients re-subscribe (ONVIF
 //! clients do when a renew fails).
+//!
+//! Limits (the authentication is inside the SOAP body, so bodies are read before it): at most
+//! [`MAX_BODY`] per request, read within [`BODY_TIMEOUT`], [`BODY_READS`] at once; one fault
+//! for every authentication failure, addresses that keep failing slowed down ([`auth`]);
+//! [`MAX_SUBSCRIPTIONS`] in all, [`MAX_SUBSCRIPTIONS_PER_ACCOUNT`] per account, each usable
+//! only by its account; push `Subscribe` only to consumers `[api] onvif_push_allow` lists.
 
 pub mod auth;
 pub mod device;
