@@ -59,6 +59,7 @@ fn shared() -> (
             onvif_users: vec![(USER.into(), PASS.into())],
             connectors: Default::default(),
             metrics: Arc::new(Metrics::default()),
+            access: Default::default(),
         },
         events,
         snap_tx,

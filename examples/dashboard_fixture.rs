@@ -7,7 +7,8 @@
 //! cargo run --example dashboard_fixture -- PORT [SECONDS]
 //! ```
 //! PORT 0 picks a free port. The first line on stdout is `listening on http://ADDR`. It runs
-//! for SECONDS (default: until Ctrl-C or SIGTERM).
+//! for SECONDS (default: until Ctrl-C or SIGTERM). Reads need a token, as on a real node: the
+//! page asks for one; give it `fixture-read-token` (or the API token `fixture-token`).
 //!
 //! Before it serves, a path to live-3 was down for a while. When it starts serving, live-1 has crashed and fo-1 has taken over its resources. Then, in
 //! a 30 s cycle: path 1 between fo-1 and live-2 is cut (live-2 turns suspect), live-1 comes
@@ -31,6 +32,8 @@ mod sim_node;
 
 use sim_node::ApiOptions;
 
+/// The read token the page must be given (`[api] read_token`).
+const READ_TOKEN: &str = "fixture-read-token";
 const STEP: Duration = Duration::from_millis(100);
 const CYCLE: u64 = 60;
 
@@ -309,6 +312,10 @@ async fn main() -> anyhow::Result<()> {
             channel: 256,
             commands: 16,
             metrics: metrics.clone(),
+            access: buddygate::api::Access {
+                read_token: Some(READ_TOKEN.into()),
+                ..Default::default()
+            },
         },
     );
     let mut commands = served.commands;

@@ -12,6 +12,10 @@
 //!   benchmarks.
 //! - [`store`]: SQLite (WAL) in the node's data dir: claims, epochs, event log, outbox cursors.
 //! - [`backoff`]: the one retry [`backoff::Backoff`] (doubling or listed, with jitter).
+//! - [`redact`]: credentials out of URLs and error texts before anyone sees them.
+//! - [`ratelimit`]: a warning that repeats is logged once per period, with a count.
+//! - [`fds`]: the process's file-descriptor limit: raised to the hard limit at start, and the
+//!   reserve the API's connections leave for agents, sockets and the store.
 //! - [`cloudevents`]: the core's events as CloudEvents 1.0, the payloads DESIGN fixes.
 //! - [`agent`]: resource agents (`simulated`, `exec`, `http`) and the pool that runs their
 //!   starts, stops and monitors for the runtime.
@@ -36,7 +40,10 @@ pub mod config;
 pub mod connectors;
 pub mod demo;
 pub mod failover;
+pub mod fds;
 pub mod onvif;
+pub mod ratelimit;
+pub mod redact;
 pub mod runtime;
 pub mod sim;
 pub mod store;

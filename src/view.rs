@@ -111,14 +111,55 @@ impl Histogram {
     }
 }
 
+/// Counters by a label value (`reason`, ...), for a labelled Prometheus family.
+#[derive(Debug, Default)]
+pub struct Counts(Mutex<BTreeMap<&'static str, u64>>);
+
+impl Counts {
+    pub fn add(&self, key: &'static str) {
+        let mut m = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *m.entry(key).or_default() += 1;
+    }
+
+    pub fn get(&self, key: &str) -> u64 {
+        let m = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        m.get(key).copied().unwrap_or(0)
+    }
+
+    /// Every (label value, count), in label order.
+    pub fn read(&self) -> Vec<(&'static str, u64)> {
+        let m = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        m.iter().map(|(k, v)| (*k, *v)).collect()
+    }
+}
+
 /// Counters the runtime keeps besides the core's [`Stats`].
 #[derive(Debug)]
 pub struct Metrics {
     pub datagrams_received: AtomicU64,
     pub datagrams_sent: AtomicU64,
     pub send_errors: AtomicU64,
-    /// Unauthenticated API mutations refused.
+    /// API requests refused for a missing or wrong bearer token (401).
     pub api_unauthorized: AtomicU64,
+    /// API requests and connections refused, by reason: `unauthorized`, `forbidden`, `host`,
+    /// `connections`, `client_connections`, `streams`, `body_too_large`, `timeout`.
+    pub api_refused: Counts,
+    /// API connections open now.
+    pub api_connections: AtomicU64,
+    /// Server-sent event streams open now.
+    pub api_streams: AtomicU64,
+    /// ONVIF requests whose WS-UsernameToken was refused, by reason: `missing`, `password`,
+    /// `created`, `nonce`, `throttled`.
+    pub onvif_auth_failures: Counts,
     /// Agent operations by (op, outcome): ("start", "ok"), ("monitor", "failed"), ...
     pub agent_ops: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     /// `failover.completed` takeover times (from the last heartbeat of the failed server).
@@ -139,6 +180,10 @@ impl Default for Metrics {
             datagrams_sent: AtomicU64::new(0),
             send_errors: AtomicU64::new(0),
             api_unauthorized: AtomicU64::new(0),
+            api_refused: Counts::default(),
+            api_connections: AtomicU64::new(0),
+            api_streams: AtomicU64::new(0),
+            onvif_auth_failures: Counts::default(),
             agent_ops: Mutex::new(BTreeMap::new()),
             takeover_seconds: Histogram::new(&[
                 0.1, 0.25, 0.5, 1.0, 1.2, 1.5, 2.0, 5.0, 10.0, 30.0,

@@ -68,6 +68,7 @@ struct Setup {
     name: &'static str,
     token: Option<&'static str>,
     channel: usize,
+    access: buddygate::api::Access,
 }
 
 impl Setup {
@@ -76,6 +77,7 @@ impl Setup {
             name,
             token: Some(TOKEN),
             channel: 64,
+            access: Default::default(),
         }
     }
 }
@@ -126,6 +128,7 @@ async fn start(setup: Setup) -> Fixture {
             channel: setup.channel,
             commands: 8,
             metrics: metrics.clone(),
+            access: setup.access.clone(),
         },
     );
     Fixture {
@@ -148,8 +151,14 @@ impl Fixture {
         format!("{}{path}", self.base)
     }
 
+    /// A read, with the API token.
     async fn get(&self, path: &str) -> reqwest::Response {
-        self.http.get(self.url(path)).send().await.unwrap()
+        self.http
+            .get(self.url(path))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
     }
 
     async fn get_json(&self, path: &str) -> (u16, Value) {
@@ -206,8 +215,11 @@ fn error_of(v: &Value) -> &str {
 
 #[tokio::test]
 async fn site_shows_each_server_and_path_as_fo_1_sees_it() {
+    let t0 = std::time::Instant::now();
     let f = start(Setup::new("site")).await;
     let (status, site) = f.get_json("/api/v1/site").await;
+    // Ages run on from the snapshot by the wall clock: a loaded machine adds to them.
+    let waited = u64::try_from(t0.elapsed().as_millis()).unwrap();
     assert_eq!(status, 200);
     assert_eq!(site["site"], "hq");
     assert_eq!(site["node"], "fo-1");
@@ -230,7 +242,10 @@ async fn site_shows_each_server_and_path_as_fo_1_sees_it() {
         assert_eq!(p["state"], "down");
         // Crashed 3 s ago, after at most one heartbeat interval of silence.
         let age = p["last_heard_ms"].as_u64().unwrap();
-        assert!((3000..=3200).contains(&age), "live-1 heard {age} ms ago");
+        assert!(
+            (3000..=3200 + waited).contains(&age),
+            "live-1 heard {age} ms ago"
+        );
     }
 
     let live2 = &servers[1];
@@ -238,7 +253,7 @@ async fn site_shows_each_server_and_path_as_fo_1_sees_it() {
     assert_eq!(live2["address"], "127.1.0.2");
     for p in live2["paths"].as_array().unwrap() {
         assert_eq!(p["state"], "up");
-        assert!(p["last_heard_ms"].as_u64().unwrap() <= 400, "{p}");
+        assert!(p["last_heard_ms"].as_u64().unwrap() <= 400 + waited, "{p}");
     }
 
     let fo1 = &servers[2];
@@ -358,6 +373,7 @@ async fn bad_event_queries_are_400_with_a_message() {
     let resp = f
         .http
         .get(f.url("/api/v1/events/stream"))
+        .bearer_auth(TOKEN)
         .header("last-event-id", "seven")
         .send()
         .await
@@ -387,7 +403,7 @@ struct Message {
 
 impl SseReader {
     async fn open(f: &Fixture, path: &str, last_event_id: Option<&str>) -> Self {
-        let mut req = f.http.get(f.url(path));
+        let mut req = f.http.get(f.url(path)).bearer_auth(TOKEN);
         if let Some(id) = last_event_id {
             req = req.header("last-event-id", id);
         }
@@ -872,4 +888,272 @@ async fn the_dashboard_is_one_self_contained_page() {
             "the page loads nothing from elsewhere: {external}"
         );
     }
+}
+
+// ---- ingress: who may read, Host, body limits, stream cap -------------------------------
+
+const READ_TOKEN: &str = "read-only-9c1e";
+
+/// Every read route, and what a refused read must not show.
+const READS: [&str; 7] = [
+    "/api/v1/site",
+    "/api/v1/resources",
+    "/api/v1/events",
+    "/api/v1/events/stream",
+    "/api/v1/connectors",
+    "/metrics",
+    "/api/v1/metrics",
+];
+
+impl Fixture {
+    /// A GET with `token` (or none), and its status.
+    async fn status_of(&self, path: &str, token: Option<&str>) -> u16 {
+        let mut req = self.http.get(self.url(path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        drop(resp);
+        status
+    }
+}
+
+#[tokio::test]
+async fn reads_need_the_api_token_or_the_read_token() {
+    let mut setup = Setup::new("reads");
+    setup.access.read_token = Some(READ_TOKEN.into());
+    let mut f = start(setup).await;
+    for path in READS {
+        let resp = f.http.get(f.url(path)).send().await.unwrap();
+        assert_eq!(
+            resp.headers()["www-authenticate"],
+            "Bearer realm=\"buddygate\"",
+            "{path}"
+        );
+        assert_eq!(resp.headers()["connection"], "close", "{path}");
+        let (status, body) = json_of(resp).await;
+        assert_eq!(
+            (status, error_of(&body)),
+            (
+                401,
+                "missing bearer token: send Authorization: Bearer <api.token or api.read_token>"
+            ),
+            "{path}"
+        );
+        assert_eq!(f.status_of(path, Some("guess")).await, 401, "{path}");
+        assert_eq!(f.status_of(path, Some(TOKEN)).await, 200, "{path}");
+        assert_eq!(f.status_of(path, Some(READ_TOKEN)).await, 200, "{path}");
+    }
+    // Open without a token: health, the page itself.
+    for path in ["/healthz", "/api/v1/healthz", "/"] {
+        assert_eq!(f.status_of(path, None).await, 200, "{path}");
+    }
+    // The read token cannot fail anything over.
+    let resp = f
+        .post("/api/v1/servers/live-1/failover", Some(READ_TOKEN))
+        .await;
+    assert_eq!(
+        resp.headers()["www-authenticate"],
+        "Bearer realm=\"buddygate\", error=\"insufficient_scope\""
+    );
+    let (status, body) = json_of(resp).await;
+    assert_eq!(
+        (status, error_of(&body)),
+        (403, "this token may only read; a mutation needs api.token")
+    );
+    assert!(f.commands.try_recv().is_err());
+    let refused = f.metrics.api_refused.read();
+    assert_eq!(
+        refused,
+        [("forbidden", 1), ("unauthorized", 2 * READS.len() as u64)]
+    );
+}
+
+#[tokio::test]
+async fn open_reads_and_nodes_without_tokens() {
+    let mut setup = Setup::new("open-reads");
+    setup.access.open_reads = true;
+    let f = start(setup).await;
+    for path in READS {
+        assert_eq!(f.status_of(path, None).await, 200, "{path}");
+    }
+    assert_eq!(
+        f.post("/api/v1/servers/live-1/failover", None)
+            .await
+            .status(),
+        401,
+        "mutations still need the token"
+    );
+    // No token at all: reads and mutations are disabled, and say how to enable them.
+    let mut setup = Setup::new("no-tokens");
+    setup.token = None;
+    let f = start(setup).await;
+    let (status, body) = json_of(f.http.get(f.url("/api/v1/site")).send().await.unwrap()).await;
+    assert_eq!(
+        (status, error_of(&body)),
+        (
+            403,
+            "reads are disabled: set api.token or api.read_token, or api.read = \"open\""
+        )
+    );
+}
+
+#[tokio::test]
+async fn the_host_must_name_this_node() {
+    let mut setup = Setup::new("hosts");
+    setup.access.hosts = vec!["vms-1.example.com".into()];
+    let f = start(setup).await;
+    let port = f.base.rsplit(':').next().unwrap().to_string();
+    // fo-1's own addresses, loopback, localhost, a listed name: served.
+    for host in [
+        format!("127.0.0.1:{port}"),
+        "localhost".to_string(),
+        format!("VMS-1.example.com:{port}"),
+        "127.1.0.4".to_string(),
+    ] {
+        let resp = f
+            .http
+            .get(f.url("/healthz"))
+            .header("host", &host)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{host}");
+    }
+    // DNS rebinding: a page of attacker.example whose name now points here.
+    for host in [
+        "attacker.example:8400",
+        "10.9.9.9",
+        "vms-1.example.com.evil",
+    ] {
+        let resp = f
+            .http
+            .get(f.url("/api/v1/site"))
+            .bearer_auth(TOKEN)
+            .header("host", host)
+            .send()
+            .await
+            .unwrap();
+        let (status, body) = json_of(resp).await;
+        assert_eq!(status, 421, "{host}");
+        assert!(
+            error_of(&body).ends_with(
+                "does not name this node: use its address, or add the name to [api] hosts"
+            ),
+            "{body}"
+        );
+    }
+    assert_eq!(f.metrics.api_refused.get("host"), 3);
+}
+
+/// A raw request on a new connection; the status and the whole answer.
+async fn raw(base: &str, request: &str, body: &[u8]) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    s.write_all(body).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(PATIENCE, s.read_to_end(&mut answer)).await;
+    let text = String::from_utf8_lossy(&answer).to_string();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
+
+#[tokio::test]
+async fn bodies_are_limited_per_route_and_refused_before_they_are_read() {
+    let mut f = start(Setup::new("bodies")).await;
+    // A mutation announcing 2 MB without a token: 401 at once, nothing read.
+    let head = "POST /api/v1/servers/live-1/failover HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2000000\r\nConnection: close\r\n\r\n";
+    let (status, text) = raw(&f.base, head, b"").await;
+    assert_eq!(status, 401, "{text}");
+    // With the token: 413 at once (1 KiB at most), still nothing read.
+    let head = format!(
+        "POST /api/v1/servers/live-1/failover HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: 2000000\r\nConnection: close\r\n\r\n"
+    );
+    let (status, text) = raw(&f.base, &head, b"").await;
+    assert_eq!(status, 413, "{text}");
+    assert!(
+        text.contains("{\"error\":\"length limit exceeded\"}"),
+        "{text}"
+    );
+    // Chunked, without a length: cut at the limit.
+    let head = format!(
+        "POST /api/v1/servers/live-1/failover HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    );
+    let chunk = format!("800\r\n{}\r\n0\r\n\r\n", " ".repeat(0x800));
+    let (status, text) = raw(&f.base, &head, chunk.as_bytes()).await;
+    assert_eq!(status, 413, "{text}");
+    // A read takes no body.
+    let head = format!(
+        "GET /api/v1/site HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: 10\r\nConnection: close\r\n\r\n"
+    );
+    let (status, _) = raw(&f.base, &head, b"0123456789").await;
+    assert_eq!(status, 413);
+    assert!(f.commands.try_recv().is_err(), "nothing reached the core");
+    assert_eq!(f.metrics.api_refused.get("body_too_large"), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_body_announced_and_never_sent_is_answered_408() {
+    let f = start(Setup::new("slow-body")).await;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = f.base.trim_start_matches("http://").to_string();
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /api/v1/servers/live-1/failover HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: 100\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    // Paused time: the body timeout passes without a real wait.
+    let _ = s.read_to_end(&mut answer).await;
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408 "), "{text}");
+    assert!(
+        text.contains("the request body did not arrive in time (10 s between chunks at most)"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn event_streams_are_capped() {
+    let f = start(Setup::new("stream-cap")).await;
+    let mut open = Vec::new();
+    for _ in 0..buddygate::api::events::MAX_STREAMS {
+        open.push(SseReader::open(&f, "/api/v1/events/stream", None).await);
+    }
+    // From another address: this one holds as many connections as one client may.
+    let other = reqwest::Client::builder()
+        .local_address("127.0.0.2".parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap();
+    let resp = other
+        .get(f.url("/api/v1/events/stream"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["retry-after"], "5");
+    let (status, body) = json_of(resp).await;
+    assert_eq!(
+        (status, error_of(&body)),
+        (
+            503,
+            "64 event streams are open, as many as this node serves; try again later"
+        )
+    );
+    assert_eq!(f.metrics.api_streams.load(Ordering::Relaxed), 64);
+    // One ends: its place is free again.
+    drop(open.pop());
+    common::eventually(PATIENCE, "a stream closed", || async {
+        (f.metrics.api_streams.load(Ordering::Relaxed) == 63).then_some(())
+    })
+    .await;
+    let again = SseReader::open(&f, "/api/v1/events/stream", None).await;
+    drop(again);
 }

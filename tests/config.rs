@@ -152,7 +152,7 @@ fn unknown_keys_are_reported_at_the_key_with_a_suggestion() {
         diagnostics("[sites]\nname = \"hq\"\n"),
         [
             "t.toml:1:1: missing the [site] table",
-            "t.toml:1:1: warning: api.token: not set: every API mutation (failover, failback, replay) will be refused",
+            "t.toml:1:1: warning: api.token: not set: every API mutation (failover, failback, replay) and every read will be refused; set it, or `read_token`, or `read = \"open\"`",
             "t.toml:1:1: servers: no [[servers]]: a site needs live servers and failover servers",
             "t.toml:1:2: sites: unknown key `sites`; did you mean `site`?",
         ]
@@ -253,7 +253,7 @@ priority = 1.5
     assert_eq!(
         diagnostics(text),
         [
-            "t.toml:1:1: warning: api.token: not set: every API mutation (failover, failback, replay) will be refused",
+            "t.toml:1:1: warning: api.token: not set: every API mutation (failover, failback, replay) and every read will be refused; set it, or `read_token`, or `read = \"open\"`",
             "t.toml:2:8: site.name: \"h q\" may contain only letters, digits, '.', '_' and '-'",
             "t.toml:4:1: site.flavour: unknown key `flavour`; expected one of `name`, `secret`, \
              `heartbeat_interval`, `failure_timeout`, `failback`, `failback_delay`, `witnesses`, `connectors`",
@@ -660,7 +660,7 @@ fn site_rules() {
         (
             "[site]\nname = \"hq\"\nsecret = \"env:K\"\n".to_string(),
             &[
-                "t.toml:1:1: warning: api.token: not set: every API mutation (failover, failback, replay) will be refused",
+                "t.toml:1:1: warning: api.token: not set: every API mutation (failover, failback, replay) and every read will be refused; set it, or `read_token`, or `read = \"open\"`",
                 "t.toml:1:1: servers: no [[servers]]: a site needs live servers and failover servers",
             ],
         ),
@@ -668,7 +668,7 @@ fn site_rules() {
             String::new(),
             &[
                 "t.toml:1:1: missing the [site] table",
-                "t.toml:1:1: warning: api.token: not set: every API mutation (failover, failback, replay) will be refused",
+                "t.toml:1:1: warning: api.token: not set: every API mutation (failover, failback, replay) and every read will be refused; set it, or `read_token`, or `read = \"open\"`",
                 "t.toml:1:1: servers: no [[servers]]: a site needs live servers and failover servers",
             ],
         ),
@@ -683,6 +683,117 @@ fn site_rules() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// `[api]`: read access, the read token, TLS, host names and ONVIF push consumers; every
+/// problem at once, each at its key.
+#[test]
+fn api_ingress_rules() {
+    let site = "name = \"hq\"\nsecret = \"env:K\"\n";
+    let cases: &[(String, &[&str])] = &[
+        (
+            with_site(
+                site,
+                "token = \"env:T\"\nread = \"public\"\nread_token = \"env:T\"\n\
+                 tls = { cert = \"\", key = \"api.key\", ca = \"x.pem\" }\n\
+                 hosts = [\"vms-1.example.com\", \"bad_host\", \"VMS-1.example.com\", \"10.0.1.11\"]\n\
+                 onvif_push_allow = [\"10.0.5.0/24\", \"10.0.5.0/40\", \"http://psim/\", \"psim.example.com:8080\"]\n",
+            ),
+            &[
+                "t.toml:6:8: api.read: unknown value `public`, expected `token` or `open`",
+                "t.toml:7:14: warning: api.read_token: the same secret as `token`: whoever may read may also fail servers over",
+                "t.toml:8:16: api.tls.cert: must not be empty",
+                "t.toml:8:37: api.tls.ca: unknown key `ca`; expected one of `cert`, `key`, `client_ca`",
+                "t.toml:9:31: api.hosts[1]: \"bad_host\" is not a host name (letters, digits, `-` and `.`) or an IP address",
+                "t.toml:9:43: api.hosts[2]: \"VMS-1.example.com\" is listed twice",
+                "t.toml:10:36: api.onvif_push_allow[1]: \"10.0.5.0/40\": the prefix length must be 0 to 32",
+                "t.toml:10:51: api.onvif_push_allow[2]: \"http://psim/\": give an address, a network or a host name, not a URL",
+            ],
+        ),
+        (
+            with_site(
+                site,
+                "token = \"env:T\"\ntls = { cert = \"api.crt\", key = \"\" }\n",
+            ),
+            &["t.toml:6:33: api.tls.key: must not be empty"],
+        ),
+        (
+            with_site(site, "read_token = \"env:R\"\nread = \"open\"\n"),
+            &[
+                "t.toml:4:1: warning: api.token: not set: every API mutation (failover, failback, replay) will be refused",
+                "t.toml:5:14: warning: api.read_token: not needed with `read = \"open\"`: anyone may read",
+            ],
+        ),
+        (
+            with_site(site, "read_token = \"\"\n"),
+            &[
+                "t.toml:4:1: warning: api.token: not set: every API mutation (failover, failback, replay) will be refused",
+                "t.toml:5:14: api.read_token: empty secret",
+            ],
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (text, expected) in cases {
+        let got = diagnostics(text);
+        if got != *expected {
+            failures.push(format!(
+                "--- text:\n{text}--- expected:\n{expected:#?}\n--- got:\n{got:#?}"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    // A valid [api]: the settings the listener gets, TLS files next to the site file.
+    let text = with_site(
+        site,
+        "token = \"env:T\"\nread_token = \"env:R\"\ntls = { cert = \"api.crt\", key = \"api.key\", client_ca = \"ca.pem\" }\n\
+         hosts = [\"VMS-1.example.com\"]\nonvif_push_allow = [\"10.0.5.0/24\"]\n",
+    );
+    let loaded = buddygate::config::parse_str(&text, "t.toml").expect("valid");
+    let ingress = loaded.ingress;
+    assert_eq!(ingress.read, buddygate::config::ReadAccess::Token);
+    assert_eq!(ingress.hosts, ["vms-1.example.com"]);
+    assert!(ingress.onvif_push_allow[0].allows("10.0.5.7", 80));
+    let tls = ingress.tls.expect("tls");
+    assert_eq!(
+        tls.client_ca.as_deref(),
+        Some(std::path::Path::new("ca.pem"))
+    );
+}
+
+/// A webhook or onvif connector URL with credentials is refused with a pointer to the keys
+/// that hold them; a token in the query is warned about.
+#[test]
+fn connector_urls_carry_no_credentials() {
+    let cases = [
+        (
+            "type = \"webhook\"\nurl = \"https://psim:s3cret@psim.example.com/hook\"\n",
+            "hook.toml:2:7: url: credentials go in `basic`, `bearer` or `headers`, not in the URL (a URL is shown in logs and `buddygate status`)",
+        ),
+        (
+            "type = \"onvif\"\nurl = \"http://admin:pw@10.0.5.7/onvif/notify\"\n",
+            "hook.toml:2:7: url: credentials go in `username` and `password`, not in the URL (a URL is shown in logs and `buddygate status`)",
+        ),
+    ];
+    for (text, message) in cases {
+        let (c, d) = connectors::check_file(text, "hook.toml", Path::new("hook.toml"), None);
+        assert!(c.is_none(), "{text}");
+        let d: Vec<String> = d.iter().map(ToString::to_string).collect();
+        assert_eq!(d, [message], "{text}");
+    }
+    let (c, d) = buddygate::connectors::check_file(
+        "type = \"webhook\"\nurl = \"https://psim.example.com/hook?site=hq&token=abc\"\n",
+        "hook.toml",
+        std::path::Path::new("hook.toml"),
+        None,
+    );
+    assert!(c.is_some());
+    let d: Vec<String> = d.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        d,
+        [
+            "hook.toml:2:7: warning: url: `token=` looks like a credential in the URL: it is redacted in logs and API answers, but `basic`, `bearer` or `headers` keep it out of the URL"
+        ]
+    );
 }
 
 #[test]
@@ -1063,7 +1174,7 @@ fn the_invalid_example_reports_every_mistake() {
     assert_eq!(
         got,
         [
-            "F:1:1: warning: api.token: not set: every API mutation (failover, failback, replay) will be refused",
+            "F:1:1: warning: api.token: not set: every API mutation (failover, failback, replay) and every read will be refused; set it, or `read_token`, or `read = \"open\"`",
             "F:5:10: warning: site.secret: inline secret; use file:PATH or env:VAR in production",
             "F:7:19: site.failure_timeout: 300ms must be greater than 2 x heartbeat_interval (400ms), \
              or one lost heartbeat looks like a dead server",
@@ -1261,7 +1372,7 @@ fn check_prints_warnings_but_exits_0_when_there_is_no_error() {
     assert_eq!(
         err,
         format!(
-            "{p}:1:1: warning: api.token: not set: every API mutation (failover, failback, replay) will be refused\n\
+            "{p}:1:1: warning: api.token: not set: every API mutation (failover, failback, replay) and every read will be refused; set it, or `read_token`, or `read = \"open\"`\n\
              {p}:3:10: warning: site.secret: inline secret; use file:PATH or env:VAR in production\n"
         )
     );

@@ -374,13 +374,29 @@ async fn manual_failover_and_failback_through_any_node_and_the_sse_stream() {
     })
     .await;
 
-    // status prints a readable table.
+    // status needs a token too: without one it says so and how to give it...
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_buddygate"))
         .args(["status", "--api", &c.api("fo-1")])
+        .env_remove("BUDDYGATE_TOKEN")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(69), "{err}");
+    assert!(
+        err.contains("401 Unauthorized") && err.contains("give --token"),
+        "{err}"
+    );
+    // ...and with one it prints a readable table.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_buddygate"))
+        .args(["status", "--api", &c.api("fo-1"), "--token", TOKEN])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(text.contains("live-1"), "{text}");
     assert!(
         text.lines().any(|l| l.starts_with("live-1")

@@ -30,6 +30,13 @@ use common::sim_node::{self, ApiOptions, node_after_takeover};
 
 const USER: &str = "admin";
 const PASS: &str = "onvif-pa55";
+/// More accounts, for the per-account limits.
+const OTHERS: [(&str, &str); 4] = [
+    ("viewer", "v-pa55"),
+    ("ops", "o-pa55"),
+    ("psim", "p-pa55"),
+    ("vms", "m-pa55"),
+];
 const PATIENCE: Duration = Duration::from_secs(10);
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
@@ -39,6 +46,7 @@ struct Fixture {
     events: broadcast::Sender<Arc<StoredEvent>>,
     snapshot: watch::Sender<Arc<Snapshot>>,
     cancel: CancellationToken,
+    metrics: Arc<Metrics>,
 }
 
 impl Drop for Fixture {
@@ -50,16 +58,23 @@ impl Drop for Fixture {
 async fn start() -> Fixture {
     let (node, now) = node_after_takeover([4, 3], false);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let metrics = Arc::new(Metrics::default());
+    let mut users = vec![(USER.to_string(), PASS.to_string())];
+    users.extend(OTHERS.iter().map(|(u, p)| (u.to_string(), p.to_string())));
     let served = sim_node::serve(
         listener,
         Snapshot::of(&node, now),
         ApiOptions {
             token: None,
-            onvif_users: vec![(USER.into(), PASS.into())],
+            onvif_users: users,
             data_dir: std::env::temp_dir().join("buddygate-onvif-unused"),
             channel: 64,
             commands: 8,
-            metrics: Arc::new(Metrics::default()),
+            metrics: metrics.clone(),
+            access: buddygate::api::Access {
+                onvif_push_allow: vec![buddygate::config::PushAllow::parse("127.0.0.0/8").unwrap()],
+                ..Default::default()
+            },
         },
     );
     Fixture {
@@ -71,7 +86,17 @@ async fn start() -> Fixture {
         events: served.events,
         snapshot: served.snapshot,
         cancel: served.cancel,
+        metrics,
     }
+}
+
+/// A client whose connections come from `ip` (another loopback address: another client).
+fn client_from(ip: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(ip.parse::<std::net::IpAddr>().unwrap())
+        .timeout(Duration::from_secs(90))
+        .build()
+        .unwrap()
 }
 
 /// Writes `body` to `$BUDDYGATE_ONVIF_SAMPLES/name.xml` when set.
@@ -204,8 +229,17 @@ impl Fixture {
     }
 
     async fn post_raw(&self, path: &str, body: impl Into<reqwest::Body>) -> Soap {
-        let resp = self
-            .http
+        self.post_with(&self.http, path, body).await
+    }
+
+    /// A POST with `client`.
+    async fn post_with(
+        &self,
+        client: &reqwest::Client,
+        path: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> Soap {
+        let resp = client
             .post(self.url(path))
             .header("content-type", "application/soap+xml; charset=utf-8")
             .body(body)
@@ -232,6 +266,13 @@ impl Fixture {
     /// An authenticated call.
     async fn call(&self, path: &str, body: &str) -> Soap {
         self.post_raw(path, envelope(&fresh_security(), body)).await
+    }
+
+    /// A call authenticated as `user`.
+    async fn call_as(&self, (user, pass): (&str, &str), path: &str, body: &str) -> Soap {
+        let nonce: [u8; 16] = std::array::from_fn(|_| fastrand::u8(..));
+        let header = security(user, pass, &nonce, &format_datetime(SystemTime::now()));
+        self.post_raw(path, envelope(&header, body)).await
     }
 
     async fn create_pull_point(&self, extra: &str) -> String {
@@ -442,6 +483,8 @@ async fn authentication_faults() {
             security(USER, PASS, b"nonce-6", &now).replace("bm9uY2UtNg==", "***"),
         ),
     ];
+    // Every failure is the same fault with the same text: a client cannot tell a wrong
+    // password from an unknown user, a stale Created or a malformed token.
     for (what, header) in cases {
         let r = f
             .post_raw("/onvif/device_service", envelope(&header, info))
@@ -453,18 +496,35 @@ async fn authentication_faults() {
             "{what}: {}",
             r.text
         );
+        assert_eq!(r.text_of("Text"), "Sender not authorized", "{what}");
     }
-    // A good token once, then its replay.
+    let counted = f.metrics.onvif_auth_failures.read();
+    assert_eq!(
+        counted,
+        [("created", 2), ("missing", 1), ("password", 4)],
+        "by reason, in /metrics only"
+    );
+    // Six failed tokens from 127.0.0.1: it is slowed down, and even a good token from it is
+    // refused unchecked (the same fault) for a while.
     let header = security(USER, PASS, b"nonce-7", &now);
-    let ok = f
+    let blocked = f
         .post_raw("/onvif/device_service", envelope(&header, info))
+        .await;
+    blocked.assert_fault(400, &["env:Sender", "ter:NotAuthorized"]);
+    assert_eq!(blocked.text_of("Text"), "Sender not authorized");
+    assert_eq!(f.metrics.onvif_auth_failures.get("throttled"), 1);
+    // Another client is not: a good token once, then its replay.
+    let other = client_from("127.0.0.2");
+    let ok = f
+        .post_with(&other, "/onvif/device_service", envelope(&header, info))
         .await;
     assert_eq!(ok.status, 200, "{}", ok.text);
     let replay = f
-        .post_raw("/onvif/device_service", envelope(&header, info))
+        .post_with(&other, "/onvif/device_service", envelope(&header, info))
         .await;
     replay.assert_fault(400, &["env:Sender", "ter:NotAuthorized"]);
-    assert!(replay.text.contains("used before"), "{}", replay.text);
+    assert_eq!(replay.text_of("Text"), "Sender not authorized");
+    assert_eq!(f.metrics.onvif_auth_failures.get("nonce"), 1);
 }
 
 // ---- bad input -----------------------------------------------------------------------------
@@ -1068,20 +1128,51 @@ async fn ownership_changes_in_the_snapshot_are_property_changes() {
 #[tokio::test]
 async fn subscriptions_are_capped() {
     let f = start().await;
-    let mut addresses = Vec::new();
-    for _ in 0..200 {
-        addresses.push(f.create_pull_point("").await);
+    let create = "<tev:CreatePullPointSubscription/>";
+    // One account holds at most a quarter of the node's subscriptions...
+    let mut mine = Vec::new();
+    for _ in 0..50 {
+        mine.push(f.create_pull_point("").await);
     }
+    let r = f.call("/onvif/event_service", create).await;
+    r.assert_fault(
+        500,
+        &["env:Receiver", "ter:Action", "ter:TooManySubscriptions"],
+    );
+    assert_eq!(
+        r.text_of("Text"),
+        "this account holds 50 subscriptions, as many as one account may"
+    );
+    // ...so other accounts are not locked out, and cannot use its subscriptions.
+    let viewer = OTHERS[0];
     let r = f
-        .call("/onvif/event_service", "<tev:CreatePullPointSubscription/>")
+        .call_as(
+            viewer,
+            &mine[0],
+            "<tev:PullMessages><tev:Timeout>PT0S</tev:Timeout><tev:MessageLimit>1</tev:MessageLimit></tev:PullMessages>",
+        )
         .await;
+    r.assert_fault(400, &["env:Sender", "ter:InvalidArgVal"]);
+    assert_eq!(r.all("ResourceUnknownFault").len(), 1, "{}", r.text);
+    for account in &OTHERS[..3] {
+        for _ in 0..50 {
+            let r = f.call_as(*account, "/onvif/event_service", create).await;
+            assert_eq!(r.status, 200, "{}", r.text);
+        }
+    }
+    // The node's own cap: 200 in all.
+    let r = f.call_as(OTHERS[3], "/onvif/event_service", create).await;
     r.assert_fault(
         500,
         &["env:Receiver", "ter:Action", "ter:TooManySubscriptions"],
     );
     assert_eq!(r.all("SubscribeCreationFailedFault").len(), 1);
+    assert_eq!(
+        r.text_of("Text"),
+        "this node serves at most 200 subscriptions at once"
+    );
     sample("Fault-TooManySubscriptions", &r.text);
-    let r = f.call(&addresses[0], "<wsnt:Unsubscribe/>").await;
+    let r = f.call(&mine[0], "<wsnt:Unsubscribe/>").await;
     assert_eq!(r.status, 200);
     f.create_pull_point("").await;
 }
@@ -1213,6 +1304,41 @@ async fn subscribe_pushes_notify_to_the_consumer_and_retries() {
         .await;
     r.assert_fault(400, &["env:Sender", "ter:InvalidArgVal"]);
     sample("Fault-SubscribeCreationFailed", &r.text);
+}
+
+/// Push `Subscribe` only to consumers `[api] onvif_push_allow` lists (the fixture allows
+/// 127.0.0.0/8): an authenticated client cannot make the node send requests anywhere else.
+#[tokio::test]
+async fn push_subscriptions_only_to_allowed_consumers() {
+    let f = start().await;
+    for consumer in [
+        "http://10.1.2.3:8080/notify",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://psim.example.com/notify",
+        "http://[fd00::1]/notify",
+    ] {
+        let r = f
+            .call(
+                "/onvif/event_service",
+                &format!("<wsnt:Subscribe><wsnt:ConsumerReference><wsa:Address>{consumer}</wsa:Address></wsnt:ConsumerReference></wsnt:Subscribe>"),
+            )
+            .await;
+        r.assert_fault(400, &["env:Sender", "ter:InvalidArgVal"]);
+        assert!(
+            r.text_of("Text")
+                .ends_with("the site's [api] onvif_push_allow does not list it"),
+            "{consumer}: {}",
+            r.text
+        );
+        assert_eq!(r.all("SubscribeCreationFailedFault").len(), 1);
+    }
+    let r = f
+        .call(
+            "/onvif/event_service",
+            "<wsnt:Subscribe><wsnt:ConsumerReference><wsa:Address>http://127.0.0.1:9/notify</wsa:Address></wsnt:ConsumerReference></wsnt:Subscribe>",
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
 }
 
 #[tokio::test]

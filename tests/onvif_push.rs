@@ -574,8 +574,11 @@ async fn soap_faults_are_retried_and_the_username_token_verifies() {
             (3, "delivered 200".to_string()),
         ]
     );
-    let verifier = Authenticator::new(vec![("bg-push".into(), "p4ss-w0rd".into())]);
-    let impostor = Authenticator::new(vec![("bg-push".into(), "guess".into())]);
+    let verifier = Authenticator::new(
+        vec![("bg-push".into(), "p4ss-w0rd".into())],
+        Default::default(),
+    );
+    let impostor = Authenticator::new(vec![("bg-push".into(), "guess".into())], Default::default());
     for q in &reqs {
         let envelope = buddygate::onvif::xml::parse(q.body.as_bytes()).unwrap();
         let security = envelope
@@ -583,11 +586,11 @@ async fn soap_faults_are_retried_and_the_username_token_verifies() {
             .and_then(|h| h.child(ns::WSSE, "Security"));
         assert!(security.is_some(), "no wsse:Security in {}", q.body);
         assert!(
-            impostor.check(security, SystemTime::now()).is_err(),
+            impostor.check(security, SystemTime::now(), None).is_err(),
             "another password verifies"
         );
         assert_eq!(
-            verifier.check(security, SystemTime::now()).unwrap(),
+            verifier.check(security, SystemTime::now(), None).unwrap(),
             "bg-push"
         );
     }

@@ -48,7 +48,13 @@ pub(super) async fn run(command: &Path, env: &ResourceEnv, op: Op) -> Result<(),
         .kill_on_drop(true);
     #[cfg(unix)]
     cmd.process_group(0);
-    let mut child = cmd.spawn().map_err(io_error)?;
+    let mut child = cmd.spawn().map_err(|e| {
+        if crate::fds::is_exhaustion(&e) {
+            AgentError::Exhausted(format!("cannot start {}: {e}", command.display()))
+        } else {
+            io_error(e)
+        }
+    })?;
     // Declared after `child`, so dropped before it: the group dies first.
     let mut group = Group::of(&child);
     let mut stdout = Tail::read(child.stdout.take());

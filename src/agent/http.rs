@@ -57,10 +57,13 @@ pub(super) async fn run(
     if let Some(body) = request.body {
         builder = builder.body(render("body", body)?);
     }
-    let mut response = builder
-        .send()
-        .await
-        .map_err(|e| AgentError::Request(chain(&e)))?;
+    let mut response = builder.send().await.map_err(|e| {
+        if crate::fds::caused_by_exhaustion(&e) {
+            AgentError::Exhausted(chain(&e))
+        } else {
+            AgentError::Request(chain(&e))
+        }
+    })?;
     let status = response.status();
     if status.is_success() {
         return Ok(());
@@ -100,7 +103,8 @@ fn context(env: &ResourceEnv, op: Op) -> BTreeMap<&'static str, Value> {
     context
 }
 
-/// An error and its sources: "error sending request: tcp connect error: Connection refused".
+/// An error and its sources: "error sending request: tcp connect error: Connection refused",
+/// credentials in URLs redacted.
 fn chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
@@ -112,5 +116,5 @@ fn chain(error: &dyn std::error::Error) -> String {
         }
         source = e.source();
     }
-    text
+    crate::redact::text(&text)
 }

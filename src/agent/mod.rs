@@ -217,15 +217,26 @@ pub enum AgentError {
     /// resource's `ready_timeout`; `last`: what the last monitor said.
     #[error("not ready within {}: monitor: {last}", humantime::format_duration(*.timeout))]
     NotReady { timeout: Duration, last: String },
+    /// The node could not run the agent at all: out of file descriptors, processes or memory
+    /// (`EMFILE`, `ENFILE`, `EAGAIN`, `ENOMEM`). The node's trouble, not the resource's: a
+    /// monitor that could not run says nothing about the resource.
+    #[error("this node cannot run the agent now: {0}")]
+    Exhausted(String),
 }
 
 impl AgentError {
-    /// The outcome label of `metrics.agent_op`: `timeout` or `failed`.
+    /// The outcome label of `metrics.agent_op`: `timeout`, `exhausted` or `failed`.
     pub fn outcome(&self) -> &'static str {
         match self {
             AgentError::TimedOut(_) | AgentError::NotReady { .. } => "timeout",
+            AgentError::Exhausted(_) => "exhausted",
             _ => "failed",
         }
+    }
+
+    /// Whether the node, not the resource, failed: see [`AgentError::Exhausted`].
+    pub fn is_exhausted(&self) -> bool {
+        matches!(self, AgentError::Exhausted(_))
     }
 }
 

@@ -14,6 +14,11 @@
 //! - A started resource is monitored every `monitor_interval` until its next operation; two
 //!   failed monitors in a row are reported as [`AgentReport::MonitorFailed`], and monitoring
 //!   stops.
+//! - An operation the node could not even run ([`AgentError::Exhausted`]: out of file
+//!   descriptors or processes) is the node's trouble, not the resource's: counted
+//!   (`outcome="exhausted"`), logged at a bounded rate, and retried; a monitor that could not
+//!   run is not a failed monitor, and a start or stop that could not run is tried again (up to
+//!   [`EXHAUSTED_RETRIES`] times) without using up its `retries`.
 //! - Everything ends when the pool's cancellation token is cancelled.
 
 use std::collections::HashMap;
@@ -30,12 +35,20 @@ use super::{AgentError, Agents, Op, ResourceEnv};
 use crate::backoff::{Backoff, Jitter};
 use crate::config::{Resource, ResourceIdx, ServerIdx, Site};
 use crate::failover::{AgentOp, Epoch, Input};
+use crate::ratelimit::LogLimiter;
 
 /// Operations that run at once unless the runtime says otherwise.
 pub const DEFAULT_CONCURRENCY: usize = 16;
 
 /// Failed monitors in a row that fail the resource.
 const MONITOR_FAILURES: u32 = 2;
+
+/// Times a start or stop the node could not run ([`AgentError::Exhausted`]) is tried again
+/// before it counts as an attempt.
+pub const EXHAUSTED_RETRIES: u32 = 10;
+
+/// The wait before an operation the node could not run is tried again.
+const EXHAUSTED_BACKOFF: Duration = Duration::from_millis(500);
 
 /// The first wait between readiness monitors; it doubles up to [`READY_POLL_MAX`].
 const READY_POLL_FIRST: Duration = Duration::from_millis(25);
@@ -91,7 +104,7 @@ pub const START_BACKOFF: Backoff =
 /// Where the pool counts the operations it ran (the runtime's metrics).
 pub trait OpCounter: Send + Sync {
     /// One more `op` (`start`, `stop`, `monitor`) that ended with `outcome` (`ok`, `failed`,
-    /// `timeout`).
+    /// `timeout`, `exhausted`: the node could not run it).
     fn agent_op(&self, op: &'static str, outcome: &'static str);
 }
 
@@ -145,6 +158,8 @@ struct Shared {
     agents: Agents,
     /// The last start and the last stop of each resource.
     last: Mutex<HashMap<(ResourceIdx, Op), OpTime>>,
+    /// Operations the node could not run are logged at this rate.
+    exhausted_log: LogLimiter,
 }
 
 impl AgentPool {
@@ -168,6 +183,7 @@ impl AgentPool {
                 permits: Semaphore::new(concurrency.clamp(1, Semaphore::MAX_PERMITS)),
                 agents: Agents::new(),
                 last: Mutex::new(HashMap::new()),
+                exhausted_log: LogLimiter::new(),
             }),
             backoff: START_BACKOFF,
             workers: Mutex::new(HashMap::new()),
@@ -332,6 +348,8 @@ impl Worker {
             };
             match result {
                 Ok(()) => failures = 0,
+                // The node could not run the monitor: nothing is known about the resource.
+                Err(e) if e.is_exhausted() => {}
                 Err(e) => {
                     failures += 1;
                     if failures >= MONITOR_FAILURES {
@@ -367,6 +385,7 @@ impl Ctx {
         let epoch = job.epoch;
         let timings = self.resource()?.timings;
         let mut attempt: u32 = 0;
+        let mut spared: u32 = 0;
         let mut ready_after = None;
         let result = loop {
             attempt += 1;
@@ -388,6 +407,15 @@ impl Ctx {
             drop(permit);
             match outcome {
                 Ok(()) => break Ok(()),
+                Err(e) if e.is_exhausted() && spared < EXHAUSTED_RETRIES => {
+                    // Not an attempt: the agent never ran.
+                    spared += 1;
+                    attempt -= 1;
+                    let cancel = &self.shared.cancel;
+                    cancel
+                        .run_until_cancelled(tokio::time::sleep(EXHAUSTED_BACKOFF))
+                        .await?;
+                }
                 Err(e) if attempt > timings.retries => break Err(e),
                 Err(e) => {
                     let Some(delay) = self.backoff.delay(attempt) else {
@@ -448,9 +476,19 @@ impl Ctx {
         }
     }
 
-    /// Stops the resource and reports the outcome; `None` on shutdown.
+    /// Stops the resource and reports the outcome; `None` on shutdown. A stop the node could
+    /// not run is tried again first (up to [`EXHAUSTED_RETRIES`] times).
     async fn stop(&self, job: &Job) -> Option<()> {
-        let result = self.op(Op::Stop, job.epoch).await?;
+        let mut result = self.op(Op::Stop, job.epoch).await?;
+        let mut spared = 0;
+        while result.as_ref().is_err_and(AgentError::is_exhausted) && spared < EXHAUSTED_RETRIES {
+            spared += 1;
+            let cancel = &self.shared.cancel;
+            cancel
+                .run_until_cancelled(tokio::time::sleep(EXHAUSTED_BACKOFF))
+                .await?;
+            result = self.op(Op::Stop, job.epoch).await?;
+        }
         let time = self.record(job, 1, None, result.is_ok());
         debug!(resource = %self.id(), epoch = job.epoch, took = ?time.took, "Stop done.");
         self.report(AgentReport::Done {
@@ -534,6 +572,11 @@ impl Ctx {
             }
             (Ok(()), _) => {
                 info!(resource = %resource.id, epoch, op = %op, took = ?took, "Agent operation succeeded.");
+            }
+            (Err(e), _) if e.is_exhausted() => {
+                if let Some(suppressed) = shared.exhausted_log.allow("agent_exhausted") {
+                    warn!(resource = %resource.id, epoch, op = %op, error = %e, suppressed, "The node cannot run agents (out of file descriptors, processes or memory); the operation is retried, and is not held against the resource.");
+                }
             }
             (Err(e), _) if polling => {
                 debug!(resource = %resource.id, epoch, op = %op, took = ?took, error = %e, "Agent operation failed.");

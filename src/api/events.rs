@@ -12,6 +12,7 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::extract::rejection::QueryRejection;
@@ -22,18 +23,23 @@ use axum::response::{IntoResponse, Response};
 use futures_util::Stream;
 use serde::Deserialize;
 use thiserror::Error;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio_util::sync::CancellationToken;
 
 use super::{ApiError, AppState, raw_json};
 use crate::store::{Store, StoreError, StoredEvent};
+use crate::view::Metrics;
 
 /// Events per page when no `limit` is given.
 pub const DEFAULT_LIMIT: usize = 100;
 /// The largest `limit` honoured; larger ones are cut to it.
 pub const MAX_LIMIT: usize = 1000;
-/// Events read from the store at once while a stream replays or catches up.
-const CATCH_UP_PAGE: usize = 500;
+/// Events read from the store at once while a stream replays or catches up (what one stream
+/// holds in memory at most, besides its place in the broadcast channel).
+const CATCH_UP_PAGE: usize = 64;
+/// Event streams open at once at most; one more is answered 503.
+pub const MAX_STREAMS: usize = 64;
 /// Comment sent on an idle stream, so proxies and clients know it is alive.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
@@ -153,6 +159,23 @@ pub(crate) async fn stream(
     query: Result<Query<EventsQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(query_error)?;
+    let Ok(permit) = state.streams.clone().try_acquire_owned() else {
+        state
+            .refusals
+            .refuse("streams", None, "as many event streams are open as may be");
+        let mut resp = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "{MAX_STREAMS} event streams are open, as many as this node serves; try again later"
+            ),
+        )
+        .into_response();
+        resp.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            axum::http::HeaderValue::from_static("5"),
+        );
+        return Ok(resp);
+    };
     // A reconnecting EventSource repeats the URL (with its `?after=`) and adds the id it saw
     // last: the header is the newer of the two.
     let last_event_id = headers
@@ -168,6 +191,7 @@ pub(crate) async fn stream(
             .transpose()?,
     };
     let feed = Feed {
+        _open: Open::new(permit, state.shared.metrics.clone()),
         data_dir: state.shared.data_dir.clone(),
         live: state.shared.events.subscribe(),
         cancel: state.cancel.clone(),
@@ -188,8 +212,32 @@ pub(crate) async fn stream(
     Ok(resp)
 }
 
+/// An open stream: its permit, and its place in `buddygate_api_streams`, both given back when
+/// the stream ends.
+struct Open {
+    _permit: OwnedSemaphorePermit,
+    metrics: Arc<Metrics>,
+}
+
+impl Open {
+    fn new(permit: OwnedSemaphorePermit, metrics: Arc<Metrics>) -> Self {
+        metrics.api_streams.fetch_add(1, Ordering::Relaxed);
+        Self {
+            _permit: permit,
+            metrics,
+        }
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.metrics.api_streams.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// One stream's position in the event log.
 struct Feed {
+    _open: Open,
     data_dir: PathBuf,
     live: broadcast::Receiver<Arc<StoredEvent>>,
     cancel: CancellationToken,

@@ -394,10 +394,57 @@ impl Collector for NodeFigures {
                 ([("op", op), ("outcome", outcome)], ConstCounter::new(n))
             }),
         )?;
+        m.family(
+            "api_refused",
+            counter,
+            "API requests and connections refused, by reason (unauthorized, forbidden, host, \
+             connections, client_connections, streams, body_too_large, timeout, accept).",
+            metrics
+                .api_refused
+                .read()
+                .into_iter()
+                .map(|(reason, n)| ([("reason", reason)], ConstCounter::new(n))),
+        )?;
+        m.family(
+            "onvif_auth_failures",
+            counter,
+            "ONVIF requests refused for their WS-UsernameToken, by reason (missing, password, \
+             created, nonce, throttled).",
+            metrics
+                .onvif_auth_failures
+                .read()
+                .into_iter()
+                .map(|(reason, n)| ([("reason", reason)], ConstCounter::new(n))),
+        )?;
+        let gauges: [(&str, &str, u64); 4] = [
+            (
+                "api_connections",
+                "API connections open now.",
+                metrics.api_connections.load(Relaxed),
+            ),
+            (
+                "api_streams",
+                "Server-sent event streams open now.",
+                metrics.api_streams.load(Relaxed),
+            ),
+            (
+                "fd_limit",
+                "The process's file-descriptor limit (soft RLIMIT_NOFILE).",
+                crate::fds::soft_limit(),
+            ),
+            (
+                "open_fds",
+                "File descriptors the process has open.",
+                crate::fds::open_count().unwrap_or(0),
+            ),
+        ];
+        for (name, help, value) in gauges {
+            m.gauge(name, help, value)?;
+        }
         let counters: [(&str, &str, u64); 2] = [
             (
                 "api_unauthorized",
-                "API mutations refused for a missing or wrong bearer token.",
+                "API requests refused for a missing or wrong bearer token.",
                 metrics.api_unauthorized.load(Relaxed),
             ),
             (

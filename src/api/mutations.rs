@@ -1,105 +1,32 @@
 //! Mutations: `POST /api/v1/servers/{id}/failover`, `.../failback` and
 //! `POST /api/v1/connectors/{name}/replay`.
 //!
-//! Each needs `Authorization: Bearer <api.token>`, compared in constant time. Without a
-//! configured token every mutation is refused (403); a missing or wrong token is a 401 and
-//! counts in `buddygate_api_unauthorized_total`. The request body is optional; if present it
-//! must be a JSON object. A failover or failback becomes a [`Command`] for the core, which
-//! relays it to the nodes concerned through the heartbeats; the answer is 202: accepted, not
-//! yet done (watch the events).
-
-use std::sync::atomic::Ordering;
+//! Each needs `Authorization: Bearer <api.token>`, checked by the route layer
+//! [`super::guard::require_mutation`] before the body is read. The request body is optional
+//! (at most [`super::MAX_MUTATION_BODY`] bytes); if present it must be a JSON object. A
+//! failover or failback becomes a [`Command`] for the core, which relays it to the nodes
+//! concerned through the heartbeats; the answer is 202: accepted, not yet done (watch the
+//! events).
+//!
+//! `GET /api/v1/connectors` (a read) is here too: each connector's health, URLs and errors
+//! with their credentials redacted.
 
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use hmac::{Hmac, KeyInit, Mac};
 use serde_json::json;
-use sha2::Sha256;
 use tokio::sync::mpsc::error::TrySendError;
 
-use super::Shared;
 use super::{ApiError, AppState};
 use crate::failover::Action;
 use crate::view::Command;
 
-const CHALLENGE: &str = "Bearer realm=\"buddygate\"";
-const CHALLENGE_INVALID: &str = "Bearer realm=\"buddygate\", error=\"invalid_token\"";
-
-/// Whether two tokens are equal, in time that depends on neither: each keys an HMAC over the
-/// same message, so the tags have one length whatever the tokens' lengths, and the MAC's
-/// `verify_slice` compares them in constant time.
-fn same_token(expected: &str, given: &str) -> bool {
-    type HmacSha256 = Hmac<Sha256>;
-    let tag = |key: &str| -> Option<HmacSha256> {
-        let mut mac = HmacSha256::new_from_slice(key.as_bytes()).ok()?;
-        mac.update(b"buddygate api token");
-        Some(mac)
-    };
-    match (tag(expected), tag(given)) {
-        (Some(expected), Some(given)) => expected
-            .verify_slice(&given.finalize().into_bytes())
-            .is_ok(),
-        _ => false,
-    }
-}
-
-/// What the request offers as credentials.
-enum Credentials<'a> {
-    Missing,
-    /// An `Authorization` header that is not `Bearer <token>`.
-    Unsupported,
-    Bearer(&'a str),
-}
-
-fn credentials(headers: &HeaderMap) -> Credentials<'_> {
-    let Some(value) = headers.get(header::AUTHORIZATION) else {
-        return Credentials::Missing;
-    };
-    let bearer = value.to_str().ok().and_then(|v| {
-        let (scheme, token) = v.trim().split_once(' ')?;
-        let token = token.trim();
-        (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
-    });
-    bearer.map_or(Credentials::Unsupported, Credentials::Bearer)
-}
-
-/// Checks the bearer token; counts refusals for want of a good one.
-pub(crate) fn authorize(shared: &Shared, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(expected) = shared.token.as_deref().filter(|t| !t.is_empty()) else {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "mutations are disabled: set api.token",
-        ));
-    };
-    let refuse = |message: &str, challenge| {
-        shared
-            .metrics
-            .api_unauthorized
-            .fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(reason = message, "API mutation refused.");
-        ApiError::unauthorized(message, challenge)
-    };
-    match credentials(headers) {
-        Credentials::Missing => Err(refuse(
-            "missing bearer token: send Authorization: Bearer <api.token>",
-            CHALLENGE,
-        )),
-        Credentials::Unsupported => Err(refuse(
-            "unsupported Authorization header: send Authorization: Bearer <api.token>",
-            CHALLENGE,
-        )),
-        Credentials::Bearer(given) if same_token(expected, given) => Ok(()),
-        Credentials::Bearer(_) => Err(refuse("invalid bearer token", CHALLENGE_INVALID)),
-    }
-}
-
 /// An optional body: empty, or a JSON object (reserved for options; none yet).
 fn check_body(body: Result<Bytes, BytesRejection>) -> Result<(), ApiError> {
-    let body = body.map_err(|r| ApiError::new(r.status(), r.body_text()))?;
+    let body = body.map_err(|r| ApiError::body(&r))?;
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(());
     }
@@ -120,12 +47,10 @@ fn path_param(path: Result<Path<String>, PathRejection>) -> Result<String, ApiEr
 async fn command(
     state: AppState,
     action: Action,
-    headers: HeaderMap,
     id: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let shared = &state.shared;
-    authorize(shared, &headers)?;
     let id = path_param(id)?;
     check_body(body)?;
     let server = shared
@@ -163,30 +88,26 @@ async fn command(
 
 pub(crate) async fn failover(
     State(state): State<AppState>,
-    headers: HeaderMap,
     id: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    command(state, Action::Failover, headers, id, body).await
+    command(state, Action::Failover, id, body).await
 }
 
 pub(crate) async fn failback(
     State(state): State<AppState>,
-    headers: HeaderMap,
     id: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    command(state, Action::Failback, headers, id, body).await
+    command(state, Action::Failback, id, body).await
 }
 
 /// Replays a connector's dead letters (and re-enables it after a 410).
 pub(crate) async fn replay(
     State(state): State<AppState>,
-    headers: HeaderMap,
     name: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    authorize(&state.shared, &headers)?;
     let name = path_param(name)?;
     check_body(body)?;
     let Some(c) = state.shared.connectors.iter().find(|c| c.name == name) else {
@@ -212,7 +133,8 @@ pub(crate) async fn connectors(State(state): State<AppState>) -> Result<Response
             .iter()
             .map(|c| {
                 let s = &c.status;
-                let disabled = s.disabled.lock().ok().and_then(|d| d.clone());
+                let redact = |t: Option<String>| t.map(|t| crate::redact::text(&t));
+                let disabled = redact(s.disabled.lock().ok().and_then(|d| d.clone()));
                 let dead_letters = reader
                     .as_ref()
                     .and_then(|r| r.dead_letters(&c.name).ok())
@@ -233,7 +155,7 @@ pub(crate) async fn connectors(State(state): State<AppState>) -> Result<Response
                 serde_json::json!({
                     "name": c.name,
                     "type": c.kind,
-                    "target": c.target,
+                    "target": crate::redact::url(&c.target),
                     "state": state,
                     "disabled_reason": disabled,
                     "cursor": s.cursor.load(Relaxed),
@@ -241,9 +163,9 @@ pub(crate) async fn connectors(State(state): State<AppState>) -> Result<Response
                     "delivered": s.delivered.load(Relaxed),
                     "retried": s.retried.load(Relaxed),
                     "failed": s.failed.load(Relaxed),
-                    "last_error": s.last_error.lock().ok().and_then(|e| e.clone()),
+                    "last_error": redact(s.last_error.lock().ok().and_then(|e| e.clone())),
                     "dead_letters": dead_letters.iter().map(|d| serde_json::json!({
-                        "seq": d.seq, "attempts": d.attempts, "reason": d.reason,
+                        "seq": d.seq, "attempts": d.attempts, "reason": crate::redact::text(&d.reason),
                         "time": d.time, "replay_queued": d.replay,
                     })).collect::<Vec<_>>(),
                     "attempts": attempts.iter().map(|a| serde_json::json!({

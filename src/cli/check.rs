@@ -22,7 +22,7 @@ pub(super) fn check(path: &std::path::Path, out: &mut dyn Write, err: &mut dyn W
                     let (events, target, suffix) = match &c.kind {
                         ConnectorKind::Webhook(w) => (
                             &w.events,
-                            format!("{} {}", w.method, w.url),
+                            format!("{} {}", w.method, crate::redact::url(&w.url)),
                             if w.secrets.is_empty() { "" } else { ", signed" },
                         ),
                         ConnectorKind::Mqtt(m) => (
@@ -37,7 +37,7 @@ pub(super) fn check(path: &std::path::Path, out: &mut dyn Write, err: &mut dyn W
                         ),
                         ConnectorKind::Onvif(o) => (
                             &o.events,
-                            format!("Notify {}", o.url),
+                            format!("Notify {}", crate::redact::url(&o.url)),
                             if o.username.is_some() {
                                 ", WS-UsernameToken"
                             } else {
@@ -57,6 +57,7 @@ pub(super) fn check(path: &std::path::Path, out: &mut dyn Write, err: &mut dyn W
                     );
                 }
             }
+            let _ = writeln!(out, "{}", api_summary(&loaded.site, &loaded.ingress));
             let _ = writeln!(out);
             let _ =
                 out.write_all(crate::failover::placement::capacity_report(&loaded.site).as_bytes());
@@ -86,4 +87,34 @@ pub(super) fn check(path: &std::path::Path, out: &mut dyn Write, err: &mut dyn W
             EXIT_INVALID
         }
     }
+}
+
+/// One line on the API: who may read it, HTTP or HTTPS, extra host names, ONVIF push.
+fn api_summary(site: &config::Site, ingress: &config::Ingress) -> String {
+    let reads = match (ingress.read, &site.api.token, &ingress.read_token) {
+        (config::ReadAccess::Open, _, _) => "reads open to anyone".to_string(),
+        (_, None, None) => "reads and mutations refused (no token)".to_string(),
+        (_, Some(_), Some(_)) => "reads with api.token or api.read_token".to_string(),
+        (_, Some(_), None) => "reads with api.token".to_string(),
+        (_, None, Some(_)) => "reads with api.read_token, mutations refused".to_string(),
+    };
+    let scheme = match &ingress.tls {
+        Some(t) if t.client_ca.is_some() => "https with client certificates",
+        Some(_) => "https",
+        None => "http",
+    };
+    let mut line = format!("api: {reads}, {scheme}");
+    if !ingress.hosts.is_empty() {
+        line.push_str(&format!(", host names {}", ingress.hosts.join(", ")));
+    }
+    let push: Vec<String> = ingress
+        .onvif_push_allow
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    line.push_str(&match push.as_slice() {
+        [] => ", no ONVIF push subscriptions".to_string(),
+        list => format!(", ONVIF push to {}", list.join(", ")),
+    });
+    line
 }

@@ -1,48 +1,140 @@
 //! The API clients of the CLI: `status`, `failover`, `failback` and `replay`, through any
-//! node's API (`--api URL`, or the site file's address of `--node`).
+//! node's API (`--api URL`, or the site file's address of `--node`), over HTTP or HTTPS, with
+//! the bearer token every read and mutation needs.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::Value;
 
-use super::{EXIT_INVALID, EXIT_UNAVAILABLE, Target, load};
+use super::{EXIT_INVALID, EXIT_UNAVAILABLE, Target, load_all};
 
-/// Resolves the API base URL and token of a client command.
-fn target(t: &Target, err: &mut dyn Write) -> Option<(String, Option<String>)> {
-    if let Some(api) = &t.api {
-        return Some((api.trim_end_matches('/').to_string(), t.token.clone()));
+/// What a client command needs: the node's API and how to talk to it.
+struct Endpoint {
+    /// `http(s)://host:port`.
+    base: String,
+    /// The bearer token to send.
+    token: Option<String>,
+    client: reqwest::Client,
+}
+
+/// How a client command speaks TLS: the CA certificates it trusts (only them, or the system's
+/// too), and the certificate it presents.
+#[derive(Debug, Default)]
+struct ClientTls {
+    cas: Vec<PathBuf>,
+    only: bool,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+}
+
+/// Resolves the API base URL, the token and the TLS settings of a client command: `--api`,
+/// `--token`, `--cacert`, `--cert`/`--key`; or, with `--config`, the node's address, the
+/// site file's `api.token` (or `api.read_token` for a read), and with `[api] tls` HTTPS that
+/// trusts the certificates of the node's certificate file and of `client_ca` (besides the
+/// system's), presenting the node's own certificate when the API asks for one.
+fn target(t: &Target, read: bool, err: &mut dyn Write) -> Option<Endpoint> {
+    let mut tls = ClientTls {
+        cas: t.cacert.iter().cloned().collect(),
+        only: t.cacert.is_some(),
+        cert: t.cert.clone(),
+        key: t.key.clone(),
+    };
+    if t.cert.is_some() != t.key.is_some() {
+        let _ = writeln!(err, "buddygate: --cert and --key go together");
+        return None;
     }
-    let Some(config) = &t.config else {
-        let _ = writeln!(
-            err,
-            "buddygate: give --api URL, or --config FILE [--node ID]"
+    let (base, token) = if let Some(api) = &t.api {
+        (api.trim_end_matches('/').to_string(), t.token.clone())
+    } else {
+        let Some(config) = &t.config else {
+            let _ = writeln!(
+                err,
+                "buddygate: give --api URL, or --config FILE [--node ID]"
+            );
+            return None;
+        };
+        let loaded = load_all(config, err)?;
+        let (site, ingress) = (&loaded.site, &loaded.ingress);
+        let server = match &t.node {
+            Some(id) => site.servers.iter().find(|s| &s.id == id),
+            None => site.servers.iter().find(|s| s.api.is_some()),
+        };
+        let Some(addr) = server.and_then(|s| s.api) else {
+            let _ = writeln!(
+                err,
+                "buddygate: no API address for that node in {}",
+                config.display()
+            );
+            return None;
+        };
+        let dir = config.parent().unwrap_or(Path::new("."));
+        let secret = |s: &Option<crate::config::SecretRef>| {
+            s.as_ref()
+                .and_then(|s| s.resolve(dir).ok())
+                .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        };
+        let token = t.token.clone().or_else(|| {
+            secret(&site.api.token).or_else(|| read.then(|| secret(&ingress.read_token)).flatten())
+        });
+        let scheme = match &ingress.tls {
+            Some(api_tls) => {
+                if tls.cas.is_empty() {
+                    tls.cas.push(api_tls.cert.clone());
+                    tls.cas.extend(api_tls.client_ca.clone());
+                }
+                if api_tls.client_ca.is_some() && tls.cert.is_none() {
+                    tls.cert = Some(api_tls.cert.clone());
+                    tls.key = Some(api_tls.key.clone());
+                }
+                "https"
+            }
+            None => "http",
+        };
+        (format!("{scheme}://{addr}"), token)
+    };
+    match client(&tls) {
+        Ok(client) => Some(Endpoint {
+            base,
+            token,
+            client,
+        }),
+        Err(e) => {
+            let _ = writeln!(err, "buddygate: {e}");
+            None
+        }
+    }
+}
+
+/// The HTTP client of a command: 5 s per request; trusting `tls.cas` (only them with
+/// `tls.only`, else the system's too); presenting `tls.cert`/`tls.key`.
+fn client(tls: &ClientTls) -> Result<reqwest::Client, String> {
+    let read = |p: &Path| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
+    let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(5));
+    let mut certs = Vec::new();
+    for ca in &tls.cas {
+        certs.extend(
+            reqwest::Certificate::from_pem_bundle(&read(ca)?)
+                .map_err(|e| format!("{}: {e}", ca.display()))?,
         );
-        return None;
-    };
-    let site = load(config, err)?;
-    let server = match &t.node {
-        Some(id) => site.servers.iter().find(|s| &s.id == id),
-        None => site.servers.iter().find(|s| s.api.is_some()),
-    };
-    let Some(addr) = server.and_then(|s| s.api) else {
-        let _ = writeln!(
-            err,
-            "buddygate: no API address for that node in {}",
-            config.display()
-        );
-        return None;
-    };
-    let base = config.parent().unwrap_or(Path::new("."));
-    let token = t.token.clone().or_else(|| {
-        site.api
-            .token
-            .as_ref()
-            .and_then(|s| s.resolve(base).ok())
-            .map(|b| String::from_utf8_lossy(&b).trim().to_string())
-    });
-    Some((format!("http://{addr}"), token))
+    }
+    if !certs.is_empty() {
+        builder = if tls.only {
+            builder.tls_certs_only(certs)
+        } else {
+            builder.tls_certs_merge(certs)
+        };
+    }
+    if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
+        let mut pem = read(cert)?;
+        pem.push(b'\n');
+        pem.extend(read(key)?);
+        let identity = reqwest::Identity::from_pem(&pem)
+            .map_err(|e| format!("client certificate {}: {e}", cert.display()))?;
+        builder = builder.identity(identity);
+    }
+    builder.build().map_err(|e| e.to_string())
 }
 
 fn client_runtime() -> std::io::Result<tokio::runtime::Runtime> {
@@ -51,36 +143,54 @@ fn client_runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
-async fn get_json(client: &reqwest::Client, url: &str) -> Result<Value, String> {
-    let resp = client
-        .get(url)
-        .send()
-        .await
-        .map_err(|e| format!("{url}: {e}"))?;
+/// A request's error with its causes (a TLS refusal is several levels down).
+fn failed(url: &str, e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(inner) = source {
+        let next = inner.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = inner.source();
+    }
+    format!("{url}: {text}")
+}
+
+async fn get_json(api: &Endpoint, url: &str) -> Result<Value, String> {
+    let mut req = api.client.get(url);
+    if let Some(t) = &api.token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().await.map_err(|e| failed(url, &e))?;
     let status = resp.status();
-    let body: Value = resp.json().await.map_err(|e| format!("{url}: {e}"))?;
+    let body: Value = resp.json().await.map_err(|e| failed(url, &e))?;
     if !status.is_success() {
-        return Err(format!("{url}: {status}: {}", body["error"]));
+        let hint = match status.as_u16() {
+            401 if api.token.is_none() => {
+                " (give --token, or --config with the site file's api.token or api.read_token)"
+            }
+            _ => "",
+        };
+        return Err(format!("{url}: {status}: {}{hint}", body["error"]));
     }
     Ok(body)
 }
 
 /// `buddygate status`.
 pub(super) fn status(t: &Target, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
-    let Some((base, _)) = target(t, err) else {
+    let Some(api) = target(t, true, err) else {
         return EXIT_INVALID;
     };
     let Ok(rt) = client_runtime() else {
         return EXIT_UNAVAILABLE;
     };
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap_or_default();
+    let base = &api.base;
     let fetched = rt.block_on(async {
-        let site = get_json(&client, &format!("{base}/api/v1/site")).await?;
-        let resources = get_json(&client, &format!("{base}/api/v1/resources")).await?;
-        let connectors = get_json(&client, &format!("{base}/api/v1/connectors"))
+        let site = get_json(&api, &format!("{base}/api/v1/site")).await?;
+        let resources = get_json(&api, &format!("{base}/api/v1/resources")).await?;
+        let connectors = get_json(&api, &format!("{base}/api/v1/connectors"))
             .await
             .unwrap_or(Value::Null);
         Ok::<_, String>((site, resources, connectors))
@@ -242,23 +352,19 @@ pub(super) fn command(
 
 /// An authenticated POST to `{api}/api/v1/{path}`.
 fn post(t: &Target, path: &str, what: &str, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
-    let Some((base, token)) = target(t, err) else {
+    let Some(api) = target(t, false, err) else {
         return EXIT_INVALID;
     };
     let Ok(rt) = client_runtime() else {
         return EXIT_UNAVAILABLE;
     };
-    let url = format!("{base}/api/v1/{path}");
+    let url = format!("{}/api/v1/{path}", api.base);
     let result = rt.block_on(async {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .build()
-            .map_err(|e| e.to_string())?;
-        let mut req = client.post(&url);
-        if let Some(t) = &token {
+        let mut req = api.client.post(&url);
+        if let Some(t) = &api.token {
             req = req.bearer_auth(t);
         }
-        let resp = req.send().await.map_err(|e| format!("{url}: {e}"))?;
+        let resp = req.send().await.map_err(|e| failed(&url, &e))?;
         let status = resp.status();
         let body: Value = resp.json().await.unwrap_or(Value::Null);
         Ok::<_, String>((status, body))

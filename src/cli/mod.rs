@@ -16,7 +16,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{self, Site};
+use crate::config;
 use crate::connectors::{self, SiteFiles};
 
 /// Exit code for an invalid site file (BSD `EX_USAGE`, as DESIGN fixes it).
@@ -120,9 +120,21 @@ pub struct Target {
     /// ...for this node [default: the first server with an API].
     #[arg(long, value_name = "ID")]
     pub node: Option<String>,
-    /// Bearer token for mutations [default: the site file's api.token, or $BUDDYGATE_TOKEN].
+    /// Bearer token [default: $BUDDYGATE_TOKEN, or with --config the site file's api.token
+    /// (for status also api.read_token)].
     #[arg(long, env = "BUDDYGATE_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// An https API: PEM CA certificate(s) to trust for it [default: the system's roots; with
+    /// --config, also the node's [api] tls certificate file].
+    #[arg(long, value_name = "FILE", env = "BUDDYGATE_CACERT")]
+    pub cacert: Option<PathBuf>,
+    /// An https API that wants client certificates: this PEM certificate... [default with
+    /// --config: the node's own [api] tls certificate]
+    #[arg(long, value_name = "FILE", env = "BUDDYGATE_CERT", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// ...and its PEM private key.
+    #[arg(long, value_name = "FILE", env = "BUDDYGATE_KEY", requires = "cert")]
+    pub key: Option<PathBuf>,
 }
 
 /// Runs the command with the process's stdout and stderr.
@@ -180,11 +192,6 @@ pub fn run_with(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
             1
         }
     }
-}
-
-/// Loads the site file, printing diagnostics; `None` when invalid.
-pub(crate) fn load(config: &Path, err: &mut dyn Write) -> Option<Site> {
-    load_all(config, err).map(|l| l.site)
 }
 
 /// The site and its connector files.

@@ -22,6 +22,31 @@ fn read_secret(what: &str, secret: &config::SecretRef, base: &Path) -> Result<Ve
     Ok(bytes)
 }
 
+/// The API's access settings with their secrets and TLS files read.
+fn api_access(ingress: &config::Ingress, base: &Path) -> Result<crate::api::Access, String> {
+    let read_token = match &ingress.read_token {
+        Some(t) => Some(
+            String::from_utf8_lossy(&read_secret("api.read_token", t, base)?)
+                .trim()
+                .to_string(),
+        ),
+        None => None,
+    };
+    let tls = match &ingress.tls {
+        Some(tls) => {
+            Some(crate::api::listener::tls_config(tls).map_err(|e| format!("api.tls: {e}"))?)
+        }
+        None => None,
+    };
+    Ok(crate::api::Access {
+        open_reads: ingress.read == config::ReadAccess::Open,
+        read_token,
+        hosts: ingress.hosts.clone(),
+        onvif_push_allow: ingress.onvif_push_allow.clone(),
+        tls,
+    })
+}
+
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("BUDDYGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -43,7 +68,7 @@ pub(super) fn run_node(
     let Some(loaded) = load_all(config, err) else {
         return EXIT_INVALID;
     };
-    let (site, connectors) = (loaded.site, loaded.connectors);
+    let (site, ingress, connectors) = (loaded.site, loaded.ingress, loaded.connectors);
     let Some(idx) = site.server_idx(node) else {
         let ids: Vec<&str> = site.servers.iter().map(|s| s.id.as_str()).collect();
         let _ = writeln!(
@@ -86,6 +111,13 @@ pub(super) fn run_node(
             }
         }
     }
+    let api_access = match api_access(&ingress, &base) {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = writeln!(err, "buddygate: {e}");
+            return EXIT_INVALID;
+        }
+    };
     let data_dir = data_dir.unwrap_or_else(|| base.join("data").join(node));
     init_logging();
     let cfg = NodeConfig {
@@ -98,6 +130,7 @@ pub(super) fn run_node(
         agent_concurrency: 16,
         shutdown_grace: Duration::from_secs(5),
         connectors,
+        api_access,
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

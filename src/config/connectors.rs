@@ -117,6 +117,44 @@ pub(crate) fn check_http_url(url: &str, issues: &mut Vec<Issue>) {
     }
 }
 
+/// `url` must carry no credentials: user info is an error that points to `keys`, where they
+/// go instead; a credential-like query parameter (`?token=`) a warning (some endpoints know no
+/// other way; it is redacted wherever the URL is shown).
+pub(crate) fn check_url_credentials(url: &str, keys: &str, issues: &mut Vec<Issue>) {
+    let at = KeyPath::root().key("url");
+    let authority = url
+        .split_once("://")
+        .map(|(_, rest)| rest.split(['/', '?', '#']).next().unwrap_or(""))
+        .unwrap_or("");
+    if authority.contains('@') {
+        issues.push(Issue::error(
+            &at,
+            format!(
+                "credentials go in {keys}, not in the URL (a URL is shown in logs and `buddygate status`)"
+            ),
+        ));
+    }
+    let query = url
+        .split_once('?')
+        .map(|(_, q)| q.split('#').next().unwrap_or(""))
+        .unwrap_or("");
+    let secret: Vec<&str> = query
+        .split('&')
+        .filter_map(|p| p.split_once('='))
+        .filter(|(name, value)| !value.is_empty() && crate::redact::is_credential_name(name))
+        .map(|(name, _)| name)
+        .collect();
+    if let Some(name) = secret.first() {
+        issues.push(Issue::warning(
+            &at,
+            format!(
+                "`{name}=` looks like a credential in the URL: it is redacted in logs and API \
+                 answers, but {keys} keep it out of the URL"
+            ),
+        ));
+    }
+}
+
 pub(crate) fn check_timeout(timeout: Duration, issues: &mut Vec<Issue>) {
     if timeout.is_zero() {
         issues.push(Issue::error(

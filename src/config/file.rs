@@ -14,6 +14,7 @@ use std::time::Duration;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+use super::ingress::ReadAccess;
 use super::model::{AgentKind, AgentTimings, FailMode, Failback, Kind, Mode, Role, SecretRef};
 use super::params::ParamText;
 
@@ -85,6 +86,46 @@ pub struct ApiSection {
     /// WS-UsernameToken accounts for the ONVIF device and event services.
     #[serde(default)]
     pub onvif_users: Vec<OnvifUserEntry>,
+    /// Who may read the API (`/api/v1/...`, `/metrics`, the event stream): `"token"` (default:
+    /// `Authorization: Bearer` with `token` or `read_token`) or `"open"` (anyone who reaches the
+    /// API port). `/healthz`, the dashboard page itself and ONVIF `GetSystemDateAndTime` are
+    /// always open.
+    #[serde(default)]
+    pub read: ReadAccess,
+    /// A bearer token that may read but not fail over, fail back or replay: for dashboards,
+    /// `buddygate status` and Prometheus. `file:PATH` or `env:VAR` (inline is warned).
+    #[serde(default, deserialize_with = "secret::deserialize_option")]
+    #[schemars(with = "Option<String>")]
+    pub read_token: Option<SecretRef>,
+    /// Serve the API over HTTPS: `{ cert = "api.crt", key = "api.key" }`, PEM files relative
+    /// to this file (the certificate names the API's address or host name). With
+    /// `client_ca`, every client must present a certificate signed by that CA.
+    #[serde(default)]
+    pub tls: Option<ApiTlsFile>,
+    /// Host names clients may use to reach the API (its `Host` header), besides the node's own
+    /// addresses, loopback addresses and `localhost`: e.g. `["vms-1.example.com"]`. Any other
+    /// `Host` is refused (421), which stops DNS rebinding.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Where an ONVIF push `Subscribe` may send notifications: addresses (`"10.0.5.7"`),
+    /// networks (`"10.0.5.0/24"`) or host names (`"psim.example.com"`), each with an optional
+    /// port (`"10.0.5.7:8080"`). Empty (default): push subscriptions are refused. Pull points
+    /// are not affected.
+    #[serde(default)]
+    pub onvif_push_allow: Vec<String>,
+}
+
+/// `[api] tls = { cert = "api.crt", key = "api.key", client_ca = "clients.pem" }`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApiTlsFile {
+    /// PEM certificate chain of the API (leaf first), relative to the site file.
+    pub cert: PathBuf,
+    /// PEM private key of `cert`.
+    pub key: PathBuf,
+    /// PEM CA certificate(s): when set, clients must present a certificate signed by one.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
 }
 
 /// One ONVIF account: `{ user = "admin", password = "file:onvif.pass" }`.

@@ -61,7 +61,36 @@ pub(super) fn missing_files(
 ) -> Vec<Issue> {
     let mut issues = missing_secret_files(x, base);
     issues.extend(missing_commands(blocks, base));
+    issues.extend(missing_tls_files(x, base));
     issues
+}
+
+/// Warnings for `[api] tls` files that do not exist, relative to `base`: the node will not
+/// start without them.
+fn missing_tls_files(x: &Expanded<'_>, base: &Path) -> Vec<Issue> {
+    let Some(tls) = x.api.and_then(|a| a.value.tls.as_ref()) else {
+        return Vec::new();
+    };
+    let at = KeyPath::root().key("api").key("tls");
+    [
+        ("cert", Some(&tls.cert)),
+        ("key", Some(&tls.key)),
+        ("client_ca", tls.client_ca.as_ref()),
+    ]
+    .into_iter()
+    .filter_map(|(key, p)| {
+        let p = p.filter(|p| !p.as_os_str().is_empty())?;
+        (!base.join(p).is_file()).then(|| {
+            Issue::warning(
+                &at.key(key),
+                format!(
+                    "{} does not exist: the node will not start without it",
+                    base.join(p).display()
+                ),
+            )
+        })
+    })
+    .collect()
 }
 
 /// Warnings for `file:` secrets that do not exist, relative to `base`.
@@ -77,6 +106,9 @@ fn missing_secret_files(x: &Expanded<'_>, base: &Path) -> Vec<Issue> {
         let path = KeyPath::root().key("api");
         if let Some(token) = &api.token {
             secrets.push((path.key("token"), token));
+        }
+        if let Some(token) = &api.read_token {
+            secrets.push((path.key("read_token"), token));
         }
         for (i, u) in api.onvif_users.iter().enumerate() {
             secrets.push((

@@ -12,6 +12,8 @@
 //!   `exec` commands that do not exist), which only [`load`] runs.
 //! - `agent`: the agent settings of a `[[resources]]` block and their templates.
 //! - `params`: a resource's own agent settings (`params = { url = ... }`).
+//! - `ingress`: the `[api]` settings of the node's listener (read access, HTTPS, host names,
+//!   ONVIF push consumers), kept beside the [`Site`] in [`Loaded`].
 //! - `locate`: key paths to `line:col`.
 //! - [`summary`]: the one-screen text `buddygate check` prints.
 
@@ -21,6 +23,7 @@ pub(crate) mod decode;
 mod diag;
 pub mod expand;
 pub mod file;
+mod ingress;
 mod load;
 pub(crate) mod locate;
 mod model;
@@ -36,6 +39,7 @@ use toml::de::DeTable;
 
 pub use agent::{PARAMS_VARIABLE, template_environment};
 pub use diag::{Diagnostic, Diagnostics, Severity};
+pub use ingress::{ApiTls, Ingress, PushAllow, ReadAccess, canonical_ip, is_host_name};
 pub use load::{connectors_dir, load};
 pub use model::*;
 pub use params::{MAX_PARAMS, ParamText, env_suffix as param_env_suffix};
@@ -46,6 +50,9 @@ use locate::{Issue, Locator};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Loaded {
     pub site: Site,
+    /// How the node's API is reached and read (`[api]`: `read`, `read_token`, `tls`, `hosts`,
+    /// `onvif_push_allow`).
+    pub ingress: Ingress,
     pub warnings: Vec<Diagnostic>,
 }
 
@@ -102,12 +109,13 @@ fn check(text: &str, file: &str, base: Option<&Path>) -> Result<Loaded, Diagnost
     if failed {
         return Err(diagnostics);
     }
-    match validate::resolve(&site) {
-        Some(site) => Ok(Loaded {
+    match (validate::resolve(&site), validate::resolve_ingress(&site)) {
+        (Some(site), Some(ingress)) => Ok(Loaded {
             site,
+            ingress,
             warnings: diagnostics.0,
         }),
-        None => {
+        _ => {
             // Validation passed but resolving failed: a missing rule, reported, never a panic.
             let mut d = diagnostics;
             d.0.push(Diagnostic::whole_file(

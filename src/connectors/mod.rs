@@ -214,7 +214,7 @@ pub fn start(
         handles.push(ConnectorHandle {
             name: c.name.clone(),
             kind: c.kind.type_name(),
-            target: target.to_string(),
+            target: crate::redact::url(target),
             status,
             replay,
         });

@@ -384,7 +384,7 @@ pub fn http_client(
     Ok(builder.build()?)
 }
 
-/// An error with its sources, `: `-separated.
+/// An error with its sources, `: `-separated, credentials in URLs redacted.
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
@@ -393,7 +393,7 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         s.push_str(&inner.to_string());
         src = inner.source();
     }
-    s
+    crate::redact::text(&s)
 }
 
 /// `Retry-After`: seconds, or an HTTP date; at most [`MAX_RETRY_AFTER`].

@@ -294,11 +294,14 @@ async fn run_async(opts: LiveOptions) -> anyhow::Result<()> {
     }
 
     if opts.keep_running {
-        println!("\nthe site keeps running. dashboards:");
+        println!("\nthe site keeps running. dashboards (token {TOKEN}):");
         for id in NODES {
             println!("  {id}: {}/", site.api(id));
         }
-        println!("try: buddygate status --api {}", site.api("fo-1"));
+        println!(
+            "try: buddygate status --api {} --token {TOKEN}",
+            site.api("fo-1")
+        );
         println!(
             "     buddygate failover live-2 --api {} --token {TOKEN}",
             site.api("fo-1")

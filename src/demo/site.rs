@@ -178,6 +178,7 @@ impl Site {
         let resp = self
             .client
             .get(format!("{}{path}", self.api(id)))
+            .bearer_auth(TOKEN)
             .send()
             .await
             .ok()?;

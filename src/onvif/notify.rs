@@ -114,7 +114,7 @@ pub async fn send(client: &reqwest::Client, url: &str, body: String) -> Result<(
         .send()
         .await
         .map_err(|source| NotifyError::Transport {
-            url: url.to_string(),
+            url: crate::redact::url(url),
             source,
         })?;
     let status = resp.status();
@@ -128,7 +128,7 @@ pub async fn send(client: &reqwest::Client, url: &str, body: String) -> Result<(
         .map(str::to_string);
     let body = resp.bytes().await.unwrap_or_default();
     Err(NotifyError::Status {
-        url: url.to_string(),
+        url: crate::redact::url(url),
         status: status.as_u16(),
         retry_after,
         fault: fault_reason(&body),

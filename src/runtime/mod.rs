@@ -53,6 +53,8 @@ pub struct NodeConfig {
     pub shutdown_grace: Duration,
     /// Connector files of the site.
     pub connectors: Vec<crate::connectors::Connector>,
+    /// The API's read access, host names, ONVIF push consumers and TLS.
+    pub api_access: crate::api::Access,
 }
 
 #[derive(Debug, Error)]
@@ -85,6 +87,8 @@ pub struct Daemon {
 impl Daemon {
     /// Opens the store and binds every socket. Fails before anything runs.
     pub async fn build(cfg: NodeConfig) -> Result<Self, BuildError> {
+        // Before anything opens a descriptor; the API keeps a reserve of them (crate::fds).
+        crate::fds::raise();
         let mut store = Store::open(&cfg.data_dir)?;
         let incarnation = store.next_incarnation(wall_ms())?;
         let me = cfg.site.server(cfg.node);
@@ -217,6 +221,7 @@ impl Daemon {
             onvif_users: cfg.onvif_users.clone(),
             metrics: metrics.clone(),
             connectors: Arc::new(connectors),
+            access: cfg.api_access.clone(),
         };
         if let Some(listener) = api {
             let shared = shared.clone();

@@ -62,6 +62,8 @@ pub struct SiteOptions {
     pub connectors: Vec<(&'static str, String)>,
     /// Extra keys for every failover server (`max_servers = 3`, ...).
     pub extra_failover_keys: &'static str,
+    /// Extra keys of `[api]` (after `token = "file:api.token"`): `read_token`, `tls`, ...
+    pub extra_api_keys: String,
 }
 
 /// A server of a hand-built topology: `buddies` empty makes it a failover server.
@@ -80,6 +82,7 @@ impl Default for SiteOptions {
             extra_resource_keys: "",
             connectors: Vec::new(),
             extra_failover_keys: "",
+            extra_api_keys: String::new(),
         }
     }
 }
@@ -145,8 +148,8 @@ impl Cluster {
         let mut toml = format!(
             "[site]\nname = \"{name}\"\nsecret = \"file:site.key\"\nheartbeat_interval = \"200ms\"\n\
              failure_timeout = \"1s\"\nfailback = \"{}\"\nfailback_delay = \"{}\"\n\n\
-             [api]\ntoken = \"file:api.token\"\n\n",
-            opts.failback, opts.failback_delay
+             [api]\ntoken = \"file:api.token\"\n{}\n",
+            opts.failback, opts.failback_delay, opts.extra_api_keys
         );
         for s in &servers {
             let hb: Vec<String> = s.heartbeat.iter().map(|a| format!("\"{a}\"")).collect();
@@ -196,16 +199,38 @@ impl Cluster {
     }
 
     pub fn start(&mut self, id: &str) {
-        self.start_with_env(id, &[]);
+        self.start_limited(id, &[], None);
     }
 
     /// Starts `id` with extra environment variables (fault injection).
     pub fn start_with_env(&mut self, id: &str, env: &[(&str, &str)]) {
+        self.start_limited(id, env, None);
+    }
+
+    /// Starts `id` with its file-descriptor limits set to `(soft, hard)` first (`ulimit -n` in
+    /// a shell that then execs the daemon: the pid is the daemon's).
+    pub fn start_with_nofile(&mut self, id: &str, soft: u64, hard: u64) {
+        self.start_limited(id, &[], Some((soft, hard)));
+    }
+
+    fn start_limited(&mut self, id: &str, env: &[(&str, &str)], nofile: Option<(u64, u64)>) {
         let i = self.index(id);
         self.starts[i] += 1;
         let log =
             std::fs::File::create(self.dir.join(format!("{id}.{}.log", self.starts[i]))).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_buddygate"))
+        let mut command = match nofile {
+            None => Command::new(env!("CARGO_BIN_EXE_buddygate")),
+            Some((soft, hard)) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(format!(
+                        "ulimit -S -n {soft} && ulimit -H -n {hard} && exec \"$0\" \"$@\""
+                    ))
+                    .arg(env!("CARGO_BIN_EXE_buddygate"));
+                c
+            }
+        };
+        let child = command
             .args(["run", "--config"])
             .arg(&self.site)
             .args(["--node", id])
@@ -306,7 +331,23 @@ impl Drop for Cluster {
     }
 }
 
+/// An HTTP client for the nodes' APIs: every request carries the site's API token (reads need
+/// one), unless it sets its own `Authorization`. [`anonymous`] sends none.
 pub fn client() -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {TOKEN}").parse().unwrap(),
+    );
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .default_headers(headers)
+        .build()
+        .unwrap()
+}
+
+/// An HTTP client without credentials.
+pub fn anonymous() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(3))
         .build()
@@ -533,6 +574,28 @@ impl Running {
             task,
         }
     }
+}
+
+/// The resident memory of process `pid`, in KiB (`VmRSS` of `/proc/PID/status`).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+/// The value of the first sample of `name` (a full metric name) whose labels contain `label`
+/// (`""`: any) in a Prometheus exposition.
+pub fn metric(text: &str, name: &str, label: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with([' ', '{']))
+                && l.contains(label)
+        })
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
 /// A GET's body as text.

@@ -56,6 +56,8 @@ pub struct ApiOptions {
     /// Capacity of the command channel.
     pub commands: usize,
     pub metrics: Arc<Metrics>,
+    /// Read access, host names, ONVIF push consumers, TLS.
+    pub access: api::Access,
 }
 
 /// The runtime's side of a served API: publish snapshots and events, read commands.
@@ -83,8 +85,14 @@ pub fn serve(listener: TcpListener, snapshot: Snapshot, opts: ApiOptions) -> Nod
         onvif_users: opts.onvif_users,
         metrics: opts.metrics,
         connectors: Default::default(),
+        access: opts.access,
     };
-    let base = format!("http://{}", listener.local_addr().expect("bound"));
+    let scheme = if shared.access.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let base = format!("{scheme}://{}", listener.local_addr().expect("bound"));
     let cancel = CancellationToken::new();
     let server = tokio::spawn(api::serve(listener, shared, cancel.clone()));
     NodeApi {

@@ -1,7 +1,10 @@
 """Loads a page in headless Chromium, waits until a condition holds in it, then saves a
 screenshot and the rendered DOM. Used by check.sh.
 
-    python3 browse.py URL CONDITION_JS SCREENSHOT DOM PROFILE_DIR [TIMEOUT_S]
+    python3 browse.py URL CONDITION_JS SCREENSHOT DOM PROFILE_DIR [TIMEOUT_S [FIRST_JS ACTION_JS]]
+
+With FIRST_JS and ACTION_JS, it first waits until FIRST_JS holds, then runs ACTION_JS (e.g.
+types the token the page asks for), then waits for CONDITION_JS.
 
 Why not `chromium --screenshot --virtual-time-budget=...`: virtual time does not advance while
 a network fetch is pending, and the dashboard keeps an event stream open, so such a run never
@@ -120,6 +123,14 @@ def main():
             return result.get("value")
 
         deadline = time.monotonic() + timeout
+        if len(sys.argv) > 8:
+            first, action = sys.argv[7:9]
+            while not evaluate(f"Boolean({first})"):
+                if time.monotonic() > deadline:
+                    print(f"first condition not met within {timeout:.0f} s: {first}", file=sys.stderr)
+                    return 2
+                time.sleep(0.2)
+            evaluate(action)
         held = False
         while time.monotonic() < deadline:
             if evaluate(f"Boolean({condition})"):

@@ -2,7 +2,8 @@
 # Renders the dashboard in a real browser: starts the dashboard fixture (one simulated
 # failover node serving the API on 127.0.0.1, see examples/dashboard_fixture.rs), loads `/` in
 # headless Chromium, saves a screenshot to docs/dashboard.png and checks the rendered DOM for
-# servers, resources and event rows (i.e. the page's script ran and fetched data).
+# servers, resources and event rows (i.e. the page's script ran and fetched data), after it
+# asked for the read token and was given it.
 #
 #   tests/dashboard/check.sh [SCREENSHOT]   # exit 0: passed (or skipped: no chromium)
 #
@@ -55,14 +56,23 @@ done
 [[ -n "$addr" ]] || fail "the fixture did not start listening"
 echo "fixture serving $addr"
 
+# Reads need a token: the page first asks for one (the API answered 401); the token is typed
+# into its form, and must then be kept in sessionStorage only (no cookie, not in the URL).
+token="fixture-read-token"
+asks="!document.querySelector('#login').hidden && document.querySelector('#conn').textContent === 'token needed'"
+answer="document.querySelector('#login-token').value = '$token';
+    document.querySelector('#login-form').requestSubmit(); true"
 # The page is ready when its script fetched the site and resources, the event stream is
 # connected, and an event arrived live (the fixture cuts a path a few seconds in).
 ready="document.querySelector('#conn.live')
+    && document.querySelector('#login').hidden
+    && sessionStorage.getItem('buddygate.token') === '$token'
+    && localStorage.length === 0 && document.cookie === '' && !location.href.includes('$token')
     && document.querySelectorAll('.tile[data-id]').length > 50
     && document.querySelector('#events li[data-seq]')
     && document.querySelector('#events li.fresh')"
 mkdir -p "$work/profile" "$(dirname "$screenshot")"
-python3 tests/dashboard/browse.py "$addr/" "$ready" "$(realpath -m "$screenshot")" "$work/dom.html" "$work/profile" 30 \
+python3 tests/dashboard/browse.py "$addr/" "$ready" "$(realpath -m "$screenshot")" "$work/dom.html" "$work/profile" 30 "$asks" "$answer" \
     || fail "the page did not get ready (chromium: $(grep -v dbus "$work/profile/chromium.log" 2>/dev/null | tail -3))"
 [[ -s "$screenshot" ]] || fail "no screenshot at $screenshot"
 

@@ -589,7 +589,9 @@ class Lab:
             return None
         conn = _NsHTTP(s.ns, "127.0.0.1", s.api_port, timeout)
         try:
-            conn.request("GET", path, headers={"Connection": "close"})
+            # Reads need the site's token.
+            headers = {"Connection": "close", "Authorization": "Bearer fault-lab-token"}
+            conn.request("GET", path, headers=headers)
             r = conn.getresponse()
             body = r.read()
             if r.status != 200:

@@ -124,7 +124,13 @@ class Site:
         self.procs.clear()
 
     def api(self, sid, path):
-        with urllib.request.urlopen(f"http://{self.servers[sid]['api']}{path}", timeout=3) as r:
+        """GET `path` from `sid`'s API with the site's token (`api.token` in the site's folder):
+        reads need one."""
+        token = (self.dir / "api.token").read_text().strip()
+        req = urllib.request.Request(
+            f"http://{self.servers[sid]['api']}{path}", headers={"Authorization": f"Bearer {token}"}
+        )
+        with urllib.request.urlopen(req, timeout=3) as r:
             return json.load(r)
 
     def resources(self, view, home=None):

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use super::push::{self, PushAddresses};
-use super::subscriptions::{PullError, Subscription};
+use super::subscriptions::{Full, PullError, Subscription};
 use super::{Ctx, Reply};
+use crate::config::PushAllow;
 use crate::onvif::messages::write_notification;
 use crate::onvif::soap::{Detail, Fault, ns};
 use crate::onvif::time::{format_datetime, parse_datetime, parse_duration};
@@ -148,12 +149,15 @@ fn filter(op: &Element) -> Result<TopicMask, Fault> {
     Ok(mask)
 }
 
-fn too_many(max: usize) -> Fault {
-    Fault::receiver(
-        &["ter:Action", "ter:TooManySubscriptions"],
-        format!("this node serves at most {max} subscriptions at once"),
-    )
-    .with_detail(Detail::SubscribeCreationFailed)
+fn too_many(full: Full) -> Fault {
+    let reason = match full {
+        Full::Node { max } => format!("this node serves at most {max} subscriptions at once"),
+        Full::Account { max } => {
+            format!("this account holds {max} subscriptions, as many as one account may")
+        }
+    };
+    Fault::receiver(&["ter:Action", "ter:TooManySubscriptions"], reason)
+        .with_detail(Detail::SubscribeCreationFailed)
 }
 
 fn write_reference(o: &mut XmlOut, name: &str, address: &str) {
@@ -162,7 +166,7 @@ fn write_reference(o: &mut XmlOut, name: &str, address: &str) {
     o.close(name);
 }
 
-pub(super) fn create_pull_point(ctx: &Ctx<'_>, op: &Element) -> Result<Reply, Fault> {
+pub(super) fn create_pull_point(ctx: &Ctx<'_>, op: &Element, user: &str) -> Result<Reply, Fault> {
     let mask = filter(op)?;
     let until = termination(
         op.child(ns::TEV, "InitialTerminationTime"),
@@ -173,8 +177,8 @@ pub(super) fn create_pull_point(ctx: &Ctx<'_>, op: &Element) -> Result<Reply, Fa
     let sub = ctx
         .onvif
         .subs
-        .create(&ctx.onvif.hub, mask, None, until)
-        .map_err(|f| too_many(f.max))?;
+        .create(&ctx.onvif.hub, mask, None, until, user)
+        .map_err(too_many)?;
     tracing::debug!(subscription = %sub.id, "ONVIF pull-point subscription created.");
     Ok(subscribed(
         tev_action("EventPortType", "CreatePullPointSubscription"),
@@ -205,20 +209,39 @@ fn subscribed(
     })
 }
 
-pub(super) fn subscribe(ctx: &Ctx<'_>, op: &Element) -> Result<Reply, Fault> {
+/// Whether `[api] onvif_push_allow` lets a push subscription send to `url`.
+fn push_allowed(allow: &[PushAllow], url: &reqwest::Url) -> bool {
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port = url.port_or_known_default().unwrap_or(80);
+    allow.iter().any(|a| a.allows(host, port))
+}
+
+pub(super) fn subscribe(ctx: &Ctx<'_>, op: &Element, user: &str) -> Result<Reply, Fault> {
     let consumer = op
         .child(ns::WSNT, "ConsumerReference")
         .and_then(|c| c.child(ns::WSA, "Address"))
         .map(|a| a.text().to_string())
         .ok_or_else(|| Fault::invalid_arg("Subscribe needs ConsumerReference/Address"))?;
-    match reqwest::Url::parse(&consumer) {
-        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+    let url = match reqwest::Url::parse(&consumer) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => u,
         _ => {
             return Err(Fault::invalid_arg(format!(
-                "the consumer address must be an http(s) URL, got {consumer:?}"
+                "the consumer address must be an http(s) URL, got {:?}",
+                crate::redact::url(&consumer)
             ))
             .with_detail(Detail::SubscribeCreationFailed));
         }
+    };
+    if !push_allowed(&ctx.onvif.shared.access.onvif_push_allow, &url) {
+        tracing::warn!(consumer = %crate::redact::url(&consumer), client = ?ctx.client, "ONVIF push Subscribe refused: the consumer is not in [api] onvif_push_allow.");
+        return Err(Fault::invalid_arg(format!(
+            "this node does not push to {}: the site's [api] onvif_push_allow does not list it",
+            url.host_str().unwrap_or("?")
+        ))
+        .with_detail(Detail::SubscribeCreationFailed));
     }
     let mask = filter(op)?;
     let until = termination(
@@ -230,9 +253,9 @@ pub(super) fn subscribe(ctx: &Ctx<'_>, op: &Element) -> Result<Reply, Fault> {
     onvif.start_hub();
     let sub = onvif
         .subs
-        .create(&onvif.hub, mask, Some(consumer.clone()), until)
-        .map_err(|f| too_many(f.max))?;
-    tracing::info!(subscription = %sub.id, consumer = %consumer, "ONVIF push subscription created.");
+        .create(&onvif.hub, mask, Some(consumer.clone()), until, user)
+        .map_err(too_many)?;
+    tracing::info!(subscription = %sub.id, consumer = %crate::redact::url(&consumer), "ONVIF push subscription created.");
     let address = ctx.subscription_url(&sub.id);
     tokio::spawn(push::push(
         sub,
@@ -262,10 +285,10 @@ fn unknown_subscription(id: &str) -> Fault {
     .with_detail(Detail::ResourceUnknown)
 }
 
-fn lookup(ctx: &Ctx<'_>, id: &str) -> Result<Arc<Subscription>, Fault> {
+fn lookup(ctx: &Ctx<'_>, id: &str, user: &str) -> Result<Arc<Subscription>, Fault> {
     ctx.onvif
         .subs
-        .get(id, ctx.now)
+        .get(id, user, ctx.now)
         .ok_or_else(|| unknown_subscription(id))
 }
 
@@ -276,8 +299,13 @@ fn pull_fault(reason: String) -> Fault {
     })
 }
 
-pub(super) async fn pull_messages(ctx: &Ctx<'_>, id: &str, op: &Element) -> Result<Reply, Fault> {
-    let sub = lookup(ctx, id)?;
+pub(super) async fn pull_messages(
+    ctx: &Ctx<'_>,
+    id: &str,
+    op: &Element,
+    user: &str,
+) -> Result<Reply, Fault> {
+    let sub = lookup(ctx, id, user)?;
     if sub.consumer.is_some() {
         return Err(Fault::not_supported(
             "this is a push subscription: its messages go to the consumer",
@@ -336,8 +364,8 @@ pub(super) async fn pull_messages(ctx: &Ctx<'_>, id: &str, op: &Element) -> Resu
     ))
 }
 
-pub(super) async fn synchronize(ctx: &Ctx<'_>, id: &str) -> Result<Reply, Fault> {
-    let sub = lookup(ctx, id)?;
+pub(super) async fn synchronize(ctx: &Ctx<'_>, id: &str, user: &str) -> Result<Reply, Fault> {
+    let sub = lookup(ctx, id, user)?;
     ctx.onvif.start_hub();
     sub.synchronize(&ctx.onvif.hub).await;
     Ok(Reply::new(
@@ -346,8 +374,8 @@ pub(super) async fn synchronize(ctx: &Ctx<'_>, id: &str) -> Result<Reply, Fault>
     ))
 }
 
-pub(super) fn renew(ctx: &Ctx<'_>, id: &str, op: &Element) -> Result<Reply, Fault> {
-    let sub = lookup(ctx, id)?;
+pub(super) fn renew(ctx: &Ctx<'_>, id: &str, op: &Element, user: &str) -> Result<Reply, Fault> {
+    let sub = lookup(ctx, id, user)?;
     let el = op.child(ns::WSNT, "TerminationTime");
     if el.is_none_or(|e| e.text().is_empty()) {
         return Err(Fault::invalid_arg("Renew needs a TerminationTime")
@@ -368,8 +396,8 @@ pub(super) fn renew(ctx: &Ctx<'_>, id: &str, op: &Element) -> Result<Reply, Faul
     ))
 }
 
-pub(super) fn unsubscribe(ctx: &Ctx<'_>, id: &str) -> Result<Reply, Fault> {
-    lookup(ctx, id)?;
+pub(super) fn unsubscribe(ctx: &Ctx<'_>, id: &str, user: &str) -> Result<Reply, Fault> {
+    lookup(ctx, id, user)?;
     ctx.onvif.subs.remove(id);
     tracing::debug!(subscription = %id, "ONVIF subscription ended by Unsubscribe.");
     Ok(Reply::new(

@@ -16,6 +16,12 @@
 //!
 //! Subscriptions live in memory: they end with the node, and clients re-subscribe (ONVIF
 //! clients do when a renew fails).
+//!
+//! Limits (the authentication is inside the SOAP body, so bodies are read before it): at most
+//! [`MAX_BODY`] per request, read within [`BODY_TIMEOUT`], [`BODY_READS`] at once; one fault
+//! for every authentication failure, addresses that keep failing slowed down ([`auth`]);
+//! [`MAX_SUBSCRIPTIONS`] in all, [`MAX_SUBSCRIPTIONS_PER_ACCOUNT`] per account, each usable
+//! only by its account; push `Subscribe` only to consumers `[api] onvif_push_allow` lists.
 
 pub mod auth;
 pub mod device;
@@ -27,8 +33,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use axum::Router;
-use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -37,13 +43,22 @@ use tokio_util::sync::CancellationToken;
 use self::auth::Authenticator;
 use self::subscriptions::{Hub, Subscriptions};
 use super::{AppState, Shared};
-use crate::onvif::soap::{self, Fault, Request, envelope, ns, parse_request};
+use crate::onvif::soap::{self, Fault, Request as SoapRequest, envelope, ns, parse_request};
 use crate::onvif::xml::XmlOut;
 
-/// Requests larger than this are refused with a fault.
-pub const MAX_BODY: usize = 256 * 1024;
+/// Requests larger than this are refused with a fault (413). ONVIF requests are a few kB.
+pub const MAX_BODY: usize = 64 * 1024;
+/// A request's body must have arrived within this (408 otherwise).
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Requests whose bodies are read at once at most: the authentication is inside the body, so
+/// this bounds what unauthenticated clients can make the node hold (16 x [`MAX_BODY`]).
+pub const BODY_READS: usize = 16;
+/// How long a request waits for one of the [`BODY_READS`] before it is answered 503.
+const BODY_READ_WAIT: Duration = Duration::from_secs(5);
 /// Subscriptions (pull and push) open at once at most.
 pub const MAX_SUBSCRIPTIONS: usize = 200;
+/// Subscriptions one account may hold at once: one client cannot lock the others out.
+pub const MAX_SUBSCRIPTIONS_PER_ACCOUNT: usize = MAX_SUBSCRIPTIONS / 4;
 
 /// The ONVIF services' state: accounts and nonces, the hub, the subscriptions.
 pub struct Onvif {
@@ -53,21 +68,31 @@ pub struct Onvif {
     hub: Arc<Hub>,
     subs: Arc<Subscriptions>,
     client: reqwest::Client,
+    /// One permit per body being read.
+    reads: Arc<tokio::sync::Semaphore>,
 }
 
 impl Onvif {
     pub fn new(shared: Shared, cancel: CancellationToken) -> Self {
+        // A consumer's redirect is not followed: it could point anywhere the allow-list does
+        // not allow.
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
             .build()
             .unwrap_or_default();
         Self {
-            auth: Authenticator::new(shared.onvif_users.clone()),
+            auth: Authenticator::new(shared.onvif_users.clone(), shared.metrics.clone()),
             shared,
             cancel,
             hub: Arc::new(Hub::new()),
-            subs: Arc::new(Subscriptions::new(MAX_SUBSCRIPTIONS)),
+            subs: Arc::new(Subscriptions::new(
+                MAX_SUBSCRIPTIONS,
+                MAX_SUBSCRIPTIONS_PER_ACCOUNT,
+            )),
             client,
+            reads: Arc::new(tokio::sync::Semaphore::new(BODY_READS)),
         }
     }
 
@@ -107,9 +132,11 @@ impl Reply {
 /// What an operation needs to know about the request.
 pub(crate) struct Ctx<'a> {
     onvif: &'a Onvif,
-    /// `http://host:port`, as the client reached this node.
+    /// `http://host:port` (or `https://`), as the client reached this node.
     base: String,
     now: SystemTime,
+    /// The client's address, when known.
+    client: Option<std::net::IpAddr>,
 }
 
 impl Ctx<'_> {
@@ -144,21 +171,20 @@ enum Endpoint {
     Subscription(String),
 }
 
-async fn device_service(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    handle(state, Endpoint::Device, headers, body).await
+async fn device_service(State(state): State<AppState>, req: Request) -> Response {
+    handle(state, Endpoint::Device, req).await
 }
 
-async fn event_service(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    handle(state, Endpoint::Events, headers, body).await
+async fn event_service(State(state): State<AppState>, req: Request) -> Response {
+    handle(state, Endpoint::Events, req).await
 }
 
 async fn subscription(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Body,
+    req: Request,
 ) -> Response {
-    handle(state, Endpoint::Subscription(id), headers, body).await
+    handle(state, Endpoint::Subscription(id), req).await
 }
 
 fn too_large() -> Fault {
@@ -169,7 +195,73 @@ fn too_large() -> Fault {
     .with_status(StatusCode::PAYLOAD_TOO_LARGE)
 }
 
-/// `http://` + the request's `Host` if it looks like one, else this node's API address.
+fn too_slow() -> Fault {
+    Fault::sender(
+        &["ter:InvalidArgs"],
+        format!(
+            "the message did not arrive within {} s",
+            BODY_TIMEOUT.as_secs()
+        ),
+    )
+    .with_status(StatusCode::REQUEST_TIMEOUT)
+}
+
+fn busy() -> Fault {
+    Fault::receiver(
+        &["ter:Action"],
+        "the node is reading as many requests as it may; try again",
+    )
+    .with_status(StatusCode::SERVICE_UNAVAILABLE)
+}
+
+/// The request's body: at most [`MAX_BODY`], within [`BODY_TIMEOUT`], while holding one of
+/// the [`BODY_READS`] permits.
+async fn read_body(onvif: &Onvif, headers: &HeaderMap, body: Body) -> Result<Bytes, Fault> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return Err(too_large());
+    }
+    let _permit = tokio::time::timeout(BODY_READ_WAIT, onvif.reads.acquire())
+        .await
+        .map_err(|_| busy())?
+        .map_err(|_| busy())?;
+    let capacity = declared.map_or(8 * 1024, |n| n as usize);
+    match tokio::time::timeout(BODY_TIMEOUT, collect(body, capacity)).await {
+        Err(_) => Err(too_slow()),
+        Ok(Err(f)) => Err(f),
+        Ok(Ok(bytes)) => Ok(bytes),
+    }
+}
+
+/// The body's bytes, into one buffer of `capacity` (the announced length) that grows only for
+/// a body without one: no garbage of doubled buffers per request.
+async fn collect(mut body: Body, capacity: usize) -> Result<Bytes, Fault> {
+    use http_body::Body as _;
+    let mut out = Vec::with_capacity(capacity.min(MAX_BODY));
+    while let Some(frame) =
+        std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await
+    {
+        let frame = frame.map_err(|e| {
+            if super::is_timeout(&e) {
+                too_slow()
+            } else {
+                Fault::sender(&["ter:InvalidArgs"], "the request body could not be read")
+            }
+        })?;
+        if let Ok(data) = frame.into_data() {
+            if out.len() + data.len() > MAX_BODY {
+                return Err(too_large());
+            }
+            out.extend_from_slice(&data);
+        }
+    }
+    Ok(Bytes::from(out))
+}
+
+/// The request's scheme + `Host` if it looks like one, else this node's API address.
 fn base_url(headers: &HeaderMap, shared: &Shared) -> String {
     let host = headers
         .get(header::HOST)
@@ -190,19 +282,21 @@ fn base_url(headers: &HeaderMap, shared: &Shared) -> String {
             .map(|a| a.to_string())
             .unwrap_or_else(|| "127.0.0.1".to_string())
     });
-    format!("http://{host}")
+    let scheme = if shared.access.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    format!("{scheme}://{host}")
 }
 
-async fn handle(state: AppState, endpoint: Endpoint, headers: HeaderMap, body: Body) -> Response {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY as u64) {
-        return fault_response(too_large(), None);
-    }
-    let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY).await else {
-        return fault_response(too_large(), None);
+async fn handle(state: AppState, endpoint: Endpoint, req: Request) -> Response {
+    let client = super::guard::client_of(&req).map(|c| c.ip());
+    let (parts, body) = req.into_parts();
+    let headers = parts.headers;
+    let bytes = match read_body(&state.onvif, &headers, body).await {
+        Ok(b) => b,
+        Err(f) => return fault_response(f, None),
     };
     let req = match parse_request(&bytes) {
         Ok(r) => r,
@@ -214,6 +308,7 @@ async fn handle(state: AppState, endpoint: Endpoint, headers: HeaderMap, body: B
         onvif: &state.onvif,
         base: base_url(&headers, &state.shared),
         now: SystemTime::now(),
+        client,
     };
     match dispatch(&ctx, endpoint, &req).await {
         Ok(reply) => {
@@ -234,9 +329,18 @@ fn soap_response(status: StatusCode, body: String) -> Response {
 }
 
 /// A fault as its envelope, with the fault's HTTP status.
+/// A failed authentication, a body too large or too slow also ends the connection.
 fn fault_response(fault: Fault, relates_to: Option<&str>) -> Response {
     let body = fault.to_xml(relates_to, SystemTime::now());
-    soap_response(fault.status, body)
+    let close = super::closes(fault.status) || fault.subcodes.contains(&"ter:NotAuthorized");
+    let mut resp = soap_response(fault.status, body);
+    if close {
+        resp.headers_mut().insert(
+            header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
+    resp
 }
 
 /// The subscription id in an address `.../onvif/subscription/{id}`.
@@ -249,13 +353,17 @@ fn subscription_id(address: &str) -> Option<String> {
     (!id.is_empty()).then_some(id)
 }
 
-async fn dispatch(ctx: &Ctx<'_>, endpoint: Endpoint, req: &Request) -> Result<Reply, Fault> {
+async fn dispatch(ctx: &Ctx<'_>, endpoint: Endpoint, req: &SoapRequest) -> Result<Reply, Fault> {
     let op = &req.op;
     let name = (op.ns.as_str(), op.name.as_str());
     if endpoint == Endpoint::Device && name == (ns::TDS, "GetSystemDateAndTime") {
         return Ok(device::system_date_and_time(ctx.now));
     }
-    ctx.onvif.auth.check(req.security.as_ref(), ctx.now)?;
+    let user = ctx
+        .onvif
+        .auth
+        .check(req.security.as_ref(), ctx.now, ctx.client)?;
+    let user = user.as_str();
     let unknown = || {
         Fault::not_supported(format!(
             "{{{}}}{} is not an operation of this service",
@@ -272,24 +380,29 @@ async fn dispatch(ctx: &Ctx<'_>, endpoint: Endpoint, req: &Request) -> Result<Re
         Endpoint::Events => match name {
             (ns::TEV, "GetServiceCapabilities") => Ok(events::service_capabilities(ctx)),
             (ns::TEV, "GetEventProperties") => Ok(events::event_properties()),
-            (ns::TEV, "CreatePullPointSubscription") => events::create_pull_point(ctx, op),
-            (ns::WSNT, "Subscribe") => events::subscribe(ctx, op),
+            (ns::TEV, "CreatePullPointSubscription") => events::create_pull_point(ctx, op, user),
+            (ns::WSNT, "Subscribe") => events::subscribe(ctx, op, user),
             _ => match req.to.as_deref().and_then(subscription_id) {
-                Some(id) => subscription_op(ctx, &id, req).await,
+                Some(id) => subscription_op(ctx, &id, req, user).await,
                 None => Err(unknown()),
             },
         },
-        Endpoint::Subscription(id) => subscription_op(ctx, &id, req).await,
+        Endpoint::Subscription(id) => subscription_op(ctx, &id, req, user).await,
     }
 }
 
-async fn subscription_op(ctx: &Ctx<'_>, id: &str, req: &Request) -> Result<Reply, Fault> {
+async fn subscription_op(
+    ctx: &Ctx<'_>,
+    id: &str,
+    req: &SoapRequest,
+    user: &str,
+) -> Result<Reply, Fault> {
     let op = &req.op;
     match (op.ns.as_str(), op.name.as_str()) {
-        (ns::TEV, "PullMessages") => events::pull_messages(ctx, id, op).await,
-        (ns::TEV, "SetSynchronizationPoint") => events::synchronize(ctx, id).await,
-        (ns::WSNT, "Renew") => events::renew(ctx, id, op),
-        (ns::WSNT, "Unsubscribe") => events::unsubscribe(ctx, id),
+        (ns::TEV, "PullMessages") => events::pull_messages(ctx, id, op, user).await,
+        (ns::TEV, "SetSynchronizationPoint") => events::synchronize(ctx, id, user).await,
+        (ns::WSNT, "Renew") => events::renew(ctx, id, op, user),
+        (ns::WSNT, "Unsubscribe") => events::unsubscribe(ctx, id, user),
         _ => Err(Fault::not_supported(format!(
             "{{{}}}{} is not an operation of a subscription manager",
             op.ns, op.name

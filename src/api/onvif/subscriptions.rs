@@ -242,6 +242,8 @@ pub struct Subscription {
     pub mask: TopicMask,
     /// The consumer's address for a push subscription (`Subscribe`).
     pub consumer: Option<String>,
+    /// The account that made it: only that account may pull, renew or unsubscribe.
+    pub owner: String,
     termination: Mutex<SystemTime>,
     queue: tokio::sync::Mutex<Queue>,
     /// Cancelled by `Unsubscribe` and on expiry.
@@ -313,14 +315,19 @@ impl Subscription {
 
 /// Why a subscription could not be made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Full {
-    pub max: usize,
+pub enum Full {
+    /// The node holds `max` subscriptions.
+    Node { max: usize },
+    /// The account holds `max` subscriptions.
+    Account { max: usize },
 }
 
 /// All subscriptions of this node's API.
 pub struct Subscriptions {
     map: Mutex<HashMap<String, Arc<Subscription>>>,
     pub max: usize,
+    /// Subscriptions one account may hold at once.
+    pub per_account: usize,
 }
 
 /// 128 random bits, hex.
@@ -333,10 +340,11 @@ fn new_id() -> String {
 }
 
 impl Subscriptions {
-    pub fn new(max: usize) -> Self {
+    pub fn new(max: usize, per_account: usize) -> Self {
         Self {
             map: Mutex::new(HashMap::new()),
             max,
+            per_account,
         }
     }
 
@@ -361,16 +369,23 @@ impl Subscriptions {
         mask: TopicMask,
         consumer: Option<String>,
         termination: SystemTime,
+        owner: &str,
     ) -> Result<Arc<Subscription>, Full> {
         self.sweep(SystemTime::now());
         let mut map = self.lock();
         if map.len() >= self.max {
-            return Err(Full { max: self.max });
+            return Err(Full::Node { max: self.max });
+        }
+        if map.values().filter(|s| s.owner == owner).count() >= self.per_account {
+            return Err(Full::Account {
+                max: self.per_account,
+            });
         }
         let sub = Arc::new(Subscription {
             id: new_id(),
             mask,
             consumer,
+            owner: owner.to_string(),
             termination: Mutex::new(termination),
             queue: tokio::sync::Mutex::new(hub.attach()),
             ended: CancellationToken::new(),
@@ -379,10 +394,11 @@ impl Subscriptions {
         Ok(sub)
     }
 
-    /// A live subscription; an expired one is forgotten and ended.
-    pub fn get(&self, id: &str, now: SystemTime) -> Option<Arc<Subscription>> {
+    /// A live subscription of `owner`; an expired one is forgotten and ended. Another
+    /// account's subscription is not found.
+    pub fn get(&self, id: &str, owner: &str, now: SystemTime) -> Option<Arc<Subscription>> {
         let mut map = self.lock();
-        let sub = map.get(id)?.clone();
+        let sub = map.get(id).filter(|s| s.owner == owner)?.clone();
         if sub.expired(now) {
             map.remove(id);
             sub.ended.cancel();

@@ -19,7 +19,7 @@ mod resources;
 mod servers;
 mod site;
 
-pub(crate) use resolve::resolve;
+pub(crate) use resolve::{resolve, resolve_ingress};
 
 use super::agent;
 use super::decode::Block;

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 
 use super::Expanded;
+use crate::config::ingress::{ApiTls, Ingress, PushAllow};
 use crate::config::model::{Api, OnvifUser, Resource, ResourceIdx, Server, ServerIdx, Site};
 use crate::config::{agent, params};
 
@@ -104,5 +105,27 @@ pub(crate) fn resolve(x: &Expanded<'_>) -> Option<Site> {
         },
         servers,
         resources,
+    })
+}
+
+/// The `[api]` settings of the listener. Call only when [`validate`] found no error. TLS files
+/// are made relative to the site file's folder when it is known.
+pub(crate) fn resolve_ingress(x: &Expanded<'_>) -> Option<Ingress> {
+    let api = &x.api?.value;
+    let path = |p: &std::path::Path| x.base.map_or_else(|| p.to_path_buf(), |b| b.join(p));
+    Some(Ingress {
+        read: api.read,
+        read_token: api.read_token.clone(),
+        tls: api.tls.as_ref().map(|t| ApiTls {
+            cert: path(&t.cert),
+            key: path(&t.key),
+            client_ca: t.client_ca.as_deref().map(path),
+        }),
+        hosts: api.hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
+        onvif_push_allow: api
+            .onvif_push_allow
+            .iter()
+            .map(|a| PushAllow::parse(a).ok())
+            .collect::<Option<_>>()?,
     })
 }

@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use super::{Validator, show};
 use crate::config::decode::Broken;
 use crate::config::file::{ApiSection, SiteSection};
+use crate::config::ingress::{PushAllow, ReadAccess, is_host_name};
 use crate::config::locate::KeyPath;
 
 impl<'a> Validator<'a> {
@@ -58,13 +59,67 @@ impl<'a> Validator<'a> {
 
     pub(super) fn api(&mut self, api: &ApiSection, broken: &Broken) {
         let path = KeyPath::root().key("api");
+        let reads_refused = api.read == ReadAccess::Token
+            && api.read_token.is_none()
+            && !broken.has("read_token")
+            && !broken.has("read");
         match &api.token {
             Some(token) => self.secret(&path.key("token"), token),
             None if broken.has("token") => {}
+            None if reads_refused => self.warning(
+                &path.key("token"),
+                "not set: every API mutation (failover, failback, replay) and every read \
+                 will be refused; set it, or `read_token`, or `read = \"open\"`",
+            ),
             None => self.warning(
                 &path.key("token"),
                 "not set: every API mutation (failover, failback, replay) will be refused",
             ),
+        }
+        if let Some(read_token) = &api.read_token {
+            self.secret(&path.key("read_token"), read_token);
+            if api.token.as_ref() == Some(read_token) {
+                self.warning(
+                    &path.key("read_token"),
+                    "the same secret as `token`: whoever may read may also fail servers over",
+                );
+            }
+            if api.read == ReadAccess::Open {
+                self.warning(
+                    &path.key("read_token"),
+                    "not needed with `read = \"open\"`: anyone may read",
+                );
+            }
+        }
+        if let Some(tls) = &api.tls {
+            for (key, p) in [
+                ("cert", Some(&tls.cert)),
+                ("key", Some(&tls.key)),
+                ("client_ca", tls.client_ca.as_ref()),
+            ] {
+                if p.is_some_and(|p| p.as_os_str().is_empty()) {
+                    self.error(&path.key("tls").key(key), "must not be empty");
+                }
+            }
+        }
+        let mut seen = HashSet::new();
+        for (i, h) in api.hosts.iter().enumerate() {
+            let at = path.key("hosts").index(i);
+            if h.parse::<std::net::IpAddr>().is_err() && !is_host_name(h) {
+                self.error(
+                    &at,
+                    format!(
+                        "\"{h}\" is not a host name (letters, digits, `-` and `.`) or an IP address"
+                    ),
+                );
+            } else if !seen.insert(h.to_ascii_lowercase()) {
+                self.error(&at, format!("\"{h}\" is listed twice"));
+            }
+        }
+        for (i, entry) in api.onvif_push_allow.iter().enumerate() {
+            if let Err(e) = PushAllow::parse(entry) {
+                self.error(&path.key("onvif_push_allow").index(i), e);
+            }
         }
         let mut seen = HashSet::new();
         for (i, u) in api.onvif_users.iter().enumerate() {

@@ -8,8 +8,8 @@ use serde::Deserialize;
 
 use crate::config::SecretRef;
 use crate::config::connectors::{
-    EventFilter, TlsFile, check_http_url, check_retry, check_timeout, check_tls, default_timeout,
-    errors, warn_inline,
+    EventFilter, TlsFile, check_http_url, check_retry, check_timeout, check_tls,
+    check_url_credentials, default_timeout, errors, warn_inline,
 };
 use crate::config::decode::Section;
 use crate::config::file::{duration, secret};
@@ -86,6 +86,7 @@ impl ConnectorFile for OnvifFile {
         let root = KeyPath::root();
         let before = errors(issues);
         check_http_url(&f.url, issues);
+        check_url_credentials(&f.url, "`username` and `password`", issues);
         let events = EventFilter::check(&f.events, issues);
         match (&f.username, &f.password) {
             (Some(_), None) => issues.push(Issue::error(

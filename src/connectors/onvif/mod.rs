@@ -76,7 +76,7 @@ impl Onvif {
         replay: Arc<Notify>,
         cancel: CancellationToken,
     ) {
-        info!(connector = %self.name, url = %self.cfg.url, "ONVIF push connector running.");
+        info!(connector = %self.name, url = %crate::redact::url(&self.cfg.url), "ONVIF push connector running.");
         outbox::run(&self.outbox, &self, events, replay, cancel).await;
     }
 

@@ -9,8 +9,8 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use crate::config::connectors::{
-    EventFilter, TlsFile, check_http_url, check_retry, check_timeout, check_tls, default_timeout,
-    errors, warn_inline,
+    EventFilter, TlsFile, check_http_url, check_retry, check_timeout, check_tls,
+    check_url_credentials, default_timeout, errors, warn_inline,
 };
 use crate::config::decode::Section;
 use crate::config::file::{duration, secret};
@@ -142,6 +142,7 @@ impl ConnectorFile for WebhookFile {
             Ok(_) if f.url.contains("{{") || f.url.contains("{%") => {}
             Ok(_) => check_http_url(&f.url, issues),
         }
+        check_url_credentials(&f.url, "`basic`, `bearer` or `headers`", issues);
         if !matches!(f.method.as_str(), "POST" | "PUT" | "GET") {
             issues.push(Issue::error(
                 &root.key("method"),

@@ -112,7 +112,7 @@ impl Webhook {
         replay: Arc<Notify>,
         cancel: CancellationToken,
     ) {
-        info!(connector = %self.name, url = %self.cfg.url, "Webhook connector running.");
+        info!(connector = %self.name, url = %crate::redact::url(&self.cfg.url), "Webhook connector running.");
         outbox::run(&self.outbox, &self, events, replay, cancel).await;
     }
 
