@@ -17,8 +17,11 @@ pub const MAGIC: [u8; 2] = *b"BG";
 pub const VERSION: u8 = 3;
 const HEADER: usize = 3;
 const TAG: usize = 32;
-/// Larger datagrams are rejected unread.
-pub const MAX_DATAGRAM: usize = 65_000;
+/// Larger datagrams are rejected unread: senders page their heartbeats to fit
+/// `node::heartbeat::DATAGRAM_BUDGET` (1,400 bytes, one unfragmented datagram at the default
+/// MTU), so anything this size or above is junk. A tight bound keeps a junk flood cheap to
+/// drain: the receive loop copies at most this much and never MACs more.
+pub const MAX_DATAGRAM: usize = 8_192;
 
 /// What a node says about itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

@@ -308,7 +308,9 @@ impl Core {
         let Some(addr) = self.site.server(to).heartbeat.get(path) else {
             return;
         };
-        match self.sockets[path].try_send_to(bytes, *addr) {
+        // Straight to the socket: tokio's `try_send_to` answers "would block" from a cached
+        // readiness until the reactor runs again, which would drop a whole burst.
+        match socket2::SockRef::from(&*self.sockets[path]).send_to(bytes, &(*addr).into()) {
             Ok(_) => {
                 self.metrics.datagrams_sent.fetch_add(1, Ordering::Relaxed);
             }

@@ -74,6 +74,9 @@ pub enum BuildError {
     Store(#[from] crate::store::StoreError),
 }
 
+/// The receive buffer each heartbeat socket asks for.
+const RECV_BUFFER: usize = 1 << 20;
+
 /// A node whose sockets are bound and store is open, ready to [`Daemon::run`].
 pub struct Daemon {
     cfg: NodeConfig,
@@ -97,6 +100,9 @@ impl Daemon {
             let err = |source| BuildError::Heartbeat { path, addr, source };
             let sock = std::net::UdpSocket::bind(addr).map_err(err)?;
             sock.set_nonblocking(true).map_err(err)?;
+            // Room for bursts (the kernel caps it at net.core.rmem_max): what does not fit is
+            // dropped before the receive loop can tell a heartbeat from junk.
+            let _ = socket2::SockRef::from(&sock).set_recv_buffer_size(RECV_BUFFER);
             sockets.push(sock);
         }
         let api = match me.api {
