@@ -5,8 +5,9 @@
 //! `Node` drives; each concern is a sub-state in a file of its own with the methods that change
 //! it:
 //! - [`peers`]: each peer's paths, liveness, replay protection and the claims it advertises
-//!   (indexed by resource);
-//! - [`own`]: this node's claims, failures, failing stops and ownership conflicts;
+//!   (indexed by resource); [`receive`]: a heartbeat checked and applied;
+//! - [`own`]: this node's claims, failures and failing stops; [`conflicts`]: ownership
+//!   conflicts between its claims and others';
 //! - [`known`]: the highest epoch seen per resource, durable, and the round floors exchanged
 //!   so that epochs never go backwards;
 //! - [`holds`]: operator holds (manual failover until failback), durable and gossiped;
@@ -18,13 +19,16 @@
 
 mod batches;
 mod boot;
+mod conflicts;
 pub mod heartbeat;
 mod holds;
 mod known;
 mod own;
 mod peers;
+mod receive;
 mod standby;
 mod takeover;
+mod view;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -33,7 +37,7 @@ use std::time::Duration;
 use super::io::{Durable, Input, Output, PeerRecord, Restored};
 use super::topology::Topology;
 use super::views::Stats;
-use super::wire::{self, Key};
+use super::wire::Key;
 use crate::config::{ResourceIdx, ServerIdx, Site};
 
 use batches::Batches;
@@ -515,119 +519,4 @@ impl Node {
 /// the same way whatever its site file says.
 fn beats(a: (super::Epoch, &str), b: (super::Epoch, &str)) -> bool {
     a.0 > b.0 || (a.0 == b.0 && a.1 < b.1)
-}
-
-/// What the views ([`crate::failover::views`]) read.
-impl Node {
-    pub(crate) fn holds_server(&self, s: ServerIdx) -> bool {
-        self.holds.held(s)
-    }
-
-    pub(crate) fn own_state(&self) -> wire::PeerState {
-        self.my_state()
-    }
-
-    pub(crate) fn own_claim(&self, r: ResourceIdx) -> Option<(super::Epoch, OwnState)> {
-        self.own.get(r).map(|c| (c.epoch, c.state))
-    }
-
-    /// Failures reported by peers heard within `failure_timeout`: (server, resource, epoch).
-    pub(crate) fn all_peer_failures(
-        &self,
-        now: Duration,
-    ) -> impl Iterator<Item = (ServerIdx, ResourceIdx, super::Epoch)> + '_ {
-        self.peers
-            .by_server
-            .iter()
-            .filter(move |(s, _)| self.recently_heard(**s, now))
-            .flat_map(|(&s, p)| p.failed.iter().map(move |&(r, e)| (s, r, e)))
-    }
-
-    pub(crate) fn own_failure(&self, r: ResourceIdx) -> Option<super::Epoch> {
-        self.own.failed.get(&r).map(|f| f.epoch)
-    }
-
-    pub(crate) fn known_epoch(&self, r: ResourceIdx) -> super::Epoch {
-        self.known.get(r)
-    }
-
-    pub(crate) fn reports_unplaced(&self, r: ResourceIdx) -> bool {
-        self.unplaced.contains(&r)
-    }
-
-    /// Claims on `r` of peers heard within `failure_timeout`: (server, epoch, state).
-    pub(crate) fn peer_claims(
-        &self,
-        r: ResourceIdx,
-        now: Duration,
-    ) -> impl Iterator<Item = (ServerIdx, super::Epoch, wire::ClaimState)> + '_ {
-        self.peers
-            .holders(r)
-            .iter()
-            .filter(move |h| self.recently_heard(h.server, now))
-            .map(|h| (h.server, h.epoch, h.state))
-    }
-
-    /// Failures of `r` reported by peers heard within `failure_timeout`: (server, epoch).
-    pub(crate) fn peer_failures(
-        &self,
-        r: ResourceIdx,
-        now: Duration,
-    ) -> impl Iterator<Item = (ServerIdx, super::Epoch)> + '_ {
-        self.peers
-            .by_server
-            .iter()
-            .filter(move |(s, _)| self.recently_heard(**s, now))
-            .flat_map(move |(&s, p)| {
-                p.failed
-                    .iter()
-                    .filter(move |(x, _)| *x == r)
-                    .map(move |&(_, e)| (s, e))
-            })
-    }
-
-    /// A peer's state, paths, site-file mismatch and whether it is booting.
-    pub(crate) fn peer_view(
-        &self,
-        s: ServerIdx,
-        now: Duration,
-    ) -> Option<(
-        super::views::ServerState,
-        Vec<super::views::PathView>,
-        bool,
-        bool,
-    )> {
-        use super::views::{PathView, ServerState};
-        use wire::PeerState;
-        let p = self.peers.get(s)?;
-        let state = if !p.paths.iter().any(|x| x.up) {
-            ServerState::Down
-        } else {
-            match p.reported {
-                PeerState::Leaving => ServerState::Leaving,
-                PeerState::Unhealthy => ServerState::Unhealthy,
-                PeerState::Up | PeerState::Booting => {
-                    let late = p
-                        .last_heard
-                        .is_some_and(|t| now > t + 2 * self.ctx.site.heartbeat_interval);
-                    if late || !p.paths.iter().all(|x| x.up) {
-                        ServerState::Suspect
-                    } else {
-                        ServerState::Up
-                    }
-                }
-            }
-        };
-        let paths = p
-            .paths
-            .iter()
-            .map(|x| PathView {
-                up: x.up,
-                last_heard: x.last_heard,
-            })
-            .collect();
-        let mismatch = p.digest != self.ctx.digest && p.last_heard.is_some();
-        let booting = p.reported == PeerState::Booting && p.paths.iter().any(|x| x.up);
-        Some((state, paths, mismatch, booting))
-    }
 }
