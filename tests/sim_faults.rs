@@ -636,3 +636,15 @@ fn random_fault_schedules_keep_the_invariants() {
         started.elapsed()
     );
 }
+
+/// Schedules a long run found failing, each replayed after its fix.
+#[test]
+fn schedules_that_once_failed_keep_the_invariants() {
+    // 794: a stale claim renewed while another node still started it.
+    // 4457: a buddy cut off from everyone took a live server's cameras over its capacity; at
+    // the heal the other buddy moved them to itself and the home took them back (three owners
+    // in one fault). Now the home, up, takes them back from the buddy over capacity at once.
+    for seed in [794, 4457] {
+        run_seed(seed, 12);
+    }
+}

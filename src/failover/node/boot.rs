@@ -13,7 +13,7 @@ use std::time::Duration;
 use super::batches::BatchKind;
 use super::own::OwnState;
 use super::{Node, Output, Phase};
-use crate::config::Failback;
+use crate::config::{Failback, ServerIdx};
 use crate::failover::event::{DownReason, Event};
 use crate::failover::io::epoch_round;
 use crate::failover::wire::ClaimKind;
@@ -94,6 +94,14 @@ impl Node {
                 .any(|r| self.own.get(*r).is_none())
     }
 
+    /// Whether failover server `s` says it holds more than its capacity.
+    fn over_capacity(&self, s: ServerIdx) -> bool {
+        self.peers
+            .get(s)
+            .and_then(|p| p.load.as_ref())
+            .is_some_and(|l| l.exceeds(&self.ctx.site, s))
+    }
+
     /// Our own resources: claim what nobody holds; hand back on failback.
     pub(super) fn claim_home(&mut self, now: Duration, out: &mut Vec<Output>) {
         let site = self.ctx.site.clone();
@@ -118,6 +126,9 @@ impl Node {
                     }
                 }
                 _ if failback_due => back.push(r),
+                // A buddy over its capacity (both sides of a healed partition took work)
+                // gives back to a home that is up rather than to a third server.
+                Some(h) if !failed && self.over_capacity(h.server) => back.push(r),
                 _ => {}
             }
         }

@@ -98,7 +98,14 @@ impl Node {
                     .relayed
                     .get(&r)
                     .is_some_and(|&(x, _, active, _)| active && x != self.ctx.me);
-                if (gone || dropped) && !relayed {
+                // Dropped by a home that is up and may run it, while another buddy holds it:
+                // it stays there until the home takes it back (after failback_delay, or at
+                // once if that buddy is over its capacity): never a move to a third server.
+                let going_home = !gone
+                    && self.availability(home, now) == Availability::Yes
+                    && !self.failed_at(r, home)
+                    && self.best_other(r, now).is_some_and(|h| h.server != home);
+                if (gone || dropped) && !relayed && !going_home {
                     out.push(r);
                 }
             }
