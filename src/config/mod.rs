@@ -46,6 +46,9 @@ use locate::{Issue, Locator};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Loaded {
     pub site: Site,
+    /// `[store]`: each node's own store (not part of [`Site`]: the failover core never
+    /// looks at it).
+    pub store: StoreSettings,
     pub warnings: Vec<Diagnostic>,
 }
 
@@ -82,6 +85,7 @@ fn check(text: &str, file: &str, base: Option<&Path>) -> Result<Loaded, Diagnost
     let site = validate::Expanded {
         site: decoded.site.as_ref(),
         api: decoded.api.as_ref(),
+        store: decoded.store.as_ref(),
         servers,
         resources,
         resource_blocks: &decoded.resources,
@@ -105,6 +109,14 @@ fn check(text: &str, file: &str, base: Option<&Path>) -> Result<Loaded, Diagnost
     match validate::resolve(&site) {
         Some(site) => Ok(Loaded {
             site,
+            store: decoded
+                .store
+                .as_ref()
+                .map(|s| StoreSettings {
+                    retention: s.value.retention,
+                    max_size: s.value.max_size,
+                })
+                .unwrap_or_default(),
             warnings: diagnostics.0,
         }),
         None => {

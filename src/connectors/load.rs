@@ -20,6 +20,8 @@ use crate::config::{self, Diagnostic, Diagnostics, Severity, Site};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SiteFiles {
     pub site: Site,
+    /// `[store]` of the site file.
+    pub store: crate::config::StoreSettings,
     pub connectors: Vec<Connector>,
     pub warnings: Vec<Diagnostic>,
 }
@@ -33,6 +35,7 @@ pub fn load_site(path: &Path) -> Result<SiteFiles, Diagnostics> {
         // The site file cannot be read: that is the one problem to report.
         return site.map(|l| SiteFiles {
             site: l.site,
+            store: l.store,
             connectors: Vec::new(),
             warnings: l.warnings,
         });
@@ -44,6 +47,7 @@ pub fn load_site(path: &Path) -> Result<SiteFiles, Diagnostics> {
             warnings.extend(diagnostics);
             Ok(SiteFiles {
                 site: loaded.site,
+                store: loaded.store,
                 connectors: found,
                 warnings,
             })
