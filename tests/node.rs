@@ -262,7 +262,13 @@ async fn bad_datagrams_are_dropped_counted_and_harmless() {
     );
     let junk: f64 = ["size", "magic"]
         .iter()
-        .filter_map(|r| metric(&text, "buddygate_", &format!("reason=\"{r}\"")))
+        .filter_map(|r| {
+            metric(
+                &text,
+                "buddygate_datagrams_rejected",
+                &format!("reason=\"{r}\""),
+            )
+        })
         .sum();
     assert_eq!(junk, 50.0, "{text}");
     let health = get(&format!("{}/healthz", c.api("fo-1"))).await.unwrap();

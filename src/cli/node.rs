@@ -43,7 +43,7 @@ pub(super) fn run_node(
     let Some(loaded) = load_all(config, err) else {
         return EXIT_INVALID;
     };
-    let (site, connectors) = (loaded.site, loaded.connectors);
+    let (site, connectors, store) = (loaded.site, loaded.connectors, loaded.store);
     let Some(idx) = site.server_idx(node) else {
         let ids: Vec<&str> = site.servers.iter().map(|s| s.id.as_str()).collect();
         let _ = writeln!(
@@ -98,6 +98,7 @@ pub(super) fn run_node(
         agent_concurrency: 16,
         shutdown_grace: Duration::from_secs(5),
         connectors,
+        store,
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

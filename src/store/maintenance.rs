@@ -11,7 +11,7 @@
 //!   connector as they are written (see `outbox.rs`).
 //! - **WAL checkpoints** ([`Checkpointer`]): passive, on a connection of their own, so that the
 //!   writer never waits for one; the WAL file is truncated back to
-//!   [`super::JOURNAL_SIZE_LIMIT`] once a checkpoint emptied it.
+//!   [`super::JOURNAL_SIZE_LIMIT`] (nothing) once a checkpoint emptied it.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};

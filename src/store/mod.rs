@@ -60,7 +60,7 @@ pub struct StoredClaim {
 
 pub use maintenance::{Checkpointer, Pruned, Retention};
 pub use outbox::{Attempt, DeadLetter, Reader};
-pub use state::{NodeState, Record, StoredHold};
+pub use state::{NodeState, Record, RecordSet, StoredHold};
 
 pub struct Store {
     conn: Connection,
@@ -74,8 +74,11 @@ pub struct Store {
     writes: u64,
 }
 
-/// After a checkpoint that emptied it, the WAL file is truncated back to this size.
-pub const JOURNAL_SIZE_LIMIT: i64 = 16 << 20;
+/// After a checkpoint that emptied it, the WAL file is truncated back to this size: to
+/// nothing, so that the WAL never holds disk space it does not use, and a disk that filled up
+/// meanwhile shows on the next write (a write into space the WAL already held would succeed,
+/// and the disk would be found full only later, at a checkpoint).
+pub const JOURNAL_SIZE_LIMIT: i64 = 0;
 
 /// A connection to `path` in WAL mode, `synchronous = FULL`, with the journal size limit.
 fn connect(path: &Path) -> Result<Connection, StoreError> {
@@ -97,6 +100,20 @@ fn connect(path: &Path) -> Result<Connection, StoreError> {
     conn.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT)
         .map_err(err)?;
     Ok(conn)
+}
+
+/// Bytes free for this process on the filesystem of `dir` (`None` where unknown).
+pub fn free_bytes(dir: &Path) -> Option<u64> {
+    #[cfg(unix)]
+    {
+        let st = rustix::fs::statvfs(dir).ok()?;
+        Some(st.f_bavail.saturating_mul(st.f_frsize))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        None
+    }
 }
 
 /// Wall-clock ms since the Unix epoch (0 before it).
@@ -170,6 +187,41 @@ impl Store {
             source,
         })?;
         let _ = conn.busy_timeout(std::time::Duration::from_secs(5));
+        Ok(Reader { conn, path })
+    }
+
+    /// A read-only view of a store that was closed cleanly (no WAL to read), that neither
+    /// writes nor creates a file: what a node starting on a full disk can still read (a
+    /// normal reader must create the WAL index).
+    pub fn open_closed(dir: &Path) -> Result<Reader, StoreError> {
+        let path = dir.join("node.db");
+        let err = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let wal = dir.join("node.db-wal");
+        if std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0) {
+            // Committed transactions may wait in the WAL: the file alone is not the store.
+            return Err(err(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
+                Some("the store has a write-ahead log to read".into()),
+            )));
+        }
+        let mut uri = String::from("file:");
+        for b in path.to_string_lossy().bytes() {
+            match b {
+                b'?' | b'#' | b'%' | 0x80.. => uri.push_str(&format!("%{b:02X}")),
+                _ => uri.push(b as char),
+            }
+        }
+        uri.push_str("?immutable=1");
+        let conn = Connection::open_with_flags(
+            &uri,
+            OpenFlags::SQLITE_OPEN_READ_ONLY
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                | OpenFlags::SQLITE_OPEN_URI,
+        )
+        .map_err(err)?;
         Ok(Reader { conn, path })
     }
 
@@ -313,6 +365,20 @@ impl Store {
             .optional()
             .map(Option::unwrap_or_default)
             .map_err(|e| self.err(e))
+    }
+
+    /// A small real write (the time of the last probe in `meta`): whether the store takes
+    /// writes, when there is nothing else to write.
+    pub fn probe_write(&mut self) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO meta (key, value) VALUES ('last_probe', ?1)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                params![unix_ms(SystemTime::now())],
+            )
+            .map_err(|e| self.err(e))?;
+        self.writes += 1;
+        Ok(())
     }
 
     /// Write transactions committed on this connection so far.

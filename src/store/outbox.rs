@@ -153,7 +153,7 @@ pub struct Reader {
 }
 
 impl Reader {
-    fn err(&self, source: rusqlite::Error) -> StoreError {
+    pub(super) fn err(&self, source: rusqlite::Error) -> StoreError {
         StoreError::Sqlite {
             path: self.path.clone(),
             source,
@@ -190,6 +190,33 @@ impl Reader {
             .map_err(|e| self.err(e))?;
         let rows = stmt
             .query_map(params![connector], |r| {
+                Ok(DeadLetter {
+                    seq: r.get(0)?,
+                    attempts: r.get(1)?,
+                    reason: r.get(2)?,
+                    time: r.get(3)?,
+                    replay: r.get::<_, i64>(4)? != 0,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// `connector`'s dead letters queued for a replay, oldest first, at most `limit`.
+    pub fn queued_replays(
+        &self,
+        connector: &str,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT seq, attempts, reason, time, replay FROM dead_letters
+                 WHERE connector = ?1 AND replay = 1 ORDER BY seq LIMIT ?2",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![connector, limit as i64], |r| {
                 Ok(DeadLetter {
                     seq: r.get(0)?,
                     attempts: r.get(1)?,

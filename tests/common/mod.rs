@@ -196,6 +196,11 @@ impl Cluster {
     }
 
     pub fn start(&mut self, id: &str) {
+        self.start_with_env(id, &[]);
+    }
+
+    /// [`Cluster::start`] with extra environment variables (`BUDDYGATE_FAULT_INJECTION`, ...).
+    pub fn start_with_env(&mut self, id: &str, env: &[(&str, &str)]) {
         let i = self.index(id);
         self.starts[i] += 1;
         let log =
@@ -205,6 +210,7 @@ impl Cluster {
             .arg(&self.site)
             .args(["--node", id])
             .env("BUDDYGATE_LOG", "info,buddygate=debug")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
