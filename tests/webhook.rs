@@ -959,3 +959,121 @@ async fn reassert_resends_the_current_ownership_when_nothing_is_queued() {
     cancel.cancel();
     let _ = task.await;
 }
+
+/// A permanent error goes to the dead letters at once, not through the retry schedule (here
+/// an hour long): a 4xx other than 408 and 429, a template that cannot render for the event.
+/// 408 and 429 are retried.
+#[tokio::test]
+async fn permanent_errors_are_dead_letters_at_once() {
+    let rx = receiver().await;
+    rx.script(&[
+        Reply::Status(400),
+        Reply::Status(404),
+        Reply::Status(408),
+        Reply::Status(429),
+    ]);
+    let mut outbox = Outbox::new("permanent");
+    for _ in 0..3 {
+        outbox.push("buddygate.failover.completed");
+    }
+    let text = format!(
+        "type = \"webhook\"\nurl = \"{}\"\nretry = [\"50ms\", \"50ms\", \"1h\"]\n",
+        rx.url()
+    );
+    let r = run(&outbox, config(&text, None));
+    // 400: dead; 404: dead; 408 then 429 retried, then delivered.
+    until(Duration::from_secs(5), "5 requests", || {
+        rx.requests().len() == 5
+    })
+    .await;
+    assert_eq!(
+        ids(&rx.requests()),
+        ["fo-1:1", "fo-1:2", "fo-1:3", "fo-1:3", "fo-1:3"]
+    );
+    let reader = Store::open_reader(&outbox.dir).unwrap();
+    let dead = reader.dead_letters("psim").unwrap();
+    let dead: Vec<(u64, u32, &str)> = dead
+        .iter()
+        .map(|d| (d.seq, d.attempts, d.reason.as_str()))
+        .collect();
+    assert_eq!(
+        dead,
+        [(1, 1, "refused: http 400"), (2, 1, "refused: http 404")]
+    );
+    assert_eq!(reader.cursor("psim").unwrap(), 3);
+    r.cancel.cancel();
+    let _ = r.task.await;
+
+    // A template that cannot render for an event (no `data.resources`): dead at once too.
+    let dir = std::env::temp_dir().join(format!("buddygate-badtemplate-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("t.j2"), "{{ data.missing.deeper }}").unwrap();
+    let rx = receiver().await;
+    let mut outbox = Outbox::new("badtemplate");
+    outbox.push("buddygate.failover.completed");
+    let text = format!(
+        "type = \"webhook\"\nurl = \"{}\"\ntemplate = \"t.j2\"\nretry = [\"1h\"]\n",
+        rx.url()
+    );
+    let r = run(&outbox, config(&text, Some(&dir)));
+    let reader = Store::open_reader(&outbox.dir).unwrap();
+    until(Duration::from_secs(5), "a dead letter", || {
+        !reader.dead_letters("psim").unwrap().is_empty()
+    })
+    .await;
+    let d = &reader.dead_letters("psim").unwrap()[0];
+    assert_eq!(d.attempts, 1);
+    assert!(d.reason.starts_with("refused: template:"), "{}", d.reason);
+    assert!(rx.requests().is_empty());
+    r.cancel.cancel();
+    let _ = r.task.await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Dead letters queued for a replay do not hold up a live event: one replay attempt at most
+/// is in front of it, however long the replay.
+#[tokio::test]
+async fn a_long_replay_does_not_delay_a_live_failover() {
+    let rx = receiver().await;
+    // 20 events, each refused (400): 20 dead letters.
+    rx.script(&[Reply::Status(400); 20]);
+    let mut outbox = Outbox::new("replaylive");
+    for _ in 0..20 {
+        outbox.push("buddygate.path.down");
+    }
+    let r = run(&outbox, config(&basic(&rx.url(), ""), None));
+    until(Duration::from_secs(5), "20 dead letters", || {
+        r.status.dead.load(std::sync::atomic::Ordering::Relaxed) == 20
+    })
+    .await;
+    // The replay: every event takes the receiver 150 ms (3 s in all).
+    rx.script(&[Reply::Slow(Duration::from_millis(150)); 20]);
+    r.replay.notify_one();
+    until(Duration::from_secs(5), "the replay under way", || {
+        rx.requests().len() > 21
+    })
+    .await;
+    let t0 = Instant::now();
+    let live = outbox.push("buddygate.failover.completed");
+    let id = format!("fo-1:{}", live.seq);
+    until(Duration::from_secs(5), "the live failover", || {
+        ids(&rx.requests()).contains(&id)
+    })
+    .await;
+    let took = t0.elapsed();
+    let reqs = ids(&rx.requests());
+    let at = reqs.iter().position(|i| *i == id).unwrap();
+    let replayed_before = at - 20;
+    assert!(
+        replayed_before < 20,
+        "the live event went after the whole replay: {reqs:?}"
+    );
+    assert!(took < Duration::from_millis(800), "{took:?}");
+    // The rest of the replay follows.
+    until(Duration::from_secs(10), "the replay done", || {
+        r.status.dead.load(std::sync::atomic::Ordering::Relaxed) == 0
+    })
+    .await;
+    r.cancel.cancel();
+    let _ = r.task.await;
+}

@@ -530,18 +530,79 @@ mod tests {
     #[test]
     fn retry_after_is_seconds_capped() {
         assert_eq!(parse_retry_after("3"), Some(Duration::from_secs(3)));
+        // An hour (or more) cannot hold the queue: at most a minute.
+        assert_eq!(MAX_RETRY_AFTER, Duration::from_secs(60));
+        assert_eq!(parse_retry_after("3600"), Some(MAX_RETRY_AFTER));
         assert_eq!(parse_retry_after("999999"), Some(MAX_RETRY_AFTER));
         // A date in the past: retry at once.
         assert_eq!(
             parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
             Some(Duration::ZERO)
         );
-        let in_a_minute = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(60));
-        let d = parse_retry_after(&in_a_minute).unwrap();
+        let in_half_a_minute = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(30));
+        let d = parse_retry_after(&in_half_a_minute).unwrap();
         assert!(
-            d > Duration::from_secs(55) && d <= Duration::from_secs(60),
+            d > Duration::from_secs(25) && d <= Duration::from_secs(30),
             "{d:?}"
         );
+        let in_an_hour = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(3600));
+        assert_eq!(parse_retry_after(&in_an_hour), Some(MAX_RETRY_AFTER));
         assert_eq!(parse_retry_after("soon"), None);
+    }
+
+    /// Takes only `buddygate.failover.*`; every attempt succeeds.
+    struct OnlyFailovers;
+
+    impl Sink for OnlyFailovers {
+        fn wants(&self, ev: &StoredEvent) -> bool {
+            ev.kind.starts_with("buddygate.failover.")
+        }
+
+        async fn attempt(&self, _: &[StoredEvent]) -> Try {
+            Try::Ok(200)
+        }
+    }
+
+    #[tokio::test]
+    async fn skipped_events_move_the_cursor_in_one_write() {
+        let dir = std::env::temp_dir().join(format!("buddygate-skip-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut store = Store::open(&dir).unwrap();
+        let mut kinds = vec!["buddygate.path.down"; 90];
+        kinds.push("buddygate.failover.completed");
+        kinds.extend(["buddygate.path.up"; 5]);
+        store
+            .commit(&[], &kinds, |seq, _| format!("{{\"seq\":{seq}}}"))
+            .unwrap();
+        let status = Arc::new(ConnectorStatus::default());
+        let retry = retry_schedule(vec![Duration::from_millis(10)]);
+        let outbox = Outbox::open("psim", &dir, status, retry, 1).unwrap();
+        let (replay, cancel) = (Notify::new(), CancellationToken::new());
+        let before = outbox.store().writes();
+        assert!(
+            outbox
+                .serve_once(&OnlyFailovers, &replay, &cancel)
+                .await
+                .unwrap()
+        );
+        // The 90 skipped: one write; the delivery and its cursor: one.
+        assert_eq!(outbox.store().writes() - before, 2);
+        assert_eq!(outbox.reader().cursor("psim").unwrap(), 91);
+        // The 5 after it: one more.
+        assert!(
+            outbox
+                .serve_once(&OnlyFailovers, &replay, &cancel)
+                .await
+                .unwrap()
+        );
+        assert_eq!(outbox.store().writes() - before, 3);
+        assert_eq!(outbox.reader().cursor("psim").unwrap(), 96);
+        assert!(
+            !outbox
+                .serve_once(&OnlyFailovers, &replay, &cancel)
+                .await
+                .unwrap()
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
