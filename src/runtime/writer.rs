@@ -11,9 +11,9 @@
 //! oldest go beyond that, counted). Every [`PROBE_EVERY`] it tries to store them again: once
 //! they are all stored, in order and before anything newer, it says the store is back.
 //!
-//! Between jobs it keeps the store bounded (retention, in batches that take at most about
-//! [`BATCH_BUDGET`]: a job waits for one batch at most); a second thread checkpoints the WAL
-//! on a connection of its own.
+//! Between jobs it keeps the store bounded (retention, in batches that take about
+//! [`crate::store::BATCH_BUDGET`]: a job waits for one batch at most); a second thread
+//! checkpoints the WAL on a connection of its own.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -26,7 +26,9 @@ use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
 use crate::failover::Event;
-use crate::store::{Checkpointer, Record, RecordSet, Retention, Store, StoreError, StoredEvent};
+use crate::store::{
+    Checkpointer, Pruner, Record, RecordSet, Retention, Store, StoreError, StoredEvent,
+};
 use crate::view::{StoreFailure, StoreFigures};
 
 /// What one step of the core needs stored.
@@ -63,8 +65,6 @@ pub(super) enum Report {
 pub const MAX_WAITING: usize = 10_000;
 /// How often a store that takes no writes is tried again.
 pub const PROBE_EVERY: Duration = Duration::from_secs(1);
-/// What one pruning batch should take at most (the batch size adapts to it).
-pub const BATCH_BUDGET: Duration = Duration::from_millis(2);
 /// How often a retention pass starts (it also starts after [`PASS_AFTER`] new events).
 const PASS_EVERY: Duration = Duration::from_secs(60);
 const PASS_AFTER: u64 = 10_000;
@@ -148,13 +148,10 @@ struct Writer {
     events: VecDeque<PendingEvent>,
     /// Events given up in this outage (memory bound).
     dropped: u64,
-    retention: Retention,
-    connectors: Vec<String>,
-    /// Retention: whether a pass is under way, when the next starts, batch size.
-    in_pass: bool,
+    pruner: Pruner,
+    /// When the next retention pass starts, and events stored since the last one.
     next_pass: Instant,
     appended: u64,
-    limit: usize,
 }
 
 impl Writer {
@@ -179,12 +176,9 @@ impl Writer {
             records,
             events: VecDeque::new(),
             dropped: 0,
-            retention: s.retention,
-            connectors: s.connectors,
-            in_pass: false,
+            pruner: Pruner::new(s.retention, s.connectors),
             next_pass: Instant::now() + Duration::from_secs(5),
             appended: 0,
-            limit: 256,
         };
         if let Some(why) = failing {
             w.fail(why);
@@ -223,7 +217,7 @@ impl Writer {
         if self.failing.is_some() {
             return self.next_probe.saturating_duration_since(now);
         }
-        if self.in_pass || self.appended >= PASS_AFTER {
+        if self.pruner.in_pass() || self.appended >= PASS_AFTER {
             return Duration::ZERO;
         }
         self.next_pass.saturating_duration_since(now)
@@ -399,29 +393,14 @@ impl Writer {
         let Some(store) = self.store.as_mut() else {
             return;
         };
-        if !self.in_pass {
-            self.in_pass = true;
+        if !self.pruner.in_pass() {
             self.appended = 0;
             self.next_pass = Instant::now() + PASS_EVERY;
-            store.restart_pruning();
         }
-        let t0 = Instant::now();
-        let result = store.prune(
-            &self.retention,
-            &self.connectors,
-            SystemTime::now(),
-            self.limit,
-        );
-        let took = t0.elapsed();
         let figures = &self.metrics.store;
-        figures.prune_batch_seconds.observe(took);
-        match result {
-            Ok(done) => {
-                if took > BATCH_BUDGET {
-                    self.limit = (self.limit / 2).max(16);
-                } else if took < BATCH_BUDGET / 4 && done.more {
-                    self.limit = (self.limit * 2).min(8192);
-                }
+        match self.pruner.step(store, SystemTime::now()) {
+            Ok((done, took)) => {
+                figures.prune_batch_seconds.observe(took);
                 figures
                     .events_pruned
                     .fetch_add(done.events, Ordering::Relaxed);
@@ -431,22 +410,18 @@ impl Writer {
                         .fetch_add(done.undelivered, Ordering::Relaxed);
                     warn!(
                         events = done.undelivered,
-                        max_size = self.retention.max_size,
+                        max_size = self.pruner.policy.max_size,
                         "The store reached its size limit: events not yet delivered by every connector were deleted."
                     );
                 }
-                if !done.more {
-                    self.in_pass = false;
-                    if let Ok(used) = store.used_bytes() {
-                        figures.used_bytes.store(used, Ordering::Relaxed);
-                    }
+                if !done.more
+                    && let Ok(used) = store.used_bytes()
+                {
+                    figures.used_bytes.store(used, Ordering::Relaxed);
                 }
             }
-            Err(e) => {
-                // A failing disk shows on the next job; retention waits for the next pass.
-                debug!(error = %e, "Retention batch failed.");
-                self.in_pass = false;
-            }
+            // A failing disk shows on the next job; retention waits for the next pass.
+            Err(e) => debug!(error = %e, "Retention batch failed."),
         }
     }
 

@@ -95,13 +95,18 @@ impl Store {
         now: SystemTime,
         limit: usize,
     ) -> Result<Pruned, StoreError> {
-        // Pruning need not survive a power cut (it runs again): no fsync of its own.
+        // Pruning need not survive a power cut (it runs again): no fsync of its own. The
+        // connection's own setting (FULL for the writer, NORMAL for a connector) comes back.
+        let own: i64 = self
+            .conn
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .map_err(|e| self.err(e))?;
         self.conn
             .pragma_update(None, "synchronous", "NORMAL")
             .map_err(|e| self.err(e))?;
         let done = self.prune_batch(policy, connectors, now, limit);
         self.conn
-            .pragma_update(None, "synchronous", "FULL")
+            .pragma_update(None, "synchronous", own)
             .map_err(|e| self.err(e))?;
         done
     }
@@ -205,6 +210,72 @@ impl Store {
         tx.commit().map_err(err)?;
         self.writes += 1;
         Ok(done)
+    }
+}
+
+/// What one pruning batch should take at most: the batch size adapts to it.
+pub const BATCH_BUDGET: Duration = Duration::from_millis(2);
+
+/// Retention in passes of small batches, each sized to take about [`BATCH_BUDGET`] (it halves
+/// when a batch took longer, doubles when one took under a quarter of it). The store writer
+/// runs one step between two of the core's jobs; the benchmark runs the same steps.
+#[derive(Debug, Clone)]
+pub struct Pruner {
+    pub policy: Retention,
+    /// The connectors the node runs.
+    pub connectors: Vec<String>,
+    limit: usize,
+    in_pass: bool,
+}
+
+impl Pruner {
+    pub fn new(policy: Retention, connectors: Vec<String>) -> Self {
+        Self {
+            policy,
+            connectors,
+            limit: 256,
+            in_pass: false,
+        }
+    }
+
+    /// Whether a pass is under way (more steps to take at once).
+    pub fn in_pass(&self) -> bool {
+        self.in_pass
+    }
+
+    /// The events the next batch may delete at most.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// One batch at wall-clock `now` (starting a pass if none is under way): what it did and
+    /// how long it took. The pass ends when a batch finds nothing more to do.
+    pub fn step(
+        &mut self,
+        store: &mut Store,
+        now: SystemTime,
+    ) -> Result<(Pruned, Duration), StoreError> {
+        if !self.in_pass {
+            self.in_pass = true;
+            store.restart_pruning();
+        }
+        let t0 = std::time::Instant::now();
+        let result = store.prune(&self.policy, &self.connectors, now, self.limit);
+        let took = t0.elapsed();
+        let done = match result {
+            Ok(done) => done,
+            Err(e) => {
+                self.in_pass = false;
+                return Err(e);
+            }
+        };
+        if took > BATCH_BUDGET {
+            self.limit = (self.limit / 2).max(16);
+        } else if took < BATCH_BUDGET / 4 && done.more {
+            self.limit = (self.limit * 2).min(8192);
+        }
+        self.in_pass = done.more;
+        Ok((done, took))
     }
 }
 
@@ -345,6 +416,65 @@ mod tests {
         assert_eq!(seqs(&s), [8]);
         let d = prune_all(&mut s, &p, &c, later + 20 * DAY);
         assert_eq!((d.events, d.dead_letters), (1, 1));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn synchronous(s: &Store) -> i64 {
+        s.conn
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn pruning_leaves_the_connection_as_durable_as_it_was() {
+        let dir = tmp("sync");
+        let c = vec!["psim".to_string()];
+        let later = SystemTime::now() + 31 * DAY;
+        // The writer's connection: FULL (2) before and after.
+        let mut w = Store::open_for_writer(&dir).unwrap();
+        fill(&mut w, 3);
+        w.set_cursor("psim", 3).unwrap();
+        assert_eq!(synchronous(&w), 2);
+        assert_eq!(
+            prune_all(&mut w, &Retention::default(), &c, later).events,
+            3
+        );
+        assert_eq!(synchronous(&w), 2);
+        drop(w);
+        // A connector's: NORMAL (1) stays NORMAL.
+        let mut s = Store::open_for_connector(&dir).unwrap();
+        fill(&mut s, 3);
+        s.set_cursor("psim", 6).unwrap();
+        assert_eq!(synchronous(&s), 1);
+        assert_eq!(
+            prune_all(&mut s, &Retention::default(), &c, later).events,
+            3
+        );
+        assert_eq!(synchronous(&s), 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_checkpoint_empties_the_wal_and_the_next_write_truncates_it() {
+        let dir = tmp("wal");
+        let mut s = Store::open_for_writer(&dir).unwrap();
+        let big = "x".repeat(1000);
+        let kinds = vec!["buddygate.path.down"; 2000];
+        s.commit(&[], &kinds, |seq, _| {
+            format!("{{\"seq\":{seq},\"pad\":\"{big}\"}}")
+        })
+        .unwrap();
+        let wal = dir.join("node.db-wal");
+        let grown = std::fs::metadata(&wal).unwrap().len();
+        assert!(grown > 2_000_000, "{grown}");
+        // No automatic checkpoint on the writer's connection: the checkpointer's does it.
+        let cp = Checkpointer::open(&dir).unwrap().checkpoint().unwrap();
+        assert!(cp.log > 0 && cp.checkpointed == cp.log, "{cp:?}");
+        // The next write starts the WAL over and truncates it to the journal size limit.
+        fill(&mut s, 1);
+        let after = std::fs::metadata(&wal).unwrap().len();
+        assert!(after < 64 * 1024, "the WAL kept {after} bytes");
+        assert_eq!(*seqs(&s).last().unwrap(), 2001);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
