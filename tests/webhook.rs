@@ -1030,6 +1030,48 @@ async fn permanent_errors_are_dead_letters_at_once() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A URL that cannot be built for an event is a permanent error too: a templated URL that
+/// renders to something that is not a URL, or that cannot render (a missing field). Each is a
+/// dead letter at once, not after a retry schedule (an hour here); the next event goes.
+#[tokio::test]
+async fn a_url_that_cannot_be_built_is_a_dead_letter_at_once() {
+    let rx = receiver().await;
+    let mut outbox = Outbox::new("badurl");
+    // Renders to "live-1/hook" for the first event (no scheme, no host) and fails to render
+    // for the second (no `data.server`); the third renders to the receiver.
+    outbox.push("buddygate.failover.completed");
+    outbox.append("buddygate.failover.completed", json!({"site": "hq"}));
+    outbox.append(
+        "buddygate.failover.completed",
+        json!({"site": "hq", "server": {"id": rx.url(), "address": "127.0.0.1"}}),
+    );
+    let text = "type = \"webhook\"\nurl = \"{{ data.server.id }}\"\nretry = [\"1h\"]\n";
+    let r = run(&outbox, config(text, None));
+    let reader = Store::open_reader(&outbox.dir).unwrap();
+    until(Duration::from_secs(5), "the third event delivered", || {
+        reader.cursor("psim").unwrap() == 3
+    })
+    .await;
+    let dead: Vec<(u64, u32, String)> = reader
+        .dead_letters("psim")
+        .unwrap()
+        .into_iter()
+        .map(|d| (d.seq, d.attempts, d.reason))
+        .collect();
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    assert_eq!((dead[0].0, dead[0].1), (1, 1));
+    assert!(dead[0].2.starts_with("refused: request:"), "{}", dead[0].2);
+    assert_eq!((dead[1].0, dead[1].1), (2, 1));
+    assert!(
+        dead[1].2.starts_with("refused: url template:"),
+        "{}",
+        dead[1].2
+    );
+    assert_eq!(ids(&rx.requests()), ["fo-1:3"]);
+    r.cancel.cancel();
+    let _ = r.task.await;
+}
+
 /// Dead letters queued for a replay do not hold up a live event: one replay attempt at most
 /// is in front of it, however long the replay.
 #[tokio::test]
