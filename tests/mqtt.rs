@@ -1008,7 +1008,7 @@ fn the_asyncapi_document_covers_every_topic_and_event() {
 
 /// A Mosquitto broker on a free loopback port (no persistence: a restart loses every retained
 /// message), started and stopped by the test. `None` when Mosquitto is not installed (unless
-/// `BUDDYGATE_CI` is set, as in `.ci/run`, which installs it).
+/// `REQUIRE_SYSTEM_TESTS` is set, as in `.ci/run`, which installs it).
 struct Mosquitto {
     port: u16,
     dir: std::path::PathBuf,
@@ -1026,7 +1026,7 @@ impl Mosquitto {
         .find(|p| Path::new(p).exists());
         let Some(bin) = bin else {
             assert!(
-                std::env::var_os("BUDDYGATE_CI").is_none(),
+                std::env::var_os("REQUIRE_SYSTEM_TESTS").is_none(),
                 "mosquitto is not installed"
             );
             eprintln!("SKIPPED: mosquitto is not installed");

@@ -1,6 +1,6 @@
 //! A node that runs for years: its store on a small filesystem that fills up (real nodes; the
 //! test mounts a tmpfs, so it needs root: it says so and does nothing without, unless
-//! `BUDDYGATE_CI` is set, as in CI, where it fails instead).
+//! `REQUIRE_SYSTEM_TESTS` is set, as in CI, where it fails instead).
 
 mod common;
 
@@ -45,7 +45,7 @@ impl Tmpfs {
                     Err(e) => e.to_string(),
                 };
                 assert!(
-                    std::env::var_os("BUDDYGATE_CI").is_none(),
+                    std::env::var_os("REQUIRE_SYSTEM_TESTS").is_none(),
                     "cannot mount a tmpfs: {why}"
                 );
                 eprintln!("SKIPPED: cannot mount a tmpfs (run as root): {why}");
