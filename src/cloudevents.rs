@@ -1,7 +1,13 @@
 //! Core events as CloudEvents 1.0 (structured JSON), the payloads DESIGN section 1 fixes.
 //!
-//! `id` is `{node}:{seq}`: unique in the site (a node's sequence never repeats; the store keeps
-//! it across restarts) and stable across retries of any delivery.
+//! `id` is `{node}:{run}:{seq}`: `run` is a random id the node draws each time it starts
+//! ([`run_id`]), `seq` its event sequence number. Unique in the site for good: a node whose
+//! data dir was wiped, or restored from an old copy, numbers its events from an earlier `seq`
+//! again, but in a new run. Stored with the event, so stable across retries of any delivery.
+//!
+//! Times are wall-clock times read when the event happens ([`Clock`]), not the wall clock at
+//! boot plus the monotonic time since: a clock stepped by NTP while the node runs (appliances
+//! without a real-time clock) is right from the next event on.
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
@@ -11,17 +17,42 @@ use serde_json::{Map, Value, json};
 use crate::config::{ResourceIdx, ServerIdx, Site};
 use crate::failover::{DownReason, Event, FailedResource};
 
-/// Converts the core's monotonic time to wall-clock time.
+/// The wall clock read at one instant of the core's monotonic clock: maps the core's instants
+/// near it (an event's, a `down_since` in the past) to wall-clock time.
 #[derive(Debug, Clone, Copy)]
 pub struct Clock {
-    /// Wall-clock time at monotonic zero.
-    pub wall_at_zero: SystemTime,
+    /// The core's clock when the wall clock was read.
+    pub mono: Duration,
+    /// The wall clock then.
+    pub wall: SystemTime,
 }
 
 impl Clock {
-    pub fn wall(&self, mono: Duration) -> SystemTime {
-        self.wall_at_zero + mono
+    /// The wall-clock time of the core's instant `t`.
+    pub fn wall(&self, t: Duration) -> SystemTime {
+        if t >= self.mono {
+            self.wall + (t - self.mono)
+        } else {
+            self.wall
+                .checked_sub(self.mono - t)
+                .filter(|w| *w >= SystemTime::UNIX_EPOCH)
+                .unwrap_or(SystemTime::UNIX_EPOCH)
+        }
     }
+}
+
+/// A new run id: 12 random hex digits (48 bits), drawn when a node starts.
+pub fn run_id() -> String {
+    let mut b = [0u8; 6];
+    if getrandom::fill(&mut b).is_err() {
+        // No OS randomness: the clock's nanoseconds still make a repeat unlikely.
+        let n = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        b.copy_from_slice(&n.to_le_bytes()[..6]);
+    }
+    hex(&b)
 }
 
 pub fn rfc3339(t: SystemTime) -> String {
@@ -90,17 +121,26 @@ fn failed(site: &Site, f: &[FailedResource]) -> Value {
     )
 }
 
-/// The CloudEvent for `event`, emitted by `node` at monotonic `at`, stored as `seq`.
-/// `epochs` holds the epoch of each resource this node holds.
+/// What a node's events share: who emits them and in which run.
+#[derive(Debug, Clone, Copy)]
+pub struct Emitter<'a> {
+    pub site: &'a Site,
+    pub node: ServerIdx,
+    /// [`run_id`] of this start of the node.
+    pub run: &'a str,
+}
+
+/// The CloudEvent for `event`, emitted at the core's instant `at` (`clock` read then), stored
+/// as `seq`. `epochs` holds the epoch of each resource this node holds.
 pub fn to_cloudevent(
-    site: &Site,
-    node: ServerIdx,
+    from: Emitter<'_>,
     seq: u64,
     at: Duration,
     clock: Clock,
     event: &Event,
     epochs: &HashMap<ResourceIdx, u64>,
 ) -> Value {
+    let Emitter { site, node, run } = from;
     let me = &site.server(node).id;
     let data = match event {
         Event::ServerDown {
@@ -221,7 +261,7 @@ pub fn to_cloudevent(
     };
     json!({
         "specversion": "1.0",
-        "id": format!("{me}:{seq}"),
+        "id": format!("{me}:{run}:{seq}"),
         "type": event.type_name(),
         "source": format!("buddygate://{}/{me}", site.name),
         "time": rfc3339(clock.wall(at)),
@@ -233,4 +273,48 @@ pub fn to_cloudevent(
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instants_map_to_the_wall_clock_read_when_the_event_happens() {
+        let t0 = humantime::parse_rfc3339("2026-11-25T00:00:10Z").unwrap();
+        // Booted 100 s ago on the core's clock; the wall clock was stepped an hour back since.
+        let clock = Clock {
+            mono: Duration::from_secs(100),
+            wall: t0,
+        };
+        assert_eq!(
+            rfc3339(clock.wall(Duration::from_secs(100))),
+            "2026-11-25T00:00:10.000Z"
+        );
+        // A `down_since` 1.5 s before the event.
+        assert_eq!(
+            rfc3339(clock.wall(Duration::from_millis(98_500))),
+            "2026-11-25T00:00:08.500Z"
+        );
+        assert_eq!(
+            rfc3339(clock.wall(Duration::from_millis(100_250))),
+            "2026-11-25T00:00:10.250Z"
+        );
+        let early = Clock {
+            mono: Duration::from_secs(10),
+            wall: SystemTime::UNIX_EPOCH + Duration::from_secs(1),
+        };
+        assert_eq!(early.wall(Duration::ZERO), SystemTime::UNIX_EPOCH);
+    }
+
+    #[test]
+    fn run_ids_are_12_hex_digits_and_differ() {
+        let a = run_id();
+        assert_eq!(a.len(), 12);
+        assert!(
+            a.chars()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        );
+        assert_ne!(a, run_id());
+    }
 }

@@ -171,6 +171,59 @@ pub struct Metrics {
     pub wire_rejected: Mutex<BTreeMap<&'static str, u64>>,
     /// Time spent in the failover core (`Node::handle_all`), in microseconds.
     pub core_micros: AtomicU64,
+    /// The node's store: whether it takes writes, retention.
+    pub store: StoreFigures,
+}
+
+/// The store as the runtime's writer sees it: written by the writer thread and the core task,
+/// read by `/healthz` and `/metrics`.
+#[derive(Debug)]
+pub struct StoreFigures {
+    /// Why the store takes no writes now (a full or failing disk); `None` while it does.
+    pub failing: Mutex<Option<StoreFailure>>,
+    /// Jobs (claims, records, events of one step) that could not be committed.
+    pub write_failures: AtomicU64,
+    /// Events kept in memory until the store takes writes again.
+    pub events_waiting: AtomicU64,
+    /// Events given up: beyond what memory keeps while the store takes no writes.
+    pub events_dropped_memory: AtomicU64,
+    /// Events deleted for the size limit before every connector had handled them.
+    pub events_dropped_size: AtomicU64,
+    /// Events deleted by retention (and the size limit).
+    pub events_pruned: AtomicU64,
+    /// Bytes of the store in use, as last measured.
+    pub used_bytes: AtomicU64,
+    /// How long each pruning batch kept the store writer from the core's jobs.
+    pub prune_batch_seconds: Histogram,
+}
+
+/// Why the store takes no writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreFailure {
+    pub reason: String,
+    pub since: SystemTime,
+}
+
+impl Default for StoreFigures {
+    fn default() -> Self {
+        Self {
+            failing: Mutex::new(None),
+            write_failures: AtomicU64::new(0),
+            events_waiting: AtomicU64::new(0),
+            events_dropped_memory: AtomicU64::new(0),
+            events_dropped_size: AtomicU64::new(0),
+            events_pruned: AtomicU64::new(0),
+            used_bytes: AtomicU64::new(0),
+            prune_batch_seconds: Histogram::new(&[0.0005, 0.001, 0.002, 0.005, 0.01, 0.05]),
+        }
+    }
+}
+
+impl StoreFigures {
+    /// Why the store takes no writes, if it does not.
+    pub fn failure(&self) -> Option<StoreFailure> {
+        self.failing.lock().ok().and_then(|f| f.clone())
+    }
 }
 
 impl Default for Metrics {
@@ -191,6 +244,7 @@ impl Default for Metrics {
             events_stored: AtomicU64::new(0),
             wire_rejected: Mutex::new(BTreeMap::new()),
             core_micros: AtomicU64::new(0),
+            store: StoreFigures::default(),
         }
     }
 }

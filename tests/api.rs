@@ -861,9 +861,31 @@ async fn healthz_answers_on_both_paths() {
         assert_eq!(status, 200);
         assert_eq!(
             body,
-            json!({"status": "ok", "node": "fo-1", "booting": false})
+            json!({"status": "ok", "node": "fo-1", "booting": false, "storage": {"ok": true}})
         );
     }
+    // A store that takes no writes: 503, with why and since when.
+    let since = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_795_565_600);
+    *f.metrics.store.failing.lock().unwrap() = Some(buddygate::view::StoreFailure {
+        reason: "database or disk is full".into(),
+        since,
+    });
+    f.metrics.store.events_waiting.store(3, Ordering::Relaxed);
+    let (status, body) = f.get_json("/healthz").await;
+    assert_eq!(status, 503);
+    assert_eq!(
+        body,
+        json!({"status": "storage_failed", "node": "fo-1", "booting": false, "storage": {
+            "ok": false, "error": "database or disk is full",
+            "since": "2026-11-25T00:13:20.000Z", "events_waiting": 3,
+        }})
+    );
+    let text = f.get("/metrics").await.text().await.unwrap();
+    assert!(text.contains("buddygate_store_ok 0\n"), "{text}");
+    assert!(
+        text.contains("buddygate_store_events_waiting 3\n"),
+        "{text}"
+    );
 }
 
 #[tokio::test]

@@ -797,6 +797,39 @@ fn connector_urls_carry_no_credentials() {
 }
 
 #[test]
+fn store_rules() {
+    // Defaults: 30 days, 1 GiB.
+    let loaded = config::parse_str(&format!("{HEAD}{VALID}"), "t.toml").unwrap();
+    assert_eq!(loaded.store.retention, Duration::from_secs(30 * 86_400));
+    assert_eq!(loaded.store.max_size, 1 << 30);
+    let text = format!("{HEAD}{VALID}[store]\nretention = \"90d\"\nmax_size = \"500MB\"\n");
+    let loaded = config::parse_str(&text, "t.toml").unwrap();
+    assert_eq!(loaded.store.retention, Duration::from_secs(90 * 86_400));
+    assert_eq!(loaded.store.max_size, 500_000_000);
+    // Lines 21 and 22 hold the keys.
+    let store = |lines: &str| format!("{VALID}[store]\n{lines}");
+    invalid_table(&[
+        (
+            store("retention = \"10m\"\nmax_size = \"1MiB\"\n"),
+            &[
+                "t.toml:22:13: store.retention: 10m is too short: at least 1h (the event log is the \
+                 API's history and what connectors deliver from)",
+                "t.toml:23:12: store.max_size: 1MiB is too small: at least 16MiB",
+            ],
+        ),
+        (
+            store("retention = \"forever\"\nmax_size = \"1.5 GB\"\nsize = 3\n"),
+            &[
+                "t.toml:22:13: store.retention: invalid duration \"forever\": expected number at 0",
+                "t.toml:23:12: store.max_size: invalid size \"1.5 GB\": expected a whole number and a \
+                 unit (B, KB, MB, GB, TB, KiB, MiB, GiB, TiB), e.g. \"1GiB\"",
+                "t.toml:24:1: store.size: unknown key `size`; did you mean `max_size`?",
+            ],
+        ),
+    ]);
+}
+
+#[test]
 fn ranges_expand_with_padding_zip_and_server() {
     let body = "\
 [[servers]]

@@ -1,5 +1,6 @@
 //! The MQTT connector against an embedded broker (rumqttd, in-process on a free loopback port)
-//! and real `buddygate run` nodes.
+//! and real `buddygate run` nodes; and against a real Mosquitto for what rumqttd cannot do
+//! (a restart that loses retained messages, an MQTT 5 refusal).
 
 mod common;
 
@@ -1001,4 +1002,445 @@ fn the_asyncapi_document_covers_every_topic_and_event() {
     assert_eq!(msgs[0].1["Topic"], "bg:Ownership/Conflict");
     assert_eq!(msgs[0].1["Data"]["Owners"], "a,b");
     assert_eq!(msgs[0].1["Data"]["Epoch"], "4");
+}
+
+// ---- with a real Mosquitto: broker restarts, MQTT 5 refusals -----------------------------
+
+/// A Mosquitto broker on a free loopback port (no persistence: a restart loses every retained
+/// message), started and stopped by the test. `None` when Mosquitto is not installed (unless
+/// `REQUIRE_SYSTEM_TESTS` is set, as in `.ci/run`, which installs it).
+struct Mosquitto {
+    port: u16,
+    dir: std::path::PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl Mosquitto {
+    fn start(name: &str, acl: Option<&str>) -> Option<Self> {
+        let bin = [
+            "/usr/sbin/mosquitto",
+            "/usr/bin/mosquitto",
+            "/usr/local/sbin/mosquitto",
+        ]
+        .into_iter()
+        .find(|p| Path::new(p).exists());
+        let Some(bin) = bin else {
+            assert!(
+                std::env::var_os("REQUIRE_SYSTEM_TESTS").is_none(),
+                "mosquitto is not installed"
+            );
+            eprintln!("SKIPPED: mosquitto is not installed");
+            return None;
+        };
+        let dir =
+            std::env::temp_dir().join(format!("buddygate-mosq-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = common::free_port("127.0.0.1");
+        let mut conf =
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n");
+        if let Some(acl) = acl {
+            std::fs::write(dir.join("acl"), acl).unwrap();
+            conf.push_str(&format!("acl_file {}\n", dir.join("acl").display()));
+        }
+        std::fs::write(dir.join("mosquitto.conf"), conf).unwrap();
+        let mut m = Self {
+            port,
+            dir,
+            child: None,
+        };
+        m.spawn(bin);
+        Some(m)
+    }
+
+    fn spawn(&mut self, bin: &str) {
+        let log = std::fs::File::create(self.dir.join("mosquitto.log")).unwrap();
+        self.child = Some(
+            std::process::Command::new(bin)
+                .arg("-c")
+                .arg(self.dir.join("mosquitto.conf"))
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        );
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "mosquitto did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops it (every connection cut, every retained message lost).
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port, with or without its ACL.
+    fn restart(&mut self, acl: bool) {
+        self.stop();
+        if !acl {
+            let conf = std::fs::read_to_string(self.dir.join("mosquitto.conf")).unwrap();
+            let conf: String = conf
+                .lines()
+                .filter(|l| !l.starts_with("acl_file"))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            std::fs::write(self.dir.join("mosquitto.conf"), conf).unwrap();
+        }
+        let bin = [
+            "/usr/sbin/mosquitto",
+            "/usr/bin/mosquitto",
+            "/usr/local/sbin/mosquitto",
+        ]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .unwrap();
+        self.spawn(bin);
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// One node's MQTT connector run in the test's process: its own store (events appended to it
+/// as the node would store them) and its own view.
+struct MqttNode {
+    outbox: common::Outbox,
+    snap: tokio::sync::watch::Sender<Arc<buddygate::view::Snapshot>>,
+    status: Arc<buddygate::connectors::ConnectorStatus>,
+    replay: Arc<tokio::sync::Notify>,
+    cancel: CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl MqttNode {
+    fn start(
+        name: &str,
+        site: &Arc<buddygate::config::Site>,
+        node: buddygate::config::ServerIdx,
+        file: &str,
+        snap: buddygate::view::Snapshot,
+    ) -> Self {
+        let (c, d) = connectors::check_file(file, "bus.toml", Path::new("bus.toml"), None);
+        let Some(ConnectorKind::Mqtt(cfg)) = c.map(|c| c.kind) else {
+            panic!("not mqtt: {d:?}")
+        };
+        let outbox = common::Outbox::new(name);
+        let (snap_tx, snap_rx) = tokio::sync::watch::channel(Arc::new(snap));
+        let status = Arc::new(buddygate::connectors::ConnectorStatus::default());
+        let m = buddygate::connectors::mqtt::Mqtt::build(
+            "bus".into(),
+            cfg,
+            site.clone(),
+            node,
+            &outbox.dir,
+            status.clone(),
+        )
+        .unwrap();
+        let cancel = CancellationToken::new();
+        let replay = Arc::new(tokio::sync::Notify::new());
+        let task = tokio::spawn(m.run_with_replay(
+            outbox.events.subscribe(),
+            snap_rx,
+            replay.clone(),
+            cancel.clone(),
+        ));
+        Self {
+            outbox,
+            snap: snap_tx,
+            status,
+            replay,
+            cancel,
+            task: Some(task),
+        }
+    }
+
+    async fn stop(&mut self) {
+        self.cancel.cancel();
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+}
+
+fn two_camera_site() -> Arc<buddygate::config::Site> {
+    Arc::new(
+        buddygate::sim::SiteBuilder::new("part")
+            .live("live-1", &["fo-1"])
+            .failover("fo-1", buddygate::config::Mode::SpreadServers, None, None)
+            .many("live-1", buddygate::config::Kind::Camera, 2, 0)
+            .build(),
+    )
+}
+
+/// A partition where both sides serve live-1's cameras and both publish them; the broker
+/// restarts (its retained messages lost) and the loser's republish lands last; then the
+/// partition heals (the loser stands down; the winner logs the conflict and its resolution):
+/// a subscriber that connects afterwards sees only the winner. `reassert` is off, so this is
+/// the republish on a change of claimants alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_partition_and_a_broker_restart_a_fresh_subscriber_sees_only_the_winner() {
+    let Some(mut broker) = Mosquitto::start("partition", None) else {
+        return;
+    };
+    let site = two_camera_site();
+    let (live, fo) = (
+        site.server_idx("live-1").unwrap(),
+        site.server_idx("fo-1").unwrap(),
+    );
+    let file =
+        |port| format!("type = \"mqtt\"\nurl = \"mqtt://127.0.0.1:{port}\"\nreassert = \"0s\"\n");
+    // fo-1 (the winner, epoch 298) talks to the broker directly, live-1 (199) through a proxy
+    // the test holds back after the restart.
+    let mut proxy = Proxy::new(broker.port);
+    proxy.start().await;
+    let winner = MqttNode::start(
+        "part-fo",
+        &site,
+        fo,
+        &file(broker.port),
+        common::owners_snapshot(&site, live, fo, fo, 298, 2),
+    );
+    let cams = [
+        "buddygate/part/resources/live-1-camera-001",
+        "buddygate/part/resources/live-1-camera-002",
+    ];
+    let owner_of = |sub: &Sub| -> Vec<(String, u64)> {
+        cams.iter()
+            .map(|t| {
+                sub.last(t).map_or((String::new(), 0), |v| {
+                    (
+                        v["owner"].as_str().unwrap_or("").to_string(),
+                        v["epoch"].as_u64().unwrap_or(0),
+                    )
+                })
+            })
+            .collect()
+    };
+    let watch = Sub::start(broker.port, "watch", "buddygate/part/resources/#").await;
+    common::eventually(Duration::from_secs(5), "fo-1 published", || async {
+        owner_of(&watch).iter().all(|o| o.0 == "fo-1").then_some(())
+    })
+    .await;
+    let mut loser = MqttNode::start(
+        "part-live",
+        &site,
+        live,
+        &file(proxy.port),
+        common::owners_snapshot(&site, fo, live, live, 199, 2),
+    );
+    common::eventually(Duration::from_secs(5), "live-1 published last", || async {
+        owner_of(&watch)
+            .iter()
+            .all(|o| o.0 == "live-1")
+            .then_some(())
+    })
+    .await;
+    drop(watch);
+
+    // The broker restarts; fo-1 is back first, live-1's republish lands last.
+    proxy.stop();
+    broker.restart(true);
+    let watch = Sub::start(broker.port, "watch2", "buddygate/part/resources/#").await;
+    common::eventually(Duration::from_secs(15), "fo-1 republished", || async {
+        owner_of(&watch).iter().all(|o| o.0 == "fo-1").then_some(())
+    })
+    .await;
+    proxy.start().await;
+    common::eventually(
+        Duration::from_secs(15),
+        "live-1 republished last",
+        || async {
+            owner_of(&watch)
+                .iter()
+                .all(|o| o.0 == "live-1")
+                .then_some(())
+        },
+    )
+    .await;
+
+    // The partition heals: live-1 stands down (its view: fo-1 serves them); fo-1 logs the
+    // conflict and its resolution for each camera.
+    loser
+        .snap
+        .send(Arc::new(common::owners_snapshot(
+            &site, live, live, fo, 298, 2,
+        )))
+        .unwrap();
+    let mut winner = winner;
+    for cam in ["live-1-camera-001", "live-1-camera-002"] {
+        let resource = serde_json::json!({"id": cam, "kind": "camera"});
+        winner.outbox.append(
+            "buddygate.ownership.conflict",
+            serde_json::json!({"site": "part", "resource": resource, "owners": [
+                {"id": "fo-1", "address": "127.0.0.2", "epoch": 298},
+                {"id": "live-1", "address": "127.0.0.1", "epoch": 199}]}),
+        );
+        winner.outbox.append(
+            "buddygate.ownership.resolved",
+            serde_json::json!({"site": "part", "resource": resource, "owner": "fo-1",
+                "address": "127.0.0.2", "epoch": 298}),
+        );
+    }
+    common::eventually(Duration::from_secs(10), "fo-1 published again", || async {
+        owner_of(&watch).iter().all(|o| o.0 == "fo-1").then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let fresh = Sub::start(broker.port, "fresh", "buddygate/part/resources/#").await;
+    let got = common::eventually(Duration::from_secs(5), "retained owners", || async {
+        let o = owner_of(&fresh);
+        o.iter().all(|o| !o.0.is_empty()).then_some(o)
+    })
+    .await;
+    assert_eq!(got, [("fo-1".to_string(), 298), ("fo-1".to_string(), 298)]);
+    assert!(
+        fresh.all().iter().all(|m| m.payload["owner"] == "fo-1"),
+        "{:?}",
+        fresh.all()
+    );
+    loser.stop().await;
+    winner.stop().await;
+}
+
+/// A resource no buddy can take is published as such by the node that reports it unplaced
+/// (its last owner's message must not stay retained as the truth), and every retained topic
+/// is published again every `reassert` interval with nothing changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unplaced_resources_are_published_without_an_owner_and_everything_is_reasserted() {
+    let port = broker();
+    let site = two_camera_site();
+    let (live, fo) = (
+        site.server_idx("live-1").unwrap(),
+        site.server_idx("fo-1").unwrap(),
+    );
+    let mut snap = common::owners_snapshot(&site, live, fo, fo, 298, 2);
+    // cam-002: live-1 is down and fo-1 cannot take it.
+    snap.resources[1].owner = None;
+    snap.resources[1].epoch = 199;
+    snap.resources[1].state = buddygate::failover::ResourceState::Unassigned;
+    snap.resources[1].unplaced = true;
+    let file = format!("type = \"mqtt\"\nurl = \"mqtt://127.0.0.1:{port}\"\nreassert = \"1s\"\n");
+    let mut node = MqttNode::start("unplaced", &site, fo, &file, snap);
+    let sub = Sub::start(port, "unplaced-sub", "buddygate/part/resources/#").await;
+    let topic = "buddygate/part/resources/live-1-camera-002";
+    let v = common::eventually(Duration::from_secs(5), "unplaced", || async {
+        sub.last(topic)
+    })
+    .await;
+    assert_eq!(
+        (
+            v["owner"].clone(),
+            v["address"].clone(),
+            v["state"].clone(),
+            v["epoch"].clone()
+        ),
+        (Value::Null, Value::Null, "unplaced".into(), 199.into()),
+        "{v}"
+    );
+    let served = sub
+        .last("buddygate/part/resources/live-1-camera-001")
+        .unwrap();
+    assert_eq!(
+        (served["owner"].clone(), served["state"].clone()),
+        ("fo-1".into(), "active".into())
+    );
+    // Re-asserted: the same state again, newer timestamps, nothing changed meanwhile.
+    common::eventually(Duration::from_secs(5), "re-asserted twice", || async {
+        let stamps: Vec<String> = sub
+            .all()
+            .iter()
+            .filter(|m| m.topic == topic)
+            .map(|m| m.payload["timestamp"].as_str().unwrap().to_string())
+            .collect();
+        (stamps.len() >= 3 && stamps.windows(2).all(|w| w[0] < w[1])).then_some(())
+    })
+    .await;
+    node.stop().await;
+}
+
+/// An MQTT 5 broker that refuses an event (a PUBACK with reason code NotAuthorized: the ACL
+/// does not let the node publish `path.down`) makes it a dead letter: the cursor moves on
+/// with it recorded, not silently. Once the broker lets it through, a replay delivers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mqtt5_refusal_is_a_dead_letter_that_replays() {
+    let acl = "topic read #\ntopic write buddygate/part/nodes/#\ntopic write buddygate/part/servers/#\n\
+               topic write buddygate/part/resources/#\ntopic write buddygate/part/events/buddygate.failover.completed\n";
+    let Some(mut broker) = Mosquitto::start("refusal", Some(acl)) else {
+        return;
+    };
+    let site = two_camera_site();
+    let (live, fo) = (
+        site.server_idx("live-1").unwrap(),
+        site.server_idx("fo-1").unwrap(),
+    );
+    let file = format!(
+        "type = \"mqtt\"\nurl = \"mqtt://127.0.0.1:{}\"\nprotocol = \"v5\"\n",
+        broker.port
+    );
+    let mut node = MqttNode::start(
+        "refusal",
+        &site,
+        fo,
+        &file,
+        common::owners_snapshot(&site, live, fo, fo, 298, 2),
+    );
+    let data = serde_json::json!({"site": "part", "server": {"id": "live-1", "address": "127.0.0.1"}, "path": 0});
+    node.outbox
+        .append("buddygate.failover.completed", data.clone());
+    let refused = node.outbox.append("buddygate.path.down", data.clone());
+    node.outbox
+        .append("buddygate.failover.completed", data.clone());
+    let reader = buddygate::store::Store::open_reader(&node.outbox.dir).unwrap();
+    common::eventually(Duration::from_secs(10), "all three handled", || async {
+        (reader.cursor("bus").ok()? == 3).then_some(())
+    })
+    .await;
+    let dead = reader.dead_letters("bus").unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].seq, refused.seq);
+    assert!(
+        dead[0].reason.contains("NotAuthorized"),
+        "{}",
+        dead[0].reason
+    );
+    assert_eq!(
+        node.status.dead.load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    assert_eq!(
+        node.status
+            .delivered
+            .load(std::sync::atomic::Ordering::Relaxed),
+        2
+    );
+
+    // The broker now lets it through: a replay delivers it and clears the dead letter.
+    broker.restart(false);
+    let sub = Sub::start(broker.port, "refusal-sub", "buddygate/part/events/#").await;
+    node.replay.notify_one();
+    common::eventually(Duration::from_secs(15), "the replay delivered", || async {
+        sub.all()
+            .iter()
+            .any(|m| m.payload["type"] == "buddygate.path.down")
+            .then_some(())
+    })
+    .await;
+    common::eventually(Duration::from_secs(5), "dead letter cleared", || async {
+        reader.dead_letters("bus").ok()?.is_empty().then_some(())
+    })
+    .await;
+    assert_eq!(
+        node.status.dead.load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    node.stop().await;
 }

@@ -262,7 +262,13 @@ async fn bad_datagrams_are_dropped_counted_and_harmless() {
     );
     let junk: f64 = ["size", "magic"]
         .iter()
-        .filter_map(|r| metric(&text, "buddygate_", &format!("reason=\"{r}\"")))
+        .filter_map(|r| {
+            metric(
+                &text,
+                "buddygate_datagrams_rejected",
+                &format!("reason=\"{r}\""),
+            )
+        })
         .sum();
     assert_eq!(junk, 50.0, "{text}");
     let health = get(&format!("{}/healthz", c.api("fo-1"))).await.unwrap();
@@ -405,4 +411,69 @@ async fn manual_failover_and_failback_through_any_node_and_the_sse_stream() {
             && l.contains('5')),
         "{text}"
     );
+}
+
+/// fo-1's wall clock is stepped an hour back while it runs (an NTP step on an appliance
+/// without a real-time clock; fault injection steps it without sleeping): the takeover's
+/// `time` and `down_since` are read from the stepped clock when they happen, consistent with
+/// each other, and the delivery latency, measured on the monotonic clock, stays small.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_times_follow_a_wall_clock_step() {
+    let rx = receiver::Receiver::start("127.0.0.1:0", "/hook").await;
+    let mut c = Cluster::new(
+        "clockstep",
+        1,
+        3,
+        SiteOptions {
+            connectors: vec![(
+                "psim",
+                format!(
+                    "type = \"webhook\"\nurl = \"{}\"\nevents = [\"buddygate.failover.completed\"]\n",
+                    rx.url()
+                ),
+            )],
+            ..Default::default()
+        },
+    );
+    c.start("live-1");
+    c.start_with_env("fo-1", &[("BUDDYGATE_FAULT_INJECTION", "1")]);
+    eventually(SECS(10), "live-1 active at home", || {
+        all_owned_by(&c, "fo-1", "live-1", "live-1")
+    })
+    .await;
+    std::fs::write(c.data_dir("fo-1").join("clock-step"), "-3600000").unwrap();
+    c.kill9("live-1");
+    let req = eventually(SECS(10), "failover.completed delivered", || async {
+        rx.requests().into_iter().next()
+    })
+    .await;
+    let stepped = std::time::SystemTime::now() - SECS(3600);
+    let ev: serde_json::Value = serde_json::from_str(&req.body).unwrap();
+    let t = |k: &str| humantime::parse_rfc3339(k).unwrap();
+    let time = t(ev["time"].as_str().unwrap());
+    let down_since = t(ev["data"]["down_since"].as_str().unwrap());
+    let off = |a: std::time::SystemTime, b: std::time::SystemTime| {
+        a.duration_since(b).unwrap_or_else(|e| e.duration())
+    };
+    assert!(
+        off(time, stepped) < SECS(3),
+        "time {time:?}, now less an hour {stepped:?}"
+    );
+    // down_since is takeover_ms before time, on the same (stepped) clock.
+    let takeover = Duration::from_millis(ev["data"]["takeover_ms"].as_u64().unwrap());
+    assert!(takeover < SECS(3), "{takeover:?}");
+    let between = time.duration_since(down_since).unwrap();
+    let gap = between.abs_diff(takeover);
+    assert!(
+        gap < Duration::from_millis(300),
+        "time - down_since {between:?}, takeover {takeover:?}"
+    );
+    // The delivery latency: milliseconds, not the hour the clock moved.
+    let metrics = text(&format!("{}/metrics", c.api("fo-1"))).await;
+    let sum: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("buddygate_connector_delivery_seconds_sum{connector=\"psim\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap();
+    assert!(sum < 2.0, "{sum}");
 }

@@ -959,3 +959,398 @@ async fn reassert_resends_the_current_ownership_when_nothing_is_queued() {
     cancel.cancel();
     let _ = task.await;
 }
+
+/// A permanent error goes to the dead letters at once, not through the retry schedule (here
+/// an hour long): a 4xx other than 408 and 429, a template that cannot render for the event.
+/// 408 and 429 are retried.
+#[tokio::test]
+async fn permanent_errors_are_dead_letters_at_once() {
+    let rx = receiver().await;
+    rx.script(&[
+        Reply::Status(400),
+        Reply::Status(404),
+        Reply::Status(408),
+        Reply::Status(429),
+    ]);
+    let mut outbox = Outbox::new("permanent");
+    for _ in 0..3 {
+        outbox.push("buddygate.failover.completed");
+    }
+    let text = format!(
+        "type = \"webhook\"\nurl = \"{}\"\nretry = [\"50ms\", \"50ms\", \"1h\"]\n",
+        rx.url()
+    );
+    let r = run(&outbox, config(&text, None));
+    // 400: dead; 404: dead; 408 then 429 retried, then delivered.
+    until(Duration::from_secs(5), "5 requests", || {
+        rx.requests().len() == 5
+    })
+    .await;
+    assert_eq!(
+        ids(&rx.requests()),
+        ["fo-1:1", "fo-1:2", "fo-1:3", "fo-1:3", "fo-1:3"]
+    );
+    let reader = Store::open_reader(&outbox.dir).unwrap();
+    let dead = reader.dead_letters("psim").unwrap();
+    let dead: Vec<(u64, u32, &str)> = dead
+        .iter()
+        .map(|d| (d.seq, d.attempts, d.reason.as_str()))
+        .collect();
+    assert_eq!(
+        dead,
+        [(1, 1, "refused: http 400"), (2, 1, "refused: http 404")]
+    );
+    // The cursor moves once the 2xx is in: just after the receiver saw the request.
+    until(Duration::from_secs(5), "the cursor past event 3", || {
+        reader.cursor("psim").unwrap() == 3
+    })
+    .await;
+    r.cancel.cancel();
+    let _ = r.task.await;
+
+    // A template that cannot render for an event (no `data.resources`): dead at once too.
+    let dir = std::env::temp_dir().join(format!("buddygate-badtemplate-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("t.j2"), "{{ data.missing.deeper }}").unwrap();
+    let rx = receiver().await;
+    let mut outbox = Outbox::new("badtemplate");
+    outbox.push("buddygate.failover.completed");
+    let text = format!(
+        "type = \"webhook\"\nurl = \"{}\"\ntemplate = \"t.j2\"\nretry = [\"1h\"]\n",
+        rx.url()
+    );
+    let r = run(&outbox, config(&text, Some(&dir)));
+    let reader = Store::open_reader(&outbox.dir).unwrap();
+    until(Duration::from_secs(5), "a dead letter", || {
+        !reader.dead_letters("psim").unwrap().is_empty()
+    })
+    .await;
+    let d = &reader.dead_letters("psim").unwrap()[0];
+    assert_eq!(d.attempts, 1);
+    assert!(d.reason.starts_with("refused: template:"), "{}", d.reason);
+    assert!(rx.requests().is_empty());
+    r.cancel.cancel();
+    let _ = r.task.await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A URL that cannot be built for an event is a permanent error too: a templated URL that
+/// renders to something that is not a URL, or that cannot render (a missing field). Each is a
+/// dead letter at once, not after a retry schedule (an hour here); the next event goes.
+#[tokio::test]
+async fn a_url_that_cannot_be_built_is_a_dead_letter_at_once() {
+    let rx = receiver().await;
+    let mut outbox = Outbox::new("badurl");
+    // Renders to "live-1/hook" for the first event (no scheme, no host) and fails to render
+    // for the second (no `data.server`); the third renders to the receiver.
+    outbox.push("buddygate.failover.completed");
+    outbox.append("buddygate.failover.completed", json!({"site": "hq"}));
+    outbox.append(
+        "buddygate.failover.completed",
+        json!({"site": "hq", "server": {"id": rx.url(), "address": "127.0.0.1"}}),
+    );
+    let text = "type = \"webhook\"\nurl = \"{{ data.server.id }}\"\nretry = [\"1h\"]\n";
+    let r = run(&outbox, config(text, None));
+    let reader = Store::open_reader(&outbox.dir).unwrap();
+    until(Duration::from_secs(5), "the third event delivered", || {
+        reader.cursor("psim").unwrap() == 3
+    })
+    .await;
+    let dead: Vec<(u64, u32, String)> = reader
+        .dead_letters("psim")
+        .unwrap()
+        .into_iter()
+        .map(|d| (d.seq, d.attempts, d.reason))
+        .collect();
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    assert_eq!((dead[0].0, dead[0].1), (1, 1));
+    assert!(dead[0].2.starts_with("refused: request:"), "{}", dead[0].2);
+    assert_eq!((dead[1].0, dead[1].1), (2, 1));
+    assert!(
+        dead[1].2.starts_with("refused: url template:"),
+        "{}",
+        dead[1].2
+    );
+    assert_eq!(ids(&rx.requests()), ["fo-1:3"]);
+    r.cancel.cancel();
+    let _ = r.task.await;
+}
+
+/// Dead letters queued for a replay do not hold up a live event: one replay attempt at most
+/// is in front of it, however long the replay.
+#[tokio::test]
+async fn a_long_replay_does_not_delay_a_live_failover() {
+    let rx = receiver().await;
+    // 20 events, each refused (400): 20 dead letters.
+    rx.script(&[Reply::Status(400); 20]);
+    let mut outbox = Outbox::new("replaylive");
+    for _ in 0..20 {
+        outbox.push("buddygate.path.down");
+    }
+    let r = run(&outbox, config(&basic(&rx.url(), ""), None));
+    until(Duration::from_secs(5), "20 dead letters", || {
+        r.status.dead.load(std::sync::atomic::Ordering::Relaxed) == 20
+    })
+    .await;
+    // The replay: every event takes the receiver 150 ms (3 s in all).
+    rx.script(&[Reply::Slow(Duration::from_millis(150)); 20]);
+    r.replay.notify_one();
+    until(Duration::from_secs(5), "the replay under way", || {
+        rx.requests().len() > 21
+    })
+    .await;
+    let t0 = Instant::now();
+    let live = outbox.push("buddygate.failover.completed");
+    let id = format!("fo-1:{}", live.seq);
+    until(Duration::from_secs(5), "the live failover", || {
+        ids(&rx.requests()).contains(&id)
+    })
+    .await;
+    let took = t0.elapsed();
+    let reqs = ids(&rx.requests());
+    let at = reqs.iter().position(|i| *i == id).unwrap();
+    let replayed_before = at - 20;
+    assert!(
+        replayed_before < 20,
+        "the live event went after the whole replay: {reqs:?}"
+    );
+    assert!(took < Duration::from_millis(800), "{took:?}");
+    // The rest of the replay follows.
+    until(Duration::from_secs(10), "the replay done", || {
+        r.status.dead.load(std::sync::atomic::Ordering::Relaxed) == 0
+    })
+    .await;
+    r.cancel.cancel();
+    let _ = r.task.await;
+}
+
+/// A Standard Webhooks receiver as a PSIM writes one: it verifies the signature and processes
+/// each `webhook-id` once, answering 2xx to a duplicate without processing it.
+#[derive(Clone, Default)]
+struct Dedupe {
+    seen: Arc<Mutex<std::collections::HashSet<String>>>,
+    /// (webhook-id, CloudEvent) of what was processed, in order.
+    processed: Arc<Mutex<Vec<(String, Value)>>>,
+    duplicates: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Dedupe {
+    async fn start(self) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let key = decode_whsec(SECRET).unwrap();
+        let d = self.clone();
+        let app =
+            axum::Router::new().fallback(move |headers: axum::http::HeaderMap, body: String| {
+                let (d, key) = (d.clone(), key.clone());
+                async move {
+                    let h = |n: &str| headers[n].to_str().unwrap().to_string();
+                    let (id, ts) = (h("webhook-id"), h("webhook-timestamp"));
+                    let signed = sign(&[key], &id, ts.parse().unwrap(), &body);
+                    if h("webhook-signature") != signed {
+                        return axum::http::StatusCode::UNAUTHORIZED;
+                    }
+                    if !d.seen.lock().unwrap().insert(id.clone()) {
+                        d.duplicates
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        return axum::http::StatusCode::OK;
+                    }
+                    let ev: Value = serde_json::from_str(&body).unwrap();
+                    d.processed.lock().unwrap().push((id, ev));
+                    axum::http::StatusCode::OK
+                }
+            });
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{addr}/hook")
+    }
+
+    /// The types processed from `node`, in order.
+    fn from(&self, node: &str) -> Vec<(String, Value)> {
+        let source = format!("buddygate://wipe/{node}");
+        self.processed
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, e)| e["source"] == source.as_str())
+            .cloned()
+            .collect()
+    }
+}
+
+/// fo-1's data dir is wiped between two failovers: its sequence starts again at 1, yet the
+/// second failover's events have new ids, so a receiver that dedupes on `webhook-id` processes
+/// them instead of dropping them as duplicates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_stay_unique_across_a_wiped_data_dir() {
+    let psim = Dedupe::default();
+    let url = psim.clone().start().await;
+    let mut c = common::Cluster::new(
+        "wipe",
+        1,
+        2,
+        common::SiteOptions {
+            failback_delay: "1s",
+            connectors: vec![(
+                "psim",
+                format!(
+                    "type = \"webhook\"\nurl = \"{url}\"\nsecret = \"{SECRET}\"\nevents = [\"buddygate.failover.*\", \"buddygate.server.*\"]\nretry = [\"200ms\"]\n"
+                ),
+            )],
+            ..Default::default()
+        },
+    );
+    let home = |c: &common::Cluster, owner: &'static str| {
+        let api = c.api("fo-1");
+        async move {
+            common::eventually(Duration::from_secs(15), owner, || async {
+                let v = common::owners(&api, "live-1").await?;
+                (!v.is_empty() && v.iter().all(|r| r.0 == owner && r.3 == "active")).then_some(())
+            })
+            .await
+        }
+    };
+    let completed = |psim: &Dedupe| {
+        psim.from("fo-1")
+            .iter()
+            .filter(|(_, e)| e["type"] == "buddygate.failover.completed")
+            .count()
+    };
+    c.start_all();
+    home(&c, "live-1").await;
+    c.kill9("live-1");
+    until(
+        Duration::from_secs(10),
+        "the first failover processed",
+        || completed(&psim) == 1,
+    )
+    .await;
+    c.start("live-1");
+    home(&c, "live-1").await;
+
+    // Wipe fo-1: it stops cleanly, loses its data dir, starts again.
+    assert!(c.term("fo-1").success());
+    let first = psim.from("fo-1");
+    std::fs::remove_dir_all(c.data_dir("fo-1")).unwrap();
+    c.start("fo-1");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    c.kill9("live-1");
+    until(
+        Duration::from_secs(10),
+        "the second failover processed",
+        || completed(&psim) == 2,
+    )
+    .await;
+    let all = psim.from("fo-1");
+    let second = &all[first.len()..];
+    // The sequence started again: seqs of the first run come back...
+    let seqs = |evs: &[(String, Value)]| -> Vec<u64> {
+        evs.iter()
+            .map(|(_, e)| e["seq"].as_u64().unwrap())
+            .collect()
+    };
+    assert!(
+        seqs(second).iter().any(|s| seqs(&first).contains(s)),
+        "{:?} / {:?}",
+        seqs(&first),
+        seqs(second)
+    );
+    // ...under new ids: `{node}:{run}:{seq}`, a new run.
+    let run = |id: &str| id.split(':').nth(1).unwrap().to_string();
+    assert_ne!(run(&first[0].0), run(&second[0].0));
+    for (id, e) in &all {
+        assert_eq!(id, e["id"].as_str().unwrap());
+        let parts: Vec<&str> = id.split(':').collect();
+        assert_eq!(parts.len(), 3, "{id}");
+        assert_eq!(parts[0], "fo-1");
+        assert_eq!(parts[1].len(), 12);
+        assert_eq!(parts[2], e["seq"].to_string());
+    }
+    assert_eq!(
+        psim.duplicates.load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+}
+
+/// A connector that cannot be built at start (an `env:` secret that is not set, a `file:`
+/// secret not there yet) does not stop the node or the other connectors: it is reported
+/// failed (API, metric) and built again until it can be.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connector_that_cannot_start_is_reported_and_retried_while_the_node_runs() {
+    let rx = receiver().await;
+    let file = |name: &str, secret: &str| {
+        format!(
+            "type = \"webhook\"\nurl = \"{}?c={name}\"\nsecret = \"{secret}\"\nevents = [\"buddygate.failover.completed\"]\nretry = [\"200ms\"]\n",
+            rx.url()
+        )
+    };
+    let mut c = common::Cluster::new(
+        "badconn",
+        1,
+        2,
+        common::SiteOptions {
+            connectors: vec![
+                ("psim", file("psim", SECRET)),
+                ("unset", file("unset", "env:BUDDYGATE_TEST_NEVER_SET")),
+                ("later", file("later", "file:later.secret")),
+            ],
+            ..Default::default()
+        },
+    );
+    c.start_all();
+    let api = c.api("fo-1");
+    let connectors = || async {
+        let v = common::get(&format!("{}/api/v1/connectors", c.api("fo-1"))).await?;
+        let by_name: std::collections::HashMap<String, Value> = v["connectors"]
+            .as_array()?
+            .iter()
+            .map(|c| (c["name"].as_str().unwrap().to_string(), c.clone()))
+            .collect();
+        Some(by_name)
+    };
+    let v = common::eventually(Duration::from_secs(10), "both reported failed", || async {
+        let v = connectors().await?;
+        (v["unset"]["state"] == "failed" && v["later"]["state"] == "failed").then_some(v)
+    })
+    .await;
+    let why = v["unset"]["start_error"].as_str().unwrap();
+    assert!(why.contains("BUDDYGATE_TEST_NEVER_SET"), "{why}");
+    assert!(
+        v["later"]["start_error"]
+            .as_str()
+            .unwrap()
+            .contains("later.secret")
+    );
+    assert_eq!(v["psim"]["state"], "ok");
+    let metrics = common::text(&format!("{api}/metrics")).await;
+    assert!(
+        metrics.contains("buddygate_connector_start_failed{connector=\"unset\"} 1\n"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("buddygate_connector_start_failed{connector=\"psim\"} 0\n"));
+    // The secret file appears: that connector starts at its next try.
+    std::fs::write(c.dir.join("connectors/later.secret"), format!("{SECRET}\n")).unwrap();
+    common::eventually(Duration::from_secs(10), "later runs", || async {
+        let v = connectors().await?;
+        (v["later"]["state"] == "ok" && v["later"]["start_error"].is_null()).then_some(())
+    })
+    .await;
+    // The node and the connectors that run do their work: a failover reaches the PSIM twice.
+    common::eventually(Duration::from_secs(15), "site up", || async {
+        let v = common::owners(&api, "live-1").await?;
+        (!v.is_empty() && v.iter().all(|r| r.0 == "live-1" && r.3 == "active")).then_some(())
+    })
+    .await;
+    c.kill9("live-1");
+    until(
+        Duration::from_secs(10),
+        "failover.completed via psim and later",
+        || {
+            let got: Vec<String> = rx.requests().iter().map(|r| r.uri.clone()).collect();
+            got.iter().any(|u| u.ends_with("c=psim")) && got.iter().any(|u| u.ends_with("c=later"))
+        },
+    )
+    .await;
+    assert!(!rx.requests().iter().any(|r| r.uri.ends_with("c=unset")));
+    assert!(c.logs("fo-1").contains("Connector cannot start"));
+    assert!(c.logs("fo-1").contains("Connector still cannot start"));
+}

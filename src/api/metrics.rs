@@ -50,6 +50,7 @@ pub fn render(
     connectors: Arc<Vec<ConnectorHandle>>,
 ) -> String {
     let mut registry = Registry::with_prefix("buddygate");
+    registry.register_collector(Box::new(StoreFamilies(metrics.clone())));
     registry.register_collector(Box::new(NodeFigures { snap, metrics }));
     registry.register_collector(Box::new(ConnectorFigures(connectors)));
     let mut out = String::with_capacity(8192);
@@ -460,6 +461,65 @@ impl Collector for NodeFigures {
     }
 }
 
+/// The node's store: whether it takes writes, what waits in memory, retention.
+#[derive(Debug)]
+struct StoreFamilies(Arc<Metrics>);
+
+impl Collector for StoreFamilies {
+    fn encode(&self, encoder: DescriptorEncoder<'_>) -> fmt::Result {
+        let f = &self.0.store;
+        let mut m = Families(encoder);
+        m.gauge(
+            "store_ok",
+            "1 while the store takes writes; 0 (a full or failing disk): the node says it is \
+             leaving until it does again.",
+            u64::from(f.failure().is_none()),
+        )?;
+        m.counter(
+            "store_write_failures",
+            "Writes of the store that failed (jobs and retries).",
+            f.write_failures.load(Relaxed),
+        )?;
+        m.gauge(
+            "store_events_waiting",
+            "Events kept in memory until the store takes writes again.",
+            f.events_waiting.load(Relaxed),
+        )?;
+        m.family(
+            "store_events_dropped",
+            MetricType::Counter,
+            "Events lost: beyond what memory keeps while the store takes no writes (memory), or \
+             deleted at the size limit before every connector handled them (size).",
+            [
+                (
+                    [("reason", "memory")],
+                    ConstCounter::new(f.events_dropped_memory.load(Relaxed)),
+                ),
+                (
+                    [("reason", "size")],
+                    ConstCounter::new(f.events_dropped_size.load(Relaxed)),
+                ),
+            ],
+        )?;
+        m.counter(
+            "store_events_pruned",
+            "Events deleted by retention.",
+            f.events_pruned.load(Relaxed),
+        )?;
+        m.gauge(
+            "store_used_bytes",
+            "Bytes of the store in use, as last measured.",
+            f.used_bytes.load(Relaxed),
+        )?;
+        Reading::of(&f.prune_batch_seconds).encode(m.0.encode_descriptor(
+            "store_prune_batch_seconds",
+            "How long each retention batch kept the store writer from the core's jobs.",
+            None,
+            MetricType::Histogram,
+        )?)
+    }
+}
+
 /// Per-connector delivery figures; nothing at all when the node has no connector.
 #[derive(Debug)]
 struct ConnectorFigures(Arc<Vec<ConnectorHandle>>);
@@ -512,6 +572,18 @@ impl Collector for ConnectorFigures {
             connectors.iter().map(|c| {
                 let labels = [("connector", c.name.as_str())];
                 (labels, ConstGauge::new(c.status.queue_depth()))
+            }),
+        )?;
+        m.family(
+            "connector_start_failed",
+            MetricType::Gauge,
+            "1 while the connector cannot be built (a secret missing, ...); it is tried again.",
+            connectors.iter().map(|c| {
+                let labels = [("connector", c.name.as_str())];
+                (
+                    labels,
+                    ConstGauge::new(u64::from(c.status.start_error().is_some())),
+                )
             }),
         )?;
         m.family(

@@ -318,6 +318,9 @@ async fn dashboard() -> Response {
         .into_response()
 }
 
+/// `GET /healthz`: `200 {"status":"ok",...}`, or `503 {"status":"storage_failed",...}` while
+/// the node's store takes no writes (a full disk: the node says it is leaving, its buddies
+/// serve its resources, it comes back by itself), with the reason.
 async fn healthz(State(state): State<AppState>) -> Response {
     let snap = state.shared.snapshot.borrow().clone();
     let node = snap
@@ -326,7 +329,28 @@ async fn healthz(State(state): State<AppState>) -> Response {
         .get(usize::from(snap.node.0))
         .map(|s| s.id.as_str())
         .unwrap_or("");
-    axum::Json(json!({ "status": "ok", "node": node, "booting": snap.booting })).into_response()
+    let store = &state.shared.metrics.store;
+    match store.failure() {
+        None => axum::Json(json!({
+            "status": "ok", "node": node, "booting": snap.booting, "storage": {"ok": true},
+        }))
+        .into_response(),
+        Some(f) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({
+                "status": "storage_failed",
+                "node": node,
+                "booting": snap.booting,
+                "storage": {
+                    "ok": false,
+                    "error": f.reason,
+                    "since": crate::cloudevents::rfc3339(f.since),
+                    "events_waiting": store.events_waiting.load(std::sync::atomic::Ordering::Relaxed),
+                },
+            })),
+        )
+            .into_response(),
+    }
 }
 
 async fn not_found(method: Method, uri: Uri) -> ApiError {

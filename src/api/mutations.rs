@@ -143,7 +143,10 @@ pub(crate) async fn connectors(State(state): State<AppState>) -> Result<Response
                     .as_ref()
                     .and_then(|r| r.attempts(&c.name, 20).ok())
                     .unwrap_or_default();
-                let state = if disabled.is_some() {
+                let start_error = s.start_error();
+                let state = if start_error.is_some() {
+                    "failed"
+                } else if disabled.is_some() {
                     "disabled"
                 } else if s.queue_depth() > 0
                     && s.last_error.lock().map(|e| e.is_some()).unwrap_or(false)
@@ -158,6 +161,7 @@ pub(crate) async fn connectors(State(state): State<AppState>) -> Result<Response
                     "target": crate::redact::url(&c.target),
                     "state": state,
                     "disabled_reason": disabled,
+                    "start_error": start_error,
                     "cursor": s.cursor.load(Relaxed),
                     "queue_depth": s.queue_depth(),
                     "delivered": s.delivered.load(Relaxed),

@@ -68,7 +68,8 @@ pub(super) fn run_node(
     let Some(loaded) = load_all(config, err) else {
         return EXIT_INVALID;
     };
-    let (site, ingress, connectors) = (loaded.site, loaded.ingress, loaded.connectors);
+    let (site, ingress, connectors, store) =
+        (loaded.site, loaded.ingress, loaded.connectors, loaded.store);
     let Some(idx) = site.server_idx(node) else {
         let ids: Vec<&str> = site.servers.iter().map(|s| s.id.as_str()).collect();
         let _ = writeln!(
@@ -131,6 +132,7 @@ pub(super) fn run_node(
         shutdown_grace: Duration::from_secs(5),
         connectors,
         api_access,
+        store,
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

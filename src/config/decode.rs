@@ -11,7 +11,9 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use super::diag::Severity;
-use super::file::{ApiSection, OnvifUserEntry, ResourceBlock, ServerBlock, SiteSection};
+use super::file::{
+    ApiSection, OnvifUserEntry, ResourceBlock, ServerBlock, SiteSection, StoreSection,
+};
 use super::locate::{Issue, KeyPath, Point};
 
 /// The sections and blocks as far as they decoded; `None` for one that could not be salvaged
@@ -23,6 +25,8 @@ pub(crate) struct Decoded {
     pub(crate) api: Option<Block<ApiSection>>,
     pub(crate) servers: Vec<Option<Block<ServerBlock>>>,
     pub(crate) resources: Vec<Option<Block<ResourceBlock>>>,
+    /// A default when the file has no `[store]`.
+    pub(crate) store: Option<Block<StoreSection>>,
 }
 
 /// A section or block whose `broken` keys had an error: they hold a default or placeholder, and
@@ -65,6 +69,8 @@ impl Section for ApiSection {}
 
 impl Section for OnvifUserEntry {}
 
+impl Section for StoreSection {}
+
 impl Section for ServerBlock {
     fn placeholder(key: &str) -> Option<DeValue<'static>> {
         match key {
@@ -81,7 +87,7 @@ impl Section for ResourceBlock {
     }
 }
 
-const TOP_LEVEL: [&str; 4] = ["site", "api", "servers", "resources"];
+const TOP_LEVEL: [&str; 5] = ["site", "api", "servers", "resources", "store"];
 
 /// Errors reported from one table before giving up on it.
 const MAX_BLOCK_ERRORS: usize = 50;
@@ -97,6 +103,7 @@ pub(crate) fn decode(doc: &Spanned<DeTable<'_>>, issues: &mut Vec<Issue>) -> Dec
             "api" => out.api = decode_api(value, &path, issues),
             "servers" => out.servers = decode_blocks(value, &path, issues),
             "resources" => out.resources = decode_blocks(value, &path, issues),
+            "store" => out.store = decode_table(value, &path, issues),
             _ => issues.push(Issue::new(
                 Severity::Error,
                 &path,
@@ -111,6 +118,12 @@ pub(crate) fn decode(doc: &Spanned<DeTable<'_>>, issues: &mut Vec<Issue>) -> Dec
     if !doc.get_ref().contains_key("api") {
         out.api = Some(Block {
             value: ApiSection::default(),
+            broken: Broken::default(),
+        });
+    }
+    if !doc.get_ref().contains_key("store") {
+        out.store = Some(Block {
+            value: StoreSection::default(),
             broken: Broken::default(),
         });
     }

@@ -35,6 +35,9 @@ pub struct SiteFile {
     /// (`[[resources]]` blocks). String values may use id ranges and `{server}`.
     #[serde(default)]
     pub resources: Vec<ResourceBlock>,
+    /// Each node's store (its data dir): how long its event log is kept, how big it may grow.
+    #[serde(default)]
+    pub store: StoreSection,
 }
 
 /// `[site]`
@@ -126,6 +129,34 @@ pub struct ApiTlsFile {
     /// PEM CA certificate(s): when set, clients must present a certificate signed by one.
     #[serde(default)]
     pub client_ca: Option<PathBuf>,
+}
+
+/// `[store]`: each node's event log and outbox, in its data dir. A node runs for years: its
+/// store stays bounded by both keys.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSection {
+    /// Events are kept at least this long, and until every connector of the node has handled
+    /// them (delivered, filtered out or dead-lettered); a dead letter is kept this long too.
+    /// At least `"1h"`.
+    #[serde(default = "default_retention", with = "duration")]
+    #[schemars(with = "String", extend("default" = "30d"))]
+    pub retention: Duration,
+    /// The most the store may take on disk, e.g. `"1GiB"` or `"500MB"`: past it the oldest
+    /// events go first, delivered or not (a warning and `buddygate_store_events_dropped_total`
+    /// say so). At least `"16MiB"`.
+    #[serde(default = "default_max_size", with = "size")]
+    #[schemars(with = "String", extend("default" = "1GiB"))]
+    pub max_size: u64,
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        Self {
+            retention: default_retention(),
+            max_size: default_max_size(),
+        }
+    }
 }
 
 /// One ONVIF account: `{ user = "admin", password = "file:onvif.pass" }`.
@@ -280,6 +311,14 @@ const fn default_failback_delay() -> Duration {
     Duration::from_secs(30)
 }
 
+const fn default_retention() -> Duration {
+    Duration::from_secs(30 * 86_400)
+}
+
+const fn default_max_size() -> u64 {
+    1 << 30
+}
+
 fn default_connectors() -> PathBuf {
     PathBuf::from("connectors")
 }
@@ -379,6 +418,86 @@ pub(crate) mod duration {
         d: D,
     ) -> Result<Option<Duration>, D::Error> {
         d.deserialize_str(VISITOR).map(Some)
+    }
+}
+
+/// Sizes in bytes as strings with a unit: `"500MB"` (10^6), `"1GiB"` (2^30), `"4096B"`.
+pub(crate) mod size {
+    use serde::{Deserializer, Serializer};
+
+    use super::StrVisitor;
+
+    const UNITS: [(&str, u64); 9] = [
+        ("B", 1),
+        ("KB", 1_000),
+        ("MB", 1_000_000),
+        ("GB", 1_000_000_000),
+        ("TB", 1_000_000_000_000),
+        ("KiB", 1 << 10),
+        ("MiB", 1 << 20),
+        ("GiB", 1 << 30),
+        ("TiB", 1 << 40),
+    ];
+
+    /// `"500MB"`, `"1 GiB"`, `"4096B"`.
+    pub(crate) fn parse(v: &str) -> Result<u64, String> {
+        let t = v.trim();
+        let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (n, unit) = t.split_at(digits);
+        let unit = unit.trim();
+        let bad = || {
+            format!(
+                "invalid size \"{v}\": expected a whole number and a unit \
+                 (B, KB, MB, GB, TB, KiB, MiB, GiB, TiB), e.g. \"1GiB\""
+            )
+        };
+        let n: u64 = n.parse().map_err(|_| bad())?;
+        let (_, mult) = UNITS
+            .iter()
+            .find(|(u, _)| u.eq_ignore_ascii_case(unit))
+            .ok_or_else(bad)?;
+        n.checked_mul(*mult)
+            .ok_or_else(|| format!("invalid size \"{v}\": too large"))
+    }
+
+    /// The largest binary unit that divides `n`.
+    pub(crate) fn show(n: u64) -> String {
+        for (unit, mult) in UNITS.iter().rev() {
+            if n >= *mult && n.is_multiple_of(*mult) && unit.ends_with("iB") {
+                return format!("{}{unit}", n / mult);
+            }
+        }
+        format!("{n}B")
+    }
+
+    const VISITOR: StrVisitor<u64> = StrVisitor {
+        expecting: "a size such as \"1GiB\" or \"500MB\"",
+        parse,
+    };
+
+    pub(crate) fn serialize<S: Serializer>(value: &u64, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&show(*value))
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        d.deserialize_str(VISITOR)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn sizes() {
+            assert_eq!(super::parse("1GiB"), Ok(1 << 30));
+            assert_eq!(super::parse("500 MB"), Ok(500_000_000));
+            assert_eq!(super::parse("16mib"), Ok(16 << 20));
+            assert_eq!(super::parse("4096b"), Ok(4096));
+            assert_eq!(super::parse("2gb"), Ok(2_000_000_000));
+            assert!(super::parse("1.5GiB").is_err());
+            assert!(super::parse("GiB").is_err());
+            assert_eq!(super::show(1 << 30), "1GiB");
+            assert_eq!(super::show(3 << 20), "3MiB");
+            assert_eq!(super::show(1000), "1000B");
+        }
     }
 }
 

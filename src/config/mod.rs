@@ -53,6 +53,9 @@ pub struct Loaded {
     /// How the node's API is reached and read (`[api]`: `read`, `read_token`, `tls`, `hosts`,
     /// `onvif_push_allow`).
     pub ingress: Ingress,
+    /// `[store]`: each node's own store (not part of [`Site`]: the failover core never
+    /// looks at it).
+    pub store: StoreSettings,
     pub warnings: Vec<Diagnostic>,
 }
 
@@ -89,6 +92,7 @@ fn check(text: &str, file: &str, base: Option<&Path>) -> Result<Loaded, Diagnost
     let site = validate::Expanded {
         site: decoded.site.as_ref(),
         api: decoded.api.as_ref(),
+        store: decoded.store.as_ref(),
         servers,
         resources,
         resource_blocks: &decoded.resources,
@@ -113,6 +117,14 @@ fn check(text: &str, file: &str, base: Option<&Path>) -> Result<Loaded, Diagnost
         (Some(site), Some(ingress)) => Ok(Loaded {
             site,
             ingress,
+            store: decoded
+                .store
+                .as_ref()
+                .map(|s| StoreSettings {
+                    retention: s.value.retention,
+                    max_size: s.value.max_size,
+                })
+                .unwrap_or_default(),
             warnings: diagnostics.0,
         }),
         _ => {

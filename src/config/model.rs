@@ -10,6 +10,24 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+/// `[store]`, checked: how long a node keeps its event log and how big its store may grow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreSettings {
+    pub retention: Duration,
+    /// Bytes.
+    pub max_size: u64,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        let d = super::file::StoreSection::default();
+        Self {
+            retention: d.retention,
+            max_size: d.max_size,
+        }
+    }
+}
+
 /// Index of a server in [`Site::servers`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ServerIdx(pub u16);

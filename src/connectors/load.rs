@@ -22,6 +22,8 @@ pub struct SiteFiles {
     pub site: Site,
     /// The `[api]` settings of the node's listener.
     pub ingress: config::Ingress,
+    /// `[store]` of the site file.
+    pub store: crate::config::StoreSettings,
     pub connectors: Vec<Connector>,
     pub warnings: Vec<Diagnostic>,
 }
@@ -36,6 +38,7 @@ pub fn load_site(path: &Path) -> Result<SiteFiles, Diagnostics> {
         return site.map(|l| SiteFiles {
             site: l.site,
             ingress: l.ingress,
+            store: l.store,
             connectors: Vec::new(),
             warnings: l.warnings,
         });
@@ -48,6 +51,7 @@ pub fn load_site(path: &Path) -> Result<SiteFiles, Diagnostics> {
             Ok(SiteFiles {
                 site: loaded.site,
                 ingress: loaded.ingress,
+                store: loaded.store,
                 connectors: found,
                 warnings,
             })

@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use tokio::sync::{Notify, broadcast};
@@ -29,6 +30,7 @@ pub use self::load::{SiteFiles, check_file, load_dir, load_site};
 use self::mqtt::MqttConfig;
 use self::onvif::OnvifConfig;
 use self::webhook::WebhookConfig;
+use crate::backoff::Backoff;
 use crate::config::decode::Section;
 use crate::config::locate::Issue;
 use crate::config::{SecretRef, Site};
@@ -83,6 +85,47 @@ pub fn secret_text(s: &SecretRef, base: Option<&Path>, what: &str) -> anyhow::Re
     Ok(String::from_utf8_lossy(&bytes).trim().to_string())
 }
 
+/// When each recent event was stored, on the monotonic clock: a connector measures its delivery
+/// latency from there, so a step of the wall clock between the two does not distort it. Events
+/// stored before this run of the node (or too long ago to be remembered) fall back to their
+/// CloudEvent `time`.
+#[derive(Debug, Default)]
+pub struct StoredAt {
+    recent: Mutex<std::collections::VecDeque<(u64, std::time::Instant)>>,
+}
+
+impl StoredAt {
+    /// Events remembered.
+    const KEEP: usize = 16_384;
+
+    /// `seq` was stored at `at`.
+    pub fn record(&self, seq: u64, at: std::time::Instant) {
+        let mut r = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        if r.len() == Self::KEEP {
+            r.pop_front();
+        }
+        r.push_back((seq, at));
+    }
+
+    /// When `seq` was stored, if it is remembered.
+    pub fn get(&self, seq: u64) -> Option<std::time::Instant> {
+        let r = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        let i = r.partition_point(|&(s, _)| s < seq);
+        r.get(i).filter(|&&(s, _)| s == seq).map(|&(_, at)| at)
+    }
+
+    /// How long ago `ev` was stored: from the monotonic stamp when there is one, else from
+    /// its CloudEvent `time` (`None` when that is in the future).
+    pub fn age(&self, ev: &StoredEvent) -> Option<std::time::Duration> {
+        if let Some(at) = self.get(ev.seq) {
+            return Some(at.elapsed());
+        }
+        let v: serde_json::Value = serde_json::from_str(&ev.json).ok()?;
+        let t = humantime::parse_rfc3339(v["time"].as_str()?).ok()?;
+        std::time::SystemTime::now().duration_since(t).ok()
+    }
+}
+
 /// Live figures of one connector, shared with the API and metrics.
 #[derive(Debug)]
 pub struct ConnectorStatus {
@@ -102,6 +145,9 @@ pub struct ConnectorStatus {
     pub disabled: Mutex<Option<String>>,
     /// The last error, for `status`.
     pub last_error: Mutex<Option<String>>,
+    /// Why the connector could not be built (a secret missing, a certificate unreadable):
+    /// it is tried again with backoff; `None` once it runs.
+    pub start_error: Mutex<Option<String>>,
 }
 
 impl Default for ConnectorStatus {
@@ -118,11 +164,17 @@ impl Default for ConnectorStatus {
             ]),
             disabled: Mutex::new(None),
             last_error: Mutex::new(None),
+            start_error: Mutex::new(None),
         }
     }
 }
 
 impl ConnectorStatus {
+    /// Why the connector could not be built, while it cannot.
+    pub fn start_error(&self) -> Option<String> {
+        self.start_error.lock().ok().and_then(|e| e.clone())
+    }
+
     /// Events not yet handled.
     pub fn queue_depth(&self) -> u64 {
         self.head
@@ -153,74 +205,156 @@ pub struct NodeFeeds<'a> {
     pub events: &'a broadcast::Sender<Arc<StoredEvent>>,
     /// The node's view of servers and resources.
     pub snapshot: &'a tokio::sync::watch::Receiver<Arc<Snapshot>>,
+    /// When each event was stored, for the delivery latency.
+    pub stored_at: &'a Arc<StoredAt>,
 }
 
-/// Starts every connector on `tasks`; returns their handles.
+/// How long a connector that cannot be built waits before the next try: 1 s doubling to 1 min.
+const BUILD_RETRY: Backoff = Backoff::doubling(Duration::from_secs(1), Duration::from_secs(60))
+    .with_jitter(crate::backoff::Jitter::spread(0.1));
+
+/// Starts every connector on `tasks`; returns their handles at once. A connector that cannot
+/// be built (an `env:` secret that is not set, a certificate that cannot be read) does not
+/// stop the others or the node: it is reported (an error in the log, `start_error` in its
+/// status, `buddygate_connector_start_failed`) and built again with backoff until it runs.
 pub fn start(
     feeds: NodeFeeds<'_>,
     connectors: &[Connector],
     tasks: &TaskTracker,
     cancel: &CancellationToken,
-) -> anyhow::Result<Vec<ConnectorHandle>> {
-    let NodeFeeds {
-        site,
-        node,
-        data_dir,
-        events,
-        snapshot,
-    } = feeds;
+) -> Vec<ConnectorHandle> {
     let mut handles = Vec::new();
     for c in connectors {
         let status = Arc::new(ConnectorStatus::default());
         let replay = Arc::new(Notify::new());
-        let (target, task): (&str, BoxFuture<'static, ()>) = match &c.kind {
-            ConnectorKind::Webhook(cfg) => {
-                let w = webhook::Webhook::build(
-                    c.name.clone(),
-                    cfg.clone(),
-                    site.clone(),
-                    node,
-                    data_dir,
-                    status.clone(),
-                )?
-                .with_snapshot(snapshot.clone());
-                let run = w.run(events.subscribe(), replay.clone(), cancel.clone());
-                (&cfg.url, Box::pin(run))
-            }
-            ConnectorKind::Mqtt(cfg) => {
-                let m = mqtt::Mqtt::build(
-                    c.name.clone(),
-                    cfg.clone(),
-                    site.clone(),
-                    node,
-                    data_dir,
-                    status.clone(),
-                )?;
-                let run = m.run(events.subscribe(), snapshot.clone(), cancel.clone());
-                (&cfg.url, Box::pin(run))
-            }
-            ConnectorKind::Onvif(cfg) => {
-                let o = onvif::Onvif::build(
-                    c.name.clone(),
-                    cfg.clone(),
-                    site.clone(),
-                    data_dir,
-                    status.clone(),
-                )?;
-                let run = o.run(events.subscribe(), replay.clone(), cancel.clone());
-                (&cfg.url, Box::pin(run))
-            }
+        let target = match &c.kind {
+            ConnectorKind::Webhook(cfg) => &cfg.url,
+            ConnectorKind::Mqtt(cfg) => &cfg.url,
+            ConnectorKind::Onvif(cfg) => &cfg.url,
         };
         handles.push(ConnectorHandle {
             name: c.name.clone(),
             kind: c.kind.type_name(),
             target: crate::redact::url(target),
-            status,
-            replay,
+            status: status.clone(),
+            replay: replay.clone(),
         });
-        tasks.spawn(task);
+        let from = Feeds {
+            site: feeds.site.clone(),
+            node: feeds.node,
+            data_dir: feeds.data_dir.to_path_buf(),
+            events: feeds.events.clone(),
+            snapshot: feeds.snapshot.clone(),
+            stored_at: feeds.stored_at.clone(),
+        };
+        tasks.spawn(supervise(c.clone(), from, status, replay, cancel.clone()));
     }
-    Ok(handles)
+    handles
+}
+
+/// [`NodeFeeds`], owned by a connector's task.
+struct Feeds {
+    site: Arc<Site>,
+    node: crate::config::ServerIdx,
+    data_dir: PathBuf,
+    events: broadcast::Sender<Arc<StoredEvent>>,
+    snapshot: tokio::sync::watch::Receiver<Arc<Snapshot>>,
+    stored_at: Arc<StoredAt>,
+}
+
+/// Builds connector `c` (again, with backoff, while that fails), then runs it until `cancel`.
+async fn supervise(
+    c: Connector,
+    f: Feeds,
+    status: Arc<ConnectorStatus>,
+    replay: Arc<Notify>,
+    cancel: CancellationToken,
+) {
+    let mut failures = 0u32;
+    loop {
+        match build(&c, &f, status.clone()) {
+            Ok(run) => {
+                if failures > 0 {
+                    tracing::info!(connector = %c.name, "Connector built; running.");
+                }
+                if let Ok(mut e) = status.start_error.lock() {
+                    *e = None;
+                }
+                run(&f, replay, cancel).await;
+                return;
+            }
+            Err(e) => {
+                let reason = format!("{e:#}");
+                failures = failures.saturating_add(1);
+                let wait = BUILD_RETRY
+                    .delay(failures)
+                    .unwrap_or(Duration::from_secs(60));
+                if failures == 1 {
+                    tracing::error!(connector = %c.name, error = %reason, retry_in = ?wait, "Connector cannot start; the node runs without it and tries again.");
+                } else {
+                    tracing::warn!(connector = %c.name, error = %reason, retry_in = ?wait, "Connector still cannot start.");
+                }
+                if let Ok(mut slot) = status.start_error.lock() {
+                    *slot = Some(reason);
+                }
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Runs a built connector.
+type Run = Box<dyn FnOnce(&Feeds, Arc<Notify>, CancellationToken) -> BoxFuture<'static, ()> + Send>;
+
+/// Builds connector `c`: reads its secrets and TLS files, opens its store.
+fn build(c: &Connector, f: &Feeds, status: Arc<ConnectorStatus>) -> anyhow::Result<Run> {
+    let name = c.name.clone();
+    Ok(match &c.kind {
+        ConnectorKind::Webhook(cfg) => {
+            let w = webhook::Webhook::build(
+                name,
+                cfg.clone(),
+                f.site.clone(),
+                f.node,
+                &f.data_dir,
+                status,
+            )?
+            .with_snapshot(f.snapshot.clone())
+            .with_stored_at(f.stored_at.clone());
+            Box::new(move |f: &Feeds, replay, cancel| {
+                Box::pin(w.run(f.events.subscribe(), replay, cancel))
+            })
+        }
+        ConnectorKind::Mqtt(cfg) => {
+            let m = mqtt::Mqtt::build(
+                name,
+                cfg.clone(),
+                f.site.clone(),
+                f.node,
+                &f.data_dir,
+                status,
+            )?
+            .with_stored_at(f.stored_at.clone());
+            Box::new(move |f: &Feeds, replay, cancel| {
+                Box::pin(m.run_with_replay(
+                    f.events.subscribe(),
+                    f.snapshot.clone(),
+                    replay,
+                    cancel,
+                ))
+            })
+        }
+        ConnectorKind::Onvif(cfg) => {
+            let o = onvif::Onvif::build(name, cfg.clone(), f.site.clone(), &f.data_dir, status)?
+                .with_stored_at(f.stored_at.clone());
+            Box::new(move |f: &Feeds, replay, cancel| {
+                Box::pin(o.run(f.events.subscribe(), replay, cancel))
+            })
+        }
+    })
 }
 
 /// Whether a failed request went out on a kept-alive connection the consumer had closed as it

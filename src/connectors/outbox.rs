@@ -4,30 +4,36 @@
 //!
 //! A connector is a [`Sink`]: it says which events it wants and makes one attempt for a batch
 //! of them. [`run`] does the rest: take the next events after the cursor; skip the unwanted
-//! ones; deliver the wanted ones in batches of at most `batch`, retrying a batch on the
-//! `retry` schedule (honouring `Retry-After`); move the cursor only after a 2xx (attempt and
-//! cursor in one transaction). A batch that uses up the schedule becomes dead letters (one per
-//! event, kept, replayable) and the next events go; a `410 Gone` disables the connector until
-//! a replay.
+//! ones (the cursor passes a run of them in one write); deliver the wanted ones in batches of
+//! at most `batch`, retrying a batch on the `retry` schedule (honouring `Retry-After`, at most
+//! [`MAX_RETRY_AFTER`]); move the cursor only after a 2xx (attempt and cursor in one
+//! transaction). A batch that uses up the schedule, or that fails for good at once
+//! ([`Try::Refused`]: retrying cannot help), becomes dead letters (one per event, kept,
+//! replayable) and the next events go; a `410 Gone` disables the connector until a replay.
+//!
+//! Replays never hold up the live tail: a dead letter queued for a replay gets one attempt at
+//! a time, only when every new event has been handled, and waits its turn on the `retry`
+//! schedule between attempts, so a `failover.completed` stored meanwhile goes first.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
-use serde_json::Value;
 use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::ConnectorStatus;
+use super::{ConnectorStatus, StoredAt};
 use crate::backoff::{Backoff, Jitter};
 use crate::cloudevents::rfc3339;
 use crate::config::connectors::TlsFile;
 use crate::store::{Attempt, DeadLetter, Reader, Store, StoredEvent};
 
-/// Longest `Retry-After` honoured.
-pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+/// Longest `Retry-After` honoured: a consumer asking for more is tried again after this long,
+/// so that it cannot hold the queue (a failover notice behind it) for an hour.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 /// Events read from the log at a time.
 const READ_AHEAD: usize = 100;
 
@@ -35,10 +41,36 @@ const READ_AHEAD: usize = 100;
 pub enum Try {
     Ok(u16),
     Gone,
+    /// Failed; another attempt may succeed.
     Failed {
         reason: String,
         retry_after: Option<Duration>,
     },
+    /// Failed for good: another attempt would fail the same way (a template that cannot
+    /// render for this event, a URL that cannot be built, a 4xx other than 408 and 429). A
+    /// dead letter at once.
+    Refused {
+        reason: String,
+    },
+}
+
+impl Try {
+    /// The attempt for an HTTP answer `status` that is not a success: `410` disables the
+    /// connector, `408`, `429` and `5xx` are retried, any other `4xx` is refused for good.
+    pub fn for_status(status: u16, reason: String, retry_after: Option<Duration>) -> Self {
+        match status {
+            410 => Try::Gone,
+            408 | 429 => Try::Failed {
+                reason,
+                retry_after,
+            },
+            400..=499 => Try::Refused { reason },
+            _ => Try::Failed {
+                reason,
+                retry_after,
+            },
+        }
+    }
 }
 
 /// How one delivery (every attempt of the schedule) ended.
@@ -77,6 +109,9 @@ pub struct Outbox {
     status: Arc<ConnectorStatus>,
     retry: Backoff,
     batch: usize,
+    /// Replays under way: dead letter seq -> (attempts made, when the next may go).
+    replays: Mutex<HashMap<u64, (u32, Instant)>>,
+    stored_at: Arc<StoredAt>,
 }
 
 impl Outbox {
@@ -104,7 +139,14 @@ impl Outbox {
             status,
             retry,
             batch: batch.max(1),
+            replays: Mutex::new(HashMap::new()),
+            stored_at: Arc::new(StoredAt::default()),
         })
+    }
+
+    /// Where the node records when each event was stored (the delivery latency).
+    pub fn set_stored_at(&mut self, stored_at: Arc<StoredAt>) {
+        self.stored_at = stored_at;
     }
 
     pub fn status(&self) -> &ConnectorStatus {
@@ -163,8 +205,8 @@ impl Outbox {
         Ok(())
     }
 
-    /// Handles what is due: replays first, then the next events. `Ok(true)` when it did
-    /// something and should look again at once.
+    /// Handles what is due: the next events after the cursor first; once there are none, one
+    /// attempt of one replay. `Ok(true)` when it did something and should look again at once.
     async fn serve_once(
         &self,
         sink: &impl Sink,
@@ -182,39 +224,21 @@ impl Outbox {
             }
             return Ok(true);
         }
-        let dead_letters = self.reader().dead_letters(&self.name)?;
-        if let Some(dead) = dead_letters.into_iter().find(|d| d.replay) {
-            let Some(ev) = self.reader().event(dead.seq)? else {
-                self.store().remove_dead_letter(&self.name, dead.seq)?;
-                return Ok(true);
-            };
-            match self.deliver(sink, std::slice::from_ref(&ev), cancel).await {
-                Outcome::Delivered => {
-                    self.store().remove_dead_letter(&self.name, dead.seq)?;
-                    self.status.dead.fetch_sub(1, Ordering::Relaxed);
-                }
-                Outcome::Dead(reason, attempts) => self.bury(&[ev], &reason, attempts)?,
-                Outcome::Disabled(reason) => return self.disable(reason),
-                Outcome::Cancelled => return Ok(false),
-            }
-            return Ok(true);
-        }
         let cursor = self.reader().cursor(&self.name)?;
         self.status.cursor.store(cursor, Ordering::Relaxed);
         let events = self.reader().events_after(cursor, READ_AHEAD)?;
         if events.is_empty() {
-            return Ok(false);
+            return self.replay_once(sink).await;
         }
-        let mut wanted = Vec::new();
-        for ev in events {
-            if sink.wants(&ev) {
-                wanted.push(ev);
-            } else if wanted.is_empty() {
-                self.advance(ev.seq)?;
-            }
-            // Otherwise the cursor passes it when the batch around it is delivered, or on
-            // the next round.
+        // Unwanted events before the first wanted one: the cursor passes them in one write.
+        let first = events.iter().position(|ev| sink.wants(ev));
+        let skipped = first.map_or(&events[..], |i| &events[..i]);
+        if let Some(last) = skipped.last() {
+            self.advance(last.seq)?;
         }
+        // Unwanted events between wanted ones: the cursor passes them when the batch after
+        // them is delivered, or on the next round.
+        let wanted: Vec<StoredEvent> = events.into_iter().filter(|ev| sink.wants(ev)).collect();
         for batch in wanted.chunks(self.batch) {
             match self.deliver(sink, batch, cancel).await {
                 Outcome::Delivered => {}
@@ -233,6 +257,128 @@ impl Outbox {
         Ok(true)
     }
 
+    /// One attempt of the first dead letter queued for a replay whose turn it is. A success
+    /// removes it; a failure waits for the next delay of the `retry` schedule (other replays
+    /// and new events go meanwhile); when the schedule is used up, or the attempt is refused
+    /// for good, it is a dead letter again (no longer queued).
+    async fn replay_once(&self, sink: &impl Sink) -> anyhow::Result<bool> {
+        let queued = self.reader().queued_replays(&self.name, 64)?;
+        let now = Instant::now();
+        let due = {
+            let mut replays = self.replays.lock().unwrap_or_else(|e| e.into_inner());
+            replays.retain(|seq, _| queued.iter().any(|d| d.seq == *seq));
+            queued
+                .into_iter()
+                .find(|d| replays.get(&d.seq).is_none_or(|&(_, at)| at <= now))
+        };
+        let Some(dead) = due else {
+            return Ok(false);
+        };
+        let Some(ev) = self.reader().event(dead.seq)? else {
+            // Gone from the log (retention): nothing left to replay.
+            self.store().remove_dead_letter(&self.name, dead.seq)?;
+            self.status.dead.fetch_sub(1, Ordering::Relaxed);
+            return Ok(true);
+        };
+        let tries = self
+            .replays
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&dead.seq)
+            .map_or(0, |&(n, _)| n)
+            + 1;
+        let (result, record) = self
+            .attempt_once(sink, std::slice::from_ref(&ev), tries)
+            .await;
+        let failed = |reason: String| -> anyhow::Result<bool> {
+            let next = self.retry.delay(tries);
+            match next {
+                Some(wait) => {
+                    debug!(connector = %self.name, seq = ev.seq, tries, %reason, ?wait, "Replay failed; trying again later.");
+                    self.replays
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(ev.seq, (tries, Instant::now() + wait));
+                }
+                None => {
+                    warn!(connector = %self.name, seq = ev.seq, %reason, "Replay failed for good; a dead letter again.");
+                    self.bury(std::slice::from_ref(&ev), &reason, tries)?;
+                }
+            }
+            Ok(true)
+        };
+        match result {
+            Try::Ok(_) => {
+                self.store().remove_dead_letter(&self.name, dead.seq)?;
+                self.status.dead.fetch_sub(1, Ordering::Relaxed);
+                self.delivered_figures(std::slice::from_ref(&ev));
+                self.replays
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&ev.seq);
+                Ok(true)
+            }
+            Try::Gone => self.disable(format!("410 Gone for event {}", ev.seq)),
+            Try::Refused { reason } => {
+                warn!(connector = %self.name, seq = ev.seq, %reason, "Replay refused; a dead letter again.");
+                self.bury(std::slice::from_ref(&ev), &reason, tries)?;
+                Ok(true)
+            }
+            Try::Failed { .. } => failed(record.outcome),
+        }
+    }
+
+    /// One attempt for `events`, recorded (with the cursor moved past them on a success).
+    async fn attempt_once(
+        &self,
+        sink: &impl Sink,
+        events: &[StoredEvent],
+        attempt: u32,
+    ) -> (Try, Attempt) {
+        let seq = events.last().map_or(0, |e| e.seq);
+        let started = Instant::now();
+        let result = sink.attempt(events).await;
+        let latency_ms = started.elapsed().as_millis() as u64;
+        let outcome = match &result {
+            Try::Ok(code) => format!("delivered {code}"),
+            Try::Gone => "http 410 gone".to_string(),
+            Try::Failed { reason, .. } => reason.clone(),
+            Try::Refused { reason } => format!("refused: {reason}"),
+        };
+        let record = Attempt {
+            seq,
+            attempt,
+            outcome,
+            latency_ms,
+            time: rfc3339(SystemTime::now()),
+        };
+        // A success moves the cursor in the same transaction.
+        let stored = if matches!(result, Try::Ok(_)) {
+            self.store().delivered(&self.name, &record)
+        } else {
+            self.store().record_attempt(&self.name, &record)
+        };
+        if let Err(e) = stored {
+            warn!(connector = %self.name, error = %e, "Cannot record a delivery attempt.");
+        }
+        if !matches!(result, Try::Ok(_)) {
+            self.status.failed.fetch_add(1, Ordering::Relaxed);
+            *self.status.last_error.lock().expect("status lock") = Some(record.outcome.clone());
+        }
+        (result, record)
+    }
+
+    fn delivered_figures(&self, events: &[StoredEvent]) {
+        self.status
+            .delivered
+            .fetch_add(events.len() as u64, Ordering::Relaxed);
+        for ev in events {
+            if let Some(age) = self.stored_at.age(ev) {
+                self.status.latency_seconds.observe(age);
+            }
+        }
+    }
+
     /// One batch, with every retry of the schedule.
     async fn deliver(
         &self,
@@ -249,59 +395,22 @@ impl Outbox {
             .map_or(u32::MAX, |n| n.saturating_add(1));
         let mut last = String::new();
         for attempt in 1..=attempts {
-            let started = Instant::now();
-            let result = sink.attempt(events).await;
-            let latency_ms = started.elapsed().as_millis() as u64;
-            let outcome = match &result {
-                Try::Ok(code) => format!("delivered {code}"),
-                Try::Gone => "http 410 gone".to_string(),
-                Try::Failed { reason, .. } => reason.clone(),
-            };
-            let record = Attempt {
-                seq,
-                attempt,
-                outcome,
-                latency_ms,
-                time: rfc3339(SystemTime::now()),
-            };
-            // A success moves the cursor in the same transaction.
-            let stored = if matches!(result, Try::Ok(_)) {
-                self.store().delivered(&self.name, &record)
-            } else {
-                self.store().record_attempt(&self.name, &record)
-            };
-            if let Err(e) = stored {
-                warn!(connector = %self.name, error = %e, "Cannot record a delivery attempt.");
-            }
+            let (result, record) = self.attempt_once(sink, events, attempt).await;
             match result {
                 Try::Ok(_) => {
-                    self.status
-                        .delivered
-                        .fetch_add(events.len() as u64, Ordering::Relaxed);
                     self.status.cursor.fetch_max(seq, Ordering::Relaxed);
-                    for ev in events {
-                        if let Some(age) = event_age(ev) {
-                            self.status.latency_seconds.observe(age);
-                        }
-                    }
+                    self.delivered_figures(events);
                     return Outcome::Delivered;
                 }
-                Try::Gone => {
-                    self.status.failed.fetch_add(1, Ordering::Relaxed);
-                    return Outcome::Disabled(format!("410 Gone for event {seq}"));
-                }
-                Try::Failed {
-                    reason,
-                    retry_after,
-                } => {
-                    self.status.failed.fetch_add(1, Ordering::Relaxed);
-                    *self.status.last_error.lock().expect("status lock") = Some(reason.clone());
-                    last = reason;
+                Try::Gone => return Outcome::Disabled(format!("410 Gone for event {seq}")),
+                Try::Refused { .. } => return Outcome::Dead(record.outcome, attempt),
+                Try::Failed { retry_after, .. } => {
+                    last = record.outcome;
                     let Some(planned) = self.retry.delay(attempt) else {
                         break;
                     };
                     self.status.retried.fetch_add(1, Ordering::Relaxed);
-                    let wait = retry_after.unwrap_or(planned);
+                    let wait = retry_after.map_or(planned, |d| d.min(MAX_RETRY_AFTER));
                     debug!(connector = %self.name, seq, attempt, reason = %last, ?wait, "Delivery failed; retrying.");
                     tokio::select! {
                         _ = cancel.cancelled() => return Outcome::Cancelled,
@@ -414,13 +523,6 @@ pub fn retry_schedule(delays: Vec<Duration>) -> Backoff {
     Backoff::listed(delays).with_jitter(Jitter::spread(0.1))
 }
 
-/// How long ago the event was stored (its CloudEvent `time`).
-fn event_age(ev: &StoredEvent) -> Option<Duration> {
-    let v: Value = serde_json::from_str(&ev.json).ok()?;
-    let t = humantime::parse_rfc3339(v["time"].as_str()?).ok()?;
-    SystemTime::now().duration_since(t).ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -428,18 +530,79 @@ mod tests {
     #[test]
     fn retry_after_is_seconds_capped() {
         assert_eq!(parse_retry_after("3"), Some(Duration::from_secs(3)));
+        // An hour (or more) cannot hold the queue: at most a minute.
+        assert_eq!(MAX_RETRY_AFTER, Duration::from_secs(60));
+        assert_eq!(parse_retry_after("3600"), Some(MAX_RETRY_AFTER));
         assert_eq!(parse_retry_after("999999"), Some(MAX_RETRY_AFTER));
         // A date in the past: retry at once.
         assert_eq!(
             parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
             Some(Duration::ZERO)
         );
-        let in_a_minute = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(60));
-        let d = parse_retry_after(&in_a_minute).unwrap();
+        let in_half_a_minute = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(30));
+        let d = parse_retry_after(&in_half_a_minute).unwrap();
         assert!(
-            d > Duration::from_secs(55) && d <= Duration::from_secs(60),
+            d > Duration::from_secs(25) && d <= Duration::from_secs(30),
             "{d:?}"
         );
+        let in_an_hour = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(3600));
+        assert_eq!(parse_retry_after(&in_an_hour), Some(MAX_RETRY_AFTER));
         assert_eq!(parse_retry_after("soon"), None);
+    }
+
+    /// Takes only `buddygate.failover.*`; every attempt succeeds.
+    struct OnlyFailovers;
+
+    impl Sink for OnlyFailovers {
+        fn wants(&self, ev: &StoredEvent) -> bool {
+            ev.kind.starts_with("buddygate.failover.")
+        }
+
+        async fn attempt(&self, _: &[StoredEvent]) -> Try {
+            Try::Ok(200)
+        }
+    }
+
+    #[tokio::test]
+    async fn skipped_events_move_the_cursor_in_one_write() {
+        let dir = std::env::temp_dir().join(format!("buddygate-skip-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut store = Store::open(&dir).unwrap();
+        let mut kinds = vec!["buddygate.path.down"; 90];
+        kinds.push("buddygate.failover.completed");
+        kinds.extend(["buddygate.path.up"; 5]);
+        store
+            .commit(&[], &kinds, |seq, _| format!("{{\"seq\":{seq}}}"))
+            .unwrap();
+        let status = Arc::new(ConnectorStatus::default());
+        let retry = retry_schedule(vec![Duration::from_millis(10)]);
+        let outbox = Outbox::open("psim", &dir, status, retry, 1).unwrap();
+        let (replay, cancel) = (Notify::new(), CancellationToken::new());
+        let before = outbox.store().writes();
+        assert!(
+            outbox
+                .serve_once(&OnlyFailovers, &replay, &cancel)
+                .await
+                .unwrap()
+        );
+        // The 90 skipped: one write; the delivery and its cursor: one.
+        assert_eq!(outbox.store().writes() - before, 2);
+        assert_eq!(outbox.reader().cursor("psim").unwrap(), 91);
+        // The 5 after it: one more.
+        assert!(
+            outbox
+                .serve_once(&OnlyFailovers, &replay, &cancel)
+                .await
+                .unwrap()
+        );
+        assert_eq!(outbox.store().writes() - before, 3);
+        assert_eq!(outbox.reader().cursor("psim").unwrap(), 96);
+        assert!(
+            !outbox
+                .serve_once(&OnlyFailovers, &replay, &cancel)
+                .await
+                .unwrap()
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

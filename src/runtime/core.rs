@@ -6,7 +6,10 @@
 //! - agent starts and stops wait until every job handed out before them is committed, so a
 //!   claim is on disk before its agent starts (rule 4), and a node whose disk is slow keeps
 //!   heartbeating meanwhile;
-//! - events are published once stored.
+//! - events are published once stored;
+//! - a store that takes no writes (a full disk) makes the node say it is leaving
+//!   ([`Input::Storage`]): its buddies take over at once, it claims nothing, and it comes back
+//!   by itself once the writer has stored what waited ([`Report::Storage`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -19,12 +22,14 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use super::clock::WallClock;
 use super::net::Received;
 use super::records::record;
-use super::writer::{Done, Job, PendingEvent};
+use super::writer::{Job, PendingEvent, Report};
 use crate::agent::{AgentPool, AgentReport};
-use crate::cloudevents::{self, Clock};
+use crate::cloudevents::{self, Clock, Emitter};
 use crate::config::{ResourceIdx, ServerIdx, Site};
+use crate::connectors::StoredAt;
 use crate::failover::{AgentOp, Epoch, Event, Input, Node, Output};
 use crate::store::StoredEvent;
 use crate::view::{Command, Metrics, Snapshot};
@@ -42,7 +47,7 @@ pub(super) struct Inputs {
     pub agent_reports: mpsc::Receiver<AgentReport>,
     pub commands: mpsc::Receiver<Command>,
     pub witnesses: mpsc::Receiver<(usize, bool)>,
-    pub stored: mpsc::UnboundedReceiver<Done>,
+    pub stored: mpsc::UnboundedReceiver<Report>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -57,11 +62,16 @@ pub(super) struct Core {
     pub site: Arc<Site>,
     pub me: ServerIdx,
     pub node: Node,
-    pub writer: mpsc::UnboundedSender<Job>,
+    pub writer: std::sync::mpsc::Sender<Job>,
     pub sockets: Vec<Arc<UdpSocket>>,
     pub agents: AgentPool,
     pub origin: Instant,
-    pub clock: Clock,
+    /// Read when outputs are carried out: events get the wall-clock time they happened at.
+    pub wall: Arc<dyn WallClock>,
+    /// This start's run id, in every event id.
+    pub run: Arc<str>,
+    /// When each event was stored (the connectors' delivery latency).
+    pub stored_at: Arc<StoredAt>,
     pub events: broadcast::Sender<Arc<StoredEvent>>,
     pub snapshots: watch::Sender<Arc<Snapshot>>,
     pub metrics: Arc<Metrics>,
@@ -83,7 +93,7 @@ impl Core {
         cancel: CancellationToken,
         mut inputs: Inputs,
         grace: Duration,
-    ) -> anyhow::Result<()> {
+    ) {
         let mut leaving_until: Option<Instant> = None;
         loop {
             let deadline = self.origin + self.node.next_deadline();
@@ -97,10 +107,7 @@ impl Core {
                     warn!("Buddies did not take everything over within the grace period; leaving anyway.");
                     break;
                 }
-                Some(done) = inputs.stored.recv() => {
-                    self.on_stored(done)?;
-                    None
-                }
+                Some(report) = inputs.stored.recv() => self.on_report(report),
                 Some(r) = inputs.heartbeats.recv() => Some(heartbeat(r, &inputs.queued)),
                 Some(report) = inputs.agent_reports.recv() => Some(report.into()),
                 Some(cmd) = inputs.commands.recv() => Some(Input::Command {
@@ -142,15 +149,16 @@ impl Core {
                 break;
             }
         }
-        // What was handed to the writer is committed before the node stops.
+        // What was handed to the writer is committed (or kept by it) before the node stops.
         while self.committed < self.handed {
             match inputs.stored.recv().await {
-                Some(done) => self.on_stored(done)?,
+                Some(report) => {
+                    self.on_report(report);
+                }
                 None => break,
             }
         }
         self.publish();
-        Ok(())
     }
 
     pub(super) fn publish(&mut self) {
@@ -167,6 +175,11 @@ impl Core {
     /// Sends at once; hands what must be durable to the writer; queues agent operations
     /// behind it.
     fn carry_out(&mut self, outputs: Vec<Output>, now: Duration) {
+        // The wall clock now, for the events and instants of these outputs.
+        let clock = Clock {
+            mono: now,
+            wall: self.wall.now(),
+        };
         let mut records = Vec::new();
         let mut events = Vec::new();
         let mut actions = Vec::new();
@@ -180,7 +193,7 @@ impl Core {
                     epoch,
                     cover_from,
                 } => {
-                    let cover_from = cover_from.map(|t| self.clock.wall(t));
+                    let cover_from = cover_from.map(|t| clock.wall(t));
                     actions.push(Action::Start(resource, epoch, cover_from));
                 }
                 Output::Standby { resource, prepare } => {
@@ -191,7 +204,7 @@ impl Core {
         }
         if !records.is_empty() || !events.is_empty() {
             self.handed += 1;
-            let events = self.pending_events(events, now);
+            let events = self.pending_events(events, now, clock);
             let job = Job {
                 ticket: self.handed,
                 records,
@@ -199,6 +212,7 @@ impl Core {
             };
             if self.writer.send(job).is_err() {
                 error!("The store writer is gone; nothing more can be stored.");
+                self.committed = self.handed;
             }
         }
         let after = self.handed;
@@ -207,7 +221,7 @@ impl Core {
     }
 
     /// Events with what their CloudEvent needs, built once their sequence number is known.
-    fn pending_events(&self, events: Vec<Event>, now: Duration) -> Vec<PendingEvent> {
+    fn pending_events(&self, events: Vec<Event>, now: Duration, clock: Clock) -> Vec<PendingEvent> {
         let needs_epochs = events.iter().any(|e| {
             matches!(
                 e,
@@ -224,60 +238,98 @@ impl Core {
         events
             .into_iter()
             .map(|event| {
-                let (site, me, clock) = (self.site.clone(), self.me, self.clock);
+                let (site, node, run) = (self.site.clone(), self.me, self.run.clone());
                 let (e, epochs) = (event.clone(), epochs.clone());
                 PendingEvent {
                     event,
                     json: Box::new(move |seq| {
-                        cloudevents::to_cloudevent(&site, me, seq, now, clock, &e, &epochs)
-                            .to_string()
+                        let from = Emitter {
+                            site: &site,
+                            node,
+                            run: &run,
+                        };
+                        cloudevents::to_cloudevent(from, seq, now, clock, &e, &epochs).to_string()
                     }),
                 }
             })
             .collect()
     }
 
-    /// A job was committed (or not): publish its events, run what waited for it.
-    fn on_stored(&mut self, done: Done) -> anyhow::Result<()> {
-        self.committed = done.ticket;
-        match done.result {
-            Ok(stored) => {
-                for (e, stored) in stored {
-                    self.metrics.events_stored.fetch_add(1, Ordering::Relaxed);
-                    if let Event::FailoverCompleted { takeover, .. } = &e {
-                        self.metrics.takeover_seconds.observe(*takeover);
-                    }
-                    log_event(&self.site, &e);
-                    let _ = self.events.send(Arc::new(stored));
-                }
+    /// What the store writer reports: a job committed (publish its events, run what waited
+    /// for it) or not (its starts fail: rule 4), events that waited stored at last, the store
+    /// failing or back, which is an input for the core.
+    fn on_report(&mut self, report: Report) -> Option<Input> {
+        match report {
+            Report::Done {
+                ticket,
+                stored: Some(stored),
+            } => {
+                self.committed = ticket;
+                self.publish_stored(stored);
                 self.run_ready();
-                Ok(())
+                None
             }
-            Err(e) => {
-                error!(error = %e, "Cannot store claims and events; their resources will not start.");
-                // Rule 4: never start what is not durable. Those starts failed.
-                let now = self.now();
-                let failed: Vec<Input> = self
-                    .waiting
-                    .iter()
-                    .filter(|(t, _)| *t == done.ticket)
-                    .filter_map(|(_, a)| match *a {
-                        Action::Start(resource, epoch, _) => Some(Input::AgentDone {
-                            resource,
-                            epoch,
-                            op: AgentOp::Start,
-                            result: Err("claim could not be stored".into()),
-                        }),
-                        Action::Stop(..) | Action::Standby(..) => None,
-                    })
-                    .collect();
-                self.waiting
-                    .retain(|(t, a)| *t != done.ticket || !matches!(a, Action::Start(..)));
-                let outputs = self.node.handle_all(failed, now);
-                self.carry_out(outputs, now);
-                // An event that cannot be stored is fatal: nothing may be lost.
-                Err(anyhow::Error::new(e).context("cannot store events"))
+            Report::Done {
+                ticket,
+                stored: None,
+            } => {
+                self.committed = ticket;
+                self.not_stored(ticket);
+                None
             }
+            Report::Stored(stored) => {
+                self.publish_stored(stored);
+                None
+            }
+            Report::Storage(Some(reason)) => {
+                warn!(%reason, "Store failing: leaving until it takes writes again.");
+                Some(Input::Storage { ok: false })
+            }
+            Report::Storage(None) => {
+                info!("Store back: this node takes part again.");
+                Some(Input::Storage { ok: true })
+            }
+        }
+    }
+
+    fn publish_stored(&mut self, stored: Vec<(Event, StoredEvent)>) {
+        let at = std::time::Instant::now();
+        for (e, stored) in stored {
+            self.metrics.events_stored.fetch_add(1, Ordering::Relaxed);
+            if let Event::FailoverCompleted { takeover, .. } = &e {
+                self.metrics.takeover_seconds.observe(*takeover);
+            }
+            log_event(&self.site, &e);
+            self.stored_at.record(stored.seq, at);
+            let _ = self.events.send(Arc::new(stored));
+        }
+    }
+
+    /// Job `ticket` could not be stored now (the writer keeps it): the starts that waited
+    /// for it fail, since a claim must be durable before its agent starts (rule 4); stops and
+    /// standbys go on.
+    fn not_stored(&mut self, ticket: u64) {
+        let now = self.now();
+        let failed: Vec<Input> = self
+            .waiting
+            .iter()
+            .filter(|(t, _)| *t == ticket)
+            .filter_map(|(_, a)| match *a {
+                Action::Start(resource, epoch, _) => Some(Input::AgentDone {
+                    resource,
+                    epoch,
+                    op: AgentOp::Start,
+                    result: Err("claim could not be stored".into()),
+                }),
+                Action::Stop(..) | Action::Standby(..) => None,
+            })
+            .collect();
+        self.waiting
+            .retain(|(t, a)| *t != ticket || !matches!(a, Action::Start(..)));
+        self.run_ready();
+        if !failed.is_empty() {
+            let outputs = self.node.handle_all(failed, now);
+            self.carry_out(outputs, now);
         }
     }
 

@@ -6,8 +6,10 @@
 //!   starts, events are stored before they are published, and no heartbeat waits for a disk;
 //! - [`net`]: a receive task per heartbeat path (read, timestamp, authenticate, queue bounded
 //!   in bytes) and the witness probes;
-//! - [`records`]: the core's durable records to and from the store's.
+//! - [`records`]: the core's durable records to and from the store's;
+//! - [`clock`]: the wall clock behind a seam tests can step.
 
+pub mod clock;
 mod core;
 mod net;
 mod records;
@@ -30,10 +32,9 @@ use tracing::{error, info, warn};
 
 use crate::agent::AgentPool;
 use crate::api::Shared;
-use crate::cloudevents::Clock;
-use crate::config::{ServerIdx, Site};
+use crate::config::{ServerIdx, Site, StoreSettings};
 use crate::failover::{Key, Node, Topology};
-use crate::store::Store;
+use crate::store::{NodeState, Record, Retention, Store};
 use crate::view::{Metrics, Snapshot};
 
 /// Everything a node needs to run, resolved (secrets read, paths absolute).
@@ -55,6 +56,8 @@ pub struct NodeConfig {
     pub connectors: Vec<crate::connectors::Connector>,
     /// The API's read access, host names, ONVIF push consumers and TLS.
     pub api_access: crate::api::Access,
+    /// `[store]` of the site file.
+    pub store: StoreSettings,
 }
 
 #[derive(Debug, Error)]
@@ -80,20 +83,91 @@ const RECV_BUFFER: usize = 1 << 20;
 /// A node whose sockets are bound and store is open, ready to [`Daemon::run`].
 pub struct Daemon {
     cfg: NodeConfig,
-    store: Store,
+    store: Opened,
     /// Bound here; registered with the failover core's own runtime when it starts.
     sockets: Vec<std::net::UdpSocket>,
     api: Option<TcpListener>,
     incarnation: u64,
 }
 
+/// The store as the node found it at start.
+struct Opened {
+    /// `None` when it could not be opened for writing.
+    store: Option<Store>,
+    state: NodeState,
+    /// Why it takes no writes, when it does not (a full disk).
+    failing: Option<String>,
+    /// What must be written once it does.
+    records: Vec<Record>,
+}
+
+/// Opens the store and moves the incarnation on. A store that cannot be written (a full or
+/// failing disk) is no reason not to run: the node starts from what it can read, says it is
+/// leaving (its buddies take over) and comes back once the store takes writes. A store this
+/// build cannot read (written by a newer one) is.
+fn open_store(dir: &std::path::Path) -> Result<(Opened, u64), crate::store::StoreError> {
+    use crate::store::StoreError;
+    let wall = wall_ms();
+    match Store::open_for_writer(dir) {
+        Ok(mut store) => {
+            let state = store.node_state()?;
+            match store.next_incarnation(wall) {
+                Ok(n) => Ok((
+                    Opened {
+                        store: Some(store),
+                        state,
+                        failing: None,
+                        records: Vec::new(),
+                    },
+                    n,
+                )),
+                Err(e) => {
+                    let n = store.incarnation().unwrap_or(0).saturating_add(1).max(wall);
+                    let opened = Opened {
+                        store: Some(store),
+                        state,
+                        failing: Some(e.to_string()),
+                        records: vec![Record::Incarnation(n)],
+                    };
+                    Ok((opened, n))
+                }
+            }
+        }
+        Err(e @ StoreError::Migrate { .. }) => Err(e),
+        Err(e) => {
+            // Read what it holds if it can; an empty state is allowed (the node relearns from
+            // its peers before it claims anything).
+            // A reader needs the WAL index (a file it may have to create); a store closed
+            // cleanly is read without it.
+            let read = |r: crate::store::Reader| Ok((r.node_state()?, r.incarnation()?));
+            let found = Store::open_reader(dir).and_then(read).or_else(|first| {
+                Store::open_closed(dir).and_then(read).map_err(|second| {
+                    warn!(error = %first, closed = %second, "Cannot read the store either: starting from an empty state.");
+                })
+            });
+            let (state, prev) = found.unwrap_or_default();
+            let n = prev.saturating_add(1).max(wall);
+            let opened = Opened {
+                store: None,
+                state,
+                failing: Some(e.to_string()),
+                records: vec![Record::Incarnation(n)],
+            };
+            Ok((opened, n))
+        }
+    }
+}
+
 impl Daemon {
-    /// Opens the store and binds every socket. Fails before anything runs.
+    /// Opens the store and binds every socket. Fails before anything runs, but not for a
+    /// store that takes no writes (see [`open_store`]).
     pub async fn build(cfg: NodeConfig) -> Result<Self, BuildError> {
         // Before anything opens a descriptor; the API keeps a reserve of them (crate::fds).
         crate::fds::raise();
-        let mut store = Store::open(&cfg.data_dir)?;
-        let incarnation = store.next_incarnation(wall_ms())?;
+        let (store, incarnation) = open_store(&cfg.data_dir)?;
+        if let Some(why) = &store.failing {
+            error!(error = %why, "The store takes no writes: starting anyway, as leaving.");
+        }
         let me = cfg.site.server(cfg.node);
         let mut sockets = Vec::new();
         for (path, &addr) in me.heartbeat.iter().enumerate() {
@@ -140,11 +214,23 @@ impl Daemon {
         let site = cfg.site.clone();
         let topo = Arc::new(Topology::new(&site));
         let me = cfg.node;
-        let restored = records::restore(&site, store.node_state()?);
+        let Opened {
+            store,
+            state,
+            failing,
+            records: first_records,
+        } = store;
+        let restored = records::restore(&site, state);
         let origin = Instant::now();
-        let clock = Clock {
-            wall_at_zero: SystemTime::now(),
+        let fault_injection = std::env::var_os("BUDDYGATE_FAULT_INJECTION").is_some();
+        let wall: Arc<dyn clock::WallClock> = if fault_injection {
+            Arc::new(clock::SteppedClock {
+                file: cfg.data_dir.join("clock-step"),
+            })
+        } else {
+            Arc::new(clock::SystemClock)
         };
+        let run: Arc<str> = crate::cloudevents::run_id().into();
         let key = Key::new(&cfg.key);
         let node = Node::new(
             site.clone(),
@@ -158,20 +244,33 @@ impl Daemon {
         info!(
             node = %site.server(me).id,
             incarnation,
+            run = %run,
             resumed = restored.claims.iter().filter(|c| c.held).count(),
             holds = restored.holds.iter().filter(|h| h.held).count(),
             "Node starting."
         );
-        let stall =
-            std::env::var_os("BUDDYGATE_FAULT_INJECTION").map(|_| cfg.data_dir.join("stall-store"));
-        let (writer, stored) =
-            writer::spawn(store, stall).context("cannot start the store writer")?;
+        // A store failing from the start is the writer's first report: the core hears it
+        // before anything can be claimed (it boots first).
+        let metrics = Arc::new(Metrics::default());
+        let (writer, stored) = writer::spawn(writer::Setup {
+            store,
+            dir: cfg.data_dir.clone(),
+            failing,
+            records: first_records,
+            retention: Retention {
+                keep: cfg.store.retention,
+                max_size: cfg.store.max_size,
+            },
+            connectors: cfg.connectors.iter().map(|c| c.name.clone()).collect(),
+            figures: metrics.clone(),
+            stall: fault_injection.then(|| cfg.data_dir.join("stall-store")),
+        })
+        .context("cannot start the store writer")?;
 
         let tasks = TaskTracker::new();
         // Not a child of `cancel`: sockets, agents and the API keep working while the node
         // hands over after a shutdown request; they stop once `run` is done.
         let inner = CancellationToken::new();
-        let metrics = Arc::new(Metrics::default());
         let (hb_tx, heartbeats) = mpsc::channel(4096);
         let queued = Arc::new(AtomicUsize::new(0));
         let receiver = net::Receiver {
@@ -206,6 +305,7 @@ impl Daemon {
         let (events_tx, _) = broadcast::channel(1024);
         let first = Arc::new(Snapshot::of(&node, Duration::ZERO));
         let (snap_tx, snap_rx) = watch::channel(first);
+        let stored_at = Arc::new(crate::connectors::StoredAt::default());
         let connectors = crate::connectors::start(
             crate::connectors::NodeFeeds {
                 site: site.clone(),
@@ -213,11 +313,12 @@ impl Daemon {
                 data_dir: &cfg.data_dir,
                 events: &events_tx,
                 snapshot: &snap_rx,
+                stored_at: &stored_at,
             },
             &cfg.connectors,
             &tasks,
             &inner,
-        )?;
+        );
         let shared = Shared {
             snapshot: snap_rx,
             events: events_tx.clone(),
@@ -247,7 +348,9 @@ impl Daemon {
             sockets: Vec::new(),
             agents,
             origin,
-            clock,
+            wall,
+            run,
+            stored_at,
             events: events_tx,
             snapshots: snap_tx,
             metrics,
@@ -289,11 +392,11 @@ impl Daemon {
                             }
                             drop(receiver);
                             core.sockets = sockets;
-                            let result = core.run(cancel, inputs, grace).await;
+                            core.run(cancel, inputs, grace).await;
                             net_cancel.cancel();
                             receivers.close();
                             receivers.wait().await;
-                            result
+                            Ok(())
                         })
                     });
                 let _ = result_tx.send(result);

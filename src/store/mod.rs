@@ -4,11 +4,21 @@
 //! One [`Store`] is written by the task that owns the failover core, so a claim is on disk
 //! before its agent starts (DESIGN rule 4). Readers (the API, connectors) open their own
 //! connections with [`Store::open_reader`]; WAL lets them read while the core writes.
+//!
+//! - [`schema`]: the layout, versioned, and the migrations from every earlier one (how to add a
+//!   table is written there);
+//! - [`state`]: the failover core's durable records;
+//! - [`outbox`]: cursors, dead letters, delivery attempts, and the read-only [`Reader`];
+//! - [`maintenance`]: what keeps a store that runs for years bounded: retention of the event
+//!   log in small batches, WAL checkpoints.
 
+mod maintenance;
 mod outbox;
+pub mod schema;
 mod state;
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use thiserror::Error;
@@ -24,6 +34,11 @@ pub enum StoreError {
     Sqlite {
         path: PathBuf,
         source: rusqlite::Error,
+    },
+    #[error("store {path}: {source}")]
+    Migrate {
+        path: PathBuf,
+        source: schema::MigrateError,
     },
 }
 
@@ -43,81 +58,110 @@ pub struct StoredClaim {
     pub held: bool,
 }
 
+pub use maintenance::{BATCH_BUDGET, Checkpointer, Pruned, Pruner, Retention};
 pub use outbox::{Attempt, DeadLetter, Reader};
-pub use state::{NodeState, Record, StoredHold};
+pub use state::{NodeState, Record, RecordSet, StoredHold};
 
 pub struct Store {
     conn: Connection,
     path: PathBuf,
     last_seq: u64,
+    /// Where the next pruning batch looks from (see [`maintenance`]).
+    prune_from: u64,
+    /// Delivery attempts recorded per connector since its attempts were last trimmed.
+    since_trim: std::collections::HashMap<String, u32>,
+    /// Write transactions committed on this connection (for tests of how often it writes).
+    writes: u64,
 }
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS claims (
-    resource TEXT PRIMARY KEY,
-    epoch INTEGER NOT NULL,
-    held INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS events (
-    seq INTEGER PRIMARY KEY,
-    type TEXT NOT NULL,
-    json TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS cursors (connector TEXT PRIMARY KEY, seq INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS dead_letters (
-    connector TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    attempts INTEGER NOT NULL,
-    reason TEXT NOT NULL,
-    time TEXT NOT NULL,
-    replay INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (connector, seq)
-);
-CREATE TABLE IF NOT EXISTS connector_state (
-    connector TEXT PRIMARY KEY,
-    disabled_reason TEXT
-);
-CREATE TABLE IF NOT EXISTS deliveries (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    connector TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    attempt INTEGER NOT NULL,
-    outcome TEXT NOT NULL,
-    latency_ms INTEGER NOT NULL,
-    time TEXT NOT NULL
-);
-";
+/// After a checkpoint that emptied it, the WAL file is truncated back to this size: to
+/// nothing, so that the WAL never holds disk space it does not use, and a disk that filled up
+/// meanwhile shows on the next write (a write into space the WAL already held would succeed,
+/// and the disk would be found full only later, at a checkpoint).
+pub const JOURNAL_SIZE_LIMIT: i64 = 0;
+
+/// A connection to `path` in WAL mode, `synchronous = FULL`, with the journal size limit.
+fn connect(path: &Path) -> Result<Connection, StoreError> {
+    let err = |source| StoreError::Sqlite {
+        path: path.to_path_buf(),
+        source,
+    };
+    let conn = Connection::open(path).map_err(err)?;
+    conn.busy_timeout(Duration::from_secs(5)).map_err(err)?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .map_err(err)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err)?;
+    }
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(err)?;
+    conn.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT)
+        .map_err(err)?;
+    Ok(conn)
+}
+
+/// Bytes free for this process on the filesystem of `dir` (`None` where unknown).
+pub fn free_bytes(dir: &Path) -> Option<u64> {
+    #[cfg(unix)]
+    {
+        let st = rustix::fs::statvfs(dir).ok()?;
+        Some(st.f_bavail.saturating_mul(st.f_frsize))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        None
+    }
+}
+
+/// Wall-clock ms since the Unix epoch (0 before it).
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
 
 impl Store {
-    /// Opens (or creates) `dir/node.db`.
+    /// Opens (or creates) `dir/node.db`, migrating it to this build's layout
+    /// ([`schema::VERSION`]). Writes nothing to a store that is already up to date.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
             path: dir.to_path_buf(),
             source,
         })?;
         let path = dir.join("node.db");
-        let err = |source| StoreError::Sqlite {
+        let mut conn = connect(&path)?;
+        schema::migrate(&mut conn).map_err(|source| StoreError::Migrate {
             path: path.clone(),
             source,
-        };
-        let conn = Connection::open(&path).map_err(err)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(err)?;
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(err)?;
-        conn.execute_batch(SCHEMA).map_err(err)?;
-        conn.execute_batch(state::SCHEMA).map_err(err)?;
+        })?;
         let last_seq: u64 = conn
             .query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))
-            .map_err(err)?;
+            .map_err(|source| StoreError::Sqlite {
+                path: path.clone(),
+                source,
+            })?;
         Ok(Self {
             conn,
             path,
             last_seq,
+            prune_from: 0,
+            since_trim: Default::default(),
+            writes: 0,
         })
+    }
+
+    /// Opens the store for the node's own writer: as [`Store::open`], without automatic WAL
+    /// checkpoints (a [`Checkpointer`] on a connection of its own does them, so that no
+    /// commit of the core's waits for one).
+    pub fn open_for_writer(dir: &Path) -> Result<Self, StoreError> {
+        let s = Self::open(dir)?;
+        s.conn
+            .pragma_update(None, "wal_autocheckpoint", 0)
+            .map_err(|e| s.err(e))?;
+        Ok(s)
     }
 
     /// Opens the store for a connector: its cursor, dead letters and attempts. Commits are
@@ -143,6 +187,41 @@ impl Store {
             source,
         })?;
         let _ = conn.busy_timeout(std::time::Duration::from_secs(5));
+        Ok(Reader { conn, path })
+    }
+
+    /// A read-only view of a store that was closed cleanly (no WAL to read), that neither
+    /// writes nor creates a file: what a node starting on a full disk can still read (a
+    /// normal reader must create the WAL index).
+    pub fn open_closed(dir: &Path) -> Result<Reader, StoreError> {
+        let path = dir.join("node.db");
+        let err = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let wal = dir.join("node.db-wal");
+        if std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0) {
+            // Committed transactions may wait in the WAL: the file alone is not the store.
+            return Err(err(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
+                Some("the store has a write-ahead log to read".into()),
+            )));
+        }
+        let mut uri = String::from("file:");
+        for b in path.to_string_lossy().bytes() {
+            match b {
+                b'?' | b'#' | b'%' | 0x80.. => uri.push_str(&format!("%{b:02X}")),
+                _ => uri.push(b as char),
+            }
+        }
+        uri.push_str("?immutable=1");
+        let conn = Connection::open_with_flags(
+            &uri,
+            OpenFlags::SQLITE_OPEN_READ_ONLY
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                | OpenFlags::SQLITE_OPEN_URI,
+        )
+        .map_err(err)?;
         Ok(Reader { conn, path })
     }
 
@@ -233,7 +312,19 @@ impl Store {
         &mut self,
         records: &[Record],
         kinds: &[&str],
+        json: impl FnMut(u64, usize) -> String,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        self.commit_at(records, kinds, json, SystemTime::now())
+    }
+
+    /// [`Store::commit`], the events stored at wall-clock `at` (retention counts from it): for
+    /// a benchmark that runs a year in minutes.
+    pub fn commit_at(
+        &mut self,
+        records: &[Record],
+        kinds: &[&str],
         mut json: impl FnMut(u64, usize) -> String,
+        at: SystemTime,
     ) -> Result<Vec<StoredEvent>, StoreError> {
         let path = self.path.clone();
         let err = |source| StoreError::Sqlite {
@@ -247,12 +338,17 @@ impl Store {
                 state::write(&tx, rec).map_err(err)?;
             }
             let mut event = tx
-                .prepare_cached("INSERT INTO events (seq, type, json) VALUES (?1, ?2, ?3)")
+                .prepare_cached(
+                    "INSERT INTO events (seq, type, json, stored_ms) VALUES (?1, ?2, ?3, ?4)",
+                )
                 .map_err(err)?;
+            let stored_ms = unix_ms(at);
             for (i, kind) in kinds.iter().enumerate() {
                 let seq = self.last_seq + 1 + i as u64;
                 let json = json(seq, i);
-                event.execute(params![seq, kind, json]).map_err(err)?;
+                event
+                    .execute(params![seq, kind, json, stored_ms])
+                    .map_err(err)?;
                 stored.push(StoredEvent {
                     seq,
                     kind: kind.to_string(),
@@ -261,12 +357,50 @@ impl Store {
             }
         }
         tx.commit().map_err(err)?;
+        self.writes += 1;
         self.last_seq += kinds.len() as u64;
         Ok(stored)
     }
 
     pub fn reader(&self) -> Result<Reader, StoreError> {
         Self::open_reader(self.path.parent().unwrap_or(Path::new(".")))
+    }
+
+    /// The stored incarnation, without moving it (for a node that cannot write).
+    pub fn incarnation(&self) -> Result<u64, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'incarnation'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .map(Option::unwrap_or_default)
+            .map_err(|e| self.err(e))
+    }
+
+    /// A small real write (the time of the last probe in `meta`): whether the store takes
+    /// writes, when there is nothing else to write.
+    pub fn probe_write(&mut self) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO meta (key, value) VALUES ('last_probe', ?1)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                params![unix_ms(SystemTime::now())],
+            )
+            .map_err(|e| self.err(e))?;
+        self.writes += 1;
+        Ok(())
+    }
+
+    /// Write transactions committed on this connection so far.
+    pub fn writes(&self) -> u64 {
+        self.writes
+    }
+
+    /// The file of the store.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 }
 
@@ -381,6 +515,82 @@ mod tests {
         let s = Store::open(&dir).unwrap();
         assert_eq!(s.next_seq(), 3);
         assert_eq!(s.reader().unwrap().events_after(0, 10).unwrap().len(), 2);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_store_of_the_last_release_opens_with_its_claims_and_epochs() {
+        let dir = tmp("release1");
+        std::fs::create_dir_all(&dir).unwrap();
+        {
+            // The last release's layout, exactly as its SCHEMA created it (no version).
+            let c = Connection::open(dir.join("node.db")).unwrap();
+            c.pragma_update(None, "journal_mode", "WAL").unwrap();
+            c.execute_batch(schema::STEPS[0].sql).unwrap();
+            c.execute_batch(
+                "INSERT INTO meta (key, value) VALUES ('incarnation', 1795565600000);
+                 INSERT INTO claims (resource, epoch, held) VALUES ('cam-1', 298, 1);
+                 INSERT INTO events (seq, type, json) VALUES (1, 'buddygate.server.down', '{}');
+                 INSERT INTO cursors (connector, seq) VALUES ('psim', 1);",
+            )
+            .unwrap();
+        }
+        let mut s = Store::open(&dir).unwrap();
+        let state = s.node_state().unwrap();
+        assert_eq!(
+            state.claims,
+            [StoredClaim {
+                resource: "cam-1".into(),
+                epoch: 298,
+                held: true
+            }]
+        );
+        assert_eq!(s.next_seq(), 2);
+        assert_eq!(s.next_incarnation(0).unwrap(), 1_795_565_600_001);
+        assert_eq!(s.reader().unwrap().cursor("psim").unwrap(), 1);
+        s.persist_claims(&[StoredClaim {
+            resource: "cam-1".into(),
+            epoch: 397,
+            held: true,
+        }])
+        .unwrap();
+        drop(s);
+        let s = Store::open(&dir).unwrap();
+        assert_eq!(s.node_state().unwrap().known, [("cam-1".to_string(), 397)]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn delivery_attempts_are_bounded_per_connector() {
+        let dir = tmp("attempts");
+        let mut s = Store::open_for_connector(&dir).unwrap();
+        let a = |seq| Attempt {
+            seq,
+            attempt: 1,
+            outcome: "http 503".into(),
+            latency_ms: 1,
+            time: "2026-11-25T00:00:00.000Z".into(),
+        };
+        for seq in 0..2_500 {
+            s.record_attempt("psim", &a(seq)).unwrap();
+            if seq % 10 == 0 {
+                s.delivered("bus", &a(seq)).unwrap();
+            }
+        }
+        let count = |c: &str| -> u64 {
+            s.conn
+                .query_row(
+                    "SELECT COUNT(*) FROM deliveries WHERE connector = ?1",
+                    params![c],
+                    |r| r.get(0),
+                )
+                .unwrap()
+        };
+        let psim = count("psim");
+        assert!((1000..1100).contains(&psim), "{psim}");
+        assert_eq!(count("bus"), 250);
+        let newest = s.reader().unwrap().attempts("psim", 1).unwrap();
+        assert_eq!(newest[0].seq, 2_499);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -29,8 +29,9 @@ pub struct Attempt {
     pub time: String,
 }
 
-/// Attempts kept per connector.
-const KEEP_ATTEMPTS: u64 = 1000;
+/// Delivery attempts kept per connector: the newest, trimmed every [`TRIM_EVERY`] writes.
+pub const KEEP_ATTEMPTS: u64 = 1000;
+const TRIM_EVERY: u32 = 100;
 
 impl Store {
     /// Records a successful delivery and moves the cursor, in one transaction.
@@ -53,53 +54,71 @@ impl Store {
             params![connector, a.seq],
         )
         .map_err(err)?;
-        tx.commit().map_err(err)
+        tx.commit().map_err(err)?;
+        self.writes += 1;
+        self.attempt_written(connector)
     }
 
     pub fn set_cursor(&mut self, connector: &str, seq: u64) -> Result<(), StoreError> {
-        self.conn
-            .execute(
-                "INSERT INTO cursors (connector, seq) VALUES (?1, ?2)
-                 ON CONFLICT(connector) DO UPDATE SET seq = excluded.seq",
-                params![connector, seq],
-            )
-            .map(|_| ())
-            .map_err(|e| self.err(e))
+        self.write(
+            "INSERT INTO cursors (connector, seq) VALUES (?1, ?2)
+             ON CONFLICT(connector) DO UPDATE SET seq = excluded.seq",
+            params![connector, seq],
+        )
+        .map(|_| ())
+    }
+
+    /// One statement in its own transaction; returns the rows it changed.
+    fn write(&mut self, sql: &str, p: impl rusqlite::Params) -> Result<usize, StoreError> {
+        let n = self.conn.execute(sql, p).map_err(|e| self.err(e))?;
+        self.writes += 1;
+        Ok(n)
+    }
+
+    /// Trims `connector`'s attempts to the newest [`KEEP_ATTEMPTS`] every [`TRIM_EVERY`]
+    /// writes.
+    fn attempt_written(&mut self, connector: &str) -> Result<(), StoreError> {
+        let n = self.since_trim.entry(connector.to_string()).or_default();
+        *n += 1;
+        if *n < TRIM_EVERY {
+            return Ok(());
+        }
+        *n = 0;
+        self.write(
+            "DELETE FROM deliveries WHERE connector = ?1 AND id <
+                 (SELECT id FROM deliveries WHERE connector = ?1 ORDER BY id DESC
+                  LIMIT 1 OFFSET ?2)",
+            params![connector, KEEP_ATTEMPTS - 1],
+        )
+        .map(|_| ())
     }
 
     pub fn add_dead_letter(&mut self, connector: &str, d: &DeadLetter) -> Result<(), StoreError> {
-        self.conn
-            .execute(
-                "INSERT INTO dead_letters (connector, seq, attempts, reason, time, replay)
-                 VALUES (?1, ?2, ?3, ?4, ?5, 0)
-                 ON CONFLICT(connector, seq) DO UPDATE SET attempts = dead_letters.attempts + excluded.attempts,
-                     reason = excluded.reason, time = excluded.time, replay = 0",
-                params![connector, d.seq, d.attempts, d.reason, d.time],
-            )
-            .map(|_| ())
-            .map_err(|e| self.err(e))
+        self.write(
+            "INSERT INTO dead_letters (connector, seq, attempts, reason, time, replay)
+             VALUES (?1, ?2, ?3, ?4, ?5, 0)
+             ON CONFLICT(connector, seq) DO UPDATE SET attempts = dead_letters.attempts + excluded.attempts,
+                 reason = excluded.reason, time = excluded.time, replay = 0",
+            params![connector, d.seq, d.attempts, d.reason, d.time],
+        )
+        .map(|_| ())
     }
 
     pub fn remove_dead_letter(&mut self, connector: &str, seq: u64) -> Result<(), StoreError> {
-        self.conn
-            .execute(
-                "DELETE FROM dead_letters WHERE connector = ?1 AND seq = ?2",
-                params![connector, seq],
-            )
-            .map(|_| ())
-            .map_err(|e| self.err(e))
+        self.write(
+            "DELETE FROM dead_letters WHERE connector = ?1 AND seq = ?2",
+            params![connector, seq],
+        )
+        .map(|_| ())
     }
 
     /// Queues every dead letter of `connector` for a replay and re-enables it; returns how
     /// many were queued.
     pub fn queue_replay(&mut self, connector: &str) -> Result<usize, StoreError> {
-        let n = self
-            .conn
-            .execute(
-                "UPDATE dead_letters SET replay = 1 WHERE connector = ?1",
-                params![connector],
-            )
-            .map_err(|e| self.err(e))?;
+        let n = self.write(
+            "UPDATE dead_letters SET replay = 1 WHERE connector = ?1",
+            params![connector],
+        )?;
         self.set_disabled(connector, None)?;
         Ok(n)
     }
@@ -109,35 +128,21 @@ impl Store {
         connector: &str,
         reason: Option<&str>,
     ) -> Result<(), StoreError> {
-        self.conn
-            .execute(
-                "INSERT INTO connector_state (connector, disabled_reason) VALUES (?1, ?2)
-                 ON CONFLICT(connector) DO UPDATE SET disabled_reason = excluded.disabled_reason",
-                params![connector, reason],
-            )
-            .map(|_| ())
-            .map_err(|e| self.err(e))
+        self.write(
+            "INSERT INTO connector_state (connector, disabled_reason) VALUES (?1, ?2)
+             ON CONFLICT(connector) DO UPDATE SET disabled_reason = excluded.disabled_reason",
+            params![connector, reason],
+        )
+        .map(|_| ())
     }
 
     pub fn record_attempt(&mut self, connector: &str, a: &Attempt) -> Result<(), StoreError> {
-        let id = self
-            .conn
-            .query_row(
-                "INSERT INTO deliveries (connector, seq, attempt, outcome, latency_ms, time)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING id",
-                params![connector, a.seq, a.attempt, a.outcome, a.latency_ms, a.time],
-                |r| r.get::<_, u64>(0),
-            )
-            .map_err(|e| self.err(e))?;
-        if id % 100 == 0 {
-            self.conn
-                .execute(
-                    "DELETE FROM deliveries WHERE connector = ?1 AND id <= ?2",
-                    params![connector, id.saturating_sub(KEEP_ATTEMPTS)],
-                )
-                .map_err(|e| self.err(e))?;
-        }
-        Ok(())
+        self.write(
+            "INSERT INTO deliveries (connector, seq, attempt, outcome, latency_ms, time)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![connector, a.seq, a.attempt, a.outcome, a.latency_ms, a.time],
+        )?;
+        self.attempt_written(connector)
     }
 }
 
@@ -148,7 +153,7 @@ pub struct Reader {
 }
 
 impl Reader {
-    fn err(&self, source: rusqlite::Error) -> StoreError {
+    pub(super) fn err(&self, source: rusqlite::Error) -> StoreError {
         StoreError::Sqlite {
             path: self.path.clone(),
             source,
@@ -185,6 +190,33 @@ impl Reader {
             .map_err(|e| self.err(e))?;
         let rows = stmt
             .query_map(params![connector], |r| {
+                Ok(DeadLetter {
+                    seq: r.get(0)?,
+                    attempts: r.get(1)?,
+                    reason: r.get(2)?,
+                    time: r.get(3)?,
+                    replay: r.get::<_, i64>(4)? != 0,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// `connector`'s dead letters queued for a replay, oldest first, at most `limit`.
+    pub fn queued_replays(
+        &self,
+        connector: &str,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT seq, attempts, reason, time, replay FROM dead_letters
+                 WHERE connector = ?1 AND replay = 1 ORDER BY seq LIMIT ?2",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![connector, limit as i64], |r| {
                 Ok(DeadLetter {
                     seq: r.get(0)?,
                     attempts: r.get(1)?,

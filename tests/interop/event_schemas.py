@@ -266,8 +266,8 @@ def envelope(ty, data):
             "specversion": {"const": "1.0"},
             "id": {
                 "type": "string",
-                "pattern": "^[A-Za-z0-9._-]{1,64}:[0-9]+(\\.r[0-9]+)?$",
-                "description": "`{node}:{seq}`: unique in the site, the same on every retry; also the `webhook-id` header. A re-assertion is `{node}:{seq}.r{unix ms}`.",
+                "pattern": "^[A-Za-z0-9._-]{1,64}:([0-9a-f]{12}:[0-9]+|[0-9]+\\.r[0-9]+)$",
+                "description": "`{node}:{run}:{seq}` (`run`: 12 hex digits drawn each time the node starts): unique in the site for good, across wiped or restored data dirs, and the same on every retry; also the `webhook-id` header. A re-assertion is `{node}:{seq}.r{unix ms}`.",
             },
             "type": {"const": ty},
             "source": {

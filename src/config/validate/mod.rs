@@ -24,7 +24,7 @@ pub(crate) use resolve::{resolve, resolve_ingress};
 use super::agent;
 use super::decode::Block;
 use super::expand::{ExResource, ExServer};
-use super::file::{ApiSection, ResourceBlock, SiteSection};
+use super::file::{ApiSection, ResourceBlock, SiteSection, StoreSection};
 use super::locate::{Issue, KeyPath};
 use super::model::SecretRef;
 
@@ -36,6 +36,7 @@ pub(crate) const MAX_ID_LEN: usize = 64;
 pub(crate) struct Expanded<'a> {
     pub(crate) site: Option<&'a Block<SiteSection>>,
     pub(crate) api: Option<&'a Block<ApiSection>>,
+    pub(crate) store: Option<&'a Block<StoreSection>>,
     pub(crate) servers: Vec<ExServer>,
     pub(crate) resources: Vec<ExResource>,
     /// The `[[resources]]` blocks as decoded: their agent settings are checked once per block.
@@ -62,6 +63,9 @@ pub(crate) fn validate(x: &Expanded<'_>) -> Vec<Issue> {
     }
     if let Some(api) = x.api {
         v.api(&api.value, &api.broken);
+    }
+    if let Some(store) = x.store {
+        v.store(&store.value, &store.broken);
     }
     v.index();
     for s in &x.servers {

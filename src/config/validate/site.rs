@@ -1,10 +1,10 @@
-//! `[site]` and `[api]`.
+//! `[site]`, `[api]` and `[store]`.
 
 use std::collections::HashSet;
 
 use super::{Validator, show};
 use crate::config::decode::Broken;
-use crate::config::file::{ApiSection, SiteSection};
+use crate::config::file::{ApiSection, SiteSection, StoreSection, size};
 use crate::config::ingress::{PushAllow, ReadAccess, is_host_name};
 use crate::config::locate::KeyPath;
 
@@ -132,4 +132,34 @@ impl<'a> Validator<'a> {
             self.secret(&at.key("password"), &u.password);
         }
     }
+
+    pub(super) fn store(&mut self, store: &StoreSection, broken: &Broken) {
+        let path = KeyPath::root().key("store");
+        if !broken.has("retention") && store.retention < MIN_RETENTION {
+            self.error(
+                &path.key("retention"),
+                format!(
+                    "{} is too short: at least {} (the event log is the API's history and \
+                     what connectors deliver from)",
+                    show(store.retention),
+                    show(MIN_RETENTION)
+                ),
+            );
+        }
+        if !broken.has("max_size") && store.max_size < MIN_STORE_SIZE {
+            self.error(
+                &path.key("max_size"),
+                format!(
+                    "{} is too small: at least {}",
+                    size::show(store.max_size),
+                    size::show(MIN_STORE_SIZE)
+                ),
+            );
+        }
+    }
 }
+
+/// The shortest `[store] retention`.
+const MIN_RETENTION: std::time::Duration = std::time::Duration::from_secs(3600);
+/// The smallest `[store] max_size`.
+const MIN_STORE_SIZE: u64 = 16 << 20;

@@ -57,6 +57,13 @@ pub struct MqttFile {
     #[serde(default, deserialize_with = "duration::deserialize_option")]
     #[schemars(with = "Option<String>")]
     pub message_expiry: Option<Duration>,
+    /// Publish every retained topic this node publishes again this often (e.g. `"5m"`, the
+    /// default; `"0s"`: never), with a new timestamp, even when nothing changed: a broker that
+    /// lost its retained messages, or kept a stale one (a node that lost an ownership
+    /// conflict published last), heals within the interval. At least `1s` when set.
+    #[serde(default = "default_reassert", with = "duration")]
+    #[schemars(with = "String", extend("default" = "5m"))]
+    pub reassert: Duration,
     /// Also publish every event under the ONVIF Profile M event-broker topic form,
     /// `{prefix}/onvif-ej/{ONVIF topic}`, as ONVIF event JSON. Default false.
     #[serde(default)]
@@ -88,6 +95,10 @@ const fn default_keep_alive() -> Duration {
     Duration::from_secs(5)
 }
 
+const fn default_reassert() -> Duration {
+    Duration::from_secs(300)
+}
+
 /// A validated MQTT connector. The password is still a reference: the runtime reads it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MqttConfig {
@@ -111,6 +122,8 @@ pub struct MqttConfig {
     pub tls: TlsFile,
     pub message_expiry: Option<Duration>,
     pub onvif_topics: bool,
+    /// Every retained topic is published again this often; `None`: never.
+    pub reassert: Option<Duration>,
     /// The connector file's folder: `file:` secrets are read from there.
     pub base: Option<PathBuf>,
 }
@@ -213,6 +226,12 @@ impl ConnectorFile for MqttFile {
                 ));
             }
         }
+        if !f.reassert.is_zero() && f.reassert < Duration::from_secs(1) {
+            issues.push(Issue::error(
+                &root.key("reassert"),
+                "at least 1s (or \"0s\": never)",
+            ));
+        }
         let tls = check_mqtt_tls(f, tls_enabled, base, issues);
         if errors(issues) > before {
             return None;
@@ -233,6 +252,7 @@ impl ConnectorFile for MqttFile {
             tls,
             message_expiry: f.message_expiry,
             onvif_topics: f.onvif_topics,
+            reassert: (!f.reassert.is_zero()).then_some(f.reassert),
             base: base.map(Path::to_path_buf),
         })
     }

@@ -8,11 +8,17 @@
 //!   than the birth that followed it.
 //! - `{prefix}/servers/{id}` and `{prefix}/resources/{id}`: retained state, published by the node
 //!   that serves it (a resource by its owner; a server by itself and by the node serving its
-//!   resources), whenever it changes and again on every reconnect, so a broker restarted without
-//!   persistence heals itself. Every payload carries the epoch: keep the newest.
+//!   resources), whenever it changes, whenever the set of a resource's claimants changes (an
+//!   `ownership.conflict` or `ownership.resolved` in the node's log: the winner publishes
+//!   again after the loser's last word), again on every reconnect and every `reassert`
+//!   interval, so a broker restarted without persistence, or left holding the loser's
+//!   message, heals itself. A resource no buddy can take is published by the node that reports
+//!   it unplaced: no owner, state `unplaced`. Every payload carries the epoch.
 //! - `{prefix}/events/{type}`: every event of the durable outbox, in order, not retained, at the
 //!   connector's QoS. The cursor moves only once the broker has acknowledged (PUBACK) the event
-//!   and every one before it: a broker down for hours loses nothing.
+//!   and every one before it: a broker down for hours loses nothing. An MQTT 5 broker that
+//!   refuses a publish (a PUBACK reason code such as `NotAuthorized`) makes it a dead letter,
+//!   kept and replayable like a webhook's; replays go once the live tail is published.
 //!
 //! With `protocol = "v5"` every publish also carries MQTT 5 properties: a content type
 //! (`application/cloudevents+json` for events, structured mode of the CloudEvents MQTT binding;
@@ -37,20 +43,20 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use serde_json::{Value, json};
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{Notify, broadcast, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 pub use self::config::{MqttConfig, MqttFile, MqttProtocol};
 use self::link::{Link, Note, Props};
 use self::session::{End, Sent, Session};
 pub use self::topics::onvif_messages;
 use self::topics::{event_props, retained, state_props};
-use super::{ConnectorStatus, secret_text};
+use super::{ConnectorStatus, StoredAt, secret_text};
 use crate::backoff::{Backoff, Jitter};
 use crate::cloudevents::rfc3339;
 use crate::config::{ServerIdx, Site};
-use crate::store::{Reader, Store, StoredEvent};
+use crate::store::{DeadLetter, Reader, Store, StoredEvent};
 use crate::view::Snapshot;
 
 /// Publishes queued or unacknowledged at once.
@@ -89,6 +95,9 @@ pub struct Mqtt {
     /// Retained state changed and not yet queued, by topic (the newest value wins); published
     /// within the window, before events.
     dirty: BTreeMap<String, Value>,
+    /// The node's view as last seen.
+    snap: Option<Arc<Snapshot>>,
+    stored_at: Arc<StoredAt>,
 }
 
 impl Mqtt {
@@ -141,7 +150,15 @@ impl Mqtt {
             status,
             published: HashMap::new(),
             dirty: BTreeMap::new(),
+            snap: None,
+            stored_at: Arc::new(StoredAt::default()),
         })
+    }
+
+    /// Measures the delivery latency from when the node stored each event.
+    pub fn with_stored_at(mut self, stored_at: Arc<StoredAt>) -> Self {
+        self.stored_at = stored_at;
+        self
     }
 
     /// The topic of this node's birth, death and Last Will.
@@ -151,19 +168,34 @@ impl Mqtt {
 
     /// Connects, serves, reconnects with backoff, until `cancel`.
     pub async fn run(
+        self,
+        events: broadcast::Receiver<Arc<StoredEvent>>,
+        snapshot: watch::Receiver<Arc<Snapshot>>,
+        cancel: CancellationToken,
+    ) {
+        self.run_with_replay(events, snapshot, Arc::new(Notify::new()), cancel)
+            .await;
+    }
+
+    /// [`Mqtt::run`], replaying the dead letters whenever `replay` is notified.
+    pub async fn run_with_replay(
         mut self,
         mut events: broadcast::Receiver<Arc<StoredEvent>>,
         mut snapshot: watch::Receiver<Arc<Snapshot>>,
+        replay: Arc<Notify>,
         cancel: CancellationToken,
     ) {
         info!(connector = %self.name, url = %self.cfg.url, client_id = %self.client_id, "MQTT connector running.");
         let mut failures = 0u32;
         self.refresh_status();
+        if let Ok(dead) = self.reader().dead_letters(&self.name) {
+            self.status.dead.store(dead.len() as u64, Ordering::Relaxed);
+        }
         loop {
             let ended = match self.connect_once(&cancel).await {
                 Ok(Some(session)) => {
                     failures = 0;
-                    self.serve(session, &mut events, &mut snapshot, &cancel)
+                    self.serve(session, &mut events, &mut snapshot, &replay, &cancel)
                         .await
                 }
                 Ok(None) => End::Cancelled,
@@ -188,6 +220,7 @@ impl Mqtt {
                     _ = &mut sleep => break,
                     // New events while away: the queue grows (status).
                     _ = events.recv() => self.refresh_status(),
+                    _ = replay.notified() => self.queue_replay(),
                 }
             }
         }
@@ -237,23 +270,43 @@ impl Mqtt {
         }
     }
 
+    /// Queues every dead letter for a replay (published once the live tail is).
+    fn queue_replay(&self) {
+        match self.store().queue_replay(&self.name) {
+            Ok(n) => info!(connector = %self.name, dead_letters = n, "Replay requested."),
+            Err(e) => warn!(connector = %self.name, error = %e, "Cannot queue a replay."),
+        }
+    }
+
+    /// The birth and every retained topic of this node, again, with new timestamps.
+    fn assert_all(&mut self, s: &mut Session) {
+        let birth = json!({"online": true, "timestamp": rfc3339(SystemTime::now())});
+        let props = state_props(None);
+        self.publish(s, self.online_topic(), birth, true, Sent::State, props);
+        self.published.clear();
+        if let Some(snap) = self.snap.clone() {
+            self.publish_state(&snap);
+        }
+    }
+
     /// Birth, retained state, then events until the connection ends or `cancel`.
     async fn serve(
         &mut self,
         mut s: Session,
         events: &mut broadcast::Receiver<Arc<StoredEvent>>,
         snapshot: &mut watch::Receiver<Arc<Snapshot>>,
+        replay: &Notify,
         cancel: &CancellationToken,
     ) -> End {
         info!(connector = %self.name, url = %self.cfg.url, "MQTT connected.");
         *self.status.last_error.lock().expect("status lock") = None;
-        let birth = json!({"online": true, "timestamp": rfc3339(SystemTime::now())});
-        let props = state_props(None);
-        self.publish(&mut s, self.online_topic(), birth, true, Sent::State, props);
-        self.published.clear();
         self.dirty.clear();
-        let snap = snapshot.borrow_and_update().clone();
-        self.publish_state(&snap);
+        self.snap = Some(snapshot.borrow_and_update().clone());
+        self.assert_all(&mut s);
+        let every = self.cfg.reassert;
+        let far = Duration::from_secs(86_400 * 365);
+        let reassert = tokio::time::sleep(every.unwrap_or(far));
+        tokio::pin!(reassert);
         match self.reader().cursor(&self.name) {
             Ok(c) => s.read = c,
             Err(e) => return End::Lost(format!("store: {e}")),
@@ -287,7 +340,14 @@ impl Mqtt {
                     }
                     let snap = snapshot.borrow_and_update().clone();
                     self.publish_state(&snap);
+                    self.snap = Some(snap);
                 }
+                _ = &mut reassert => {
+                    debug!(connector = %self.name, "Re-asserting every retained topic.");
+                    self.assert_all(&mut s);
+                    reassert.as_mut().reset(tokio::time::Instant::now() + every.unwrap_or(far));
+                }
+                _ = replay.notified() => self.queue_replay(),
                 r = events.recv() => {
                     if matches!(r, Err(broadcast::error::RecvError::Closed)) {
                         cancel.cancelled().await;
@@ -351,6 +411,7 @@ impl Mqtt {
             }
             for ev in batch {
                 s.read = ev.seq;
+                self.claimants_changed(&ev);
                 if !self.cfg.events.wants(&ev.kind) {
                     s.pending.insert(ev.seq, true);
                     continue;
@@ -372,7 +433,62 @@ impl Mqtt {
                 s.pending.insert(ev.seq, false);
             }
         }
+        if s.read >= head {
+            self.replay_some(s)?;
+        }
         self.advance(s)
+    }
+
+    /// An `ownership.conflict` or `ownership.resolved` for a resource: the set of its
+    /// claimants changed, so this node publishes its retained state again (if it publishes
+    /// it), after whatever the other claimant published.
+    fn claimants_changed(&mut self, ev: &StoredEvent) {
+        if !matches!(
+            ev.kind.as_str(),
+            "buddygate.ownership.conflict" | "buddygate.ownership.resolved"
+        ) {
+            return;
+        }
+        let Ok(v) = serde_json::from_str::<Value>(&ev.json) else {
+            return;
+        };
+        let Some(id) = v["data"]["resource"]["id"].as_str() else {
+            return;
+        };
+        let topic = format!("{}/resources/{id}", self.prefix);
+        if self.published.remove(&topic).is_some()
+            && let Some(snap) = self.snap.clone()
+        {
+            debug!(connector = %self.name, %topic, "Claimants changed; publishing again.");
+            self.publish_state(&snap);
+        }
+    }
+
+    /// Publishes dead letters queued for a replay, within the window (the live tail is
+    /// published).
+    fn replay_some(&mut self, s: &mut Session) -> anyhow::Result<()> {
+        if s.outstanding() >= WINDOW {
+            return Ok(());
+        }
+        let queued = self.reader().queued_replays(&self.name, WINDOW)?;
+        for dead in queued {
+            if s.outstanding() >= WINDOW {
+                break;
+            }
+            if !s.replaying.insert(dead.seq) {
+                continue;
+            }
+            let Some(ev) = self.reader().event(dead.seq)? else {
+                self.store().remove_dead_letter(&self.name, dead.seq)?;
+                self.status.dead.fetch_sub(1, Ordering::Relaxed);
+                continue;
+            };
+            let payload: Value = serde_json::from_str(&ev.json)?;
+            let topic = format!("{}/events/{}", self.prefix, ev.kind);
+            let props = event_props(&payload, self.cfg.message_expiry);
+            self.publish(s, topic, payload, false, Sent::Replay(ev.seq), props);
+        }
+        Ok(())
     }
 
     /// Moves the cursor past every acknowledged event at the front.
@@ -392,11 +508,64 @@ impl Mqtt {
         Ok(())
     }
 
-    fn acked(&mut self, s: &mut Session, what: Sent) {
-        if let Sent::Event(seq) = what {
-            s.pending.insert(seq, true);
-            self.status.delivered.fetch_add(1, Ordering::Relaxed);
+    /// The broker acknowledged `what`: an event is handled (its cursor may move), a replay
+    /// is no longer a dead letter. `refused`: an MQTT 5 broker refused it (a reason code),
+    /// which makes the event a dead letter instead.
+    fn acked(
+        &mut self,
+        s: &mut Session,
+        what: Sent,
+        refused: Option<String>,
+    ) -> anyhow::Result<()> {
+        match (what, refused) {
+            (Sent::Event(seq), None) => {
+                s.pending.insert(seq, true);
+                self.status.delivered.fetch_add(1, Ordering::Relaxed);
+                if let Some(at) = self.stored_at.get(seq) {
+                    self.status.latency_seconds.observe(at.elapsed());
+                }
+            }
+            (Sent::Event(seq), Some(reason)) => {
+                warn!(connector = %self.name, seq, %reason, "The broker refused an event; kept as a dead letter.");
+                self.bury(seq, &reason)?;
+                self.status.dead.fetch_add(1, Ordering::Relaxed);
+                s.pending.insert(seq, true);
+            }
+            (Sent::Replay(seq), None) => {
+                s.replaying.remove(&seq);
+                self.store().remove_dead_letter(&self.name, seq)?;
+                self.status.dead.fetch_sub(1, Ordering::Relaxed);
+                self.status.delivered.fetch_add(1, Ordering::Relaxed);
+            }
+            (Sent::Replay(seq), Some(reason)) => {
+                warn!(connector = %self.name, seq, %reason, "The broker refused a replay; a dead letter again.");
+                s.replaying.remove(&seq);
+                self.bury(seq, &reason)?;
+            }
+            (Sent::Copy | Sent::State | Sent::Death, Some(reason)) => {
+                warn!(connector = %self.name, %reason, "The broker refused a publish.");
+            }
+            (Sent::Copy | Sent::State | Sent::Death, None) => {}
         }
+        Ok(())
+    }
+
+    /// Event `seq` as a dead letter of this connector (refused by the broker).
+    fn bury(&mut self, seq: u64, reason: &str) -> anyhow::Result<()> {
+        self.status.failed.fetch_add(1, Ordering::Relaxed);
+        *self.status.last_error.lock().expect("status lock") =
+            Some(format!("publish refused: {reason}"));
+        self.store().add_dead_letter(
+            &self.name,
+            &DeadLetter {
+                seq,
+                attempts: 1,
+                reason: format!("publish refused: {reason}"),
+                time: rfc3339(SystemTime::now()),
+                replay: false,
+            },
+        )?;
+        Ok(())
     }
 
     fn on_note(&mut self, s: &mut Session, note: Note) -> anyhow::Result<()> {
@@ -407,20 +576,14 @@ impl Mqtt {
                 };
                 if pkid == 0 {
                     // QoS 0: written is all there is.
-                    self.acked(s, what);
+                    self.acked(s, what, None)?;
                 } else {
                     s.inflight.insert(pkid, what);
                 }
             }
             Note::Acked(pkid, refused) => {
                 if let Some(what) = s.inflight.remove(&pkid) {
-                    if let Some(reason) = refused {
-                        // Retrying would only be refused again: the event moves on, said loudly.
-                        warn!(connector = %self.name, reason = %reason, "The broker refused a publish.");
-                        *self.status.last_error.lock().expect("status lock") =
-                            Some(format!("publish refused: {reason}"));
-                    }
-                    self.acked(s, what);
+                    self.acked(s, what, refused)?;
                 }
             }
             _ => return Ok(()),
@@ -462,10 +625,12 @@ impl Mqtt {
                             s.inflight.insert(pkid, what);
                         }
                     }
-                    Some(Note::Acked(pkid, _)) => {
+                    Some(Note::Acked(pkid, refused)) => {
                         match s.inflight.remove(&pkid) {
                             Some(Sent::Death) => acked = true,
-                            Some(what) => self.acked(s, what),
+                            Some(what) => {
+                                let _ = self.acked(s, what, refused);
+                            }
                             None => {}
                         }
                     }

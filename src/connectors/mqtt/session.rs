@@ -1,7 +1,7 @@
 //! One connection to the broker, and what the connector tracks of it: the publishes queued,
 //! in flight and acknowledged.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use tokio::sync::mpsc;
 
@@ -11,6 +11,8 @@ use super::link::{Link, Note};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Sent {
     Event(u64),
+    /// A dead letter published again (a replay).
+    Replay(u64),
     /// The same event under its ONVIF topic: acknowledged with nothing to account.
     Copy,
     State,
@@ -31,6 +33,8 @@ pub(super) struct Session {
     pub(super) pending: BTreeMap<u64, bool>,
     /// The last seq read from the outbox.
     pub(super) read: u64,
+    /// Dead letters published again on this connection, not yet acknowledged.
+    pub(super) replaying: BTreeSet<u64>,
 }
 
 impl Drop for Session {
@@ -53,6 +57,7 @@ impl Session {
             inflight: HashMap::new(),
             pending: BTreeMap::new(),
             read: 0,
+            replaying: BTreeSet::new(),
         }
     }
 

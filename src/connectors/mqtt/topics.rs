@@ -32,26 +32,42 @@ pub(super) fn event_props(ce: &Value, message_expiry: Option<Duration>) -> Props
     }
 }
 
-/// The retained state `snap`'s node publishes under `prefix`, by topic, without timestamps.
+/// The retained state `snap`'s node publishes under `prefix`, by topic, without timestamps:
+/// the resources it serves (`state: active`), those it reports unplaced (no owner,
+/// `state: unplaced`), and the servers it is or serves.
 pub(super) fn retained(site: &Site, prefix: &str, snap: &Snapshot) -> BTreeMap<String, Value> {
     let me = snap.node;
     let mut out = BTreeMap::new();
     for v in &snap.resources {
+        let r = site.resource(v.resource);
+        let topic = format!("{}/resources/{}", prefix, r.id);
         // Published once it runs here: a subscriber switching to this address then finds
         // the camera recording (not a claim still starting).
-        if v.owner != Some(me) || v.state != ResourceState::Active {
-            continue;
+        if v.owner == Some(me) && v.state == ResourceState::Active {
+            out.insert(
+                topic,
+                json!({
+                    "kind": r.kind.as_str(),
+                    "owner": site.server(me).id,
+                    "address": site.server(me).address.to_string(),
+                    "epoch": v.epoch,
+                    "state": "active",
+                }),
+            );
+        } else if v.unplaced {
+            // Nobody serves it and no buddy can take it: the last owner's message must not
+            // stay retained as the truth. This node reports it (its first buddy that is up).
+            out.insert(
+                topic,
+                json!({
+                    "kind": r.kind.as_str(),
+                    "owner": null,
+                    "address": null,
+                    "epoch": v.epoch,
+                    "state": "unplaced",
+                }),
+            );
         }
-        let r = site.resource(v.resource);
-        out.insert(
-            format!("{}/resources/{}", prefix, r.id),
-            json!({
-                "kind": r.kind.as_str(),
-                "owner": site.server(me).id,
-                "address": site.server(me).address.to_string(),
-                "epoch": v.epoch,
-            }),
-        );
     }
     for sv in &snap.servers {
         let (served_by, epoch) = served_by(site, &snap.resources, sv.server);

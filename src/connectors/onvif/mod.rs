@@ -69,6 +69,12 @@ impl Onvif {
         })
     }
 
+    /// Measures the delivery latency from when the node stored each event.
+    pub fn with_stored_at(mut self, stored_at: Arc<super::StoredAt>) -> Self {
+        self.outbox.set_stored_at(stored_at);
+        self
+    }
+
     /// Delivers until `cancel`.
     pub async fn run(
         self,
@@ -116,19 +122,22 @@ impl Sink for Onvif {
             }
             match result {
                 Ok(()) => {}
-                Err(NotifyError::Status { status: 410, .. }) => return Try::Gone,
                 Err(NotifyError::Status {
                     status,
                     retry_after,
                     fault,
                     ..
                 }) => {
-                    return Try::Failed {
-                        reason: match fault {
-                            Some(f) => format!("http {status}: soap fault: {f}"),
-                            None => format!("http {status}"),
-                        },
-                        retry_after: retry_after.as_deref().and_then(parse_retry_after),
+                    let reason = match fault {
+                        Some(f) => format!("http {status}: soap fault: {f}"),
+                        None => format!("http {status}"),
+                    };
+                    let retry_after = retry_after.as_deref().and_then(parse_retry_after);
+                    return Try::for_status(status, reason, retry_after);
+                }
+                Err(NotifyError::Transport { source, .. }) if source.is_builder() => {
+                    return Try::Refused {
+                        reason: format!("request: {}", error_chain(&source)),
                     };
                 }
                 Err(NotifyError::Transport { source, .. }) => {

@@ -5,9 +5,11 @@
 //! The loop (the shared [`outbox`], one event per delivery): take the next event after the
 //! cursor; skip it if the `events` filter says so; deliver it, retrying on the `retry`
 //! schedule (honouring `Retry-After`); then move the cursor. A delivery that uses up the
-//! schedule becomes a dead letter (kept, replayable) and the next event goes; a `410 Gone`
-//! disables the endpoint until a replay. The `webhook-id` is the
-//! CloudEvent id, the same on every attempt and replay, so a receiver can drop duplicates.
+//! schedule becomes a dead letter (kept, replayable) and the next event goes, and so does one
+//! that cannot succeed (its template does not render, its URL cannot be built, a `4xx` other
+//! than `408` and `429`) at once; a `410 Gone` disables the endpoint until a replay. The
+//! `webhook-id` is the CloudEvent id, the same on every attempt and replay, so a receiver can
+//! drop duplicates.
 
 mod config;
 
@@ -99,6 +101,12 @@ impl Webhook {
         })
     }
 
+    /// Measures the delivery latency from when the node stored each event.
+    pub fn with_stored_at(mut self, stored_at: Arc<super::StoredAt>) -> Self {
+        self.outbox.set_stored_at(stored_at);
+        self
+    }
+
     /// Gives the connector the node's view, which `reassert` re-sends.
     pub fn with_snapshot(mut self, rx: tokio::sync::watch::Receiver<Arc<Snapshot>>) -> Self {
         self.snapshot = Some(rx);
@@ -143,7 +151,7 @@ impl Webhook {
             Try::Gone => {
                 let _ = self.outbox.disable("410 Gone on a re-assertion".into());
             }
-            Try::Failed { reason, .. } => {
+            Try::Failed { reason, .. } | Try::Refused { reason } => {
                 debug!(connector = %self.name, %reason, "Re-assertion not delivered; next interval.")
             }
         }
@@ -229,27 +237,24 @@ impl Webhook {
         }
         let sent = match sent {
             Ok(sent) => sent,
-            Err(reason) => {
-                return Try::Failed {
-                    reason,
-                    retry_after: None,
-                };
-            }
+            // The request cannot be made for this event (template, URL, method): another
+            // attempt would fail the same way.
+            Err(reason) => return Try::Refused { reason },
         };
         match sent {
             Ok(resp) if resp.status().is_success() => Try::Ok(resp.status().as_u16()),
-            Ok(resp) if resp.status() == reqwest::StatusCode::GONE => Try::Gone,
             Ok(resp) => {
                 let retry_after = resp
                     .headers()
                     .get(reqwest::header::RETRY_AFTER)
                     .and_then(|v| v.to_str().ok())
                     .and_then(parse_retry_after);
-                Try::Failed {
-                    reason: format!("http {}", resp.status().as_u16()),
-                    retry_after,
-                }
+                let status = resp.status().as_u16();
+                Try::for_status(status, format!("http {status}"), retry_after)
             }
+            Err(e) if e.is_builder() => Try::Refused {
+                reason: format!("request: {}", error_chain(&e)),
+            },
             Err(e) if e.is_timeout() => Try::Failed {
                 reason: format!("timeout after {:?}", self.cfg.timeout),
                 retry_after: None,
