@@ -50,7 +50,8 @@ pub(super) enum Action {
     /// With the wall-clock instant a takeover must cover from.
     Start(ResourceIdx, Epoch, Option<SystemTime>),
     Stop(ResourceIdx, Epoch),
-    Standby(ResourceIdx, bool),
+    /// Prepare (`true`) or release a hot standby; the home server's epoch.
+    Standby(ResourceIdx, bool, Epoch),
 }
 
 pub(super) struct Core {
@@ -180,7 +181,8 @@ impl Core {
                     actions.push(Action::Start(resource, epoch, cover_from));
                 }
                 Output::Standby { resource, prepare } => {
-                    actions.push(Action::Standby(resource, prepare))
+                    let epoch = self.node.resource_view(resource, now).epoch;
+                    actions.push(Action::Standby(resource, prepare, epoch));
                 }
                 Output::Stop { resource, epoch } => actions.push(Action::Stop(resource, epoch)),
             }
@@ -287,10 +289,15 @@ impl Core {
             match action {
                 Action::Start(resource, epoch, cover_from) => {
                     debug!(resource = %self.site.resource(resource).id, epoch, ?cover_from, "Starting.");
-                    self.agents.start(resource, epoch);
+                    self.agents.start_covering(resource, epoch, cover_from);
                 }
-                Action::Standby(resource, prepare) => {
-                    debug!(resource = %self.site.resource(resource).id, prepare, "Hot standby.");
+                Action::Standby(resource, prepare, epoch) => {
+                    debug!(resource = %self.site.resource(resource).id, prepare, epoch, "Hot standby.");
+                    if prepare {
+                        self.agents.standby(resource, epoch);
+                    } else {
+                        self.agents.release(resource, epoch);
+                    }
                 }
                 Action::Stop(resource, epoch) => {
                     debug!(resource = %self.site.resource(resource).id, epoch, "Stopping.");
