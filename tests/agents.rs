@@ -1311,3 +1311,47 @@ async fn pool_merges_each_interval_and_logs_an_agent_without_merge_once() {
     );
     assert_eq!(count(&metrics, "merge", "failed"), 0);
 }
+
+#[tokio::test]
+async fn a_pool_releases_the_hot_standbys_a_crashed_run_left_and_notes_its_own() {
+    let site = site(
+        "pool-leftover",
+        3,
+        exec("ops.sh"),
+        timings(SHORT * 10, None, 0),
+    );
+    let ids: Vec<String> = site.resources.iter().map(|r| r.id.clone()).collect();
+    let dir = std::env::temp_dir().join(format!("buddygate-leftover-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("standby");
+    // The last run died with cams 0 and 1 in standby; cam 1 is this node's now (a claim).
+    std::fs::write(&file, format!("{}\n{}\nno-such-cam\n", ids[0], ids[1])).expect("file");
+    let logs = |r: usize| {
+        let path = std::env::temp_dir().join(format!("buddygate-ops.{}.{}", site.name, ids[r]));
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let _ = std::fs::remove_file(&path);
+        text
+    };
+    for r in 0..3 {
+        logs(r);
+    }
+    let (pool, _reports, _metrics, _cancel) = new_pool(&site, 4);
+    let pool = pool.with_standby_file(file.clone(), |r| r == ResourceIdx(1));
+    pool.idle().await;
+    assert_eq!(logs(0), "stop epoch=0 cover= merge=..@/\n");
+    assert_eq!(
+        logs(1),
+        "",
+        "a resource this node holds is left to its start"
+    );
+    pool.standby(ResourceIdx(2), 199);
+    pool.idle().await;
+    assert_eq!(
+        std::fs::read_to_string(&file).expect("noted"),
+        format!("{}\n", ids[2])
+    );
+    pool.release(ResourceIdx(2), 199);
+    pool.idle().await;
+    assert_eq!(std::fs::read_to_string(&file).expect("noted"), "");
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}

@@ -134,6 +134,8 @@ enum JobKind {
     Standby,
     /// Release the hot standby (a `stop`), if one was prepared.
     Release,
+    /// Stop a hot standby an earlier run of the node left (it was killed with it prepared).
+    Leftover,
 }
 
 /// One interval a buddy recorded, for `merge`: `BUDDYGATE_MERGE_FROM`, `_TO`, `_SERVER`,
@@ -223,6 +225,9 @@ struct Shared {
     merging: watch::Sender<usize>,
     /// Hot standbys prepared now, with the epoch they were asked at.
     prepared: Mutex<HashMap<ResourceIdx, Epoch>>,
+    /// Where the ids of the prepared hot standbys are kept, for the next run to release what a
+    /// crash left.
+    standby_file: Option<std::path::PathBuf>,
     /// An agent without `standby` or `merge` was logged (once per node).
     told_unimplemented: [AtomicBool; 2],
 }
@@ -255,12 +260,39 @@ impl AgentPool {
                 pending: watch::Sender::new(0),
                 merging: watch::Sender::new(0),
                 prepared: Mutex::new(HashMap::new()),
+                standby_file: None,
                 told_unimplemented: [AtomicBool::new(false), AtomicBool::new(false)],
             }),
             backoff: START_BACKOFF,
             workers: Mutex::new(HashMap::new()),
             tracker: TaskTracker::new(),
         }
+    }
+
+    /// Keeps the ids of the prepared hot standbys in `file` (one per line), and releases the
+    /// ones an earlier run left there (it died with them prepared), unless `keep` says the
+    /// resource is this node's now (a start will take it over). Call before anything else.
+    pub fn with_standby_file(
+        mut self,
+        file: std::path::PathBuf,
+        keep: impl Fn(ResourceIdx) -> bool,
+    ) -> Self {
+        let left = std::fs::read_to_string(&file).unwrap_or_default();
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.standby_file = Some(file);
+        }
+        for id in left.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            let Some(i) = self.shared.site.resources.iter().position(|r| r.id == id) else {
+                continue;
+            };
+            let r = ResourceIdx(i as u32);
+            if keep(r) {
+                continue;
+            }
+            info!(resource = %id, "Releasing the hot standby an earlier run left.");
+            self.ask(r, JobKind::Leftover, 0);
+        }
+        self
     }
 
     /// Uses `backoff` between start attempts (for resources whose worker does not exist yet).
@@ -463,7 +495,7 @@ impl JobKind {
     fn op(self) -> Op {
         match self {
             JobKind::Start { .. } => Op::Start,
-            JobKind::Stop | JobKind::Release => Op::Stop,
+            JobKind::Stop | JobKind::Release | JobKind::Leftover => Op::Stop,
             JobKind::Standby => Op::Standby,
         }
     }
@@ -516,6 +548,10 @@ impl Worker {
                 }
                 JobKind::Standby => self.standby(job, 1).await.map(|()| false),
                 JobKind::Release => self.release(&job).await.map(|()| false),
+                JobKind::Leftover => {
+                    self.prepared = true;
+                    self.release(&job).await.map(|()| false)
+                }
             };
             self.ctx
                 .shared
@@ -814,10 +850,23 @@ impl Ctx {
             .prepared
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        match epoch {
-            Some(e) => prepared.insert(self.resource, e),
-            None => prepared.remove(&self.resource),
+        let changed = match epoch {
+            Some(e) => prepared.insert(self.resource, e).is_none(),
+            None => prepared.remove(&self.resource).is_some(),
         };
+        if let (true, Some(file)) = (changed, &self.shared.standby_file) {
+            let mut ids: Vec<&str> = prepared
+                .keys()
+                .filter_map(|r| self.shared.resource(*r).map(|r| r.id.as_str()))
+                .collect();
+            ids.sort_unstable();
+            let text: String = ids.iter().map(|id| format!("{id}\n")).collect();
+            let tmp = file.with_extension("tmp");
+            let written = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, file));
+            if let Err(e) = written {
+                debug!(file = %file.display(), error = %e, "Cannot note the hot standbys.");
+            }
+        }
     }
 
     /// Logs, once per node and operation, that an agent does without an optional operation.

@@ -54,6 +54,25 @@ pub(super) enum Action {
     Standby(ResourceIdx, bool, Epoch),
 }
 
+/// Where a clean shutdown is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Leaving {
+    No,
+    /// Told the buddies; they take over until the grace period ends.
+    HandingOver(Instant),
+    /// Stopping what is left, until the agents are done or this instant.
+    Stopping(Instant),
+}
+
+impl Leaving {
+    fn until(self) -> Option<Instant> {
+        match self {
+            Leaving::No => None,
+            Leaving::HandingOver(t) | Leaving::Stopping(t) => Some(t),
+        }
+    }
+}
+
 pub(super) struct Core {
     pub site: Arc<Site>,
     pub me: ServerIdx,
@@ -61,6 +80,8 @@ pub(super) struct Core {
     pub writer: mpsc::UnboundedSender<Job>,
     pub sockets: Vec<Arc<UdpSocket>>,
     pub agents: AgentPool,
+    /// Starts (and stops) the pool runs at once.
+    pub agent_concurrency: usize,
     pub origin: Instant,
     pub clock: Clock,
     pub events: broadcast::Sender<Arc<StoredEvent>>,
@@ -85,17 +106,32 @@ impl Core {
         mut inputs: Inputs,
         grace: Duration,
     ) -> anyhow::Result<()> {
-        let mut leaving_until: Option<Instant> = None;
+        let mut leaving = Leaving::No;
         loop {
             let deadline = self.origin + self.node.next_deadline();
+            let until = leaving.until().unwrap_or(deadline);
             let first = tokio::select! {
-                _ = cancel.cancelled(), if leaving_until.is_none() => {
-                    info!("Shutting down: telling the buddies we are leaving.");
-                    leaving_until = Some(Instant::now() + grace);
+                _ = cancel.cancelled(), if leaving == Leaving::No => {
+                    info!(grace = ?grace, "Shutting down: telling the buddies we are leaving.");
+                    leaving = Leaving::HandingOver(Instant::now() + grace);
                     Some(Input::Shutdown)
                 }
-                _ = tokio::time::sleep_until(leaving_until.unwrap_or(deadline)), if leaving_until.is_some() => {
-                    warn!("Buddies did not take everything over within the grace period; leaving anyway.");
+                _ = tokio::time::sleep_until(until), if leaving != Leaving::No => {
+                    match leaving {
+                        Leaving::HandingOver(_) => {
+                            let left = self.node.held().count();
+                            warn!(left, "Buddies did not take everything over within the grace period; stopping what is left.");
+                            leaving = Leaving::Stopping(Instant::now() + self.final_stops());
+                            None
+                        }
+                        _ => {
+                            warn!("Agents did not finish their last stops in time; leaving anyway.");
+                            break;
+                        }
+                    }
+                }
+                () = self.agents.idle(), if matches!(leaving, Leaving::Stopping(_)) && self.waiting.is_empty() => {
+                    info!("Every resource and hot standby of this node is stopped.");
                     break;
                 }
                 Some(done) = inputs.stored.recv() => {
@@ -134,9 +170,12 @@ impl Core {
                     self.publish();
                 }
             }
-            if leaving_until.is_some() && self.node.drained() && self.waiting.is_empty() {
+            if matches!(leaving, Leaving::HandingOver(_))
+                && self.node.drained()
+                && self.waiting.is_empty()
+            {
                 info!("Everything handed over; stopping.");
-                break;
+                leaving = Leaving::Stopping(Instant::now() + self.final_stops());
             }
         }
         // What was handed to the writer is committed before the node stops.
@@ -148,6 +187,28 @@ impl Core {
         }
         self.publish();
         Ok(())
+    }
+
+    /// At the end of a clean shutdown: stops every resource this node still holds (nobody
+    /// took it over within the grace period) and releases its hot standbys, after everything
+    /// already asked. How long to wait for them at most.
+    fn final_stops(&mut self) -> Duration {
+        let held: Vec<(ResourceIdx, Epoch)> =
+            self.node.held().map(|(r, epoch, _)| (r, epoch)).collect();
+        let mut longest = Duration::ZERO;
+        for &(r, epoch) in &held {
+            longest = longest.max(self.site.resource(r).timings.timeout);
+            self.waiting
+                .push_back((self.handed, Action::Stop(r, epoch)));
+        }
+        for r in self.agents.standing_by() {
+            longest = longest.max(self.site.resource(r).timings.timeout);
+        }
+        self.agents.release_all();
+        self.run_ready();
+        let rounds = held.len().div_ceil(self.agent_concurrency.max(1)) as u32;
+        // A start in flight finishes first, then each stop in turn.
+        longest * (rounds + 2) + Duration::from_secs(1)
     }
 
     pub(super) fn publish(&mut self) {

@@ -47,9 +47,10 @@ pub struct NodeConfig {
     pub api_token: Option<String>,
     /// ONVIF accounts `(user, password)`, secrets resolved.
     pub onvif_users: Vec<(String, String)>,
-    /// Resources started at once at most.
+    /// Agent starts run at once at most (and as many stops, and monitors).
     pub agent_concurrency: usize,
-    /// How long a clean shutdown waits for the buddies to take over.
+    /// How long a clean shutdown waits for the buddies to take over; then the node stops what
+    /// is left itself.
     pub shutdown_grace: Duration,
     /// Connector files of the site.
     pub connectors: Vec<crate::connectors::Connector>,
@@ -194,7 +195,10 @@ impl Daemon {
             metrics.clone(),
             inner.clone(),
             cfg.agent_concurrency,
-        );
+        )
+        .with_standby_file(cfg.data_dir.join("standby"), |r| {
+            restored.claims.iter().any(|c| c.resource == r && c.held)
+        });
         let (cmd_tx, commands) = mpsc::channel(64);
         let (events_tx, _) = broadcast::channel(1024);
         let first = Arc::new(Snapshot::of(&node, Duration::ZERO));
@@ -238,6 +242,7 @@ impl Daemon {
             writer,
             sockets,
             agents,
+            agent_concurrency: cfg.agent_concurrency,
             origin,
             clock,
             events: events_tx,

@@ -196,6 +196,11 @@ impl Cluster {
     }
 
     pub fn start(&mut self, id: &str) {
+        self.start_with(id, &[]);
+    }
+
+    /// Starts `id` with extra arguments to `buddygate run` (`--shutdown-grace 1s`, ...).
+    pub fn start_with(&mut self, id: &str, args: &[&str]) {
         let i = self.index(id);
         self.starts[i] += 1;
         let log =
@@ -204,6 +209,7 @@ impl Cluster {
             .args(["run", "--config"])
             .arg(&self.site)
             .args(["--node", id])
+            .args(args)
             .env("BUDDYGATE_LOG", "info,buddygate=debug")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
