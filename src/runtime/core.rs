@@ -8,7 +8,7 @@
 //!   heartbeating meanwhile;
 //! - events are published once stored.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
@@ -27,7 +27,7 @@ use crate::cloudevents::{self, Clock};
 use crate::config::{ResourceIdx, ServerIdx, Site};
 use crate::failover::{AgentOp, Epoch, Event, Input, Node, Output};
 use crate::store::StoredEvent;
-use crate::view::{Command, Metrics, Snapshot};
+use crate::view::{AgentTimes, Command, Metrics, Snapshot};
 
 /// Inputs taken in one turn, at most (the rest wait for the next turn).
 const BATCH: usize = 1024;
@@ -214,6 +214,10 @@ impl Core {
     pub(super) fn publish(&mut self) {
         self.last_publish = Instant::now();
         let mut snap = Snapshot::of(&self.node, self.now());
+        snap.agents = Arc::new(AgentTimes {
+            last: self.agents.last_ops(),
+            standby: self.agents.standing_by().into_iter().collect(),
+        });
         if let Ok(wire) = self.metrics.wire_rejected.lock() {
             for (&reason, &n) in wire.iter() {
                 *snap.stats.rejected.entry(reason).or_default() += n;
@@ -275,20 +279,37 @@ impl Core {
                     | Event::FailbackCompleted { .. }
             )
         });
-        let epochs: Arc<HashMap<ResourceIdx, u64>> = Arc::new(if needs_epochs {
-            self.node.held().map(|(r, epoch, _)| (r, epoch)).collect()
-        } else {
-            HashMap::new()
-        });
+        let mut held = cloudevents::Held::default();
+        if needs_epochs {
+            held.epochs = self.node.held().map(|(r, epoch, _)| (r, epoch)).collect();
+        }
+        for e in &events {
+            if let Event::FailoverCompleted { resources, .. }
+            | Event::FailbackCompleted { resources, .. } = e
+            {
+                held.started.extend(resources.iter().filter_map(|&r| {
+                    let t = self.agents.last_op(r, AgentOp::Start)?;
+                    let current = held.epochs.get(&r) == Some(&t.epoch);
+                    (t.ok && current).then_some((
+                        r,
+                        cloudevents::Started {
+                            at: t.done_at(),
+                            took: t.took,
+                        },
+                    ))
+                }));
+            }
+        }
+        let held = Arc::new(held);
         events
             .into_iter()
             .map(|event| {
                 let (site, me, clock) = (self.site.clone(), self.me, self.clock);
-                let (e, epochs) = (event.clone(), epochs.clone());
+                let (e, held) = (event.clone(), held.clone());
                 PendingEvent {
                     event,
                     json: Box::new(move |seq| {
-                        cloudevents::to_cloudevent(&site, me, seq, now, clock, &e, &epochs)
+                        cloudevents::to_cloudevent(&site, me, seq, now, clock, &e, &held)
                             .to_string()
                     }),
                 }

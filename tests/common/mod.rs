@@ -605,5 +605,6 @@ pub fn owners_snapshot(
             })
             .collect(),
         stats: Stats::default(),
+        agents: Default::default(),
     }
 }
