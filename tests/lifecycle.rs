@@ -630,10 +630,28 @@ async fn hot_standby_is_prepared_on_the_first_buddy_covers_the_takeover_and_is_r
     c.start_all();
     eventually(SECS(10), "live-1 records, fo-1 stands by", || async {
         let by: Vec<_> = rec.standing_by().into_iter().collect();
-        (rec.all_on("live-1", 3, "live-1") && by.len() == 3 && by.iter().all(|(n, _)| n == "fo-1"))
-            .then_some(())
+        let seen = all_owned_by(&c, "fo-1", "live-1", "live-1").await.is_some();
+        (seen
+            && rec.all_on("live-1", 3, "live-1")
+            && by.len() == 3
+            && by.iter().all(|(n, _)| n == "fo-1"))
+        .then_some(())
     })
     .await;
+    let fo = get(&format!("{}/api/v1/resources", c.api("fo-1")))
+        .await
+        .unwrap();
+    assert!(
+        fo["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["standby"] == true),
+        "fo-1 says it stands by: {fo}"
+    );
+    // Record a while: the takeover covers from a heartbeat interval before live-1 was last
+    // heard, well after fo-1 saw it record.
+    tokio::time::sleep(SECS(1)).await;
     let killed = std::time::SystemTime::now();
     c.kill9("live-1");
     rec.kill_node("live-1");
@@ -667,6 +685,98 @@ async fn hot_standby_is_prepared_on_the_first_buddy_covers_the_takeover_and_is_r
         (rec.all_on("live-1", 3, "live-1") && by.len() == 3).then_some(())
     })
     .await;
+    // Where the footage is, as fo-1 (up all along) saw it: live-1, fo-1 from the instant its
+    // start covered from, live-1 again; and live-1 merged fo-1's interval after the failback.
+    let ms = |t: &str| {
+        humantime::parse_rfc3339(t)
+            .unwrap_or_else(|e| panic!("{t}: {e}"))
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64
+    };
+    let killed_ms = killed
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    for i in 1..=3 {
+        let cam = format!("live-1-cam-{i:02}");
+        let url = format!("{}/api/v1/resources/{cam}/history", c.api("fo-1"));
+        let h = get(&url).await.expect("history");
+        let h = h.as_array().expect("a list");
+        let who: Vec<(&str, bool)> = h
+            .iter()
+            .map(|i| (i["owner"].as_str().unwrap(), i["to"].is_null()))
+            .collect();
+        assert_eq!(
+            who,
+            [("live-1", false), ("fo-1", false), ("live-1", true)],
+            "{cam}: {h:?}"
+        );
+        let cover = rec.written("fo-1", &cam, ".cover");
+        assert_eq!(
+            h[1]["from"],
+            cover.trim(),
+            "{cam}: fo-1's footage starts where it covered from"
+        );
+        assert_eq!(h[1]["exact"], true);
+        assert_eq!(h[1]["address"], c.servers[c.index("fo-1")].address.as_str());
+        let home_to = ms(h[0]["to"].as_str().unwrap());
+        assert!(
+            (killed_ms..killed_ms + 2000).contains(&home_to),
+            "{cam}: live-1 until {home_to}, killed at {killed_ms}"
+        );
+        assert!(h[1]["epoch"].as_u64() > h[0]["epoch"].as_u64());
+        assert!(h[2]["epoch"].as_u64() > h[1]["epoch"].as_u64());
+        // live-1 was down for fo-1's start: its own view says so.
+        let url = format!("{}/api/v1/resources/{cam}/history", c.api("live-1"));
+        let mine = get(&url).await.expect("history");
+        let mine = mine.as_array().unwrap();
+        assert_eq!(mine.len(), 3, "{mine:?}");
+        assert_eq!(
+            (&mine[1]["owner"], &mine[1]["exact"]),
+            (&h[1]["owner"], &false.into())
+        );
+        assert!(ms(mine[1]["from"].as_str().unwrap()) <= ms(h[1]["from"].as_str().unwrap()));
+        // The merge live-1 ran after the failback: fo-1's interval, as live-1 knows it.
+        let merged = eventually(SECS(5), "live-1 merged fo-1's footage", || async {
+            let m = rec.written("live-1", &cam, ".merge");
+            (!m.is_empty()).then_some(m)
+        })
+        .await;
+        let fields: Vec<&str> = merged.split_whitespace().collect();
+        assert_eq!(fields.len(), 4, "one interval: {merged}");
+        assert_eq!(fields[0], mine[1]["from"].as_str().unwrap(), "{merged}");
+        assert!(
+            ms(fields[1]) >= ms(mine[1]["to"].as_str().unwrap()) - 100,
+            "{merged}"
+        );
+        assert_eq!(
+            &fields[2..],
+            ["fo-1", c.servers[c.index("fo-1")].address.as_str()]
+        );
+    }
+    // Asking for a window keeps what overlaps it; a wrong id or time is refused.
+    let url = format!("{}/api/v1/resources/live-1-cam-01/history", c.api("fo-1"));
+    let since_kill = get(&format!("{url}?from={}", killed_ms + 3000))
+        .await
+        .unwrap();
+    assert_eq!(since_kill.as_array().unwrap().len(), 2, "{since_kill}");
+    let resp = client()
+        .get(format!(
+            "{}/api/v1/resources/no-such-cam/history",
+            c.api("fo-1")
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    let resp = client()
+        .get(format!("{url}?from=yesterday"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+
     let status = c.term("fo-1");
     assert!(status.success());
     assert!(rec.standing_by().is_empty(), "{:?}", rec.standing_by());

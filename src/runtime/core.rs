@@ -79,7 +79,9 @@ pub(super) struct Core {
     pub node: Node,
     pub writer: mpsc::UnboundedSender<Job>,
     pub sockets: Vec<Arc<UdpSocket>>,
-    pub agents: AgentPool,
+    pub agents: Arc<AgentPool>,
+    /// Where the footage is: asked for the intervals a failback's `merge` needs.
+    pub history: Option<super::history::Handle>,
     /// Starts (and stops) the pool runs at once.
     pub agent_concurrency: usize,
     pub origin: Instant,
@@ -327,6 +329,9 @@ impl Core {
                     if let Event::FailoverCompleted { takeover, .. } = &e {
                         self.metrics.takeover_seconds.observe(*takeover);
                     }
+                    if let Event::FailbackCompleted { resources, .. } = &e {
+                        self.merge(resources);
+                    }
                     log_event(&self.site, &e);
                     let _ = self.events.send(Arc::new(stored));
                 }
@@ -358,6 +363,26 @@ impl Core {
                 // An event that cannot be stored is fatal: nothing may be lost.
                 Err(anyhow::Error::new(e).context("cannot store events"))
             }
+        }
+    }
+
+    /// After a failback: each resource taken back gets a `merge` of what its buddies recorded
+    /// meanwhile, from the history (asked for now, at the failback's end).
+    fn merge(&self, resources: &[ResourceIdx]) {
+        let Some(history) = &self.history else {
+            return;
+        };
+        let at = SystemTime::now();
+        for &r in resources {
+            let Some((_, epoch, _)) = self.node.held().find(|(x, _, _)| *x == r) else {
+                continue;
+            };
+            let (history, agents) = (history.clone(), self.agents.clone());
+            let id = self.site.resource(r).id.clone();
+            tokio::spawn(async move {
+                let intervals = history.merge_intervals(id, epoch, at).await;
+                agents.merge(r, epoch, intervals);
+            });
         }
     }
 

@@ -6,9 +6,12 @@
 //!   starts, events are stored before they are published, and no heartbeat waits for a disk;
 //! - [`net`]: a receive task per heartbeat path (read, timestamp, authenticate, queue bounded
 //!   in bytes) and the witness probes;
-//! - [`records`]: the core's durable records to and from the store's.
+//! - [`records`]: the core's durable records to and from the store's;
+//! - [`history`]: the history of owners (where the footage is), written from the snapshots on
+//!   a thread of its own, and read for a failback's merges.
 
 mod core;
+mod history;
 mod net;
 mod records;
 mod writer;
@@ -203,6 +206,14 @@ impl Daemon {
         let (events_tx, _) = broadcast::channel(1024);
         let first = Arc::new(Snapshot::of(&node, Duration::ZERO));
         let (snap_tx, snap_rx) = watch::channel(first);
+        let (history, history_thread) =
+            match history::spawn(cfg.data_dir.clone(), snap_rx.clone(), inner.clone(), &tasks) {
+                Ok((h, t)) => (Some(h), Some(t)),
+                Err(e) => {
+                    warn!(error = %e, "Cannot start the history of owners; going on without it.");
+                    (None, None)
+                }
+            };
         let connectors = crate::connectors::start(
             crate::connectors::NodeFeeds {
                 site: site.clone(),
@@ -241,7 +252,8 @@ impl Daemon {
             node,
             writer,
             sockets,
-            agents,
+            agents: Arc::new(agents),
+            history,
             agent_concurrency: cfg.agent_concurrency,
             origin,
             clock,
@@ -269,6 +281,10 @@ impl Daemon {
             .is_err()
         {
             warn!("Some tasks did not stop within 5 s.");
+        }
+        drop(core);
+        if let Some(thread) = history_thread {
+            thread.finish(Duration::from_secs(2)).await;
         }
         result
     }

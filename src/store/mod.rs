@@ -1,10 +1,14 @@
 //! Durable node state in SQLite (bundled, WAL, `synchronous = FULL`): the boot counter, claims
 //! and epochs, the event log, and each connector's cursor into it (the outbox).
 //!
+//! [`history`]: each resource's owners over time (where the footage is), written by its own
+//! connection; its tables are created here with the others (the hook in [`Store::open`]).
+//!
 //! One [`Store`] is written by the task that owns the failover core, so a claim is on disk
 //! before its agent starts (DESIGN rule 4). Readers (the API, connectors) open their own
 //! connections with [`Store::open_reader`]; WAL lets them read while the core writes.
 
+pub mod history;
 mod outbox;
 mod state;
 
@@ -110,6 +114,8 @@ impl Store {
             .map_err(err)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
         conn.execute_batch(state::SCHEMA).map_err(err)?;
+        // Hook: the history's tables (src/store/history.rs).
+        conn.execute_batch(history::SCHEMA).map_err(err)?;
         let last_seq: u64 = conn
             .query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))
             .map_err(err)?;
