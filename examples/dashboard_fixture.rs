@@ -22,6 +22,7 @@ use std::time::{Duration, SystemTime};
 use buddygate::config::{Failback, Kind, Mode, ServerIdx, Site};
 use buddygate::failover::{DownReason, Event};
 use buddygate::sim::{Sim, SimOptions, SiteBuilder};
+use buddygate::store::history::{History, Owner, Seen};
 use buddygate::store::{Store, StoredEvent};
 use buddygate::view::{Metrics, Snapshot};
 use serde_json::{Value, json};
@@ -201,6 +202,33 @@ struct Fixture {
     metrics: Arc<Metrics>,
     events: broadcast::Sender<Arc<StoredEvent>>,
     snapshot: watch::Sender<Arc<Snapshot>>,
+    history: History,
+}
+
+/// Unix milliseconds.
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Writes `snap` into the history of owners, as the runtime does.
+fn observe(history: &mut History, snap: &Snapshot, at: SystemTime) -> anyhow::Result<()> {
+    let site = &snap.site;
+    let addresses: Vec<String> = site.servers.iter().map(|s| s.address.to_string()).collect();
+    let seen = snap.resources.iter().map(|v| Seen {
+        resource: site.resource(v.resource).id.as_str(),
+        owner: match (v.state, v.owner) {
+            (buddygate::failover::ResourceState::Active, Some(o)) => Some(Owner {
+                id: site.server(o).id.as_str(),
+                address: addresses[usize::from(o.0)].as_str(),
+                epoch: v.epoch,
+                covered_from: None,
+            }),
+            _ => None,
+        },
+    });
+    history.observe(unix_ms(at), seen)?;
+    Ok(())
 }
 
 impl Fixture {
@@ -244,8 +272,9 @@ impl Fixture {
             self.metrics
                 .datagrams_received
                 .store(stats.heartbeats_received + rejected, Ordering::Relaxed);
-            self.snapshot
-                .send_replace(Arc::new(Snapshot::of(node, self.sim.now())));
+            let snap = Snapshot::of(node, self.sim.now());
+            observe(&mut self.history, &snap, self.clock.at(self.sim.now()))?;
+            self.snapshot.send_replace(Arc::new(snap));
         }
         Ok(())
     }
@@ -284,6 +313,8 @@ async fn main() -> anyhow::Result<()> {
     ));
     let _ = std::fs::remove_dir_all(&dir);
     let store = Store::open(&dir)?;
+    // Where the footage is: live-1 recorded its cameras for the last hour, until it crashed.
+    let mut history = History::open(&dir, "fo-1", unix_ms(SystemTime::now()))?;
 
     // Boot the site, then crash live-1 and let fo-1 take over, in virtual time.
     let mut sim = Sim::new(site(), SimOptions::default());
@@ -299,6 +330,15 @@ async fn main() -> anyhow::Result<()> {
     let node = sim
         .clone_node(me)
         .ok_or_else(|| anyhow::anyhow!("fo-1 is not running"))?;
+    {
+        let mut before = Snapshot::of(&node, sim.now());
+        let live1 = sim.idx("live-1");
+        for v in before.resources.iter_mut().filter(|v| v.owner == Some(me)) {
+            (v.owner, v.epoch) = (Some(live1), 199);
+        }
+        let hour = SystemTime::now() - Duration::from_secs(3600);
+        observe(&mut history, &before, hour)?;
+    }
 
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     let metrics = Arc::new(Metrics::default());
@@ -332,6 +372,7 @@ async fn main() -> anyhow::Result<()> {
         metrics,
         events: served.events,
         snapshot: served.snapshot,
+        history,
     };
     fx.publish()?;
     println!("listening on {}", served.base);

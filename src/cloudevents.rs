@@ -64,11 +64,27 @@ fn server(site: &Site, s: ServerIdx) -> Value {
     json!({"id": srv.id, "address": srv.address.to_string()})
 }
 
+/// How one of the node's resources started: when the start was complete (the resource
+/// worked), and how long it took from the moment it was asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Started {
+    pub at: SystemTime,
+    pub took: Duration,
+}
+
+/// What the node knows of its own resources for an event: their epochs, and for
+/// `failover.completed` and `failback.completed` how each started.
+#[derive(Debug, Clone, Default)]
+pub struct Held {
+    pub epochs: HashMap<ResourceIdx, u64>,
+    pub started: HashMap<ResourceIdx, Started>,
+}
+
 fn resources_with_owner(
     site: &Site,
     rs: &[ResourceIdx],
     owner: ServerIdx,
-    epochs: &HashMap<ResourceIdx, u64>,
+    held: &Held,
     fallback: u64,
 ) -> Value {
     let o = site.server(owner);
@@ -76,13 +92,18 @@ fn resources_with_owner(
         rs.iter()
             .map(|&r| {
                 let res = site.resource(r);
-                json!({
+                let mut v = json!({
                     "id": res.id,
                     "kind": res.kind.as_str(),
                     "owner": o.id,
                     "address": o.address.to_string(),
-                    "epoch": epochs.get(&r).copied().unwrap_or(fallback),
-                })
+                    "epoch": held.epochs.get(&r).copied().unwrap_or(fallback),
+                });
+                if let Some(s) = held.started.get(&r) {
+                    v["started_at"] = rfc3339(s.at).into();
+                    v["start_ms"] = (s.took.as_millis() as u64).into();
+                }
+                v
             })
             .collect(),
     )
@@ -96,7 +117,7 @@ fn moved(
     new_server: ServerIdx,
     epoch: u64,
     resources: &[ResourceIdx],
-    epochs: &HashMap<ResourceIdx, u64>,
+    held: &Held,
 ) -> Map<String, Value> {
     let mut data = Map::new();
     data.insert("site".into(), site.name.clone().into());
@@ -105,7 +126,7 @@ fn moved(
     data.insert("epoch".into(), epoch.into());
     data.insert(
         "resources".into(),
-        resources_with_owner(site, resources, new_server, epochs, epoch),
+        resources_with_owner(site, resources, new_server, held, epoch),
     );
     data
 }
@@ -131,14 +152,15 @@ pub struct Emitter<'a> {
 }
 
 /// The CloudEvent for `event`, emitted at the core's instant `at` (`clock` read then), stored
-/// as `seq`. `epochs` holds the epoch of each resource this node holds.
+/// as `seq`. `held`: the epoch of each resource this node holds, and how the ones of a
+/// completed failover or failback started.
 pub fn to_cloudevent(
     from: Emitter<'_>,
     seq: u64,
     at: Duration,
     clock: Clock,
     event: &Event,
-    epochs: &HashMap<ResourceIdx, u64>,
+    held: &Held,
 ) -> Value {
     let Emitter { site, node, run } = from;
     let me = &site.server(node).id;
@@ -165,7 +187,7 @@ pub fn to_cloudevent(
             new_server,
             epoch,
             resources,
-        } => Value::Object(moved(site, *s, *new_server, *epoch, resources, epochs)),
+        } => Value::Object(moved(site, *s, *new_server, *epoch, resources, held)),
         Event::FailoverCompleted {
             server: s,
             new_server,
@@ -175,7 +197,7 @@ pub fn to_cloudevent(
             down_since,
             takeover,
         } => {
-            let mut data = moved(site, *s, *new_server, *epoch, resources, epochs);
+            let mut data = moved(site, *s, *new_server, *epoch, resources, held);
             data.insert("failed".into(), failed(site, f));
             data.insert("down_since".into(), rfc3339(clock.wall(*down_since)).into());
             data.insert("takeover_ms".into(), (takeover.as_millis() as u64).into());
@@ -192,7 +214,7 @@ pub fn to_cloudevent(
             "server": server(site, *s),
             "new_server": server(site, *s),
             "epoch": epoch,
-            "resources": resources_with_owner(site, resources, *s, epochs, *epoch),
+            "resources": resources_with_owner(site, resources, *s, held, *epoch),
             "failed": failed(site, f),
             "failback_ms": duration.as_millis() as u64,
         }),

@@ -5,13 +5,14 @@
 //! The core is owned by one task (no `Mutex` around it); everything here is a copy, a counter
 //! or a message. The runtime writes these, the readers read them: neither imports the other.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-use crate::config::{ServerIdx, Site};
+use crate::agent::OpTime;
+use crate::config::{ResourceIdx, ServerIdx, Site};
 use crate::failover::wire::Action;
 use crate::failover::{Node, ResourceView, ServerView, Stats};
 
@@ -32,6 +33,17 @@ pub struct Snapshot {
     /// One per resource of the site, in site order.
     pub resources: Vec<ResourceView>,
     pub stats: Stats,
+    /// This node's agents: each resource's last start and stop here, and its hot standbys.
+    pub agents: Arc<AgentTimes>,
+}
+
+/// What this node's agents did: when each resource last started and stopped here (from the
+/// moment it was asked for to the moment it worked, or was stopped), and which resources it
+/// keeps in hot standby.
+#[derive(Debug, Clone, Default)]
+pub struct AgentTimes {
+    pub last: HashMap<ResourceIdx, (Option<OpTime>, Option<OpTime>)>,
+    pub standby: HashSet<ResourceIdx>,
 }
 
 impl Snapshot {
@@ -49,6 +61,7 @@ impl Snapshot {
                 .collect(),
             resources: node.resource_views(now),
             stats: node.stats().clone(),
+            agents: Arc::default(),
             site,
         }
     }

@@ -65,6 +65,7 @@ fn timings(timeout: Duration, monitor_interval: Option<Duration>, retries: u32) 
         retries,
         ready_timeout: None,
         standby: false,
+        merge_timeout: Duration::from_secs(600),
     }
 }
 
@@ -320,6 +321,8 @@ fn http(url: String, method: &str, body: Option<&str>) -> AgentSpec {
         method: method.into(),
         body: body.map(str::to_string),
         headers: vec![("x-token".into(), "s3cret".into())],
+        standby_url: None,
+        merge_url: None,
     }
 }
 
@@ -1012,4 +1015,343 @@ async fn pool_measures_each_start_and_stop_from_the_moment_it_was_asked() {
             (1, Duration::from_millis(800))
         ]
     );
+}
+
+/// The lines the `ops.sh` fixture wrote for the first resource of `site` (and removes them).
+fn ops_written(site: &Site) -> Vec<String> {
+    let path = fixture_file("ops", &env_of_any(site), "");
+    let text = std::fs::read_to_string(&path).unwrap_or_default();
+    let _ = std::fs::remove_file(&path);
+    text.lines().map(str::to_string).collect()
+}
+
+#[tokio::test]
+async fn optional_operations_an_agent_lacks_are_unimplemented_not_failures() {
+    let lacking = with_params(
+        site(
+            "ops-lacking",
+            1,
+            exec("ops.sh"),
+            timings(SHORT * 10, None, 0),
+        ),
+        &[("extras", text("no"))],
+    );
+    ops_written(&lacking);
+    for op in [Op::Standby, Op::Merge] {
+        let e = run(&lacking, op).await.expect_err("exit 3");
+        assert!(matches!(e, AgentError::Unimplemented(_)), "{op}: {e:?}");
+        assert_eq!(e.outcome(), "unimplemented");
+        assert_eq!(
+            e.to_string(),
+            format!("not implemented by this agent: {op}: unknown operation")
+        );
+    }
+    run(&lacking, Op::Start).await.expect("start is there");
+    assert_eq!(ops_written(&lacking), ["start epoch=7 cover= merge=..@/"]);
+
+    // An http agent without `standby_url` / `merge_url` sends nothing for them.
+    let vms = Vms::default();
+    let addr = vms.clone().serve().await;
+    let plain = http(format!("http://{addr}/{{{{ op }}}}"), "POST", None);
+    let site_plain = site("http-ops", 1, plain, timings(SHORT * 10, None, 0));
+    let e = run(&site_plain, Op::Standby)
+        .await
+        .expect_err("no standby_url");
+    assert_eq!(
+        e.to_string(),
+        "not implemented by this agent: no standby_url"
+    );
+    let e = run(&site_plain, Op::Merge).await.expect_err("no merge_url");
+    assert_eq!(e.to_string(), "not implemented by this agent: no merge_url");
+    assert!(vms.seen().is_empty());
+}
+
+#[tokio::test]
+async fn cover_from_and_merge_variables_reach_exec_and_http_agents() {
+    let site_exec = site("ops-vars", 1, exec("ops.sh"), timings(SHORT * 10, None, 0));
+    ops_written(&site_exec);
+    let agents = Agents::new();
+    let r = &site_exec.resources[0];
+    let mut env = env_of(&site_exec);
+    env.op_vars = vec![("cover_from", "2026-11-24T22:00:00.250Z".into())];
+    agents
+        .run(&r.agent, &env, Op::Start, r.timings.timeout)
+        .await
+        .expect("start");
+    env.op_vars = vec![
+        ("merge_from", "2026-11-24T22:00:00.250Z".into()),
+        ("merge_to", "2026-11-24T22:05:00.000Z".into()),
+        ("merge_server", "fo-1".into()),
+        ("merge_address", "10.0.1.21".into()),
+    ];
+    agents
+        .run(&r.agent, &env, Op::Merge, r.timings.timeout)
+        .await
+        .expect("merge");
+    env.op_vars = Vec::new();
+    agents
+        .run(&r.agent, &env, Op::Stop, r.timings.timeout)
+        .await
+        .expect("stop");
+    assert_eq!(
+        ops_written(&site_exec),
+        [
+            "start epoch=7 cover=2026-11-24T22:00:00.250Z merge=..@/",
+            "merge epoch=7 cover= merge=2026-11-24T22:00:00.250Z..2026-11-24T22:05:00.000Z@fo-1/10.0.1.21",
+            "stop epoch=7 cover= merge=..@/",
+        ]
+    );
+
+    // http: `standby_url` and `merge_url` for those operations; every op variable is defined,
+    // `none` when the operation has none.
+    let vms = Vms::default();
+    let addr = vms.clone().serve().await;
+    let agent = AgentSpec::Http {
+        url: format!("http://{addr}/cams/{{{{ resource }}}}/{{{{ op }}}}"),
+        method: "POST".into(),
+        body: Some(
+            "{{ op }} {{ cover_from or '-' }} {{ merge_from or '-' }} {{ merge_server or '-' }}"
+                .into(),
+        ),
+        headers: Vec::new(),
+        standby_url: Some(format!("http://{addr}/standby/{{{{ resource }}}}")),
+        merge_url: Some(format!(
+            "http://{addr}/merge/{{{{ resource }}}}?from={{{{ merge_from }}}}&to={{{{ merge_to }}}}&server={{{{ merge_server }}}}"
+        )),
+    };
+    let site_http = site("http-ops-vars", 1, agent, timings(SHORT * 10, None, 0));
+    let r = &site_http.resources[0];
+    let mut env = env_of(&site_http);
+    for op in [Op::Standby, Op::Start, Op::Merge] {
+        env.op_vars = match op {
+            Op::Start => vec![("cover_from", "2026-11-24T22:00:00.250Z".into())],
+            Op::Merge => vec![
+                ("merge_from", "2026-11-24T22:00:00.250Z".into()),
+                ("merge_to", "2026-11-24T22:05:00.000Z".into()),
+                ("merge_server", "fo-1".into()),
+                ("merge_address", "10.0.1.21".into()),
+            ],
+            _ => Vec::new(),
+        };
+        agents
+            .run(&r.agent, &env, op, r.timings.timeout)
+            .await
+            .unwrap_or_else(|e| panic!("{op}: {e}"));
+    }
+    let seen: Vec<(String, String)> = vms.seen().into_iter().map(|s| (s.uri, s.body)).collect();
+    let cam = &env.resource;
+    assert_eq!(
+        seen,
+        [
+            (format!("/standby/{cam}"), "standby - - -".to_string()),
+            (
+                format!("/cams/{cam}/start"),
+                "start 2026-11-24T22:00:00.250Z - -".to_string()
+            ),
+            (
+                format!(
+                    "/merge/{cam}?from=2026-11-24T22:00:00.250Z&to=2026-11-24T22:05:00.000Z&server=fo-1"
+                ),
+                "merge - 2026-11-24T22:00:00.250Z fo-1".to_string()
+            ),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn pool_prepares_a_standby_that_a_start_supersedes_and_a_release_stops() {
+    let site = site(
+        "pool-standby",
+        2,
+        exec("ops.sh"),
+        timings(SHORT * 10, None, 0),
+    );
+    ops_written(&site);
+    let (pool, mut reports, metrics, _cancel) = new_pool(&site, 4);
+    let cam = ResourceIdx(0);
+    let cover = std::time::UNIX_EPOCH + Duration::from_millis(1_795_557_600_250);
+    pool.standby(cam, 199);
+    pool.standby(cam, 199); // prepared already: nothing more runs
+    pool.idle().await;
+    assert_eq!(pool.standing_by(), [cam]);
+    pool.start_covering(cam, 298, Some(cover));
+    assert_eq!(
+        next(&mut reports).await,
+        done(0, 298, AgentOp::Start, Ok(()))
+    );
+    assert!(
+        pool.standing_by().is_empty(),
+        "the start superseded the standby"
+    );
+    let time = pool.last_op(cam, AgentOp::Start).expect("measured");
+    assert!(
+        time.from_standby && time.cover_from == Some(cover),
+        "{time:?}"
+    );
+    pool.stop(cam, 298);
+    assert_eq!(
+        next(&mut reports).await,
+        done(0, 298, AgentOp::Stop, Ok(()))
+    );
+    pool.release(cam, 399); // nothing prepared: nothing runs
+    pool.standby(cam, 399);
+    pool.release(cam, 399);
+    pool.idle().await;
+    assert_eq!(
+        ops_written(&site),
+        [
+            "standby epoch=199 cover= merge=..@/",
+            "start epoch=298 cover=2026-11-24T22:00:00.250Z merge=..@/",
+            "stop epoch=298 cover= merge=..@/",
+            "standby epoch=399 cover= merge=..@/",
+            "stop epoch=399 cover= merge=..@/",
+        ]
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), reports.recv())
+            .await
+            .is_err(),
+        "standbys and releases are never reported to the core"
+    );
+    assert_eq!(count(&metrics, "standby", "ok"), 2);
+
+    // An agent without `standby`: nothing prepared, so its release runs nothing either.
+    let lacking = with_params(site.clone(), &[("extras", text("no"))]);
+    ops_written(&lacking);
+    let (pool, _reports, metrics, _cancel) = new_pool(&lacking, 4);
+    pool.standby(cam, 199);
+    pool.release(cam, 199);
+    pool.release_all();
+    pool.idle().await;
+    assert!(ops_written(&lacking).is_empty());
+    assert_eq!(count(&metrics, "standby", "unimplemented"), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn starts_in_flight_never_delay_a_stop_or_a_monitor() {
+    let slow = AgentSpec::Simulated {
+        activation: Duration::from_secs(5),
+        fail: None,
+    };
+    let site = site(
+        "pool-starve",
+        4,
+        slow,
+        timings(Duration::from_secs(10), Some(Duration::from_secs(1)), 0),
+    );
+    // One start at a time: cam 0 starts, cam 1 waits for the permit.
+    let (pool, mut reports, metrics, _cancel) = new_pool(&site, 1);
+    let began = Instant::now();
+    pool.start(ResourceIdx(0), 1);
+    pool.start(ResourceIdx(1), 1);
+    pool.stop(ResourceIdx(2), 1);
+    assert_eq!(next(&mut reports).await, done(2, 1, AgentOp::Stop, Ok(())));
+    assert!(
+        began.elapsed() < Duration::from_millis(10),
+        "{:?}",
+        began.elapsed()
+    );
+    assert_eq!(next(&mut reports).await, done(0, 1, AgentOp::Start, Ok(())));
+    // cam 0 is monitored every second while cam 1 starts (5 s) under the only start permit.
+    pool.start(ResourceIdx(3), 1);
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert_eq!(count(&metrics, "monitor", "ok"), 3);
+    assert_eq!(next(&mut reports).await, done(1, 1, AgentOp::Start, Ok(())));
+}
+
+#[tokio::test]
+async fn pool_merges_each_interval_and_logs_an_agent_without_merge_once() {
+    use buddygate::agent::MergeInterval;
+    let site = site(
+        "pool-merge",
+        1,
+        exec("ops.sh"),
+        timings(SHORT * 10, None, 0),
+    );
+    ops_written(&site);
+    let at = |ms: u64| std::time::UNIX_EPOCH + Duration::from_millis(ms);
+    let intervals = vec![
+        MergeInterval {
+            from: at(1_795_557_600_250),
+            to: at(1_795_557_660_000),
+            server: "fo-1".into(),
+            address: "10.0.1.21".parse().unwrap(),
+        },
+        MergeInterval {
+            from: at(1_795_557_660_000),
+            to: at(1_795_557_700_000),
+            server: "fo-2".into(),
+            address: "10.0.1.22".parse().unwrap(),
+        },
+    ];
+    let (pool, mut reports, metrics, _cancel) = new_pool(&site, 4);
+    pool.merge(ResourceIdx(0), 399, intervals.clone());
+    pool.wait_merges().await;
+    assert_eq!(
+        ops_written(&site),
+        [
+            "merge epoch=399 cover= merge=2026-11-24T22:00:00.250Z..2026-11-24T22:01:00.000Z@fo-1/10.0.1.21",
+            "merge epoch=399 cover= merge=2026-11-24T22:01:00.000Z..2026-11-24T22:01:40.000Z@fo-2/10.0.1.22",
+        ]
+    );
+    assert_eq!(count(&metrics, "merge", "ok"), 2);
+    assert!(
+        reports.try_recv().is_err(),
+        "merges are not reported to the core"
+    );
+
+    let lacking = with_params(site.clone(), &[("extras", text("no"))]);
+    let (pool, _reports, metrics, _cancel) = new_pool(&lacking, 4);
+    pool.merge(ResourceIdx(0), 399, intervals);
+    pool.wait_merges().await;
+    assert_eq!(
+        count(&metrics, "merge", "unimplemented"),
+        1,
+        "the first interval tells: the agent has no merge"
+    );
+    assert_eq!(count(&metrics, "merge", "failed"), 0);
+}
+
+#[tokio::test]
+async fn a_pool_releases_the_hot_standbys_a_crashed_run_left_and_notes_its_own() {
+    let site = site(
+        "pool-leftover",
+        3,
+        exec("ops.sh"),
+        timings(SHORT * 10, None, 0),
+    );
+    let ids: Vec<String> = site.resources.iter().map(|r| r.id.clone()).collect();
+    let dir = std::env::temp_dir().join(format!("buddygate-leftover-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("standby");
+    // The last run died with cams 0 and 1 in standby; cam 1 is this node's now (a claim).
+    std::fs::write(&file, format!("{}\n{}\nno-such-cam\n", ids[0], ids[1])).expect("file");
+    let logs = |r: usize| {
+        let path = std::env::temp_dir().join(format!("buddygate-ops.{}.{}", site.name, ids[r]));
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let _ = std::fs::remove_file(&path);
+        text
+    };
+    for r in 0..3 {
+        logs(r);
+    }
+    let (pool, _reports, _metrics, _cancel) = new_pool(&site, 4);
+    let pool = pool.with_standby_file(file.clone(), |r| r == ResourceIdx(1));
+    pool.idle().await;
+    assert_eq!(logs(0), "stop epoch=0 cover= merge=..@/\n");
+    assert_eq!(
+        logs(1),
+        "",
+        "a resource this node holds is left to its start"
+    );
+    pool.standby(ResourceIdx(2), 199);
+    pool.idle().await;
+    assert_eq!(
+        std::fs::read_to_string(&file).expect("noted"),
+        format!("{}\n", ids[2])
+    );
+    pool.release(ResourceIdx(2), 199);
+    pool.idle().await;
+    assert_eq!(std::fs::read_to_string(&file).expect("noted"), "");
+    std::fs::remove_dir_all(&dir).expect("cleanup");
 }

@@ -278,17 +278,20 @@ async fn resources_show_owner_address_and_epoch_after_the_takeover() {
     assert_eq!(
         by_id("live-1-camera-001"),
         &json!({"id": "live-1-camera-001", "kind": "camera", "server": "live-1", "owner": "fo-1",
-                "address": "127.1.0.3", "epoch": TAKEOVER, "state": "active", "unplaced": false})
+                "address": "127.1.0.3", "epoch": TAKEOVER, "state": "active", "unplaced": false, "started_at": null, "start_ms": null,
+                "stopped_at": null, "stop_ms": null, "standby": false})
     );
     assert_eq!(
         by_id("live-1-io"),
         &json!({"id": "live-1-io", "kind": "io", "server": "live-1", "owner": "fo-1",
-                "address": "127.1.0.3", "epoch": TAKEOVER, "state": "active", "unplaced": false})
+                "address": "127.1.0.3", "epoch": TAKEOVER, "state": "active", "unplaced": false, "started_at": null, "start_ms": null,
+                "stopped_at": null, "stop_ms": null, "standby": false})
     );
     assert_eq!(
         by_id("live-2-camera-012"),
         &json!({"id": "live-2-camera-012", "kind": "camera", "server": "live-2",
-                "owner": "live-2", "address": "127.1.0.2", "epoch": HOME, "state": "active", "unplaced": false})
+                "owner": "live-2", "address": "127.1.0.2", "epoch": HOME, "state": "active", "unplaced": false, "started_at": null, "start_ms": null,
+                "stopped_at": null, "stop_ms": null, "standby": false})
     );
     for r in resources {
         assert_eq!(r["state"], "active", "{r}");

@@ -113,7 +113,8 @@ fn the_valid_site_resolves_with_defaults_and_no_warning() {
             monitor_interval: Some(Duration::from_secs(5)),
             retries: 2,
             ready_timeout: None,
-            standby: false
+            standby: false,
+            merge_timeout: Duration::from_secs(600)
         }
     );
 }
@@ -1556,7 +1557,8 @@ fn agent_settings_resolve_with_defaults_per_kind() {
                 monitor_interval: None,
                 retries: 0,
                 ready_timeout: None,
-                standby: false
+                standby: false,
+                merge_timeout: Duration::from_secs(600)
             }
         )
     );
@@ -1570,7 +1572,9 @@ fn agent_settings_resolve_with_defaults_per_kind() {
                 url: "http://127.0.0.1:8080/{{ resource }}/{{ op }}".into(),
                 method: "POST".into(),
                 body: None,
-                headers: vec![("x-a".into(), "1".into()), ("x-b".into(), "2".into())]
+                headers: vec![("x-a".into(), "1".into()), ("x-b".into(), "2".into())],
+                standby_url: None,
+                merge_url: None,
             },
             AgentTimings {
                 monitor_interval: Some(Duration::from_millis(750)),
@@ -1617,6 +1621,26 @@ fn agent_settings_must_fit_the_agent() {
         (
             agent_case("agent = \"exec\"\ncommand = \"\"\n"),
             &["t.toml:22:11: resources[0].command: must not be empty"],
+        ),
+        (
+            agent_case(
+                "agent = \"exec\"\ncommand = \"cam.sh\"\nstandby_url = \"http://x/\"\n\
+                 merge_timeout = \"0s\"\n",
+            ),
+            &[
+                "t.toml:23:15: resources[0].standby_url: only for http agents; this resource's agent is \"exec\"",
+                "t.toml:24:17: resources[0].merge_timeout: must be greater than zero",
+            ],
+        ),
+        (
+            agent_case(
+                "agent = \"http\"\nurl = \"http://x/{{ op }}\"\n\
+                 merge_url = \"http://x/{{ merge_from }}/{{ merge_frm }}\"\nstandby_url = \"ftp://x/\"\n",
+            ),
+            &[
+                "t.toml:23:13: resources[0].merge_url: unknown template variable `merge_frm`; agents see `site`, `node`, `resource`, `kind`, `server`, `epoch`, `address`, `op`",
+                "t.toml:24:15: resources[0].standby_url: `ftp:` URLs are not supported; use http://",
+            ],
         ),
         (
             // Type errors are reported once, not again as missing or misplaced keys.

@@ -112,15 +112,60 @@ impl Recordings {
     }
 
     fn cleanup(&self) {
-        for (_, p) in self.files(".pid") {
+        for (_, p) in self.files(".pid").into_iter().chain(self.files(".standby")) {
             if let Ok(pid) = std::fs::read_to_string(&p) {
                 let _ = std::process::Command::new("kill").arg(pid.trim()).status();
             }
             let _ = std::fs::remove_file(p);
         }
-        for (_, p) in self.files(".fail-stop") {
-            let _ = std::fs::remove_file(p);
+        for suffix in [".fail-stop", ".cover", ".merge"] {
+            for (_, p) in self.files(suffix) {
+                let _ = std::fs::remove_file(p);
+            }
         }
+    }
+
+    /// Kills `node`'s recordings with -9: its machine died.
+    fn kill_node(&self, node: &str) {
+        let prefix = format!("{node}.");
+        for (rest, p) in self.files(".pid") {
+            if rest.starts_with(&prefix)
+                && let Ok(pid) = std::fs::read_to_string(&p)
+            {
+                let _ = std::process::Command::new("kill")
+                    .args(["-9", pid.trim()])
+                    .status();
+            }
+        }
+    }
+
+    /// (node, resource) pairs whose hot standby process is alive.
+    fn standing_by(&self) -> BTreeSet<(String, String)> {
+        self.files(".standby")
+            .into_iter()
+            .filter(|(_, p)| {
+                let pid = std::fs::read_to_string(p).unwrap_or_default();
+                std::process::Command::new("kill")
+                    .args(["-0", pid.trim()])
+                    .stderr(std::process::Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success())
+            })
+            .filter_map(|(rest, _)| {
+                let (node, resource) = rest.split_once('.')?;
+                Some((node.to_string(), resource.to_string()))
+            })
+            .collect()
+    }
+
+    /// What `node`'s agent wrote for `resource` into the file with `suffix` (`.cover`,
+    /// `.merge`).
+    fn written(&self, node: &str, resource: &str, suffix: &str) -> String {
+        let path = Self::dir().join(format!(
+            "buddygate-rec.{}.{node}.{resource}{suffix}",
+            self.site
+        ));
+        std::fs::read_to_string(path).unwrap_or_default()
     }
 }
 
@@ -533,4 +578,207 @@ async fn case_9_overflow_reaches_a_second_buddy_that_does_not_serve_the_first_on
     assert_eq!(ids, ["live-3-cam-01", "live-3-cam-02"]);
     let view = owners(&c.api("fo-1"), "live-3").await.unwrap();
     assert!(view.iter().all(|o| o.3 == "unassigned"), "{view:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_stop_stops_what_nobody_took_over_once_its_grace_is_over() {
+    // No buddy runs: nobody takes anything over, and after the grace live-1 stops its
+    // recordings itself instead of leaving them running.
+    let rec = Recordings::new("lc-grace");
+    let mut c = Cluster::new(
+        "lc-grace",
+        1,
+        6,
+        SiteOptions {
+            extra_resource_keys: recorder_keys(),
+            ..SiteOptions::default()
+        },
+    );
+    c.start_with(
+        "live-1",
+        &["--shutdown-grace", "1s", "--agent-concurrency", "2"],
+    );
+    eventually(SECS(10), "live-1 records its cameras", || async {
+        rec.all_on("live-1", 6, "live-1").then_some(())
+    })
+    .await;
+    let t0 = Instant::now();
+    let status = c.term("live-1");
+    let took = t0.elapsed();
+    assert!(status.success(), "live-1 exited with {status:?}");
+    assert!(rec.live().is_empty(), "left running: {:?}", rec.live());
+    assert!(took >= SECS(1), "live-1 left before its grace: {took:?}");
+    let logs = c.logs("live-1");
+    assert!(logs.contains("stopping what is left"), "{logs}");
+    assert!(logs.contains("Every resource and hot standby of this node is stopped"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_standby_is_prepared_on_the_first_buddy_covers_the_takeover_and_is_released() {
+    let rec = Recordings::new("lc-standby");
+    let keys = format!("{}standby = true\n", recorder_keys());
+    let mut c = Cluster::new(
+        "lc-standby",
+        1,
+        3,
+        SiteOptions {
+            extra_resource_keys: Box::leak(keys.into_boxed_str()),
+            failback: "manual",
+            ..SiteOptions::default()
+        },
+    );
+    c.start_all();
+    eventually(SECS(10), "live-1 records, fo-1 stands by", || async {
+        let by: Vec<_> = rec.standing_by().into_iter().collect();
+        let seen = all_owned_by(&c, "fo-1", "live-1", "live-1").await.is_some();
+        (seen
+            && rec.all_on("live-1", 3, "live-1")
+            && by.len() == 3
+            && by.iter().all(|(n, _)| n == "fo-1"))
+        .then_some(())
+    })
+    .await;
+    let fo = get(&format!("{}/api/v1/resources", c.api("fo-1")))
+        .await
+        .unwrap();
+    assert!(
+        fo["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["standby"] == true),
+        "fo-1 says it stands by: {fo}"
+    );
+    // Record a while: the takeover covers from a heartbeat interval before live-1 was last
+    // heard, well after fo-1 saw it record.
+    tokio::time::sleep(SECS(1)).await;
+    let killed = std::time::SystemTime::now();
+    c.kill9("live-1");
+    rec.kill_node("live-1");
+    eventually(SECS(5), "fo-1 records", || async {
+        rec.all_on("live-1", 3, "fo-1").then_some(())
+    })
+    .await;
+    assert!(
+        rec.standing_by().is_empty(),
+        "the start took the standby over"
+    );
+    for i in 1..=3 {
+        let cam = format!("live-1-cam-{i:02}");
+        let cover = rec.written("fo-1", &cam, ".cover");
+        let cover = cover.trim();
+        assert!(!cover.ends_with("cold"), "{cam} started cold: {cover}");
+        let at = humantime::parse_rfc3339(cover).unwrap_or_else(|e| panic!("{cover}: {e}"));
+        // The home server's last heartbeat less an interval: before the kill, by at most
+        // two intervals (and some scheduling).
+        let before = killed
+            .duration_since(at)
+            .expect("cover_from is before the kill");
+        assert!(before <= Duration::from_millis(700), "{cam}: {before:?}");
+    }
+    // Back home: fo-1 stops recording and stands by again; its clean stop releases that.
+    c.start("live-1");
+    tokio::time::sleep(SECS(3)).await;
+    post(&c, "fo-1", "servers/live-1/failback").await;
+    eventually(SECS(10), "home again, fo-1 standing by", || async {
+        let by = rec.standing_by();
+        (rec.all_on("live-1", 3, "live-1") && by.len() == 3).then_some(())
+    })
+    .await;
+    // Where the footage is, as fo-1 (up all along) saw it: live-1, fo-1 from the instant its
+    // start covered from, live-1 again; and live-1 merged fo-1's interval after the failback.
+    let ms = |t: &str| {
+        humantime::parse_rfc3339(t)
+            .unwrap_or_else(|e| panic!("{t}: {e}"))
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64
+    };
+    let killed_ms = killed
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    for i in 1..=3 {
+        let cam = format!("live-1-cam-{i:02}");
+        let url = format!("{}/api/v1/resources/{cam}/history", c.api("fo-1"));
+        let h = get(&url).await.expect("history");
+        let h = h.as_array().expect("a list");
+        let who: Vec<(&str, bool)> = h
+            .iter()
+            .map(|i| (i["owner"].as_str().unwrap(), i["to"].is_null()))
+            .collect();
+        assert_eq!(
+            who,
+            [("live-1", false), ("fo-1", false), ("live-1", true)],
+            "{cam}: {h:?}"
+        );
+        let cover = rec.written("fo-1", &cam, ".cover");
+        assert_eq!(
+            h[1]["from"],
+            cover.trim(),
+            "{cam}: fo-1's footage starts where it covered from"
+        );
+        assert_eq!(h[1]["exact"], true);
+        assert_eq!(h[1]["address"], c.servers[c.index("fo-1")].address.as_str());
+        let home_to = ms(h[0]["to"].as_str().unwrap());
+        assert!(
+            (killed_ms..killed_ms + 2000).contains(&home_to),
+            "{cam}: live-1 until {home_to}, killed at {killed_ms}"
+        );
+        assert!(h[1]["epoch"].as_u64() > h[0]["epoch"].as_u64());
+        assert!(h[2]["epoch"].as_u64() > h[1]["epoch"].as_u64());
+        // live-1 was down for fo-1's start: its own view says so.
+        let url = format!("{}/api/v1/resources/{cam}/history", c.api("live-1"));
+        let mine = get(&url).await.expect("history");
+        let mine = mine.as_array().unwrap();
+        assert_eq!(mine.len(), 3, "{mine:?}");
+        assert_eq!(
+            (&mine[1]["owner"], &mine[1]["exact"]),
+            (&h[1]["owner"], &false.into())
+        );
+        assert!(ms(mine[1]["from"].as_str().unwrap()) <= ms(h[1]["from"].as_str().unwrap()));
+        // The merge live-1 ran after the failback: fo-1's interval, as live-1 knows it.
+        let merged = eventually(SECS(5), "live-1 merged fo-1's footage", || async {
+            let m = rec.written("live-1", &cam, ".merge");
+            (!m.is_empty()).then_some(m)
+        })
+        .await;
+        let fields: Vec<&str> = merged.split_whitespace().collect();
+        assert_eq!(fields.len(), 4, "one interval: {merged}");
+        assert_eq!(fields[0], mine[1]["from"].as_str().unwrap(), "{merged}");
+        assert!(
+            ms(fields[1]) >= ms(mine[1]["to"].as_str().unwrap()) - 100,
+            "{merged}"
+        );
+        assert_eq!(
+            &fields[2..],
+            ["fo-1", c.servers[c.index("fo-1")].address.as_str()]
+        );
+    }
+    // Asking for a window keeps what overlaps it; a wrong id or time is refused.
+    let url = format!("{}/api/v1/resources/live-1-cam-01/history", c.api("fo-1"));
+    let since_kill = get(&format!("{url}?from={}", killed_ms + 3000))
+        .await
+        .unwrap();
+    assert_eq!(since_kill.as_array().unwrap().len(), 2, "{since_kill}");
+    let resp = client()
+        .get(format!(
+            "{}/api/v1/resources/no-such-cam/history",
+            c.api("fo-1")
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    let resp = client()
+        .get(format!("{url}?from=yesterday"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+
+    let status = c.term("fo-1");
+    assert!(status.success());
+    assert!(rec.standing_by().is_empty(), "{:?}", rec.standing_by());
+    assert!(rec.all_on("live-1", 3, "live-1"));
 }

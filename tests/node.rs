@@ -477,3 +477,154 @@ async fn event_times_follow_a_wall_clock_step() {
         .unwrap();
     assert!(sum < 2.0, "{sum}");
 }
+
+/// The `ready-after.sh` fixture: a start that works 600 ms after it returned, known from
+/// `monitor` (polled with `ready_timeout`).
+fn ready_after_keys() -> &'static str {
+    let keys = format!(
+        "agent = \"exec\"\ncommand = \"{}/tests/fixtures/agents/ready-after.sh\"\n\
+         ready_timeout = \"5s\"\nmonitor_interval = \"1s\"\n",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    Box::leak(keys.into_boxed_str())
+}
+
+fn ms_between(from: &str, to: &str) -> i64 {
+    let at = |t: &str| {
+        humantime::parse_rfc3339(t)
+            .unwrap_or_else(|e| panic!("{t}: {e}"))
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64
+    };
+    at(to) - at(from)
+}
+
+/// Removes the state `ready-after.sh` keeps for `site`: a node killed while it ran a
+/// resource never stops it, and a start that finds the state of an earlier run works at once.
+fn forget_ready_after(site: &str) {
+    let prefix = format!("buddygate-after.{site}.");
+    for e in std::fs::read_dir(std::env::temp_dir()).unwrap().flatten() {
+        if e.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn takeover_ms_and_start_times_count_until_the_resource_works() {
+    forget_ready_after("ready");
+    let mut c = Cluster::new(
+        "ready",
+        1,
+        3,
+        SiteOptions {
+            extra_resource_keys: ready_after_keys(),
+            failback: "manual",
+            ..SiteOptions::default()
+        },
+    );
+    started(&mut c).await;
+    let apis = (c.api("live-1"), c.api("fo-1"));
+    let resources = |node: &'static str| {
+        let api = if node == "fo-1" {
+            apis.1.clone()
+        } else {
+            apis.0.clone()
+        };
+        async move { get(&format!("{api}/api/v1/resources")).await }
+    };
+    // live-1's own start: done once its monitor said running, 600 ms after it returned.
+    let home = resources("live-1").await.unwrap();
+    for r in home["resources"].as_array().unwrap() {
+        assert!(r["start_ms"].as_u64().unwrap() >= 600, "{r}");
+        assert!(
+            r["started_at"].is_string() && r["stopped_at"].is_null(),
+            "{r}"
+        );
+    }
+    c.kill9("live-1");
+    eventually(SECS(6), "live-1's cameras active on fo-1", || {
+        all_owned_by(&c, "fo-1", "live-1", "fo-1")
+    })
+    .await;
+    let events = eventually(SECS(3), "failover.completed", || async {
+        let v = get(&format!("{}/api/v1/events?after=0", c.api("fo-1"))).await?;
+        v["events"]
+            .as_array()?
+            .iter()
+            .find(|e| e["type"] == "buddygate.failover.completed")
+            .cloned()
+    })
+    .await;
+    let data = &events["data"];
+    let takeover = data["takeover_ms"].as_u64().unwrap();
+    let detected = ms_between(
+        data["down_since"].as_str().unwrap(),
+        events["time"].as_str().unwrap(),
+    );
+    assert!(detected as u64 >= takeover, "{data}");
+    let mut latest_start = String::new();
+    for r in data["resources"].as_array().unwrap() {
+        let start_ms = r["start_ms"].as_u64().unwrap();
+        assert!(start_ms >= 600, "started before it worked: {r}");
+        // The takeover counts the last start to work: from the home's last heartbeat, past the
+        // failure timeout (1 s), to the end of its 600 ms readiness.
+        assert!(
+            takeover >= 1000 + 600 - 250,
+            "takeover_ms {takeover}: {data}"
+        );
+        let at = r["started_at"].as_str().unwrap().to_string();
+        assert!(
+            ms_between(&at, events["time"].as_str().unwrap()) >= 0,
+            "{r}"
+        );
+        latest_start = latest_start.max(at);
+    }
+    // takeover_ms ends when the core heard that the last resource worked.
+    let to_last_start = ms_between(data["down_since"].as_str().unwrap(), &latest_start);
+    assert!(
+        (0..=50).contains(&(takeover as i64 - to_last_start)),
+        "takeover_ms {takeover}, last start worked {to_last_start} ms after down_since"
+    );
+    let fo = resources("fo-1").await.unwrap();
+    for r in fo["resources"].as_array().unwrap() {
+        assert!(r["start_ms"].as_u64().unwrap() >= 600, "{r}");
+    }
+    // Failback: live-1 starts at a new epoch; fo-1 stops its copies once live-1's work.
+    c.start("live-1");
+    tokio::time::sleep(SECS(3)).await;
+    let resp = client()
+        .post(format!("{}/api/v1/servers/live-1/failback", c.api("fo-1")))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success());
+    eventually(SECS(8), "fo-1 stopped its copies", || async {
+        let fo = resources("fo-1").await?;
+        let all = fo["resources"].as_array()?;
+        all.iter()
+            .all(|r| r["owner"] == "live-1" && r["stop_ms"].is_u64() && r["started_at"].is_null())
+            .then_some(())
+    })
+    .await;
+    let home = resources("live-1").await.unwrap();
+    let fo = resources("fo-1").await.unwrap();
+    for (h, f) in home["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(fo["resources"].as_array().unwrap())
+    {
+        // Make-before-break: fo-1's stop came after live-1's start worked.
+        let gap = ms_between(
+            h["started_at"].as_str().unwrap(),
+            f["stopped_at"].as_str().unwrap(),
+        );
+        assert!(
+            gap >= 0,
+            "fo-1 stopped {gap} ms before live-1 worked: {h} {f}"
+        );
+    }
+}

@@ -1,9 +1,11 @@
-//! The `exec` agent: runs `COMMAND start|stop|monitor` with the resource in `BUDDYGATE_*`
-//! environment variables (its params in `BUDDYGATE_PARAM_<NAME>`), stdin empty, and the last
-//! lines of its output kept for the error.
+//! The `exec` agent: runs `COMMAND start|stop|monitor|standby|merge` with the resource in
+//! `BUDDYGATE_*` environment variables (its params in `BUDDYGATE_PARAM_<NAME>`, the
+//! operation's own variables such as `BUDDYGATE_COVER_FROM` when set), stdin empty, and the
+//! last lines of its output kept for the error.
 //!
 //! Exit 0 is success. Exit 7 means "not running": an error for `monitor`, success for `stop`
-//! (stopping what is not running is done). The program runs in a process group of its own;
+//! (stopping what is not running is done). Exit 3 ("unimplemented", as in Pacemaker) from the
+//! optional `standby` and `merge` means the agent has no such operation. The program runs in a process group of its own;
 //! when the operation is abandoned (timeout, shutdown) the whole group is killed, so a script's
 //! children do not outlive it. A program that a start leaves in the background is not killed.
 
@@ -30,6 +32,9 @@ const DRAIN: Duration = Duration::from_millis(100);
 /// The exit status of `monitor` for "not running", and of `stop` for "was not running".
 const NOT_RUNNING: i32 = 7;
 
+/// The exit status of an optional operation the agent does not implement.
+const UNIMPLEMENTED: i32 = 3;
+
 pub(super) async fn run(command: &Path, env: &ResourceEnv, op: Op) -> Result<(), AgentError> {
     let io_error = |source| AgentError::Io {
         command: command.to_path_buf(),
@@ -42,6 +47,11 @@ pub(super) async fn run(command: &Path, env: &ResourceEnv, op: Op) -> Result<(),
                 .map(|(name, value)| (format!("BUDDYGATE_{}", name.to_ascii_uppercase()), value)),
         )
         .envs(env.params.iter().map(|p| (p.env_name(), &p.value)))
+        .envs(
+            env.op_vars
+                .iter()
+                .map(|(name, value)| (format!("BUDDYGATE_{}", name.to_ascii_uppercase()), value)),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -77,6 +87,7 @@ fn outcome(op: Op, status: ExitStatus, output: String) -> Result<(), AgentError>
     match (status.code(), op) {
         (Some(0), _) | (Some(NOT_RUNNING), Op::Stop) => Ok(()),
         (Some(NOT_RUNNING), Op::Monitor) => Err(AgentError::NotRunning),
+        (Some(UNIMPLEMENTED), op) if op.is_optional() => Err(AgentError::Unimplemented(output)),
         (Some(code), _) => Err(AgentError::Exited {
             status: format!("exit status {code}"),
             output,

@@ -1,6 +1,7 @@
 //! The `http` agent: one request to the local VMS API per operation, its URL and body rendered
 //! from the resource's minijinja templates (`{{ resource }}`, `{{ epoch }}`, `{{ op }}`,
-//! `{{ params.url }}`...). A 2xx answer is success; any other answer, or no answer, is an error
+//! `{{ params.url }}`, `{{ cover_from }}`...; `standby_url` and `merge_url` for those
+//! operations). A 2xx answer is success; any other answer, or no answer, is an error
 //! that says why.
 
 use std::collections::BTreeMap;
@@ -8,7 +9,7 @@ use std::collections::BTreeMap;
 use minijinja::Value;
 
 use super::{AgentError, Op, ResourceEnv};
-use crate::config::{PARAMS_VARIABLE, template_environment};
+use crate::config::{OP_VARIABLES, PARAMS_VARIABLE, template_environment};
 
 /// Bytes of an error answer's body kept for the error message.
 const BODY_BYTES: usize = 200;
@@ -84,7 +85,8 @@ pub(super) async fn run(
 }
 
 /// The template variables: [`ResourceEnv::vars`], with the epoch as a number so that a JSON
-/// body can use `{{ epoch }}` bare, and `params` (`{{ params.url }}`).
+/// body can use `{{ epoch }}` bare, every one of [`OP_VARIABLES`] (`none` unless the operation
+/// sets it), and `params` (`{{ params.url }}`).
 fn context(env: &ResourceEnv, op: Op) -> BTreeMap<&'static str, Value> {
     let mut context: BTreeMap<&'static str, Value> = env
         .vars(op)
@@ -99,6 +101,13 @@ fn context(env: &ResourceEnv, op: Op) -> BTreeMap<&'static str, Value> {
         .iter()
         .map(|p| (p.name.clone(), p.value.clone()))
         .collect();
+    for name in OP_VARIABLES {
+        let value = env.op_vars.iter().find(|(n, _)| *n == name);
+        context.insert(
+            name,
+            value.map_or(Value::from(()), |(_, v)| Value::from(v.clone())),
+        );
+    }
     context.insert(PARAMS_VARIABLE, Value::from_object(params));
     context
 }

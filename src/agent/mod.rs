@@ -1,13 +1,16 @@
 //! Resource agents: start, stop and monitor a resource the way Pacemaker's resource agents do
 //! (DESIGN section 3.8): idempotent operations with a timeout each, and a `monitor` that tells
-//! "running" from "not running".
+//! "running" from "not running"; optionally `standby` (hot standby: prepare before any
+//! failure) and `merge` (after a failback, pull back what a buddy recorded).
 //!
 //! - [`Agents::run`] runs one operation with a resource's agent: `simulated` (in memory),
-//!   `exec` (`command start|stop|monitor`, the resource in `BUDDYGATE_*` variables) or `http`
-//!   (a request rendered from minijinja templates).
+//!   `exec` (`command start|stop|monitor|standby|merge`, the resource in `BUDDYGATE_*`
+//!   variables) or `http` (a request rendered from minijinja templates).
 //! - [`AgentPool`] runs what the failover core asks for: one resource's operations in order,
-//!   different resources in parallel up to a bound, start retries with backoff, a monitor loop
-//!   per started resource, and [`AgentReport`]s back to the task that owns the core.
+//!   different resources in parallel up to a bound (starts, stops, monitors and merges each
+//!   with permits of their own), start retries with backoff, a monitor loop per started
+//!   resource, hot standbys and their release, merges, and [`AgentReport`]s back to the task
+//!   that owns the core.
 
 mod exec;
 mod http;
@@ -19,7 +22,9 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use pool::{AgentPool, AgentReport, DEFAULT_CONCURRENCY, OpCounter, OpTime, START_BACKOFF};
+pub use pool::{
+    AgentPool, AgentReport, DEFAULT_CONCURRENCY, MergeInterval, OpCounter, OpTime, START_BACKOFF,
+};
 
 use crate::config::{
     AGENT_VARIABLES, AgentSpec, Kind, ResourceIdx, ServerIdx, Site, param_env_suffix,
@@ -32,16 +37,28 @@ pub enum Op {
     Start,
     Stop,
     Monitor,
+    /// Optional: prepare the resource before any failure (hot standby); released with `stop`.
+    Standby,
+    /// Optional: after a failback, pull back what a buddy recorded in an interval.
+    Merge,
 }
 
 impl Op {
-    /// `start`, `stop`, `monitor`: the argument of an `exec` agent and `{{ op }}`.
+    /// `start`, `stop`, `monitor`, `standby`, `merge`: the argument of an `exec` agent and
+    /// `{{ op }}`.
     pub fn as_str(self) -> &'static str {
         match self {
             Op::Start => "start",
             Op::Stop => "stop",
             Op::Monitor => "monitor",
+            Op::Standby => "standby",
+            Op::Merge => "merge",
         }
+    }
+
+    /// Whether an agent may leave it out (`exec` exit 3, no `standby_url` or `merge_url`).
+    pub fn is_optional(self) -> bool {
+        matches!(self, Op::Standby | Op::Merge)
     }
 }
 
@@ -80,6 +97,11 @@ pub struct ResourceEnv {
     pub address: IpAddr,
     /// The resource's params, secrets read, sorted by name.
     pub params: Vec<Param>,
+    /// The variables of this operation only, names from
+    /// [`OP_VARIABLES`](crate::config::OP_VARIABLES):
+    /// `BUDDYGATE_COVER_FROM`, `BUDDYGATE_MERGE_FROM`, ... for `exec`, `{{ cover_from }}`, ...
+    /// in `http` templates.
+    pub op_vars: Vec<(&'static str, String)>,
 }
 
 /// One of a resource's params with its value (a secret read from its file or variable).
@@ -155,6 +177,7 @@ impl ResourceEnv {
             epoch,
             address: this.address,
             params,
+            op_vars: Vec::new(),
         })
     }
 
@@ -222,6 +245,10 @@ pub enum AgentError {
     /// monitor that could not run says nothing about the resource.
     #[error("this node cannot run the agent now: {0}")]
     Exhausted(String),
+    /// An optional operation (`standby`, `merge`) the agent does not implement: `exec` exit 3,
+    /// or no `standby_url` / `merge_url` for an `http` agent. Not a failure.
+    #[error("not implemented by this agent{}", colon(.0))]
+    Unimplemented(String),
 }
 
 impl AgentError {
@@ -230,6 +257,7 @@ impl AgentError {
         match self {
             AgentError::TimedOut(_) | AgentError::NotReady { .. } => "timeout",
             AgentError::Exhausted(_) => "exhausted",
+            AgentError::Unimplemented(_) => "unimplemented",
             _ => "failed",
         }
     }
@@ -291,7 +319,18 @@ impl Agents {
                     method,
                     body,
                     headers,
+                    standby_url,
+                    merge_url,
                 } => {
+                    let url = match op {
+                        Op::Standby => standby_url
+                            .as_deref()
+                            .ok_or_else(|| AgentError::Unimplemented("no standby_url".into()))?,
+                        Op::Merge => merge_url
+                            .as_deref()
+                            .ok_or_else(|| AgentError::Unimplemented("no merge_url".into()))?,
+                        _ => url,
+                    };
                     let client = self
                         .http
                         .as_ref()

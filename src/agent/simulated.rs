@@ -1,5 +1,6 @@
 //! The `simulated` agent: resources that live in memory, for the demo and tests. A start takes
-//! `activation`; `fail` makes every start, or every monitor, fail.
+//! `activation`; `fail` makes every start, or every monitor, fail. `standby` and `merge`
+//! succeed and do nothing.
 
 use std::collections::HashSet;
 use std::sync::{Mutex, PoisonError};
@@ -36,6 +37,8 @@ impl Simulated {
                 self.running().remove(&key);
                 Ok(())
             }
+            // Nothing to prepare or pull back in memory.
+            Op::Standby | Op::Merge => Ok(()),
             Op::Monitor if fail == Some(FailMode::Monitor) => Err(AgentError::Simulated(op)),
             Op::Monitor if self.running().contains(&key) => Ok(()),
             Op::Monitor => Err(AgentError::NotRunning),

@@ -3,6 +3,7 @@
 //!
 //! - [`views`]: `GET /site` and `GET /resources`, rendered from the runtime's latest
 //!   [`Snapshot`].
+//! - [`history`]: `GET /resources/{id}/history`, who served a resource when (from the store).
 //! - [`events`]: `GET /events?after=&limit=` from the store, `GET /events/stream` (SSE): replay
 //!   from the store, then live from the broadcast channel, catching up from the store when a
 //!   subscriber lags.
@@ -33,6 +34,7 @@
 //! - connections, headers and idle time: [`listener`].
 pub mod events;
 pub mod guard;
+pub mod history;
 pub mod listener;
 pub mod metrics;
 pub mod mutations;
@@ -186,6 +188,7 @@ fn app(shared: Shared, cancel: CancellationToken, refusals: Arc<guard::Refusals>
         .route("/api/v1/metrics", get(metrics::handler))
         .route("/api/v1/site", get(views::site))
         .route("/api/v1/resources", get(views::resources))
+        .route("/api/v1/resources/{id}/history", get(history::handler))
         .route("/api/v1/events", get(events::page))
         .route("/api/v1/events/stream", get(events::stream))
         .route("/api/v1/connectors", get(mutations::connectors))

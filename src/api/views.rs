@@ -81,6 +81,25 @@ pub struct ResourceStatus {
     /// (`buddygate.resource.unplaced`).
     #[serde(default)]
     pub unplaced: bool,
+    /// The answering node owns it: when its agent's start was complete (the resource worked:
+    /// `ready_timeout`, or a start that blocks), RFC 3339; `null` otherwise.
+    #[serde(default)]
+    pub started_at: Option<String>,
+    /// With `started_at`: from the moment the start was asked for (the claim durable) to
+    /// then, in ms: waits for a permit, attempts, readiness.
+    #[serde(default)]
+    pub start_ms: Option<u64>,
+    /// When the answering node's agent last stopped its copy (a hand-over, a failback), if
+    /// that came after its last start; `null` otherwise.
+    #[serde(default)]
+    pub stopped_at: Option<String>,
+    /// With `stopped_at`: from the moment the stop was asked for to its end, in ms.
+    #[serde(default)]
+    pub stop_ms: Option<u64>,
+    /// The answering node keeps it in hot standby (`standby = true`: it is the first buddy
+    /// and the home server runs it).
+    #[serde(default)]
+    pub standby: bool,
 }
 
 pub(crate) fn role_str(role: Role) -> &'static str {
@@ -154,6 +173,28 @@ impl ResourcesStatus {
             .filter_map(|v| {
                 let resource = site.resources.get(v.resource.0 as usize)?;
                 let owner = v.owner.and_then(|o| site.servers.get(usize::from(o.0)));
+                let (start, stop) = snap
+                    .agents
+                    .last
+                    .get(&v.resource)
+                    .copied()
+                    .unwrap_or_default();
+                // The start of the claim this node holds now.
+                let start =
+                    start.filter(|t| t.ok && v.owner == Some(snap.node) && t.epoch == v.epoch);
+                // A stop after this node's last start.
+                let stop = stop.filter(|t| {
+                    t.ok && snap
+                        .agents
+                        .last
+                        .get(&v.resource)
+                        .and_then(|l| l.0)
+                        .is_none_or(|s| s.asked_at <= t.asked_at)
+                });
+                let ms = |t: &crate::agent::OpTime| {
+                    u64::try_from(t.took.as_millis()).unwrap_or(u64::MAX)
+                };
+                let at = |t: &crate::agent::OpTime| crate::cloudevents::rfc3339(t.done_at());
                 Some(ResourceStatus {
                     id: resource.id.clone(),
                     kind: resource.kind.as_str().to_string(),
@@ -163,6 +204,11 @@ impl ResourcesStatus {
                     epoch: v.epoch,
                     state: v.state.as_str().to_string(),
                     unplaced: v.unplaced,
+                    started_at: start.as_ref().map(at),
+                    start_ms: start.as_ref().map(ms),
+                    stopped_at: stop.as_ref().map(at),
+                    stop_ms: stop.as_ref().map(ms),
+                    standby: snap.agents.standby.contains(&v.resource),
                 })
             })
             .collect();

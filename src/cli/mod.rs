@@ -75,6 +75,18 @@ pub enum Command {
         /// Where claims, epochs and the event log are kept [default: data/ID beside the site file].
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
+        /// Agent starts run at once at most (hot standbys count as starts); stops and monitors
+        /// have as many permits of their own, merges a quarter. Each start of an exec agent is
+        /// a process: size it to the CPU and the VMS.
+        #[arg(long, value_name = "N", env = "BUDDYGATE_AGENT_CONCURRENCY",
+              default_value_t = crate::agent::DEFAULT_CONCURRENCY,
+              value_parser = parse_concurrency)]
+        agent_concurrency: usize,
+        /// On SIGTERM, how long the buddies get to take everything over (make-before-break);
+        /// then the node stops what is left itself, waits for those stops and exits.
+        #[arg(long, value_name = "DURATION", env = "BUDDYGATE_SHUTDOWN_GRACE",
+              default_value = "30s", value_parser = parse_duration)]
+        shutdown_grace: std::time::Duration,
     },
     /// Servers, paths, who serves which resource, epochs, as a node sees them.
     Status {
@@ -152,7 +164,15 @@ pub fn run_with(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
             config,
             node,
             data_dir,
-        } => return node::run_node(&config, &node, data_dir, err),
+            agent_concurrency,
+            shutdown_grace,
+        } => {
+            let settings = node::RunSettings {
+                agent_concurrency,
+                shutdown_grace,
+            };
+            return node::run_node(&config, &node, data_dir, settings, err);
+        }
         Command::Status { target } => return client::status(&target, out, err),
         Command::Failover { server, target } => {
             return client::command(&target, "failover", &server, out, err);
@@ -192,6 +212,19 @@ pub fn run_with(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
             1
         }
     }
+}
+
+/// A number of agent operations at once: 1 to 4096.
+fn parse_concurrency(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n @ 1..=4096) => Ok(n),
+        _ => Err("expected a number from 1 to 4096".into()),
+    }
+}
+
+/// A humantime duration: `500ms`, `30s`, `1m 30s`.
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{e} (e.g. \"30s\" or \"1m 30s\")"))
 }
 
 /// The site and its connector files.

@@ -58,11 +58,21 @@ fn init_logging() {
         .try_init();
 }
 
+/// What `buddygate run` takes besides the site file (flags or their environment variables).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct RunSettings {
+    /// `--agent-concurrency`.
+    pub agent_concurrency: usize,
+    /// `--shutdown-grace`.
+    pub shutdown_grace: Duration,
+}
+
 /// `buddygate run`.
 pub(super) fn run_node(
     config: &Path,
     node: &str,
     data_dir: Option<PathBuf>,
+    settings: RunSettings,
     err: &mut dyn Write,
 ) -> u8 {
     let Some(loaded) = load_all(config, err) else {
@@ -128,8 +138,8 @@ pub(super) fn run_node(
         key,
         api_token,
         onvif_users,
-        agent_concurrency: 16,
-        shutdown_grace: Duration::from_secs(5),
+        agent_concurrency: settings.agent_concurrency,
+        shutdown_grace: settings.shutdown_grace,
         connectors,
         api_access,
         store,

@@ -11,7 +11,7 @@ use super::decode::{Block, closest};
 use super::diag::Severity;
 use super::file::ResourceBlock;
 use super::locate::{Issue, KeyPath, Point};
-use super::model::{AGENT_VARIABLES, AgentKind, AgentSpec, AgentTimings};
+use super::model::{AGENT_VARIABLES, AgentKind, AgentSpec, AgentTimings, OP_VARIABLES};
 
 /// The minijinja environment agent templates are checked and rendered in: an undefined variable
 /// is an error, and nothing is HTML-escaped.
@@ -54,6 +54,9 @@ impl Checker<'_> {
         if self.ok("timeout") && b.timeout.is_zero() {
             self.error("timeout", "must be greater than zero");
         }
+        if self.ok("merge_timeout") && b.merge_timeout.is_zero() {
+            self.error("merge_timeout", "must be greater than zero");
+        }
         if b.ready_timeout.is_some_and(|t| t.is_zero()) {
             self.error(
                 "ready_timeout",
@@ -73,6 +76,8 @@ impl Checker<'_> {
             ("method", AgentKind::Http, b.method.is_some()),
             ("body", AgentKind::Http, b.body.is_some()),
             ("headers", AgentKind::Http, b.headers.is_some()),
+            ("standby_url", AgentKind::Http, b.standby_url.is_some()),
+            ("merge_url", AgentKind::Http, b.merge_url.is_some()),
         ];
         for (key, owner, present) in set {
             if present && owner != kind {
@@ -137,6 +142,13 @@ impl Checker<'_> {
             ),
             Some(url) if self.template("url", url) => self.url(url),
             _ => {}
+        }
+        for (key, url) in [("standby_url", &b.standby_url), ("merge_url", &b.merge_url)] {
+            if let Some(url) = url
+                && self.template(key, url)
+            {
+                self.url_at(key, url);
+            }
         }
         if let Some(body) = &b.body {
             self.template("body", body);
@@ -208,6 +220,7 @@ impl Checker<'_> {
             .into_iter()
             .filter(|v| {
                 !AGENT_VARIABLES.contains(&v.as_str())
+                    && !OP_VARIABLES.contains(&v.as_str())
                     && v != PARAMS_VARIABLE
                     && !globals.contains(&v.as_str())
             })
@@ -228,6 +241,11 @@ impl Checker<'_> {
 
     /// `url` rendered with sample values must be an `http://` URL.
     fn url(&mut self, source: &str) {
+        self.url_at("url", source);
+    }
+
+    /// The URL template at `key` rendered with sample values must be an `http://` URL.
+    fn url_at(&mut self, key: &str, source: &str) {
         let params: BTreeMap<String, String> = self
             .raw
             .value
@@ -248,12 +266,15 @@ impl Checker<'_> {
                 (v, value)
             })
             .collect();
+        for v in OP_VARIABLES {
+            sample.insert(v, minijinja::Value::from(format!("{v}-1")));
+        }
         sample.insert(PARAMS_VARIABLE, minijinja::Value::from_object(params));
         let rendered = match template_environment().render_str(source, sample) {
             Ok(r) => r,
             Err(e) => {
                 let message = format!("cannot be rendered: {}", template_error(&e, source));
-                return self.error("url", message);
+                return self.error(key, message);
             }
         };
         let message = match reqwest::Url::parse(rendered.trim()) {
@@ -265,7 +286,7 @@ impl Checker<'_> {
             }
             Ok(u) => format!("`{}:` URLs are not supported; use http://", u.scheme()),
         };
-        self.error("url", message);
+        self.error(key, message);
     }
 
     fn method(&mut self, method: &str) {
@@ -317,6 +338,7 @@ pub(crate) fn resolve(b: &ResourceBlock, base: Option<&Path>) -> Option<(AgentSp
         retries: b.retries,
         ready_timeout: b.ready_timeout,
         standby: b.standby,
+        merge_timeout: b.merge_timeout,
     };
     let spec = match b.agent {
         AgentKind::Simulated => AgentSpec::Simulated {
@@ -338,6 +360,8 @@ pub(crate) fn resolve(b: &ResourceBlock, base: Option<&Path>) -> Option<(AgentSp
                 .unwrap_or_else(|| AgentSpec::DEFAULT_METHOD.to_string()),
             body: b.body.clone(),
             headers: b.headers.clone().unwrap_or_default().into_iter().collect(),
+            standby_url: b.standby_url.clone(),
+            merge_url: b.merge_url.clone(),
         },
     };
     Some((spec, timings))

@@ -253,6 +253,11 @@ pub struct ResourceBlock {
     /// cover (`BUDDYGATE_COVER_FROM`), so it keeps the video the dying server never wrote.
     #[serde(default)]
     pub standby: bool,
+    /// Every agent: how long one `merge` may take (after a failback, the home server's agent
+    /// is given the intervals a buddy recorded, to pull that footage back). Default `"10m"`.
+    #[serde(default = "default_merge_timeout", with = "duration")]
+    #[schemars(with = "String")]
+    pub merge_timeout: Duration,
     /// `exec` and `http` agents: the resource's own settings, e.g.
     /// `{ url = "rtsp://10.0.5.1/cam-{01..50}", vms_id = 17, password = "file:cam.pass" }`.
     /// Names are lower-case letters, digits and `_`; values are strings, integers or booleans.
@@ -293,6 +298,16 @@ pub struct ResourceBlock {
     /// `http` agents: request headers, e.g. `{ "content-type" = "application/json" }`.
     #[serde(default)]
     pub headers: Option<BTreeMap<String, String>>,
+    /// `http` agents: the URL template of the `standby` request (hot standby: prepare the
+    /// resource before any failure; its release is the usual request with `op` = `stop`).
+    /// Without it, a hot standby is skipped. Same variables as `url`.
+    #[serde(default)]
+    pub standby_url: Option<String>,
+    /// `http` agents: the URL template of the `merge` request (after a failback: pull back what
+    /// a buddy recorded, `{{ merge_from }}`, `{{ merge_to }}`, `{{ merge_server }}`,
+    /// `{{ merge_address }}`). Without it, nothing is merged. Same variables as `url`.
+    #[serde(default)]
+    pub merge_url: Option<String>,
 }
 
 const fn default_heartbeat_interval() -> Duration {
@@ -333,6 +348,10 @@ const fn default_agent() -> AgentKind {
 
 const fn default_agent_timeout() -> Duration {
     AgentTimings::DEFAULT.timeout
+}
+
+const fn default_merge_timeout() -> Duration {
+    AgentTimings::DEFAULT.merge_timeout
 }
 
 const fn default_monitor_interval() -> Duration {

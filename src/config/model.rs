@@ -190,6 +190,18 @@ pub const AGENT_VARIABLES: [&str; 8] = [
     "site", "node", "resource", "kind", "server", "epoch", "address", "op",
 ];
 
+/// The variables of one operation only (`BUDDYGATE_COVER_FROM`, `{{ merge_from }}`, ...):
+/// `cover_from` for a `start` that follows a takeover, the `merge_*` ones for `merge`. An
+/// `exec` agent gets only those set for the operation; `http` templates see every one, `none`
+/// when not set.
+pub const OP_VARIABLES: [&str; 5] = [
+    "cover_from",
+    "merge_from",
+    "merge_to",
+    "merge_server",
+    "merge_address",
+];
+
 /// A resource's agent with its settings resolved.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AgentSpec {
@@ -218,6 +230,11 @@ pub enum AgentSpec {
         body: Option<String>,
         /// Literal headers, sorted by name.
         headers: Vec<(String, String)>,
+        /// URL template of the `standby` request (hot standby, and its release is a `stop`);
+        /// no standby when absent.
+        standby_url: Option<String>,
+        /// URL template of the `merge` request; no merge when absent.
+        merge_url: Option<String>,
     },
 }
 
@@ -260,16 +277,20 @@ pub struct AgentTimings {
     pub ready_timeout: Option<Duration>,
     /// Hot standby: the first buddy prepares the resource before any failure.
     pub standby: bool,
+    /// Longest `merge` (copying a buddy's footage may take a while).
+    pub merge_timeout: Duration,
 }
 
 impl AgentTimings {
-    /// The site file's defaults: 10s timeout, monitor every 5s, 2 retries, no readiness poll.
+    /// The site file's defaults: 10s timeout, monitor every 5s, 2 retries, no readiness poll,
+    /// no standby, merges of at most 10 minutes.
     pub const DEFAULT: Self = Self {
         timeout: Duration::from_secs(10),
         monitor_interval: Some(Duration::from_secs(5)),
         retries: 2,
         ready_timeout: None,
         standby: false,
+        merge_timeout: Duration::from_secs(600),
     };
 }
 

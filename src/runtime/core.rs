@@ -11,7 +11,7 @@
 //!   ([`Input::Storage`]): its buddies take over at once, it claims nothing, and it comes back
 //!   by itself once the writer has stored what waited ([`Report::Storage`]).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
@@ -32,7 +32,7 @@ use crate::config::{ResourceIdx, ServerIdx, Site};
 use crate::connectors::StoredAt;
 use crate::failover::{AgentOp, Epoch, Event, Input, Node, Output};
 use crate::store::StoredEvent;
-use crate::view::{Command, Metrics, Snapshot};
+use crate::view::{AgentTimes, Command, Metrics, Snapshot};
 
 /// Inputs taken in one turn, at most (the rest wait for the next turn).
 const BATCH: usize = 1024;
@@ -55,7 +55,27 @@ pub(super) enum Action {
     /// With the wall-clock instant a takeover must cover from.
     Start(ResourceIdx, Epoch, Option<SystemTime>),
     Stop(ResourceIdx, Epoch),
-    Standby(ResourceIdx, bool),
+    /// Prepare (`true`) or release a hot standby; the home server's epoch.
+    Standby(ResourceIdx, bool, Epoch),
+}
+
+/// Where a clean shutdown is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Leaving {
+    No,
+    /// Told the buddies; they take over until the grace period ends.
+    HandingOver(Instant),
+    /// Stopping what is left, until the agents are done or this instant.
+    Stopping(Instant),
+}
+
+impl Leaving {
+    fn until(self) -> Option<Instant> {
+        match self {
+            Leaving::No => None,
+            Leaving::HandingOver(t) | Leaving::Stopping(t) => Some(t),
+        }
+    }
 }
 
 pub(super) struct Core {
@@ -64,7 +84,11 @@ pub(super) struct Core {
     pub node: Node,
     pub writer: std::sync::mpsc::Sender<Job>,
     pub sockets: Vec<Arc<UdpSocket>>,
-    pub agents: AgentPool,
+    pub agents: Arc<AgentPool>,
+    /// Where the footage is: asked for the intervals a failback's `merge` needs.
+    pub history: Option<super::history::Handle>,
+    /// Starts (and stops) the pool runs at once.
+    pub agent_concurrency: usize,
     pub origin: Instant,
     /// Read when outputs are carried out: events get the wall-clock time they happened at.
     pub wall: Arc<dyn WallClock>,
@@ -94,17 +118,32 @@ impl Core {
         mut inputs: Inputs,
         grace: Duration,
     ) {
-        let mut leaving_until: Option<Instant> = None;
+        let mut leaving = Leaving::No;
         loop {
             let deadline = self.origin + self.node.next_deadline();
+            let until = leaving.until().unwrap_or(deadline);
             let first = tokio::select! {
-                _ = cancel.cancelled(), if leaving_until.is_none() => {
-                    info!("Shutting down: telling the buddies we are leaving.");
-                    leaving_until = Some(Instant::now() + grace);
+                _ = cancel.cancelled(), if leaving == Leaving::No => {
+                    info!(grace = ?grace, "Shutting down: telling the buddies we are leaving.");
+                    leaving = Leaving::HandingOver(Instant::now() + grace);
                     Some(Input::Shutdown)
                 }
-                _ = tokio::time::sleep_until(leaving_until.unwrap_or(deadline)), if leaving_until.is_some() => {
-                    warn!("Buddies did not take everything over within the grace period; leaving anyway.");
+                _ = tokio::time::sleep_until(until), if leaving != Leaving::No => {
+                    match leaving {
+                        Leaving::HandingOver(_) => {
+                            let left = self.node.held().count();
+                            warn!(left, "Buddies did not take everything over within the grace period; stopping what is left.");
+                            leaving = Leaving::Stopping(Instant::now() + self.final_stops());
+                            None
+                        }
+                        _ => {
+                            warn!("Agents did not finish their last stops in time; leaving anyway.");
+                            break;
+                        }
+                    }
+                }
+                () = self.agents.idle(), if matches!(leaving, Leaving::Stopping(_)) && self.waiting.is_empty() => {
+                    info!("Every resource and hot standby of this node is stopped.");
                     break;
                 }
                 Some(report) = inputs.stored.recv() => self.on_report(report),
@@ -144,9 +183,12 @@ impl Core {
                     self.publish();
                 }
             }
-            if leaving_until.is_some() && self.node.drained() && self.waiting.is_empty() {
+            if matches!(leaving, Leaving::HandingOver(_))
+                && self.node.drained()
+                && self.waiting.is_empty()
+            {
                 info!("Everything handed over; stopping.");
-                break;
+                leaving = Leaving::Stopping(Instant::now() + self.final_stops());
             }
         }
         // What was handed to the writer is committed (or kept by it) before the node stops.
@@ -161,9 +203,35 @@ impl Core {
         self.publish();
     }
 
+    /// At the end of a clean shutdown: stops every resource this node still holds (nobody
+    /// took it over within the grace period) and releases its hot standbys, after everything
+    /// already asked. How long to wait for them at most.
+    fn final_stops(&mut self) -> Duration {
+        let held: Vec<(ResourceIdx, Epoch)> =
+            self.node.held().map(|(r, epoch, _)| (r, epoch)).collect();
+        let mut longest = Duration::ZERO;
+        for &(r, epoch) in &held {
+            longest = longest.max(self.site.resource(r).timings.timeout);
+            self.waiting
+                .push_back((self.handed, Action::Stop(r, epoch)));
+        }
+        for r in self.agents.standing_by() {
+            longest = longest.max(self.site.resource(r).timings.timeout);
+        }
+        self.agents.release_all();
+        self.run_ready();
+        let rounds = held.len().div_ceil(self.agent_concurrency.max(1)) as u32;
+        // A start in flight finishes first, then each stop in turn.
+        longest * (rounds + 2) + Duration::from_secs(1)
+    }
+
     pub(super) fn publish(&mut self) {
         self.last_publish = Instant::now();
         let mut snap = Snapshot::of(&self.node, self.now());
+        snap.agents = Arc::new(AgentTimes {
+            last: self.agents.last_ops(),
+            standby: self.agents.standing_by().into_iter().collect(),
+        });
         if let Ok(wire) = self.metrics.wire_rejected.lock() {
             for (&reason, &n) in wire.iter() {
                 *snap.stats.rejected.entry(reason).or_default() += n;
@@ -197,7 +265,8 @@ impl Core {
                     actions.push(Action::Start(resource, epoch, cover_from));
                 }
                 Output::Standby { resource, prepare } => {
-                    actions.push(Action::Standby(resource, prepare))
+                    let epoch = self.node.resource_view(resource, now).epoch;
+                    actions.push(Action::Standby(resource, prepare, epoch));
                 }
                 Output::Stop { resource, epoch } => actions.push(Action::Stop(resource, epoch)),
             }
@@ -230,16 +299,33 @@ impl Core {
                     | Event::FailbackCompleted { .. }
             )
         });
-        let epochs: Arc<HashMap<ResourceIdx, u64>> = Arc::new(if needs_epochs {
-            self.node.held().map(|(r, epoch, _)| (r, epoch)).collect()
-        } else {
-            HashMap::new()
-        });
+        let mut held = cloudevents::Held::default();
+        if needs_epochs {
+            held.epochs = self.node.held().map(|(r, epoch, _)| (r, epoch)).collect();
+        }
+        for e in &events {
+            if let Event::FailoverCompleted { resources, .. }
+            | Event::FailbackCompleted { resources, .. } = e
+            {
+                held.started.extend(resources.iter().filter_map(|&r| {
+                    let t = self.agents.last_op(r, AgentOp::Start)?;
+                    let current = held.epochs.get(&r) == Some(&t.epoch);
+                    (t.ok && current).then_some((
+                        r,
+                        cloudevents::Started {
+                            at: t.done_at(),
+                            took: t.took,
+                        },
+                    ))
+                }));
+            }
+        }
+        let held = Arc::new(held);
         events
             .into_iter()
             .map(|event| {
                 let (site, node, run) = (self.site.clone(), self.me, self.run.clone());
-                let (e, epochs) = (event.clone(), epochs.clone());
+                let (e, held) = (event.clone(), held.clone());
                 PendingEvent {
                     event,
                     json: Box::new(move |seq| {
@@ -248,7 +334,7 @@ impl Core {
                             node,
                             run: &run,
                         };
-                        cloudevents::to_cloudevent(from, seq, now, clock, &e, &epochs).to_string()
+                        cloudevents::to_cloudevent(from, seq, now, clock, &e, &held).to_string()
                     }),
                 }
             })
@@ -299,6 +385,9 @@ impl Core {
             if let Event::FailoverCompleted { takeover, .. } = &e {
                 self.metrics.takeover_seconds.observe(*takeover);
             }
+            if let Event::FailbackCompleted { resources, .. } = &e {
+                self.merge(resources);
+            }
             log_event(&self.site, &e);
             self.stored_at.record(stored.seq, at);
             let _ = self.events.send(Arc::new(stored));
@@ -333,6 +422,26 @@ impl Core {
         }
     }
 
+    /// After a failback: each resource taken back gets a `merge` of what its buddies recorded
+    /// meanwhile, from the history (asked for now, at the failback's end).
+    fn merge(&self, resources: &[ResourceIdx]) {
+        let Some(history) = &self.history else {
+            return;
+        };
+        let at = SystemTime::now();
+        for &r in resources {
+            let Some((_, epoch, _)) = self.node.held().find(|(x, _, _)| *x == r) else {
+                continue;
+            };
+            let (history, agents) = (history.clone(), self.agents.clone());
+            let id = self.site.resource(r).id.clone();
+            tokio::spawn(async move {
+                let intervals = history.merge_intervals(id, epoch, at).await;
+                agents.merge(r, epoch, intervals);
+            });
+        }
+    }
+
     /// Agent operations whose jobs are committed, in order.
     fn run_ready(&mut self) {
         while let Some(&(after, action)) = self.waiting.front() {
@@ -343,10 +452,15 @@ impl Core {
             match action {
                 Action::Start(resource, epoch, cover_from) => {
                     debug!(resource = %self.site.resource(resource).id, epoch, ?cover_from, "Starting.");
-                    self.agents.start(resource, epoch);
+                    self.agents.start_covering(resource, epoch, cover_from);
                 }
-                Action::Standby(resource, prepare) => {
-                    debug!(resource = %self.site.resource(resource).id, prepare, "Hot standby.");
+                Action::Standby(resource, prepare, epoch) => {
+                    debug!(resource = %self.site.resource(resource).id, prepare, epoch, "Hot standby.");
+                    if prepare {
+                        self.agents.standby(resource, epoch);
+                    } else {
+                        self.agents.release(resource, epoch);
+                    }
                 }
                 Action::Stop(resource, epoch) => {
                     debug!(resource = %self.site.resource(resource).id, epoch, "Stopping.");

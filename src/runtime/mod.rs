@@ -8,9 +8,12 @@
 //!   in bytes) and the witness probes;
 //! - [`records`]: the core's durable records to and from the store's;
 //! - [`clock`]: the wall clock behind a seam tests can step.
+//! - [`history`]: the history of owners (where the footage is), written from the snapshots on
+//!   a thread of its own, and read for a failback's merges.
 
 pub mod clock;
 mod core;
+mod history;
 mod net;
 mod records;
 mod writer;
@@ -48,9 +51,10 @@ pub struct NodeConfig {
     pub api_token: Option<String>,
     /// ONVIF accounts `(user, password)`, secrets resolved.
     pub onvif_users: Vec<(String, String)>,
-    /// Resources started at once at most.
+    /// Agent starts run at once at most (and as many stops, and monitors).
     pub agent_concurrency: usize,
-    /// How long a clean shutdown waits for the buddies to take over.
+    /// How long a clean shutdown waits for the buddies to take over; then the node stops what
+    /// is left itself.
     pub shutdown_grace: Duration,
     /// Connector files of the site.
     pub connectors: Vec<crate::connectors::Connector>,
@@ -300,12 +304,23 @@ impl Daemon {
             metrics.clone(),
             inner.clone(),
             cfg.agent_concurrency,
-        );
+        )
+        .with_standby_file(cfg.data_dir.join("standby"), |r| {
+            restored.claims.iter().any(|c| c.resource == r && c.held)
+        });
         let (cmd_tx, commands) = mpsc::channel(64);
         let (events_tx, _) = broadcast::channel(1024);
         let first = Arc::new(Snapshot::of(&node, Duration::ZERO));
         let (snap_tx, snap_rx) = watch::channel(first);
         let stored_at = Arc::new(crate::connectors::StoredAt::default());
+        let (history, history_thread) =
+            match history::spawn(cfg.data_dir.clone(), snap_rx.clone(), inner.clone(), &tasks) {
+                Ok((h, t)) => (Some(h), Some(t)),
+                Err(e) => {
+                    warn!(error = %e, "Cannot start the history of owners; going on without it.");
+                    (None, None)
+                }
+            };
         let connectors = crate::connectors::start(
             crate::connectors::NodeFeeds {
                 site: site.clone(),
@@ -346,7 +361,9 @@ impl Daemon {
             node,
             writer,
             sockets: Vec::new(),
-            agents,
+            agents: Arc::new(agents),
+            history,
+            agent_concurrency: cfg.agent_concurrency,
             origin,
             wall,
             run,
@@ -412,6 +429,10 @@ impl Daemon {
             .is_err()
         {
             warn!("Some tasks did not stop within 5 s.");
+        }
+        // The core (and its handle on the history) ended with its thread.
+        if let Some(thread) = history_thread {
+            thread.finish(Duration::from_secs(2)).await;
         }
         result
     }

@@ -1,6 +1,9 @@
 //! Durable node state in SQLite (bundled, WAL, `synchronous = FULL`): the boot counter, claims
 //! and epochs, the event log, and each connector's cursor into it (the outbox).
 //!
+//! [`history`]: each resource's owners over time (where the footage is), written by its own
+//! connection; its tables are created here with the others (the hook in [`Store::open`]).
+//!
 //! One [`Store`] is written by the task that owns the failover core, so a claim is on disk
 //! before its agent starts (DESIGN rule 4). Readers (the API, connectors) open their own
 //! connections with [`Store::open_reader`]; WAL lets them read while the core writes.
@@ -12,6 +15,7 @@
 //! - [`maintenance`]: what keeps a store that runs for years bounded: retention of the event
 //!   log in small batches, WAL checkpoints.
 
+pub mod history;
 mod maintenance;
 mod outbox;
 pub mod schema;

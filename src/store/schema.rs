@@ -40,6 +40,10 @@ pub(super) const STEPS: &[Step] = &[
         what: "when each event was stored (retention), indexes for pruning",
         sql: V3_RETENTION,
     },
+    Step {
+        what: "the history of each resource's owners (where the footage is)",
+        sql: super::history::SCHEMA,
+    },
 ];
 
 /// The version this build writes.
@@ -188,7 +192,7 @@ mod tests {
         let mut reference = Connection::open_in_memory().unwrap();
         assert_eq!(migrate(&mut reference).unwrap(), 0);
         let want = tables(&reference);
-        assert_eq!(want.len(), 12, "{want:?}");
+        assert_eq!(want.len(), 14, "{want:?}");
 
         // The first release: 7 tables, no version.
         let mut c = Connection::open_in_memory().unwrap();
@@ -241,6 +245,24 @@ mod tests {
                 .as_millis() as i64;
             assert!((stored[1] - now).abs() < 60_000, "{stored:?}");
         }
+
+        // Version 3, the layout before the history of owners: its data kept.
+        let mut e = Connection::open_in_memory().unwrap();
+        for step in &STEPS[..3] {
+            e.execute_batch(step.sql).unwrap();
+        }
+        e.pragma_update(None, "user_version", 3).unwrap();
+        e.execute(
+            "INSERT INTO known_epochs (resource, epoch) VALUES ('cam-1', 397)",
+            [],
+        )
+        .unwrap();
+        assert_eq!(migrate(&mut e).unwrap(), 3);
+        assert_eq!(tables(&e), want);
+        let known: u64 = e
+            .query_row("SELECT epoch FROM known_epochs", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(known, 397);
 
         // Again: nothing to do, nothing written.
         assert_eq!(migrate(&mut d).unwrap(), VERSION);

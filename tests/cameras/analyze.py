@@ -13,6 +13,10 @@ whose code fails its CRC (concealed, half-decoded) is counted as bad, never as r
 
 Without --from/--to, a camera's window runs from the first to the last frame recorded on any
 node. As a library: `analyze(root, start, end)` returns one `CameraResult` per camera.
+
+Segments a node merged from a buddy after a failback (`m-SERVER-*.ts`, agents/rtsp-recorder
+`merge`) count as the node `NODE+merged`: copies, so what was lost does not change, and
+`NODE` with `NODE+merged` is what the node holds after its merges.
 """
 
 import argparse
@@ -76,6 +80,27 @@ class CameraResult:
     def lost_seconds(self):
         return self.lost_frames * TICK
 
+    def missing(self, nodes, start_tick=None, end_tick=None):
+        """Ticks of [start_tick, end_tick] (default: the window) that none of `nodes` holds."""
+        held = set()
+        for n in nodes:
+            if n in self.nodes:
+                held |= self.nodes[n].ticks
+        a = self.start_tick if start_tick is None else start_tick
+        b = self.end_tick if end_tick is None else end_tick
+        return [k for k in range(a, b + 1) if k not in held]
+
+    def duplicated(self, nodes, start_tick=None, end_tick=None):
+        """Ticks of [start_tick, end_tick] (default: the window) that two or more of `nodes`
+        recorded: an overlap of recordings (harmless, but disk and bandwidth)."""
+        seen = {}
+        for n in nodes:
+            for k in self.nodes[n].ticks if n in self.nodes else ():
+                seen[k] = seen.get(k, 0) + 1
+        a = self.start_tick if start_tick is None else start_tick
+        b = self.end_tick if end_tick is None else end_tick
+        return [k for k in range(a, b + 1) if seen.get(k, 0) > 1]
+
     @property
     def longest_gap(self):
         return max((b - a + 1 for a, b in self.gaps), default=0)
@@ -120,11 +145,15 @@ def camera_number(name):
         return None
 
 
-def sessions(folder):
-    """Segment paths of `folder` grouped by session, each in order."""
+MERGED = "m-"
+
+
+def sessions(folder, merged=False):
+    """Segment paths of `folder` grouped by session, each in order: the node's own recording,
+    or (`merged`) the copies it merged from buddies."""
     groups = {}
     for name in sorted(os.listdir(folder)):
-        if name.endswith(".ts") and "-" in name:
+        if name.endswith(".ts") and "-" in name and name.startswith(MERGED) == merged:
             groups.setdefault(name.rsplit("-", 1)[0], []).append(os.path.join(folder, name))
     return [groups[k] for k in sorted(groups)]
 
@@ -147,10 +176,10 @@ def decode(paths, ffmpeg="ffmpeg"):
     return out
 
 
-def read_node(camera, folder, node):
+def read_node(camera, folder, node, merged=False):
     frames = NodeFrames(node)
     number = camera_number(camera)
-    for paths in sessions(folder):
+    for paths in sessions(folder, merged):
         frames.segments += len(paths)
         for code in decode(paths):
             if code is None:
@@ -175,11 +204,13 @@ def analyze(root, start=None, end=None, cameras=None, workers=2):
         for node in nodes:
             path = os.path.join(folder, node)
             if os.path.isdir(path) and not node.startswith("."):
-                jobs.append((camera, path, node))
+                jobs.append((camera, path, node, False))
+                if sessions(path, merged=True):
+                    jobs.append((camera, path, node + "+merged", True))
     with ThreadPoolExecutor(max_workers=workers) as pool:
         read = list(pool.map(lambda j: read_node(*j), jobs))
     by_camera = {c: {} for c in names}
-    for (camera, _, node), frames in zip(jobs, read):
+    for (camera, _, node, _), frames in zip(jobs, read):
         by_camera[camera][node] = frames
     start_tick = None if start is None else int(-(-start * framecode.FPS // 1))
     end_tick = None if end is None else int(end * framecode.FPS // 1)

@@ -3,17 +3,20 @@
 and the video each failover lost, read back from the recordings (issue 14).
 
     tests/cameras/lab.py --bin target/release/buddygate [--cameras 8] [--runs 1]
-        [--scenarios agent,kill9,sigterm,standby-cost] [--ready frame|launch]
-        [--ready-timeout 8s]
+        [--scenarios agent,kill9,kill9-hot,sigterm,sigterm-hot,standby-cost]
+        [--ready frame|launch] [--ready-timeout 8s] [--agent-concurrency N]
         [--assert] [--json FILE] [--keep]
 
 - cameras.py serves N cameras (H.264, 10 fps, 1 s GOP) whose frames carry their capture time.
 - Each run writes a site file: live-1 (127.0.1.1) with cam-01..cam-N, its mirrored buddy fo-1
   (127.0.1.2), 200 ms heartbeats on two loopback paths, 1 s failure timeout; the cameras use
-  the `exec` agent agents/rtsp-recorder with params (url, dir, ...), recording 10 s MPEG-TS
-  segments under one folder per camera and node.
+  the `exec` agent agents/rtsp-recorder with params (url, dir, ...), recording 2 s MPEG-TS
+  segments under one folder per camera and node (one shared folder: merges copy from it).
 - kill9: SIGKILL live-1's daemon and, at once, its recorders (a crashed server). sigterm: a
-  clean stop of live-1's daemon (it hands over and stops its recorders itself).
+  clean stop of live-1's daemon (it hands over and stops its recorders itself). `-hot`: every
+  camera has `standby = true`, so fo-1 keeps a hot standby of it before the fault.
+- Every run then restarts live-1 and fails it back by hand: live-1 merges what fo-1 recorded,
+  and the history API of both nodes is read.
 - agent: the recorder agent alone, without buddygate: its contract (idempotent start, stop,
   monitor codes, readiness, errors) and a hot-standby hand-over with BUDDYGATE_COVER_FROM
   after a kill -9 of the recording one, which must lose no frame.
@@ -22,11 +25,15 @@ and the video each failover lost, read back from the recordings (issue 14).
 - The analyzer (analyze.py) decodes every recording and counts, per camera, the frames
   captured in [fault - 2 s, end] that no node recorded.
 
-With --assert it checks what buddygate promises today: after a kill -9 every camera is recorded
-by fo-1 and lost at most KILL9_LIMIT seconds; a clean stop hands every camera over, loses at
-most SIGTERM_LIMIT seconds, exits 0 and leaves no recorder running; the agent keeps its
-contract and its hot-standby hand-over loses 0 frames. The figures (video lost per camera,
-min / median / max) are printed, never asserted on tightly.
+With --assert it checks what buddygate promises: after a kill -9 every camera is recorded by
+fo-1 and lost at most KILL9_LIMIT seconds, and 0 frames with hot standby; a clean stop hands
+every camera over, loses 0 frames, exits 0 and leaves no recorder running; the failback loses
+0 frames; after it live-1 has merged every camera and holds every frame anyone recorded; the
+history API of both nodes names live-1, fo-1, live-1 at rising epochs, fo-1's (up all along)
+exactly: every recorded frame is on a node it names for that time, and each node fills its
+intervals; the agent keeps its contract, its hot-standby hand-over loses 0 frames and its merge
+copies the buddy's footage. The figures (video lost and recorded twice per camera, min /
+median / max) are printed, never asserted on tightly.
 """
 
 import argparse
@@ -53,7 +60,15 @@ REPO = os.path.dirname(os.path.dirname(HERE))
 AGENT = os.path.join(REPO, "agents", "rtsp-recorder")
 TOKEN = "camera-lab-token"
 KILL9_LIMIT = 8.0
-SIGTERM_LIMIT = 4.0
+# Recorder settings: 2 s segments (whole segments are kept from a standby's buffer and copied
+# by merge), a 10 s standby buffer.
+SEGMENT = 2
+BUFFER = 10
+# A node's recorded frames lie within its history intervals, give or take this much: a kept
+# buffer segment starts up to a segment before COVER_FROM, a recorder stops after its
+# interval ends (make-before-break) or, killed, before.
+HISTORY_SLACK = SEGMENT + 1.5
+SCENARIOS = ("kill9", "kill9-hot", "sigterm", "sigterm-hot")
 DEBIAN_PYTHON = "/usr/bin/python3"
 # What agents run with: the system's python3 first (a version manager's shim on PATH costs a
 # quarter of a second per agent operation, which a VMS server would not have).
@@ -158,8 +173,9 @@ class Cameras:
 class Site:
     """live-1 and its mirrored buddy fo-1 on loopback, recording the lab's cameras."""
 
-    def __init__(self, args, cameras, workdir, name):
+    def __init__(self, args, cameras, workdir, name, hot=False):
         self.args = args
+        self.hot = hot
         self.dir = os.path.join(workdir, name)
         os.makedirs(self.dir)
         self.video = os.path.join(self.dir, "video")
@@ -191,9 +207,9 @@ class Site:
         text += (
             f'[[resources]]\nid = "cam-{{01..{self.n:02d}}}"\nkind = "camera"\nserver = "live-1"\n'
             f'agent = "exec"\ncommand = "{AGENT}"\ntimeout = "10s"\nmonitor_interval = "2s"\n'
-            f"retries = 1\n{ready_timeout}"
-            f'params = {{ url = "{cameras.url()}", dir = "{self.video}", segment = 10, '
-            f'start_timeout = 8, ready = "{args.ready}" }}\n'
+            f"retries = 1\n{ready_timeout}" + ("standby = true\n" if hot else "") +
+            f'params = {{ url = "{cameras.url()}", dir = "{self.video}", segment = {SEGMENT}, '
+            f'start_timeout = 8, ready = "{args.ready}", buffer = {BUFFER} }}\n'
         )
         self.site = os.path.join(self.dir, "site.toml")
         with open(self.site, "w") as f:
@@ -206,8 +222,11 @@ class Site:
 
     def start(self, node):
         logf = open(os.path.join(self.dir, f"{node}.log"), "a")
+        extra = []
+        if self.args.agent_concurrency:
+            extra += ["--agent-concurrency", str(self.args.agent_concurrency)]
         self.procs[node] = subprocess.Popen(
-            [self.args.bin, "run", "--config", self.site, "--node", node],
+            [self.args.bin, "run", "--config", self.site, "--node", node] + extra,
             stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
             env=dict(AGENT_ENV, BUDDYGATE_LOG="info"),
         )  # fmt: skip
@@ -219,13 +238,61 @@ class Site:
         with urllib.request.urlopen(req, timeout=2) as r:
             return json.load(r)
 
-    def owners(self, view):
-        """{camera: (owner, state)} as `view` sees it, or None when it does not answer."""
+    def post(self, node, path):
+        req = urllib.request.Request(
+            self.nodes[node] + path, method="POST", data=b"",
+            headers={"Authorization": f"Bearer {TOKEN}"},
+        )  # fmt: skip
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status
+
+    def resources(self, view):
+        """{camera: resource} as `view` sees it, or None when it does not answer."""
         try:
             resources = self.get(view, "/api/v1/resources")["resources"]
         except (OSError, ValueError, KeyError):
             return None
-        return {r["id"]: (r["owner"], r["state"]) for r in resources}
+        return {r["id"]: r for r in resources}
+
+    def owners(self, view):
+        """{camera: (owner, state)} as `view` sees it, or None when it does not answer."""
+        rs = self.resources(view)
+        return None if rs is None else {k: (r["owner"], r["state"]) for k, r in rs.items()}
+
+    def wait_heard(self, limit, resumed):
+        """Waits until live-1 has booted and fo-1 sees it up, and (`resumed`: it crashed while
+        recording) live-1 has stopped every recorder it ran before."""
+        began = time.monotonic()
+        while time.monotonic() - began < limit:
+            try:
+                home = self.get("live-1", "/api/v1/site")
+                buddy = self.get("fo-1", "/api/v1/site")
+                up = [s["state"] for s in buddy["servers"] if s["id"] == "live-1"] == ["up"]
+                stopped = not resumed or all(
+                    r["stopped_at"] for r in self.get("live-1", "/api/v1/resources")["resources"]
+                )
+                if up and not home["booting"] and stopped:
+                    return
+            except (OSError, ValueError, KeyError):
+                pass
+            time.sleep(0.1)
+        raise Failed(f"fo-1 did not hear live-1 back within {limit} s")
+
+    def wait_standby(self, limit):
+        """Waits until fo-1 keeps every camera in hot standby; the time it took."""
+        began = time.monotonic()
+        while time.monotonic() - began < limit:
+            rs = self.resources("fo-1")
+            if rs and len(rs) == self.n and all(r.get("standby") for r in rs.values()):
+                return time.monotonic() - began
+            time.sleep(0.1)
+        raise Failed(f"fo-1 did not stand by for every camera within {limit} s")
+
+    def history(self, view, camera):
+        try:
+            return self.get(view, f"/api/v1/resources/{camera}/history")
+        except (OSError, ValueError) as e:
+            raise Failed(f"history of {camera} from {view}: {e}")
 
     def wait_all(self, view, owner, limit):
         """Waits until `view` sees every camera active on `owner`; the time it took."""
@@ -262,6 +329,18 @@ class Site:
             if e.get("type") == "buddygate.failover.completed":
                 return e.get("data", {}).get("takeover_ms")
         return None
+
+    def merged(self, node):
+        """Cameras whose merge `node` logged as done."""
+        try:
+            text = open(os.path.join(self.dir, f"{node}.log"), errors="replace").read()
+        except OSError:
+            return set()
+        return {
+            line.split("resource=", 1)[1].split()[0]
+            for line in text.splitlines()
+            if "Merged what the buddy recorded" in line and "resource=" in line
+        }
 
     def detected(self, node, fault):
         """Seconds from `fault` to `node` logging live-1 down (kill9) or leaving (sigterm)."""
@@ -315,21 +394,27 @@ class Site:
 
 
 def failover_run(args, cameras, workdir, scenario, run):
-    """One kill9 or sigterm run; returns its figures and its failures."""
-    site = Site(args, cameras, workdir, f"{scenario}-{run}")
+    """One kill9 or sigterm run (cold, or `-hot`: every camera in hot standby on fo-1), then a
+    failback; returns its figures and its failures."""
+    hot = scenario.endswith("-hot")
+    fault_kind = scenario.split("-")[0]
+    site = Site(args, cameras, workdir, f"{scenario}-{run}", hot=hot)
     failures = []
     result = {"scenario": scenario, "run": run, "cameras": site.n}
+    began = time.time()
     try:
         site.start("fo-1")
         site.start("live-1")
         took = site.wait_all("fo-1", "live-1", 30)
         site.wait_all("live-1", "live-1", 10)
+        if hot:
+            site.wait_standby(20)
         log(f"{scenario} run {run}: {site.n} cameras recording on live-1 after {took:.1f} s")
         time.sleep(3 + random.random())
         live = site.supervisors("live-1")
         check(len(live) == site.n, f"live-1 runs {len(live)} recorders, not {site.n}", failures)
         fault = time.time()
-        if scenario == "kill9":
+        if fault_kind == "kill9":
             site.procs["live-1"].kill()
             for pid in live.values():
                 os.killpg(pid, signal.SIGKILL)
@@ -337,9 +422,9 @@ def failover_run(args, cameras, workdir, scenario, run):
             site.procs["live-1"].send_signal(signal.SIGTERM)
         active = site.wait_all("fo-1", "fo-1", 30)
         result["active_s"] = round(active, 3)
-        if scenario == "sigterm":
+        if fault_kind == "sigterm":
             try:
-                code = site.procs["live-1"].wait(15)
+                code = site.procs["live-1"].wait(45)
             except subprocess.TimeoutExpired:
                 code = None
             result["exit"] = code
@@ -348,14 +433,52 @@ def failover_run(args, cameras, workdir, scenario, run):
             result["left_running"] = len(left)
             check(code == 0, f"live-1 exited with {code} after SIGTERM", failures)
             check(not left, f"live-1 left {len(left)} recorders running: {sorted(left)}", failures)
-        time.sleep(3)
+        time.sleep(2)
         result["takeover_ms"] = site.takeover_ms("fo-1")
         result["detected_s"] = site.detected("fo-1", fault)
         end = time.time() - 0.5
+        # Back home: live-1 restarts, is failed back by hand, and merges what fo-1 recorded.
+        if site.procs["live-1"].poll() is None:
+            site.procs["live-1"].kill()
+            site.procs["live-1"].wait()
+        site.start("live-1")
+        site.wait_all("live-1", "fo-1", 30)
+        # A failback asked while live-1 still stops the recorders it ran before the crash brings
+        # back only those already stopped (the rest stay on fo-1): ask once fo-1 hears live-1
+        # and live-1 has stopped them all.
+        site.wait_heard(30, resumed=fault_kind == "kill9")
+        failback = time.time()
+        site.post("fo-1", "/api/v1/servers/live-1/failback")
+        site.wait_all("live-1", "live-1", 30)
+        site.wait_all("fo-1", "live-1", 10)
+        result["failback_s"] = round(time.time() - failback, 3)
+        deadline = time.monotonic() + 20
+        while len(site.merged("live-1")) < site.n and time.monotonic() < deadline:
+            time.sleep(0.2)
+        merged = site.merged("live-1")
+        check(
+            len(merged) == site.n,
+            f"live-1 merged {len(merged)} of {site.n} cameras after the failback",
+            failures,
+        )
+        time.sleep(1.5)
+        back_end = time.time() - 0.5
+        histories = {
+            view: {cam: site.history(view, cam) for cam in site.cameras()}
+            for view in ("fo-1", "live-1")
+        }
+        if hot:
+            # Standing by again, now that live-1 records.
+            try:
+                site.wait_standby(15)
+            except Failed as e:
+                check(False, str(e), failures)
     finally:
         site.stop_all()
-    results = analyze.analyze(site.video, fault - 2, end, cameras=site.cameras())
+    results = analyze.analyze(site.video, fault - 2, back_end, cameras=site.cameras())
     fault_tick = fault * framecode.FPS
+    end_tick = int(end * framecode.FPS)
+    back_tick = int((failback - 2) * framecode.FPS)
     per_camera = []
     for r in results:
         fo = r.nodes.get("fo-1")
@@ -367,39 +490,131 @@ def failover_run(args, cameras, workdir, scenario, run):
             f"{r.camera}: live-1 did not record before the {scenario}",
             failures,
         )
-        limit = KILL9_LIMIT if scenario == "kill9" else SIGTERM_LIMIT
+        # The fault's window: [fault - 2 s, 3 s after every camera was active on fo-1].
+        lost = r.missing(list(r.nodes), end_tick=end_tick)
+        lost_s = len(lost) / framecode.FPS
+        if fault_kind == "sigterm" or hot:
+            check(not lost, f"{r.camera}: {len(lost)} frames lost on a {scenario}, not 0", failures)
+        else:
+            check(lost_s <= KILL9_LIMIT, f"{r.camera}: {lost_s:.1f} s lost, more than {KILL9_LIMIT} s", failures)
+        # The failback is make-before-break: nothing lost from it on.
+        back = r.missing(list(r.nodes), start_tick=back_tick)
+        check(not back, f"{r.camera}: {len(back)} frames lost around the failback", failures)
+        # Recorded twice (each node's own recording; merged copies aside): the overlaps a
+        # hot standby's kept buffer and make-before-break hand-overs cost.
+        own_nodes = [n for n in r.nodes if not n.endswith("+merged")]
+        dup = r.duplicated(own_nodes, end_tick=end_tick)
+        back_dup = r.duplicated(own_nodes, start_tick=back_tick)
+        # After its merge, live-1 alone holds everything anyone recorded.
+        own = r.missing(["live-1", "live-1+merged"])
         check(
-            r.lost_seconds <= limit,
-            f"{r.camera}: {r.lost_seconds:.1f} s lost, more than {limit} s",
+            len(own) == r.lost_frames,
+            f"{r.camera}: live-1 holds all but {len(own)} frames after its merge; "
+            f"{r.lost_frames} were lost everywhere",
             failures,
         )
+        history_checks(r, histories, fault_kind, back_end, failures)
         last = r.last_before(int(fault_tick) + 1, "live-1") if home else None
         first = r.first_after(int(fault_tick) - 50, "fo-1") if fo else None
         per_camera.append(
             {
                 "camera": r.camera,
-                "lost_frames": r.lost_frames,
-                "lost_s": round(r.lost_seconds, 1),
+                "lost_frames": len(lost),
+                "lost_s": round(lost_s, 1),
+                "dup_s": round(len(dup) / framecode.FPS, 1),
+                "back_lost_s": round(len(back) / framecode.FPS, 1),
+                "back_dup_s": round(len(back_dup) / framecode.FPS, 1),
                 "gaps": len(r.gaps),
                 "home_last_s": None if last is None else round(last / framecode.FPS - fault, 3),
                 "buddy_first_s": None if first is None else round(first / framecode.FPS - fault, 3),
-                "buddy_ffmpeg_s": site.ffmpeg_launched(r.camera, "fo-1", fault),
+                "buddy_ffmpeg_s": None if hot else site.ffmpeg_launched(r.camera, "fo-1", fault),
                 "bad_frames": sum(n.bad for n in r.nodes.values()),
+                "merged_frames": len(r.nodes["live-1+merged"].ticks) if "live-1+merged" in r.nodes else 0,
             }
         )
     result["per_camera"] = per_camera
+    result["took_s"] = round(time.time() - began, 1)
     lost = [c["lost_s"] for c in per_camera]
     s = analyze.summary(lost)
+    d = analyze.summary([c["dup_s"] for c in per_camera])
     log(
         f"{scenario} run {run}: lost per camera min {s[0]:.1f} / median {s[1]:.2f} / "
-        f"max {s[2]:.1f} s; all active on fo-1 {result['active_s']:.2f} s after the fault; "
-        f"takeover_ms {result['takeover_ms']}"
+        f"max {s[2]:.1f} s, recorded twice median {d[1]:.1f} / max {d[2]:.1f} s; all active on "
+        f"fo-1 {result['active_s']:.2f} s after the fault; takeover_ms {result['takeover_ms']}; "
+        f"failback {result.get('failback_s')} s; run {result['took_s']} s"
     )
     if failures:
         log(f"keeping {site.dir} for inspection")
     elif not args.keep:
         shutil.rmtree(site.dir, ignore_errors=True)
     return result, failures
+
+
+def history_checks(r, histories, fault_kind, run_end, failures):
+    """The history APIs name exactly who recorded camera `r` when: live-1, fo-1, live-1 again
+    at rising epochs; every recorded frame is on a node named for its time, and each node
+    recorded its intervals."""
+    for view, by_camera in histories.items():
+        h = by_camera[r.camera]
+        who = [i["owner"] for i in h]
+        check(
+            who == ["live-1", "fo-1", "live-1"],
+            f"{r.camera}: {view}'s history names {who}, not live-1, fo-1, live-1",
+            failures,
+        )
+        epochs = [i["epoch"] for i in h]
+        check(epochs == sorted(set(epochs)), f"{r.camera}: {view}'s epochs {epochs}", failures)
+        check(h and h[-1]["to"] is None, f"{r.camera}: {view}'s last interval has ended", failures)
+        if view == "live-1" and fault_kind == "kill9" and len(h) == 3:
+            # live-1 was down when fo-1 took over: its view says so.
+            check(not h[1]["exact"], f"{r.camera}: live-1 claims to have seen fo-1's start", failures)
+    # fo-1 was up all along: its view is exact, and matches the recordings.
+    h = histories["fo-1"][r.camera]
+    if len(h) != 3 or not h[1]["exact"] or not h[2]["exact"]:
+        check(False, f"{r.camera}: fo-1's history is not exact: {h}", failures)
+        return
+    spans = {}
+    for i in h:
+        a = iso_seconds(i["from"])
+        b = iso_seconds(i["to"]) if i["to"] else run_end
+        spans.setdefault(i["owner"], []).append((a, b))
+
+    def named(node, k):
+        """Whether the history names `node` as recording at tick `k`."""
+        return any(
+            a - HISTORY_SLACK <= k / framecode.FPS <= b + HISTORY_SLACK
+            for a, b in spans.get(node, ())
+        )
+
+    # Every recorded frame is on a node the history names for its time. A recorder may run on
+    # past its interval (a stop that waits for a permit under load): those frames are copies
+    # of what the next owner recorded, and the history leads to them there.
+    own = [n for n in r.nodes if not n.endswith("+merged")]
+    unnamed = [
+        k for k in range(r.start_tick, r.end_tick + 1)
+        if any(k in r.nodes[n].ticks for n in own)
+        and not any(k in r.nodes[n].ticks and named(n, k) for n in own)
+    ]  # fmt: skip
+    check(
+        not unnamed,
+        f"{r.camera}: {len(unnamed)} recorded frames are on no node the history names for "
+        f"their time (first at {min(unnamed) / framecode.FPS:.1f})" if unnamed else "",
+        failures,
+    )
+    for node, intervals in spans.items():
+        ticks = r.nodes[node].ticks if node in r.nodes else set()
+        for a, b in intervals:
+            lo, hi = max(a + 1.5, r.start_tick / framecode.FPS), min(b - 1.5, r.end_tick / framecode.FPS)
+            if hi <= lo:
+                continue
+            want = range(int(lo * framecode.FPS), int(hi * framecode.FPS) + 1)
+            got = sum(1 for k in want if k in ticks)
+            check(
+                got >= 0.95 * len(want),
+                f"{r.camera}: {node} recorded {got} of the {len(want)} frames of its interval "
+                f"{a:.1f}..{b:.1f}",
+                failures,
+            )
 
 
 # --- the agent on its own ---------------------------------------------------------------------
@@ -462,7 +677,7 @@ def agent_checks(args, cameras, workdir):
     code, _, _ = a.run("monitor")
     check(code == 7, f"monitor after stop: exit {code}, not 7", failures)
     code, _, out = a.run("merge")
-    check(code == 3, f"merge: exit {code}, not 3 (unimplemented)", failures)
+    check(code == 2 and "MERGE_FROM" in out, f"merge without its interval: exit {code}: {out}", failures)
 
     # Errors say why.
     nobody = f"rtsp://127.0.0.1:{free_port()}/cam-01"
@@ -536,6 +751,22 @@ def agent_checks(args, cameras, workdir):
         f"the buddy kept buffered video from {first}, long before COVER_FROM {cover_from:.3f}",
         failures,
     )
+    # Merge: the home server pulls back what the buddy recorded (one shared folder, as on a
+    # NAS), and then holds every frame either recorded; a second merge copies nothing more.
+    merge_env = dict(
+        BUDDYGATE_MERGE_FROM=f"{cover_from:.3f}", BUDDYGATE_MERGE_TO=f"{end:.3f}",
+        BUDDYGATE_MERGE_SERVER="fo-1", BUDDYGATE_MERGE_ADDRESS="127.0.0.2",
+    )  # fmt: skip
+    code, took, out = home.run("merge", **merge_env)
+    check(code == 0 and " merged " in out, f"merge: exit {code}: {out}", failures)
+    result["merge_s"] = round(took, 3)
+    code, _, out = home.run("merge", **merge_env)
+    check(code == 0 and "merged 0 segments" in out, f"merge again: exit {code}: {out}", failures)
+    [m] = analyze.analyze(video, fault - 2, end, cameras=["cam-04"])
+    missing = m.missing(["live-1", "live-1+merged"])
+    check(not missing, f"after its merge the home holds all but {len(missing)} frames", failures)
+    code, _, out = home.run("merge", **dict(merge_env, BUDDYGATE_MERGE_SERVER="fo-9"))
+    check(code == 1 and "cannot reach fo-9" in out, f"merge from nowhere: exit {code}: {out}", failures)
     for agent in (a, la, sb, home, buddy):
         agent.run("stop")
     log(
@@ -630,7 +861,7 @@ def standby_cost(args, cameras, workdir, seconds=20):
 def report(results):
     """The figures per scenario over all runs and cameras."""
     lines = []
-    for scenario in ("kill9", "sigterm"):
+    for scenario in SCENARIOS:
         runs = [r for r in results if r["scenario"] == scenario]
         if not runs:
             continue
@@ -649,18 +880,63 @@ def report(results):
             f"{scenario}: {len(runs)} runs x {runs[0]['cameras']} cameras: video lost per camera "
             f"min {s[0]:.1f} / median {s[1]:.2f} / max {s[2]:.1f} s ({f[1]:.0f} frames at the "
             f"median). Medians from the fault: live-1's last frame {statistics.median(home):+.2f} s, "
-            f"fo-1 {'detects' if scenario == 'kill9' else 'hears it leave'} "
-            f"{statistics.median(detected):+.2f} s, launches ffmpeg "
-            f"{statistics.median(launched):+.2f} s, records its first frame "
-            f"{statistics.median(buddy):+.2f} s, all active {statistics.median(active):+.2f} s"
+            f"fo-1 {'detects' if scenario.startswith('kill9') else 'hears it leave'} "
+            f"{statistics.median(detected):+.2f} s, "
+            + (f"launches ffmpeg {statistics.median(launched):+.2f} s, " if launched else "")
+            + f"records its first frame {statistics.median(buddy):+.2f} s, "
+            f"all active {statistics.median(active):+.2f} s"
         )
         if takeover:
             line += f"; failover.completed takeover_ms median {statistics.median(takeover):.0f}"
-        if scenario == "sigterm":
+        failback = [r["failback_s"] for r in runs if r.get("failback_s") is not None]
+        if failback:
+            line += f"; failback (asked -> all home) median {statistics.median(failback):.2f} s"
+        zero = sum(1 for c in cams if c["lost_frames"] == 0)
+        line += f"; {zero} of {len(cams)} cameras lost 0 frames"
+        dup = analyze.summary([c["dup_s"] for c in cams])
+        back = analyze.summary([c["back_lost_s"] for c in cams])
+        back_dup = analyze.summary([c["back_dup_s"] for c in cams])
+        line += (
+            f"; recorded twice per camera median {dup[1]:.1f} / max {dup[2]:.1f} s; "
+            f"the failback lost median {back[1]:.1f} / max {back[2]:.1f} s and recorded "
+            f"median {back_dup[1]:.1f} / max {back_dup[2]:.1f} s twice"
+        )
+        if scenario.startswith("sigterm"):
             left = sum(r.get("left_running", 0) for r in runs)
             line += f"; recorders left running by live-1: {left}"
         lines.append(line)
     return lines
+
+
+def table(results):
+    """The figures as markdown rows (docs/benchmarks.md): per scenario, seconds of video per
+    camera nobody recorded and recorded twice, median / max over cameras and runs, for the
+    fault and for the failback after it."""
+    rows = [
+        "| cameras | scenario | runs | unrecorded p50 / max | recorded twice p50 / max "
+        "| failback: unrecorded p50 / max | failback: twice p50 / max | all active p50 "
+        "| `takeover_ms` p50 |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def pair(values):
+        s = analyze.summary(values)
+        return f"{s[1]:.1f} / {s[2]:.1f} s"
+
+    for scenario in SCENARIOS:
+        runs = [r for r in results if r["scenario"] == scenario]
+        if not runs:
+            continue
+        cams = [c for r in runs for c in r["per_camera"]]
+        takeover = [r["takeover_ms"] for r in runs if r.get("takeover_ms") is not None]
+        rows.append(
+            f"| {runs[0]['cameras']} | {scenario} | {len(runs)} "
+            f"| {pair([c['lost_s'] for c in cams])} | {pair([c['dup_s'] for c in cams])} "
+            f"| {pair([c['back_lost_s'] for c in cams])} | {pair([c['back_dup_s'] for c in cams])} "
+            f"| {statistics.median(r['active_s'] for r in runs):.2f} s "
+            f"| {statistics.median(takeover) if takeover else '-'} |"
+        )
+    return rows if len(rows) > 2 else []
 
 
 def main():
@@ -668,11 +944,13 @@ def main():
     ap.add_argument("--bin", required=True, help="the buddygate binary")
     ap.add_argument("--cameras", type=int, default=8)
     ap.add_argument("--runs", type=int, default=1)
-    ap.add_argument("--scenarios", default="agent,kill9,sigterm")
+    ap.add_argument("--scenarios", default="agent,kill9,kill9-hot,sigterm,sigterm-hot")
     ap.add_argument("--ready", choices=("frame", "launch"), default="frame",
                     help="the recorder's READY param: start waits for the first frame, or not")
     ap.add_argument("--ready-timeout", default="",
                     help="the resources' ready_timeout (buddygate polls monitor after start)")
+    ap.add_argument("--agent-concurrency", type=int, default=0,
+                    help="buddygate run --agent-concurrency (default: buddygate's)")
     ap.add_argument("--assert", dest="strict", action="store_true")
     ap.add_argument("--json", help="write every figure to this file")
     ap.add_argument("--keep", action="store_true", help="keep recordings and logs")
@@ -697,7 +975,7 @@ def main():
                 results.append(r)
                 failures += f
                 continue
-            if scenario not in ("kill9", "sigterm"):
+            if scenario not in SCENARIOS:
                 raise Failed(f"unknown scenario {scenario}")
             for run in range(1, args.runs + 1):
                 r, f = failover_run(args, cameras, workdir, scenario, run)
@@ -714,6 +992,8 @@ def main():
         log(f"FAIL: the cameras dropped frames ({len(drops)} times); gaps may be theirs")
     for line in report(results):
         log(line)
+    for row in table(results):
+        print(row, flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

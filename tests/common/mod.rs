@@ -199,21 +199,32 @@ impl Cluster {
     }
 
     pub fn start(&mut self, id: &str) {
-        self.start_limited(id, &[], None);
+        self.start_limited(id, &[], &[], None);
+    }
+
+    /// Starts `id` with extra arguments to `buddygate run` (`--shutdown-grace 1s`, ...).
+    pub fn start_with(&mut self, id: &str, args: &[&str]) {
+        self.start_limited(id, args, &[], None);
     }
 
     /// Starts `id` with extra environment variables (fault injection).
     pub fn start_with_env(&mut self, id: &str, env: &[(&str, &str)]) {
-        self.start_limited(id, env, None);
+        self.start_limited(id, &[], env, None);
     }
 
     /// Starts `id` with its file-descriptor limits set to `(soft, hard)` first (`ulimit -n` in
     /// a shell that then execs the daemon: the pid is the daemon's).
     pub fn start_with_nofile(&mut self, id: &str, soft: u64, hard: u64) {
-        self.start_limited(id, &[], Some((soft, hard)));
+        self.start_limited(id, &[], &[], Some((soft, hard)));
     }
 
-    fn start_limited(&mut self, id: &str, env: &[(&str, &str)], nofile: Option<(u64, u64)>) {
+    fn start_limited(
+        &mut self,
+        id: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        nofile: Option<(u64, u64)>,
+    ) {
         let i = self.index(id);
         self.starts[i] += 1;
         let log =
@@ -234,6 +245,7 @@ impl Cluster {
             .args(["run", "--config"])
             .arg(&self.site)
             .args(["--node", id])
+            .args(args)
             .env("BUDDYGATE_LOG", "info,buddygate=debug")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
@@ -668,5 +680,6 @@ pub fn owners_snapshot(
             })
             .collect(),
         stats: Stats::default(),
+        agents: Default::default(),
     }
 }

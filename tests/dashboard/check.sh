@@ -63,14 +63,17 @@ asks="!document.querySelector('#login').hidden && document.querySelector('#conn'
 answer="document.querySelector('#login-token').value = '$token';
     document.querySelector('#login-form').requestSubmit(); true"
 # The page is ready when its script fetched the site and resources, the event stream is
-# connected, and an event arrived live (the fixture cuts a path a few seconds in).
+# connected, an event arrived live (the fixture cuts a path a few seconds in), and a click on
+# a camera showed where its footage is (its history as a timeline).
 ready="document.querySelector('#conn.live')
     && document.querySelector('#login').hidden
     && sessionStorage.getItem('buddygate.token') === '$token'
     && localStorage.length === 0 && document.cookie === '' && !location.href.includes('$token')
     && document.querySelectorAll('.tile[data-id]').length > 50
     && document.querySelector('#events li[data-seq]')
-    && document.querySelector('#events li.fresh')"
+    && document.querySelector('#events li.fresh')
+    && (document.querySelectorAll('#timeline .seg').length >= 2
+        || (document.querySelector('.tile[data-id=\"live-1-camera-001\"]').click(), false))"
 mkdir -p "$work/profile" "$(dirname "$screenshot")"
 python3 tests/dashboard/browse.py "$addr/" "$ready" "$(realpath -m "$screenshot")" "$work/dom.html" "$work/profile" 30 "$asks" "$answer" \
     || fail "the page did not get ready (chromium: $(grep -v dbus "$work/profile/chromium.log" 2>/dev/null | tail -3))"
@@ -96,6 +99,7 @@ check "resource taken over by fo-1" '<td>live-1-camera-001</td><td>camera</td><t
 check "event row" '<li class="k-[a-z]+[^"]*" data-seq="[0-9]+"'
 check "failover.completed event" '<span class="type">failover.completed</span>'
 check "event summary" 'live-1 → fo-1 \(127\.1\.0\.4\): 34 resources, epoch 298'
+check "footage timeline" '<td>live-1</td><td>127\.1\.0\.1</td><td class="num">199</td>'
 check "live stream connected" 'id="conn" class="conn live"'
 check "event delivered live" '<li class="k-[a-z]+ fresh" data-seq="[0-9]+"'
 if grep -q 'class="conn fail"' "$dom"; then

@@ -80,8 +80,20 @@ DEFS = {
             "owner": ref("name"),
             "address": ref("ip"),
             "epoch": ref("epoch"),
+            "started_at": {
+                **TIME,
+                "description": "failover.completed and failback.completed: when the owner's start "
+                "was complete (the resource worked: recording, not just launched).",
+            },
+            "start_ms": {
+                **MILLIS,
+                "description": "With started_at: from the moment the start was asked for (the claim "
+                "durable) to then: waits for an agent permit, attempts, readiness.",
+            },
         },
-        description="A resource and who serves it now: owner id, the owner's address, the claim's epoch.",
+        required=["id", "kind", "owner", "address", "epoch"],
+        description="A resource and who serves it now: owner id, the owner's address, the claim's "
+        "epoch, and in completed failovers and failbacks when it started working.",
     ),
     "failed_resource": obj(
         {"id": ref("name"), "kind": ref("kind"), "reason": {"type": "string"}},
