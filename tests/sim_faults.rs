@@ -644,7 +644,9 @@ fn schedules_that_once_failed_keep_the_invariants() {
     // 4457: a buddy cut off from everyone took a live server's cameras over its capacity; at
     // the heal the other buddy moved them to itself and the home took them back (three owners
     // in one fault). Now the home, up, takes them back from the buddy over capacity at once.
-    for seed in [794, 4457] {
+    // 5717: an operator's failback learned from a co-buddy before the home's own heartbeat:
+    // the home's last word (leaving, held) was taken as current and its resources moved again.
+    for seed in [794, 4457, 5717] {
         run_seed(seed, 12);
     }
 }

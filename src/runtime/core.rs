@@ -183,12 +183,15 @@ impl Core {
                     self.publish();
                 }
             }
-            if matches!(leaving, Leaving::HandingOver(_))
-                && self.node.drained()
-                && self.waiting.is_empty()
-            {
-                info!("Everything handed over; stopping.");
-                leaving = Leaving::Stopping(Instant::now() + self.final_stops());
+            if matches!(leaving, Leaving::HandingOver(_)) && self.waiting.is_empty() {
+                if self.node.drained() {
+                    info!("Everything handed over; stopping.");
+                    leaving = Leaving::Stopping(Instant::now() + self.final_stops());
+                } else if self.node.nobody_takes_over(self.now()) {
+                    let left = self.node.held().count();
+                    warn!(left, "No buddy is up to take over; stopping what is left.");
+                    leaving = Leaving::Stopping(Instant::now() + self.final_stops());
+                }
             }
         }
         // What was handed to the writer is committed (or kept by it) before the node stops.

@@ -123,11 +123,20 @@ impl Node {
         let origin = self.ctx.id(self.ctx.me).to_string();
         let held = action == Action::Failover;
         if self.holds.merge(server, held, counter, origin) {
+            self.lifted(server, held);
             self.pending.push(self.holds.record(server));
         }
         self.placement_dirty = true;
         self.send_now = true;
         self.urgent = true;
+    }
+
+    /// A hold on `s` changed: if it was lifted, what `s` last said (`leaving`, held) is stale
+    /// until it speaks again; nothing takes its resources for that.
+    pub(super) fn lifted(&mut self, s: ServerIdx, held: bool) {
+        if let Some(p) = self.peers.by_server.get_mut(&s) {
+            p.hold_lifted = !held;
+        }
     }
 
     /// Whether an operator failback of this server is waiting to be carried out; if so it is

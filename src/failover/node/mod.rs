@@ -268,6 +268,20 @@ impl Node {
         self.phase == Phase::Leaving && self.own.is_empty()
     }
 
+    /// After [`Input::Shutdown`]: whether no buddy that could take a resource this node still
+    /// holds is up (heard within `failure_timeout`, not leaving itself): waiting for a
+    /// hand-over is pointless.
+    pub fn nobody_takes_over(&self, now: Duration) -> bool {
+        self.phase == Phase::Leaving
+            && self.own.iter().all(|(r, _, _)| {
+                self.ctx.topo.candidates(r).iter().all(|&s| {
+                    s == self.ctx.me
+                        || !self.recently_heard(s, now)
+                        || self.peer_state(s) == Some(super::wire::PeerState::Leaving)
+                })
+            })
+    }
+
     /// Whether the node can make things durable (see [`Input::Storage`]).
     pub fn storage_ok(&self) -> bool {
         self.storage_ok

@@ -56,6 +56,9 @@ pub(super) struct Peer {
     /// Nothing heard on any path for `failure_timeout` (the takeover rule), as of the last
     /// refresh: its change must re-run placement even when no path or server state changes.
     pub silent: bool,
+    /// An operator's failback of it was learned after its last heartbeat: its `leaving`
+    /// (held) is stale until it speaks again.
+    pub hold_lifted: bool,
 }
 
 /// One claim on a resource, as its holder advertises it.
@@ -135,6 +138,7 @@ impl Peers {
                     digest: [0; 8],
                     mismatch_reported: None,
                     announced_down: false,
+                    hold_lifted: false,
                     silent: true,
                 };
                 (p, peer)

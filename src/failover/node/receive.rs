@@ -206,6 +206,7 @@ impl Node {
         }
         for (s, held, counter, origin) in holds {
             if self.holds.merge(s, held, counter, origin) {
+                self.lifted(s, held);
                 self.pending.push(self.holds.record(s));
                 self.placement_dirty = true;
                 self.send_now = true;
@@ -242,6 +243,7 @@ impl Node {
         );
         failed.sort_unstable();
         failed.dedup_by_key(|(r, _)| *r);
+        peer.hold_lifted = false;
         if peer.reported != hb.state {
             peer.reported = hb.state;
             self.placement_dirty = true;

@@ -65,7 +65,8 @@ impl Node {
                 });
             return (!vouched).then_some(true);
         }
-        (self.peer_state(home) == Some(PeerState::Leaving)).then_some(false)
+        let lifted = self.peers.get(home).is_some_and(|p| p.hold_lifted);
+        (self.peer_state(home) == Some(PeerState::Leaving) && !lifted).then_some(false)
     }
 
     /// Resources that need a host in this node's view: those of live servers that are gone,
@@ -90,14 +91,27 @@ impl Node {
                 // Not holding it counts only once all its claims were heard, and not while
                 // it was handed to a claim this node has not heard yet.
                 let handed = self.handed.contains_key(&r) && self.best_other(r, now).is_none();
-                let dropped =
-                    p.reported != PeerState::Booting && p.complete() && !held_at_home && !handed;
+                let dropped = p.reported != PeerState::Booting
+                    && p.complete()
+                    && !held_at_home
+                    && !handed
+                    && !p.hold_lifted;
                 // A peer that hears sooner says another server runs it (a failback or a heal
                 // heard late on our side): it has a host.
-                let relayed = self
-                    .relayed
-                    .get(&r)
-                    .is_some_and(|&(x, _, active, _)| active && x != self.ctx.me);
+                // (Not when that server is the home, which says itself that it is leaving with
+                // that claim: the relay is no newer than what the home says.)
+                let leaving = self.peer_state(home) == Some(PeerState::Leaving);
+                let says = |e| {
+                    leaving
+                        && self
+                            .peers
+                            .holders(r)
+                            .iter()
+                            .any(|h| h.server == home && h.epoch >= e)
+                };
+                let relayed = self.relayed.get(&r).is_some_and(|&(x, e, active, _)| {
+                    active && x != self.ctx.me && !(x == home && says(e))
+                });
                 // Dropped by a home that is up and may run it, while another buddy holds it:
                 // it stays there until the home takes it back (after failback_delay, or at
                 // once if that buddy is over its capacity): never a move to a third server.
