@@ -183,6 +183,13 @@ fn case_3_a_failed_stop_keeps_the_claim_is_retried_and_resolves_only_once_it_suc
             .iter()
             .any(|c| c.resource == cam && c.held)
     );
+    let old = sim
+        .store(l1)
+        .claims
+        .iter()
+        .find(|c| c.resource == cam)
+        .unwrap()
+        .epoch;
     // A daemon restart does not forget it: the claim is still stopped after the restart.
     sim.kill_daemon(l1);
     sim.start(l1);
@@ -192,11 +199,12 @@ fn case_3_a_failed_stop_keeps_the_claim_is_retried_and_resolves_only_once_it_suc
     assert!(sim.run_until_cond(SECS(40), |sim| all_on(sim, &[cam], fo)));
     sim.run_for(SECS(1));
     assert!(resolved(&sim) >= 1, "resolved once the stop succeeded");
+    // The old claim is released (a failback may since have claimed it anew).
     assert!(
         !sim.store(l1)
             .claims
             .iter()
-            .any(|c| c.resource == cam && c.held)
+            .any(|c| c.resource == cam && c.held && c.epoch == old)
     );
 }
 
@@ -503,4 +511,38 @@ fn case_9_what_no_buddy_can_take_is_reported_never_silent() {
     sim.start(lives[0]);
     assert!(sim.run_until_cond(SECS(40), |sim| all_on(sim, &d, fa)));
     assert_eq!(sim.node(fa).unwrap().stats().unplaced, 0);
+}
+
+#[test]
+fn a_manual_failback_while_the_home_still_stops_its_old_copies_brings_everything_back() {
+    for seed in 1..=3 {
+        let mut sim = started(
+            seed,
+            one_live_one_buddy().failback(Failback::Manual, SECS(3)),
+        );
+        let (l1, fo) = (sim.idx("live-1"), sim.idx("fo-1"));
+        let rs = homed(&sim, l1);
+        // A daemon-only crash: fo-1 takes over while live-1's VMS keeps recording.
+        sim.kill_daemon(l1);
+        assert!(sim.run_until_cond(SECS(2), |sim| rs.iter().all(|&r| sim.owners(r).len() == 2)));
+        // Back, live-1 stops its old copies; two of those stops fail for a while.
+        for &r in &rs[..2] {
+            sim.fail_stop(l1, r, true);
+        }
+        sim.start(l1);
+        sim.run_for(SECS(2));
+        // The operator's failback arrives while those two are still being stopped.
+        sim.command(l1, Action::Failback, l1);
+        sim.run_for(SECS(1));
+        for &r in &rs[..2] {
+            sim.fail_stop(l1, r, false);
+        }
+        // Before: the failback was done with the four it could take; two stayed on fo-1.
+        assert!(
+            sim.run_until_cond(SECS(40), |sim| all_on(sim, &rs, l1)),
+            "seed {seed}: {:?}",
+            rs.iter().map(|&r| sim.owners(r)).collect::<Vec<_>>()
+        );
+        let _ = fo;
+    }
 }

@@ -105,9 +105,18 @@ impl Node {
     /// Our own resources: claim what nobody holds; hand back on failback.
     pub(super) fn claim_home(&mut self, now: Duration, out: &mut Vec<Output>) {
         let site = self.ctx.site.clone();
-        let operator = self.take_failback_request();
+        // A failback waits while this node still stops copies of its own resources it ran
+        // before (a restart beaten by a buddy's claim): it brings back every resource or none.
+        let stopping = self.ctx.topo.homed(self.ctx.me).iter().any(|&r| {
+            self.own
+                .get(r)
+                .is_some_and(|c| matches!(c.state, OwnState::Stopping | OwnState::Resumed))
+        });
+        let operator = !stopping && self.take_failback_request();
         let failback_due = operator
-            || (site.failback == Failback::Auto && now >= self.stable_since + site.failback_delay);
+            || (!stopping
+                && site.failback == Failback::Auto
+                && now >= self.stable_since + site.failback_delay);
         let mut boot = Vec::new();
         let mut back = Vec::new();
         let me = self.ctx.me;
