@@ -646,7 +646,9 @@ fn schedules_that_once_failed_keep_the_invariants() {
     // in one fault). Now the home, up, takes them back from the buddy over capacity at once.
     // 5717: an operator's failback learned from a co-buddy before the home's own heartbeat:
     // the home's last word (leaving, held) was taken as current and its resources moved again.
-    for seed in [794, 4457, 5717] {
+    // 6004: a home took back from a buddy over its capacity at a heal, before that buddy heard
+    // it; the buddy renewed its claims, and the home took them back again.
+    for seed in [794, 4457, 5717, 6004] {
         run_seed(seed, 12);
     }
 }

@@ -94,12 +94,15 @@ impl Node {
                 .any(|r| self.own.get(*r).is_none())
     }
 
-    /// Whether failover server `s` says it holds more than its capacity.
+    /// Whether failover server `s` says it holds more than its capacity, and hears this node
+    /// (so that it sees the claim that takes its excess back; at a heal it may not yet).
     fn over_capacity(&self, s: ServerIdx) -> bool {
-        self.peers
-            .get(s)
-            .and_then(|p| p.load.as_ref())
-            .is_some_and(|l| l.exceeds(&self.ctx.site, s))
+        self.peers.get(s).is_some_and(|p| {
+            p.hears.contains(&self.ctx.me)
+                && p.load
+                    .as_ref()
+                    .is_some_and(|l| l.exceeds(&self.ctx.site, s))
+        })
     }
 
     /// Our own resources: claim what nobody holds; hand back on failback.
