@@ -36,7 +36,7 @@ pub struct MqttFile {
     #[serde(default, deserialize_with = "secret::deserialize_option")]
     #[schemars(with = "Option<String>")]
     pub password: Option<SecretRef>,
-    /// Default `buddygate-{site}-{node}`.
+    /// Default `buddygate-{site}-{node}-{connector}`.
     pub client_id: Option<String>,
     /// Default `buddygate/{site}`.
     pub topic_prefix: Option<String>,
@@ -108,7 +108,7 @@ pub struct MqttConfig {
     pub port: u16,
     pub username: Option<String>,
     pub password: Option<SecretRef>,
-    /// `None`: `buddygate-{site}-{node}`.
+    /// `None`: `buddygate-{site}-{node}-{connector}`.
     pub client_id: Option<String>,
     /// `None`: `buddygate/{site}`.
     pub topic_prefix: Option<String>,

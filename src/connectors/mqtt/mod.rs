@@ -121,7 +121,7 @@ impl Mqtt {
         let client_id = cfg
             .client_id
             .clone()
-            .unwrap_or_else(|| format!("buddygate-{}-{node_id}", site.name));
+            .unwrap_or_else(|| format!("buddygate-{}-{node_id}-{name}", site.name));
         let prefix = cfg
             .topic_prefix
             .clone()
