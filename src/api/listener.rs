@@ -15,6 +15,8 @@
 //!
 //! What a request may then do (bodies, timeouts, authorization) is decided by the router's
 //! layers (`super::app`).
+//!
+//! (Over ~500 lines with its tests.)
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;

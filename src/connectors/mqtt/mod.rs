@@ -30,6 +30,10 @@
 //! forwards what it reports; the connector task matches each publish written (in order: the
 //! event loop handles requests in order) to the publishes it queued, and each PUBACK to what it
 //! sent.
+//!
+//! (Over ~500 lines: the connector's run loop, which matches every publish to its PUBACK and to
+//! the stored event behind it, reads best in one piece; the link, topics and config have files
+//! of their own.)
 
 mod config;
 mod link;
