@@ -30,7 +30,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::StoreError;
 
@@ -128,10 +128,8 @@ impl History {
             path: dir.to_path_buf(),
             source,
         })?;
-        let conn = Connection::open(&path).map_err(err)?;
-        conn.busy_timeout(Duration::from_secs(5)).map_err(err)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(err)?;
+        let conn = super::connect(&path)?;
+        // Losing the last interval in a power cut costs less than an fsync per view.
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(err)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
@@ -390,16 +388,7 @@ pub struct HistoryReader {
 impl HistoryReader {
     /// Opens `dir`'s store read-only. A store that has no history yet reads as empty.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let path = dir.join("node.db");
-        let conn = Connection::open_with_flags(
-            &path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(|source| StoreError::Sqlite {
-            path: path.clone(),
-            source,
-        })?;
-        let _ = conn.busy_timeout(Duration::from_secs(5));
+        let (conn, path) = super::connect_read_only(dir)?;
         Ok(Self { conn, path })
     }
 

@@ -84,6 +84,21 @@ pub struct Store {
 /// and the disk would be found full only later, at a checkpoint).
 pub const JOURNAL_SIZE_LIMIT: i64 = 0;
 
+/// A read-only connection to `dir`'s store (the API, connectors, the history's readers).
+fn connect_read_only(dir: &Path) -> Result<(Connection, PathBuf), StoreError> {
+    let path = dir.join("node.db");
+    let conn = Connection::open_with_flags(
+        &path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|source| StoreError::Sqlite {
+        path: path.clone(),
+        source,
+    })?;
+    let _ = conn.busy_timeout(Duration::from_secs(5));
+    Ok((conn, path))
+}
+
 /// A connection to `path` in WAL mode, `synchronous = FULL`, with the journal size limit.
 fn connect(path: &Path) -> Result<Connection, StoreError> {
     let err = |source| StoreError::Sqlite {
@@ -181,16 +196,7 @@ impl Store {
 
     /// A read-only connection to the same store, for the API and connectors.
     pub fn open_reader(dir: &Path) -> Result<Reader, StoreError> {
-        let path = dir.join("node.db");
-        let conn = Connection::open_with_flags(
-            &path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(|source| StoreError::Sqlite {
-            path: path.clone(),
-            source,
-        })?;
-        let _ = conn.busy_timeout(std::time::Duration::from_secs(5));
+        let (conn, path) = connect_read_only(dir)?;
         Ok(Reader { conn, path })
     }
 
