@@ -64,7 +64,7 @@ fn timings(timeout: Duration, monitor_interval: Option<Duration>, retries: u32) 
         monitor_interval,
         retries,
         ready_timeout: None,
-        standby: false,
+        standby: buddygate::config::Standby::Off,
         merge_timeout: Duration::from_secs(600),
     }
 }
@@ -1170,6 +1170,7 @@ async fn pool_prepares_a_standby_that_a_start_supersedes_and_a_release_stops() {
     let (pool, mut reports, metrics, _cancel) = new_pool(&site, 4);
     let cam = ResourceIdx(0);
     let cover = std::time::UNIX_EPOCH + Duration::from_millis(1_795_557_600_250);
+    let asked = std::time::SystemTime::now();
     pool.standby(cam, 199);
     pool.standby(cam, 199); // prepared already: nothing more runs
     pool.idle().await;
@@ -1187,6 +1188,11 @@ async fn pool_prepares_a_standby_that_a_start_supersedes_and_a_release_stops() {
     assert!(
         time.from_standby && time.cover_from == Some(cover),
         "{time:?}"
+    );
+    assert!(
+        time.standby_ready
+            .is_some_and(|t| asked <= t && t <= time.asked_at),
+        "when the standby was ready: {time:?}"
     );
     pool.stop(cam, 298);
     assert_eq!(

@@ -113,7 +113,7 @@ fn the_valid_site_resolves_with_defaults_and_no_warning() {
             monitor_interval: Some(Duration::from_secs(5)),
             retries: 2,
             ready_timeout: None,
-            standby: false,
+            standby: config::Standby::Off,
             merge_timeout: Duration::from_secs(600)
         }
     );
@@ -1557,7 +1557,7 @@ fn agent_settings_resolve_with_defaults_per_kind() {
                 monitor_interval: None,
                 retries: 0,
                 ready_timeout: None,
-                standby: false,
+                standby: config::Standby::Off,
                 merge_timeout: Duration::from_secs(600)
             }
         )
@@ -1745,6 +1745,28 @@ fn http_agent_templates_are_compiled_when_checked() {
 
 fn text(value: &str) -> ParamValue {
     ParamValue::Text(value.into())
+}
+
+#[test]
+fn standby_is_hot_warm_or_off_and_anything_else_is_pointed_at() {
+    for (written, want) in [
+        ("true", config::Standby::Hot),
+        ("\"hot\"", config::Standby::Hot),
+        ("\"warm\"", config::Standby::Warm),
+        ("false", config::Standby::Off),
+        ("\"off\"", config::Standby::Off),
+    ] {
+        let text = format!("{HEAD}{VALID}standby = {written}\n");
+        let site = config::parse_str(&text, "t.toml").expect("valid").site;
+        assert_eq!(site.resources[0].timings.standby, want, "{written}");
+    }
+    let lines = VALID.lines().count() + HEAD.lines().count() + 1;
+    assert_eq!(
+        invalid(&format!("{VALID}standby = \"lukewarm\"\n")),
+        [format!(
+            "t.toml:{lines}:11: resources[0].standby: invalid value: string \"lukewarm\", expected true, false, \"hot\", \"warm\" or \"off\""
+        )]
+    );
 }
 
 #[test]

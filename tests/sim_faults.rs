@@ -42,6 +42,8 @@ fn site(buddies: [[&str; 2]; 3], priorities: [i32; 3]) -> SiteBuilder {
         .many("live-3", Kind::Camera, 8, priorities[2])
         .resource("live-3-lpr", Kind::Lpr, "live-3", 5)
         .failback(Failback::Auto, Duration::from_secs(3))
+        .standby(&["live-1-camera-001", "live-1-camera-002"])
+        .warm_standby(&["live-2-camera-001", "live-3-camera-001"])
 }
 
 fn base_site() -> Site {
@@ -288,6 +290,13 @@ impl Checker {
             }
         }
         self.capacity(sim);
+        for s in sim.site().server_indices() {
+            let running = sim.running_on(s);
+            if let Some(r) = sim.standby_on(s).into_iter().find(|r| running.contains(r)) {
+                let name = &sim.site().resource(r).id;
+                self.fail(sim, format!("{name} in standby where it runs"));
+            }
+        }
     }
 
     /// A resource without an owner: fine until the bound, or while no server that may run it

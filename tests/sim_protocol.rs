@@ -856,6 +856,105 @@ fn hot_standby_is_prepared_by_the_first_buddy_up_and_the_takeover_covers_from_th
     }
 }
 
+/// Warm standby: nothing is prepared while the home server is heard; once it is silent on
+/// every path for 1.5 heartbeat intervals, its first buddy prepares the warm cameras (well
+/// before the failure timeout), releases them when it has been heard for 10 failure timeouts
+/// since, and a takeover after a real failure supersedes the standby and covers from the home
+/// server's last heartbeat, less an interval.
+#[test]
+fn warm_standby_is_prepared_when_the_home_server_misses_heartbeats_and_released_when_it_is_heard() {
+    let site = SiteBuilder::new("hq")
+        .live("live-1", &["fo-1", "fo-2"])
+        .failover("fo-1", Mode::SpreadServers, None, None)
+        .failover("fo-2", Mode::SpreadServers, None, None)
+        .many("live-1", Kind::Camera, 4, 0)
+        .warm_standby(&["live-1-camera-001", "live-1-camera-002"]);
+    let mut sim = started(5, site);
+    let (l1, f1, f2) = (sim.idx("live-1"), sim.idx("fo-1"), sim.idx("fo-2"));
+    let (c1, c2) = (sim.ridx("live-1-camera-001"), sim.ridx("live-1-camera-002"));
+    sim.run_for(SECS(5));
+    assert!(
+        sim.standby_on(f1).is_empty(),
+        "nothing while live-1 is heard"
+    );
+    assert!(sim.standby_on(f2).is_empty());
+
+    // live-1 stalls for 3 intervals: fo-1 prepares, nobody takes over.
+    let hb = sim.site().heartbeat_interval;
+    let ft = sim.site().failure_timeout;
+    sim.pause(l1);
+    assert!(
+        sim.run_until_cond(hb * 2, |sim| sim.standby_on(f1) == vec![c1, c2]),
+        "fo-1 prepares within 2 intervals of silence"
+    );
+    assert!(sim.standby_on(f2).is_empty(), "only the first buddy");
+    sim.run_for(hb);
+    sim.resume(l1);
+    sim.run_for(ft * 5);
+    assert_eq!(sim.standby_on(f1), vec![c1, c2], "kept for a while");
+    let rs = homed(&sim, l1);
+    assert!(
+        all_on(&sim, &rs, l1),
+        "a stall shorter than the failure timeout moves nothing"
+    );
+    assert!(
+        sim.run_until_cond(ft * 6, |sim| sim.standby_on(f1).is_empty()),
+        "released after 10 failure timeouts of steady heartbeats"
+    );
+
+    // A real failure: prepared before the failure timeout, superseded by the start.
+    let t = sim.now();
+    sim.crash(l1);
+    assert!(sim.run_until_cond(ft - hb, |sim| sim.standby_on(f1) == vec![c1, c2]));
+    assert!(
+        rs.iter().all(|&r| sim.cover_from(f1, r).is_none()),
+        "prepared before any takeover"
+    );
+    assert!(sim.run_until_cond(SECS(2), |sim| all_on(sim, &rs, f1)));
+    assert!(sim.standby_on(f1).is_empty(), "the start superseded it");
+    let down_since = sim
+        .events()
+        .iter()
+        .find_map(|(at, n, e)| match e {
+            buddygate::failover::Event::ServerDown { down_since, .. } if *n == f1 && *at > t => {
+                Some(*down_since)
+            }
+            _ => None,
+        })
+        .expect("server.down");
+    for &r in &rs {
+        assert_eq!(sim.cover_from(f1, r), Some(down_since - hb));
+    }
+}
+
+/// A buddy back from a stall of its own listens before it judges anything: the silence of a
+/// warm standby's home server then asks for no wake-up that has already passed (a driver
+/// would spin on it).
+#[test]
+fn a_buddy_back_from_a_stall_asks_for_no_past_wake_up_while_it_listens() {
+    let site = SiteBuilder::new("hq")
+        .live("live-1", &["fo-1"])
+        .failover("fo-1", Mode::Mirrored, None, None)
+        .many("live-1", Kind::Camera, 2, 0)
+        .warm_standby(&["live-1-camera-001"]);
+    let mut sim = started(6, site);
+    let (l1, f1) = (sim.idx("live-1"), sim.idx("fo-1"));
+    sim.pause(f1);
+    sim.crash(l1);
+    sim.run_for(SECS(3));
+    sim.resume(f1);
+    for _ in 0..20 {
+        sim.run_for(MS(1));
+        let node = sim.node(f1).expect("fo-1 runs");
+        assert!(
+            node.next_deadline() > sim.now(),
+            "fo-1 asks to be woken at {:?}, now is {:?}",
+            node.next_deadline(),
+            sim.now()
+        );
+    }
+}
+
 /// A live server whose disk fills up cannot make a claim durable: it says it is leaving, its
 /// buddy takes over at once, and it takes its resources back after failback_delay once its
 /// disk works again.

@@ -15,7 +15,9 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::ingress::ReadAccess;
-use super::model::{AgentKind, AgentTimings, FailMode, Failback, Kind, Mode, Role, SecretRef};
+use super::model::{
+    AgentKind, AgentTimings, FailMode, Failback, Kind, Mode, Role, SecretRef, Standby,
+};
 use super::params::ParamText;
 
 /// A whole site file.
@@ -247,12 +249,15 @@ pub struct ResourceBlock {
     #[serde(default, deserialize_with = "duration::deserialize_option")]
     #[schemars(with = "Option<String>")]
     pub ready_timeout: Option<Duration>,
-    /// Every agent: hot standby. The first buddy that may take the resource prepares it while
-    /// its home server runs it (agent op `standby`: a recorder keeps the stream open with a
-    /// short rolling buffer), and a takeover's `start` is told from which instant it must
-    /// cover (`BUDDYGATE_COVER_FROM`), so it keeps the video the dying server never wrote.
+    /// Every agent: standby. The first buddy that may take the resource prepares it (agent op
+    /// `standby`: a recorder keeps the stream open with a short rolling buffer), and a
+    /// takeover's `start` is told from which instant it must cover (`BUDDYGATE_COVER_FROM`), so
+    /// it keeps the video the dying server never wrote. `true` or `"hot"`: always, while its
+    /// home server runs it; `"warm"`: only once its home server misses heartbeats (1.5
+    /// intervals of silence), and for 10 failure timeouts after; `false` or `"off"` (default).
     #[serde(default)]
-    pub standby: bool,
+    #[schemars(with = "super::model::StandbySchema")]
+    pub standby: Standby,
     /// Every agent: how long one `merge` may take (after a failback, the home server's agent
     /// is given the intervals a buddy recorded, to pull that footage back). Default `"10m"`.
     #[serde(default = "default_merge_timeout", with = "duration")]

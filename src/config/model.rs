@@ -108,6 +108,57 @@ pub enum Mode {
     SpreadCameras,
 }
 
+/// When the first buddy that may take a resource over prepares it (agent op `standby`: a
+/// recorder opens the camera's stream and keeps a short rolling buffer), so that a takeover's
+/// `start` keeps what it buffered from the home server's last heartbeat on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Standby {
+    /// Never: a takeover starts the resource cold.
+    #[default]
+    Off,
+    /// Always, while its home server runs it (`standby = true`): costs a stream per camera.
+    Hot,
+    /// Only while its home server is missing heartbeats (silent on every path for more than
+    /// 1.5 heartbeat intervals) and for 10 failure timeouts after: costs nothing while the site
+    /// is healthy, and the stream is open before the failure timeout ends.
+    Warm,
+}
+
+/// What the JSON Schema says `standby` is.
+#[allow(dead_code)]
+#[derive(JsonSchema)]
+#[serde(untagged)]
+pub(crate) enum StandbySchema {
+    Flag(bool),
+    Mode(Standby),
+}
+
+impl<'de> Deserialize<'de> for Standby {
+    /// `true` / `"hot"`, `"warm"`, `false` / `"off"`.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Standby;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("true, false, \"hot\", \"warm\" or \"off\"")
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Standby, E> {
+                Ok(if v { Standby::Hot } else { Standby::Off })
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Standby, E> {
+                match v {
+                    "hot" => Ok(Standby::Hot),
+                    "warm" => Ok(Standby::Warm),
+                    "off" => Ok(Standby::Off),
+                    _ => Err(E::invalid_value(serde::de::Unexpected::Str(v), &self)),
+                }
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
 )]
@@ -275,8 +326,8 @@ pub struct AgentTimings {
     /// After a start exits 0, how long `monitor` is polled until it reports running; the start
     /// is complete only then. `None`: the start's exit is the end of it.
     pub ready_timeout: Option<Duration>,
-    /// Hot standby: the first buddy prepares the resource before any failure.
-    pub standby: bool,
+    /// Whether and when the first buddy prepares the resource before a failure.
+    pub standby: Standby,
     /// Longest `merge` (copying a buddy's footage may take a while).
     pub merge_timeout: Duration,
 }
@@ -289,7 +340,7 @@ impl AgentTimings {
         monitor_interval: Some(Duration::from_secs(5)),
         retries: 2,
         ready_timeout: None,
-        standby: false,
+        standby: Standby::Off,
         merge_timeout: Duration::from_secs(600),
     };
 }

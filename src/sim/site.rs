@@ -1,12 +1,13 @@
 //! Sites built in code, for the simulator, tests and benchmarks.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::config::{
     AgentSpec, AgentTimings, Api, Failback, Kind, Mode, Resource, ResourceIdx, Role, SecretRef,
-    Server, ServerIdx, Site,
+    Server, ServerIdx, Site, Standby,
 };
 
 #[derive(Clone)]
@@ -33,8 +34,8 @@ pub struct SiteBuilder {
     paths: usize,
     servers: Vec<PendingServer>,
     resources: Vec<(String, Kind, String, i32)>,
-    /// Resources in hot standby.
-    standby: Vec<String>,
+    /// Resources in hot or warm standby.
+    standby: BTreeMap<String, Standby>,
 }
 
 impl SiteBuilder {
@@ -51,7 +52,7 @@ impl SiteBuilder {
             paths: 2,
             servers: Vec::new(),
             resources: Vec::new(),
-            standby: Vec::new(),
+            standby: BTreeMap::new(),
         }
     }
 
@@ -139,7 +140,15 @@ impl SiteBuilder {
 
     /// Puts resources `ids` (added before) in hot standby.
     pub fn standby(mut self, ids: &[&str]) -> Self {
-        self.standby.extend(ids.iter().map(|id| id.to_string()));
+        let hot = ids.iter().map(|id| (id.to_string(), Standby::Hot));
+        self.standby.extend(hot);
+        self
+    }
+
+    /// Puts resources `ids` (added before) in warm standby.
+    pub fn warm_standby(mut self, ids: &[&str]) -> Self {
+        let warm = ids.iter().map(|id| (id.to_string(), Standby::Warm));
+        self.standby.extend(warm);
         self
     }
 
@@ -193,7 +202,7 @@ impl SiteBuilder {
                 priority: *priority,
                 agent: AgentSpec::default(),
                 timings: AgentTimings {
-                    standby: self.standby.contains(id),
+                    standby: self.standby.get(id).copied().unwrap_or_default(),
                     ..AgentTimings::default()
                 },
                 params: Default::default(),

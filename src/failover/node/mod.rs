@@ -38,7 +38,7 @@ use super::io::{Durable, Input, Output, PeerRecord, Restored};
 use super::topology::Topology;
 use super::views::Stats;
 use super::wire::Key;
-use crate::config::{ResourceIdx, ServerIdx, Site};
+use crate::config::{ResourceIdx, ServerIdx, Site, Standby};
 
 use batches::Batches;
 use holds::Holds;
@@ -125,10 +125,14 @@ pub struct Node {
     handed: BTreeMap<ResourceIdx, Duration>,
     /// The driver can make things durable (see [`Input::Storage`]).
     storage_ok: bool,
-    /// Hot-standby resources this node prepares (see [`standby`]).
+    /// Resources this node keeps in standby now (see [`standby`]).
     standby: BTreeSet<ResourceIdx>,
-    /// The hot-standby resources this node may take over (see [`standby`]).
+    /// The hot- and warm-standby resources this node may take over (see [`standby`]).
     standby_candidates: Arc<Vec<ResourceIdx>>,
+    /// The home servers of the warm-standby candidates...
+    warm_homes: Arc<BTreeSet<ServerIdx>>,
+    /// ... and when each was last found missing heartbeats.
+    missed: BTreeMap<ServerIdx, Duration>,
     /// Active claims a peer heard and this node may not (a one-way cut): resource ->
     /// (holder, epoch, until when the report holds).
     /// (holder, epoch, active, until when the report holds).
@@ -183,6 +187,12 @@ impl Node {
             me,
             key,
         };
+        let standby_candidates: Vec<ResourceIdx> = site
+            .resource_indices()
+            .filter(|&r| {
+                site.resource(r).timings.standby != Standby::Off && topo.candidates(r).contains(&me)
+            })
+            .collect();
         let mut known = Known::new(&site);
         for &(r, e) in &restored.known {
             known.restore(r, e);
@@ -216,13 +226,15 @@ impl Node {
             handed: BTreeMap::new(),
             relayed: BTreeMap::new(),
             standby: BTreeSet::new(),
-            standby_candidates: Arc::new(
-                site.resource_indices()
-                    .filter(|&r| {
-                        site.resource(r).timings.standby && topo.candidates(r).contains(&me)
-                    })
+            standby_candidates: Arc::new(standby_candidates.clone()),
+            warm_homes: Arc::new(
+                standby_candidates
+                    .iter()
+                    .filter(|&&r| site.resource(r).timings.standby == Standby::Warm)
+                    .map(|&r| site.resource(r).server)
                     .collect(),
             ),
+            missed: BTreeMap::new(),
             storage_ok: true,
             stable_since: now,
             next_heartbeat: now,
@@ -300,10 +312,11 @@ impl Node {
 
     /// When the driver must call `handle(Input::Tick, ..)` next at the latest.
     pub fn next_deadline(&self) -> Duration {
-        let mut next = self.next_heartbeat.min(self.next_checkpoint);
+        let mut sends = self.next_heartbeat;
         if self.send_now {
-            next = next.min(self.last_burst + self.burst_spacing());
+            sends = sends.min(self.last_burst + self.burst_spacing());
         }
+        let mut next = sends.min(self.next_checkpoint);
         if let Phase::Booting { until } = self.phase {
             next = next.min(until);
         }
@@ -319,11 +332,17 @@ impl Node {
         if let Some(t) = self.own.next_deadline() {
             next = next.min(t);
         }
+        if let Some(t) = self.standby_deadline() {
+            next = next.min(t);
+        }
         if let Some(&t) = self.handed.values().min() {
             next = next.min(t);
         }
         if self.last_input.is_some_and(|t| t < self.listen_until) {
-            next = next.min(self.listen_until);
+            // Listening after a stall: only heartbeats go out before it ends, nothing is
+            // judged, and a silence that timed out meanwhile must not wake the driver again
+            // and again.
+            next = next.max(self.listen_until).min(sends);
         }
         next
     }

@@ -1,18 +1,73 @@
-//! Hot standby (`standby = true` on a resource). The first buddy that may take a resource over
-//! (in its home server's `buddies` order, among those up) prepares it while the home server
-//! runs it: a recorder keeps the stream open with a short rolling buffer. The takeover's
-//! `start` then covers from when the home server was last heard. The standby is released when
-//! this node stops being that buddy, when the home server no longer runs the resource (someone
-//! took it, or it failed), or when this node itself takes it over (the start supersedes it).
+//! Standby (`standby` on a resource). The first buddy that may take a resource over (in its
+//! home server's `buddies` order, among those up) prepares it while the home server runs it: a
+//! recorder keeps the stream open with a short rolling buffer. The takeover's `start` then
+//! covers from when the home server was last heard. A hot standby is prepared all the time; a
+//! warm one only once the home server misses heartbeats (silent on every path for
+//! [`WARM_SILENCE`] intervals), and kept for [`WARM_HOLD`] failure timeouts after the last time
+//! it was: a cold start after the failure timeout waits for the recorder, the RTSP session and
+//! the camera's next keyframe, which a warm standby has behind it by then. The standby is
+//! released when this node stops being that buddy, when the home server no longer runs the
+//! resource (someone took it, or it failed), when a warm one's home server has been heard
+//! steadily again, or when this node itself takes it over (the start supersedes it).
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use super::{Node, Output, Phase};
-use crate::config::ResourceIdx;
+use crate::config::{ResourceIdx, ServerIdx, Standby};
 use crate::failover::placement::Availability;
 
+/// A warm standby is prepared once its home server has been silent on every path for this many
+/// heartbeat intervals, in tenths (1.5: one heartbeat late by half an interval).
+pub const WARM_SILENCE: u32 = 15;
+/// ... and kept for this many failure timeouts after the home server was last found silent.
+pub const WARM_HOLD: u32 = 10;
+
 impl Node {
+    /// Silence after which a warm standby's home server counts as missing heartbeats.
+    fn warm_silence(&self) -> Duration {
+        self.ctx.site.heartbeat_interval * WARM_SILENCE / 10
+    }
+
+    /// Whether `home` (the home of warm standbys) missed heartbeats within the last
+    /// [`WARM_HOLD`] failure timeouts; notes it when it does now.
+    fn missing_heartbeats(&mut self, home: ServerIdx, now: Duration) -> bool {
+        let last = self.peers.get(home).and_then(|p| p.last_heard);
+        if last.is_some_and(|t| now >= t + self.warm_silence()) {
+            self.missed.insert(home, now);
+        }
+        let hold = self.ctx.site.failure_timeout * WARM_HOLD;
+        match self.missed.get(&home) {
+            Some(&t) if now < t + hold => true,
+            Some(_) => {
+                self.missed.remove(&home);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// When a warm standby's home server will count as missing heartbeats, or stop counting so;
+    /// only instants after the last input (while booting or stopping nothing is judged, and a
+    /// passed instant would wake the driver again and again).
+    pub(super) fn standby_deadline(&self) -> Option<Duration> {
+        let hold = self.ctx.site.failure_timeout * WARM_HOLD;
+        let silence = self.warm_silence();
+        let last = self.last_input.unwrap_or_default();
+        self.warm_homes
+            .iter()
+            .filter_map(|&home| match self.missed.get(&home) {
+                Some(&t) => Some(t + hold),
+                None => self
+                    .peers
+                    .get(home)
+                    .and_then(|p| p.last_heard)
+                    .map(|t| t + silence),
+            })
+            .filter(|&t| t > last)
+            .min()
+    }
+
     pub(super) fn update_standby(&mut self, now: Duration, out: &mut Vec<Output>) {
         let site = self.ctx.site.clone();
         let topo = self.ctx.topo.clone();
@@ -22,9 +77,18 @@ impl Node {
         }
         let mut want = BTreeSet::new();
         if self.phase == Phase::Running && !self.listening(now) {
+            let homes = self.warm_homes.clone();
+            let missing: BTreeSet<ServerIdx> = homes
+                .iter()
+                .copied()
+                .filter(|&home| self.missing_heartbeats(home, now))
+                .collect();
             for &r in self.standby_candidates.iter() {
                 let home = site.resource(r).server;
                 if !self.recently_heard(home, now) || self.own.get(r).is_some() {
+                    continue;
+                }
+                if site.resource(r).timings.standby == Standby::Warm && !missing.contains(&home) {
                     continue;
                 }
                 let runs_at_home = self
