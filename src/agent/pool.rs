@@ -197,8 +197,12 @@ pub struct OpTime {
     pub ok: bool,
     /// Starts after a takeover: the instant it was told to cover from.
     pub cover_from: Option<SystemTime>,
-    /// Starts: it superseded a hot standby this node had prepared.
+    /// Starts: it superseded a standby this node had prepared.
     pub from_standby: bool,
+    /// Starts from a standby: when that standby was ready (its `standby` succeeded). What it
+    /// kept begins no earlier: a warm standby, opened once the home server missed heartbeats,
+    /// may be ready after `cover_from`.
+    pub standby_ready: Option<SystemTime>,
 }
 
 impl OpTime {
@@ -496,6 +500,7 @@ impl AgentPool {
                     },
                     jobs: rx,
                     prepared: false,
+                    prepared_at: None,
                     standby_retry: None,
                 };
                 self.tracker.spawn_on(worker.run(), &runtime);

@@ -189,12 +189,13 @@ fn observe(history: &mut History, snap: &Snapshot) -> Result<(), crate::store::S
             (ResourceState::Active, Some(o)) => {
                 let i = usize::from(o.0);
                 let server = site.servers.get(i)?;
-                // Its own start from a hot standby covers from an earlier instant.
+                // Its own start from a standby covers from an earlier instant: the one it was
+                // told, or when the standby was ready if that is later (a warm standby).
                 let covered_from = (o == snap.node)
                     .then(|| snap.agents.last.get(&v.resource).and_then(|l| l.0))
                     .flatten()
                     .filter(|t| t.ok && t.epoch == v.epoch && t.from_standby)
-                    .and_then(|t| t.cover_from)
+                    .and_then(|t| Some(t.cover_from?.max(t.standby_ready?)))
                     .map(unix_ms);
                 Some(Owner {
                     id: server.id.as_str(),

@@ -3,7 +3,7 @@
 and the video each failover lost, read back from the recordings (issue 14).
 
     tests/cameras/lab.py --bin target/release/buddygate [--cameras 8] [--runs 1]
-        [--scenarios agent,kill9,kill9-hot,sigterm,sigterm-hot,standby-cost]
+        [--scenarios agent,kill9,kill9-hot,kill9-warm,sigterm,sigterm-hot,standby-cost]
         [--ready frame|launch] [--ready-timeout 8s] [--agent-concurrency N]
         [--assert] [--json FILE] [--keep]
 
@@ -14,7 +14,10 @@ and the video each failover lost, read back from the recordings (issue 14).
   segments under one folder per camera and node (one shared folder: merges copy from it).
 - kill9: SIGKILL live-1's daemon and, at once, its recorders (a crashed server). sigterm: a
   clean stop of live-1's daemon (it hands over and stops its recorders itself). `-hot`: every
-  camera has `standby = true`, so fo-1 keeps a hot standby of it before the fault.
+  camera has `standby = true`, so fo-1 keeps a hot standby of it before the fault; `-warm`:
+  every camera has `standby = "warm"`, so fo-1 prepares nothing while live-1 is heard and opens
+  the streams once live-1 misses heartbeats (1.5 intervals of silence), before the failure
+  timeout ends.
 - Every run then restarts live-1 and fails it back by hand: live-1 merges what fo-1 recorded,
   and the history API of both nodes is read.
 - agent: the recorder agent alone, without buddygate: its contract (idempotent start, stop,
@@ -26,7 +29,8 @@ and the video each failover lost, read back from the recordings (issue 14).
   captured in [fault - 2 s, end] that no node recorded.
 
 With --assert it checks what buddygate promises: after a kill -9 every camera is recorded by
-fo-1 and lost at most KILL9_LIMIT seconds, and 0 frames with hot standby; a clean stop hands
+fo-1 and lost at most KILL9_LIMIT seconds, and 0 frames with hot standby (with warm standby fo-1
+prepares nothing before the fault); a clean stop hands
 every camera over, loses 0 frames, exits 0 and leaves no recorder running; the failback loses
 0 frames; after it live-1 has merged every camera and holds every frame anyone recorded; the
 history API of both nodes names live-1, fo-1, live-1 at rising epochs, fo-1's (up all along)
@@ -68,7 +72,7 @@ BUFFER = 10
 # buffer segment starts up to a segment before COVER_FROM, a recorder stops after its
 # interval ends (make-before-break) or, killed, before.
 HISTORY_SLACK = SEGMENT + 1.5
-SCENARIOS = ("kill9", "kill9-hot", "sigterm", "sigterm-hot")
+SCENARIOS = ("kill9", "kill9-hot", "kill9-warm", "sigterm", "sigterm-hot")
 DEBIAN_PYTHON = "/usr/bin/python3"
 # What agents run with: the system's python3 first (a version manager's shim on PATH costs a
 # quarter of a second per agent operation, which a VMS server would not have).
@@ -173,9 +177,9 @@ class Cameras:
 class Site:
     """live-1 and its mirrored buddy fo-1 on loopback, recording the lab's cameras."""
 
-    def __init__(self, args, cameras, workdir, name, hot=False):
+    def __init__(self, args, cameras, workdir, name, standby="off"):
         self.args = args
-        self.hot = hot
+        self.standby = standby
         self.dir = os.path.join(workdir, name)
         os.makedirs(self.dir)
         self.video = os.path.join(self.dir, "video")
@@ -207,7 +211,7 @@ class Site:
         text += (
             f'[[resources]]\nid = "cam-{{01..{self.n:02d}}}"\nkind = "camera"\nserver = "live-1"\n'
             f'agent = "exec"\ncommand = "{AGENT}"\ntimeout = "10s"\nmonitor_interval = "2s"\n'
-            f"retries = 1\n{ready_timeout}" + ("standby = true\n" if hot else "") +
+            f'retries = 1\n{ready_timeout}standby = "{standby}"\n'
             f'params = {{ url = "{cameras.url()}", dir = "{self.video}", segment = {SEGMENT}, '
             f'start_timeout = 8, ready = "{args.ready}", buffer = {BUFFER} }}\n'
         )
@@ -277,6 +281,10 @@ class Site:
                 pass
             time.sleep(0.1)
         raise Failed(f"fo-1 did not hear live-1 back within {limit} s")
+
+    def standing_by(self, view):
+        """The cameras `view` keeps in standby now."""
+        return {k for k, r in (self.resources(view) or {}).items() if r.get("standby")}
 
     def wait_standby(self, limit):
         """Waits until fo-1 keeps every camera in hot standby; the time it took."""
@@ -394,11 +402,12 @@ class Site:
 
 
 def failover_run(args, cameras, workdir, scenario, run):
-    """One kill9 or sigterm run (cold, or `-hot`: every camera in hot standby on fo-1), then a
-    failback; returns its figures and its failures."""
-    hot = scenario.endswith("-hot")
-    fault_kind = scenario.split("-")[0]
-    site = Site(args, cameras, workdir, f"{scenario}-{run}", hot=hot)
+    """One kill9 or sigterm run (cold, `-hot`: every camera in hot standby on fo-1, or `-warm`:
+    in warm standby), then a failback; returns its figures and its failures."""
+    fault_kind, _, standby = scenario.partition("-")
+    standby = standby or "off"
+    hot = standby == "hot"
+    site = Site(args, cameras, workdir, f"{scenario}-{run}", standby=standby)
     failures = []
     result = {"scenario": scenario, "run": run, "cameras": site.n}
     began = time.time()
@@ -411,6 +420,10 @@ def failover_run(args, cameras, workdir, scenario, run):
             site.wait_standby(20)
         log(f"{scenario} run {run}: {site.n} cameras recording on live-1 after {took:.1f} s")
         time.sleep(3 + random.random())
+        if standby == "warm":
+            # Nothing is prepared while live-1 is heard: a warm standby costs nothing then.
+            prepared = site.standing_by("fo-1")
+            check(not prepared, f"fo-1 stands by for {sorted(prepared)} while live-1 is heard", failures)
         live = site.supervisors("live-1")
         check(len(live) == site.n, f"live-1 runs {len(live)} recorders, not {site.n}", failures)
         fault = time.time()
@@ -944,7 +957,7 @@ def main():
     ap.add_argument("--bin", required=True, help="the buddygate binary")
     ap.add_argument("--cameras", type=int, default=8)
     ap.add_argument("--runs", type=int, default=1)
-    ap.add_argument("--scenarios", default="agent,kill9,kill9-hot,sigterm,sigterm-hot")
+    ap.add_argument("--scenarios", default="agent,kill9,kill9-hot,kill9-warm,sigterm,sigterm-hot")
     ap.add_argument("--ready", choices=("frame", "launch"), default="frame",
                     help="the recorder's READY param: start waits for the first frame, or not")
     ap.add_argument("--ready-timeout", default="",

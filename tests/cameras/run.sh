@@ -9,7 +9,7 @@
 # Real RTSP cameras (GStreamer's RTSP server), the reference recorder agent agents/rtsp-recorder
 # (ffmpeg), real `buddygate run` nodes on loopback; the video lost per camera is read back from
 # the recordings (tests/cameras/lab.py, analyze.py, framecode.py). Without options it runs
-# `--scenarios agent,kill9,kill9-hot,sigterm,sigterm-hot --cameras 8 --runs 1 --assert`
+# `--scenarios agent,kill9,kill9-hot,kill9-warm,sigterm,sigterm-hot --cameras 8 --runs 1 --assert`
 # (each failover run also fails back, merges and reads the history). Needs Debian's packages:
 #   apt-get install gstreamer1.0-rtsp gir1.2-gst-rtsp-server-1.0 python3-gi \
 #     gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad \
@@ -35,6 +35,6 @@ for element in ("x264enc", "rtph264pay", "h264parse", "appsrc", "appsink", "vide
     assert Gst.ElementFactory.find(element), f"GStreamer element {element} is missing"
 PY
 if [ "$#" -eq 0 ]; then
-    set -- --scenarios agent,kill9,kill9-hot,sigterm,sigterm-hot --cameras 8 --runs 1 --assert
+    set -- --scenarios agent,kill9,kill9-hot,kill9-warm,sigterm,sigterm-hot --cameras 8 --runs 1 --assert
 fi
 exec /usr/bin/python3 "$here/lab.py" --bin "$bin" "$@"

@@ -10,6 +10,8 @@ pub(super) struct Worker {
     /// A hot standby was prepared (or its `standby` failed and may have left something): a
     /// release stops it, a start supersedes it.
     pub(super) prepared: bool,
+    /// When the prepared standby's `standby` succeeded (its first frame buffered).
+    pub(super) prepared_at: Option<SystemTime>,
     /// A failed standby: when to try again, and how many attempts were made.
     pub(super) standby_retry: Option<(tokio::time::Instant, u32, Job)>,
 }
@@ -35,8 +37,8 @@ impl Worker {
             };
             let running = match job.kind {
                 JobKind::Start { .. } => {
-                    let from_standby = self.superseded();
-                    self.ctx.start(&job, from_standby).await
+                    let standby = self.superseded();
+                    self.ctx.start(&job, standby).await
                 }
                 JobKind::Stop => {
                     self.superseded();
@@ -88,13 +90,15 @@ impl Worker {
     }
 
     /// A start or stop supersedes the hot standby: whether there was one.
-    fn superseded(&mut self) -> bool {
+    /// The standby a start or stop supersedes: whether there was one, and when it was ready.
+    fn superseded(&mut self) -> Superseded {
         self.standby_retry = None;
+        let ready_at = self.prepared_at.take();
         let was = std::mem::take(&mut self.prepared);
         if was {
             self.ctx.set_prepared(None);
         }
-        was
+        Superseded { was, ready_at }
     }
 
     /// Prepares the hot standby (attempt `attempt`); a failure is tried again later, an agent
@@ -107,8 +111,9 @@ impl Worker {
         let id = self.ctx.id().to_string();
         match result {
             Ok(()) => {
-                info!(resource = %id, epoch = job.epoch, attempt, "Hot standby prepared.");
+                info!(resource = %id, epoch = job.epoch, attempt, "Standby prepared.");
                 self.prepared = true;
+                self.prepared_at = Some(SystemTime::now());
                 self.ctx.set_prepared(Some(job.epoch));
             }
             Err(AgentError::Unimplemented(why)) => {
@@ -130,6 +135,7 @@ impl Worker {
     /// Releases the hot standby, if there is one. `None` on shutdown.
     async fn release(&mut self, job: &Job) -> Option<()> {
         self.standby_retry = None;
+        self.prepared_at = None;
         if !std::mem::take(&mut self.prepared) {
             return Some(());
         }
@@ -199,8 +205,8 @@ impl Ctx {
     }
 
     /// Starts the resource, retrying as configured, and reports the outcome. Whether it is
-    /// running; `None` on shutdown. `from_standby`: it supersedes a hot standby.
-    async fn start(&self, job: &Job, from_standby: bool) -> Option<bool> {
+    /// running; `None` on shutdown. `standby`: the standby it supersedes.
+    async fn start(&self, job: &Job, standby: Superseded) -> Option<bool> {
         let epoch = job.epoch;
         let timings = self.resource()?.timings;
         let cover_from = match job.kind {
@@ -259,10 +265,11 @@ impl Ctx {
         let running = result.is_ok();
         let mut time = self.time(job, attempt, ready_after.filter(|_| running), running);
         time.cover_from = cover_from;
-        time.from_standby = from_standby;
+        time.from_standby = standby.was;
+        time.standby_ready = standby.ready_at;
         self.keep(time);
         if running {
-            info!(resource = %self.id(), epoch, took = ?time.took, ready_after = ?time.ready_after, attempts = attempt, from_standby, "Resource started.");
+            info!(resource = %self.id(), epoch, took = ?time.took, ready_after = ?time.ready_after, attempts = attempt, from_standby = standby.was, "Resource started.");
         }
         let result = result.map_err(|e| match attempt {
             1 => e.to_string(),
@@ -348,6 +355,7 @@ impl Ctx {
             ok,
             cover_from: None,
             from_standby: false,
+            standby_ready: None,
         }
     }
 
@@ -552,4 +560,13 @@ impl Ctx {
             debug!(resource = %self.id(), "Nobody takes agent reports any more; dropping one.");
         }
     }
+}
+
+/// The standby a start supersedes.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Superseded {
+    /// There was one (prepared, or its `standby` failed and may have left something).
+    pub was: bool,
+    /// When its `standby` succeeded.
+    pub ready_at: Option<SystemTime>,
 }
