@@ -1354,3 +1354,142 @@ async fn a_connector_that_cannot_start_is_reported_and_retried_while_the_node_ru
     assert!(c.logs("fo-1").contains("Connector cannot start"));
     assert!(c.logs("fo-1").contains("Connector still cannot start"));
 }
+
+/// The events of a connector that cannot start, as its supervisor raises them for the node's
+/// event log: `connector.failed` once at its first failed build however many builds fail
+/// after it, `connector.recovered` once when it is built at last; the reason names the
+/// secret, never its value.
+#[tokio::test(start_paused = true)]
+async fn a_connector_that_cannot_start_raises_failed_once_and_recovered_once() {
+    use buddygate::failover::Event;
+    let outbox = Outbox::new("connector-events");
+    let dir = outbox.dir.join("connectors");
+    std::fs::create_dir_all(&dir).unwrap();
+    // A signing secret that is not base64: the error must not quote it.
+    let bad = "whsec_MfKQ9r8GKYqrTwjU!D8ILPZIo2LaLaSw";
+    std::fs::write(dir.join("bad.secret"), format!("{bad}\n")).unwrap();
+    let file = |name: &str, secret: &str| {
+        let text = format!(
+            "type = \"webhook\"\nurl = \"http://127.0.0.1:9/hook\"\nsecret = \"{secret}\"\n"
+        );
+        let path = dir.join(format!("{name}.toml"));
+        let (c, d) = connectors::check_file(&text, &format!("{name}.toml"), &path, Some(&dir));
+        c.unwrap_or_else(|| panic!("{d:?}"))
+    };
+    let list = [
+        file("unset", "env:BUDDYGATE_TEST_NEVER_SET"),
+        file("later", "file:later.secret"),
+        file("badkey", "file:bad.secret"),
+    ];
+    let site = Arc::new(
+        buddygate::sim::SiteBuilder::new("hq")
+            .live("live-1", &["fo-1"])
+            .failover("fo-1", buddygate::config::Mode::SpreadServers, None, None)
+            .build(),
+    );
+    let (live, fo) = (
+        site.server_idx("live-1").unwrap(),
+        site.server_idx("fo-1").unwrap(),
+    );
+    let (_snap_tx, snapshot) =
+        tokio::sync::watch::channel(Arc::new(common::owners_snapshot(&site, live, fo, fo, 1, 0)));
+    let (raise, mut raised) = tokio::sync::mpsc::channel(64);
+    let tasks = tokio_util::task::TaskTracker::new();
+    let cancel = CancellationToken::new();
+    let handles = connectors::start(
+        connectors::NodeFeeds {
+            site: site.clone(),
+            node: fo,
+            data_dir: &outbox.dir,
+            events: &outbox.events,
+            snapshot: &snapshot,
+            stored_at: &Arc::new(connectors::StoredAt::default()),
+            raise: &raise,
+        },
+        &list,
+        &tasks,
+        &cancel,
+    );
+    drop(raise);
+    let mut failed = std::collections::HashMap::new();
+    while failed.len() < 3 {
+        let next = tokio::time::timeout(Duration::from_millis(500), raised.recv());
+        match next
+            .await
+            .expect("connector.failed at the first build")
+            .unwrap()
+        {
+            Event::ConnectorFailed {
+                connector,
+                kind,
+                reason,
+                attempts,
+                retry_in,
+            } => {
+                assert_eq!(kind, "webhook");
+                assert_eq!(attempts, 1);
+                assert!(
+                    retry_in >= Duration::from_millis(900)
+                        && retry_in <= Duration::from_millis(1100),
+                    "{retry_in:?}"
+                );
+                assert!(failed.insert(connector, reason).is_none());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(
+        failed["unset"].contains("env:BUDDYGATE_TEST_NEVER_SET"),
+        "{}",
+        failed["unset"]
+    );
+    assert!(
+        failed["later"].contains("later.secret"),
+        "{}",
+        failed["later"]
+    );
+    assert!(
+        failed["badkey"].contains("not base64"),
+        "{}",
+        failed["badkey"]
+    );
+    for secret in [bad, "MfKQ9r8G", "!"] {
+        assert!(!failed["badkey"].contains(secret), "{}", failed["badkey"]);
+    }
+    // Four more builds of each fail (after 1, 2, 4 and 8 s): nothing more is raised.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert!(raised.try_recv().is_err());
+    let status = |name: &str| {
+        handles
+            .iter()
+            .find(|h| h.name == name)
+            .unwrap()
+            .status
+            .clone()
+    };
+    assert!(status("later").start_error().is_some());
+    // The secret appears: the next build works (about 16 s after the last).
+    std::fs::write(dir.join("later.secret"), format!("{SECRET}\n")).unwrap();
+    match tokio::time::timeout(Duration::from_secs(30), raised.recv()).await {
+        Ok(Some(Event::ConnectorRecovered {
+            connector,
+            kind,
+            attempts,
+            failed_for,
+        })) => {
+            assert_eq!((connector.as_str(), kind), ("later", "webhook"));
+            assert_eq!(attempts, 6, "five failed builds, then this one");
+            assert!(failed_for >= Duration::from_secs(25), "{failed_for:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(status("later").start_error().is_none());
+    // The others go on failing, silently.
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    assert!(raised.try_recv().is_err());
+    assert!(status("unset").start_error().is_some());
+    cancel.cancel();
+    tasks.close();
+    tasks.wait().await;
+}
+
