@@ -1493,3 +1493,144 @@ async fn a_connector_that_cannot_start_raises_failed_once_and_recovered_once() {
     tasks.wait().await;
 }
 
+/// A node whose connectors cannot start tells the connectors that run: `connector.failed`
+/// once per connector however often its build is retried, `connector.recovered` once when one
+/// runs at last, through the node's event log (numbered, durable); the recovered connector then
+/// delivers that log too, its own recovery included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connector_failed_and_recovered_events_reach_the_connectors_that_run() {
+    let rx = receiver().await;
+    let file = |name: &str, secret: &str| {
+        format!(
+            "type = \"webhook\"\nurl = \"{}?c={name}\"\nsecret = \"{secret}\"\nevents = [\"buddygate.connector.*\"]\nretry = [\"200ms\"]\n",
+            rx.url()
+        )
+    };
+    let mut c = common::Cluster::new(
+        "connev",
+        1,
+        1,
+        common::SiteOptions {
+            connectors: vec![
+                ("psim", file("psim", SECRET)),
+                ("unset", file("unset", "env:BUDDYGATE_TEST_NEVER_SET")),
+                ("later", file("later", "file:later.secret")),
+            ],
+            ..Default::default()
+        },
+    );
+    c.start("fo-1");
+    // (connector, type, data) of what `via` delivered.
+    let got = |via: &str| -> Vec<(String, String, Value)> {
+        rx.requests()
+            .iter()
+            .filter(|r| r.status < 300 && r.uri.ends_with(&format!("c={via}")))
+            .map(|r| {
+                let e: Value = serde_json::from_str(&r.body).unwrap();
+                let who = e["data"]["connector"].as_str().unwrap().to_string();
+                (who, e["type"].as_str().unwrap().to_string(), e)
+            })
+            .collect()
+    };
+    let count = |via: &str, who: &str, ty: &str| {
+        got(via)
+            .iter()
+            .filter(|(w, t, _)| w == who && t == &format!("buddygate.connector.{ty}"))
+            .count()
+    };
+    until(
+        Duration::from_secs(10),
+        "connector.failed for unset and later",
+        || count("psim", "unset", "failed") == 1 && count("psim", "later", "failed") == 1,
+    )
+    .await;
+    // Their builds are retried (after about 1 s, then 2 s): no more events.
+    let retries = |c: &common::Cluster, who: &str| {
+        c.logs("fo-1")
+            .lines()
+            .filter(|l| {
+                l.contains("Connector still cannot start")
+                    && l.contains(&format!("connector={who}"))
+            })
+            .count()
+    };
+    until(Duration::from_secs(10), "two retries of each", || {
+        retries(&c, "unset") >= 2 && retries(&c, "later") >= 2
+    })
+    .await;
+    let failed = got("psim")
+        .into_iter()
+        .find(|(w, t, _)| w == "unset" && t == "buddygate.connector.failed")
+        .unwrap()
+        .2;
+    assert_eq!(failed["source"], "buddygate://connev/fo-1");
+    let d = &failed["data"];
+    assert_eq!(d["site"], "connev");
+    assert_eq!(d["server"]["id"], "fo-1");
+    assert_eq!(d["kind"], "webhook");
+    assert_eq!(d["attempts"], 1);
+    let retry_in = d["retry_in_ms"].as_u64().unwrap();
+    assert!((900..=1100).contains(&retry_in), "{retry_in}");
+    let reason = d["reason"].as_str().unwrap();
+    assert!(reason.contains("env:BUDDYGATE_TEST_NEVER_SET"), "{reason}");
+    // The secret file appears: that connector starts at its next try (about 4 s after the
+    // last, 7 s after the first).
+    std::fs::write(c.dir.join("connectors/later.secret"), format!("{SECRET}\n")).unwrap();
+    until(
+        Duration::from_secs(15),
+        "connector.recovered for later",
+        || count("psim", "later", "recovered") == 1,
+    )
+    .await;
+    let recovered = got("psim")
+        .into_iter()
+        .find(|(_, t, _)| t == "buddygate.connector.recovered")
+        .unwrap()
+        .2;
+    let d = &recovered["data"];
+    assert_eq!(
+        (d["connector"].as_str(), d["kind"].as_str()),
+        (Some("later"), Some("webhook"))
+    );
+    assert!(d["attempts"].as_u64().unwrap() >= 4, "{d}");
+    assert!(d["failed_for_ms"].as_u64().unwrap() >= 6000, "{d}");
+    assert!(recovered["seq"].as_u64() > failed["seq"].as_u64());
+    // The recovered connector delivers the log from its start: both failures, its recovery.
+    until(
+        Duration::from_secs(10),
+        "later delivers its own recovery",
+        || count("later", "later", "recovered") == 1,
+    )
+    .await;
+    assert_eq!(count("later", "unset", "failed"), 1);
+    assert_eq!(count("later", "later", "failed"), 1);
+    // One event of each, however many builds failed; none for the connector still down.
+    until(Duration::from_secs(10), "a third retry of unset", || {
+        retries(&c, "unset") >= 3
+    })
+    .await;
+    assert_eq!(count("psim", "unset", "failed"), 1);
+    assert_eq!(count("psim", "later", "failed"), 1);
+    assert_eq!(count("psim", "later", "recovered"), 1);
+    assert_eq!(count("psim", "unset", "recovered"), 0);
+    assert!(!rx.requests().iter().any(|r| r.uri.ends_with("c=unset")));
+    // In the node's event log, as every event.
+    let log = common::get(&format!("{}/api/v1/events?after=0", c.api("fo-1")))
+        .await
+        .unwrap();
+    let types: Vec<&str> = log["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["type"].as_str())
+        .filter(|t| t.starts_with("buddygate.connector."))
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "buddygate.connector.failed",
+            "buddygate.connector.failed",
+            "buddygate.connector.recovered"
+        ]
+    );
+}
