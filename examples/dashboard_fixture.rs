@@ -178,6 +178,21 @@ fn cloud_event(
             json!({"site": name, "resource": resource(*r), "owner": server(*owner), "epoch": epoch})
         }
         Event::ConfigMismatch { server: s, .. } => json!({"site": name, "server": server(*s)}),
+        Event::ConnectorFailed {
+            connector,
+            kind,
+            reason,
+            attempts,
+            retry_in,
+        } => json!({"site": name, "server": server(node), "connector": connector, "kind": kind,
+            "reason": reason, "attempts": attempts, "retry_in_ms": retry_in.as_millis()}),
+        Event::ConnectorRecovered {
+            connector,
+            kind,
+            attempts,
+            failed_for,
+        } => json!({"site": name, "server": server(node), "connector": connector, "kind": kind,
+            "attempts": attempts, "failed_for_ms": failed_for.as_millis()}),
     };
     let me = &site.server(node).id;
     json!({

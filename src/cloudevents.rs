@@ -1,4 +1,4 @@
-//! Core events as CloudEvents 1.0 (structured JSON), the payloads DESIGN section 1 fixes.
+//! The node's events as CloudEvents 1.0 (structured JSON), the payloads DESIGN section 1 fixes.
 //!
 //! `id` is `{node}:{run}:{seq}`: `run` is a random id the node draws each time it starts
 //! ([`run_id`]), `seq` its event sequence number. Unique in the site for good: a node whose
@@ -279,6 +279,34 @@ pub fn to_cloudevent(
             "server": server(site, *s),
             "local_digest": hex(local),
             "remote_digest": hex(remote),
+        }),
+        Event::ConnectorFailed {
+            connector,
+            kind,
+            reason,
+            attempts,
+            retry_in,
+        } => json!({
+            "site": site.name,
+            "server": server(site, node),
+            "connector": connector,
+            "kind": kind,
+            "reason": reason,
+            "attempts": attempts,
+            "retry_in_ms": retry_in.as_millis() as u64,
+        }),
+        Event::ConnectorRecovered {
+            connector,
+            kind,
+            attempts,
+            failed_for,
+        } => json!({
+            "site": site.name,
+            "server": server(site, node),
+            "connector": connector,
+            "kind": kind,
+            "attempts": attempts,
+            "failed_for_ms": failed_for.as_millis() as u64,
         }),
     };
     json!({

@@ -967,6 +967,8 @@ fn the_asyncapi_document_covers_every_topic_and_event() {
         "address: buddygate/{site}/onvif-ej/Failover/Completed/&{server}\n",
         "address: buddygate/{site}/onvif-ej/Failover/Failback/&{server}\n",
         "address: buddygate/{site}/onvif-ej/Ownership/Conflict/&{resource}\n",
+        "address: buddygate/{site}/onvif-ej/Connector/Failed/&{server}/&{connector}\n",
+        "address: buddygate/{site}/onvif-ej/Connector/Recovered/&{server}/&{connector}\n",
     ] {
         assert!(doc.contains(address), "docs/asyncapi.yaml lacks {address}");
     }
@@ -1002,6 +1004,19 @@ fn the_asyncapi_document_covers_every_topic_and_event() {
     assert_eq!(msgs[0].1["Topic"], "bg:Ownership/Conflict");
     assert_eq!(msgs[0].1["Data"]["Owners"], "a,b");
     assert_eq!(msgs[0].1["Data"]["Epoch"], "4");
+    let ev = buddygate::store::StoredEvent {
+        seq: 2,
+        kind: "buddygate.connector.failed".into(),
+        json: r#"{"type":"buddygate.connector.failed","time":"2026-11-24T22:00:00.000Z","data":{"server":{"id":"fo-1","address":"10.0.0.3"},"connector":"psim","kind":"webhook","reason":"r","attempts":1,"retry_in_ms":1000}}"#.into(),
+    };
+    let msgs = buddygate::connectors::mqtt::onvif_messages("buddygate/hq", &ev);
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(
+        msgs[0].0,
+        "buddygate/hq/onvif-ej/Connector/Failed/&fo-1/&psim"
+    );
+    assert_eq!(msgs[0].1["Topic"], "bg:Connector/Failed");
+    assert_eq!(msgs[0].1["Data"]["RetryInMs"], "1000");
 }
 
 // ---- with a real Mosquitto: broker restarts, MQTT 5 refusals -----------------------------

@@ -699,7 +699,19 @@ async fn event_service_capabilities_and_topic_set() {
     assert_eq!(find("bg:Ownership/Unplaced").1, "false");
     assert_eq!(find("bg:Ownership/Unplaced").2, ["Resource"]);
     assert_eq!(find("bg:Ownership/Unplaced").3, ["Home", "Reason"]);
-    assert_eq!(topics.len(), 6);
+    assert_eq!(find("bg:Connector/Failed").1, "false");
+    assert_eq!(find("bg:Connector/Failed").2, ["Server", "Connector"]);
+    assert_eq!(
+        find("bg:Connector/Failed").3,
+        ["Kind", "Reason", "Attempts", "RetryInMs"]
+    );
+    assert_eq!(find("bg:Connector/Recovered").1, "false");
+    assert_eq!(find("bg:Connector/Recovered").2, ["Server", "Connector"]);
+    assert_eq!(
+        find("bg:Connector/Recovered").3,
+        ["Kind", "Attempts", "FailedForMs"]
+    );
+    assert_eq!(topics.len(), 8);
 }
 
 /// Every resource with an owner, as fo-1's snapshot has it: (id, owner, address, epoch).

@@ -1354,3 +1354,283 @@ async fn a_connector_that_cannot_start_is_reported_and_retried_while_the_node_ru
     assert!(c.logs("fo-1").contains("Connector cannot start"));
     assert!(c.logs("fo-1").contains("Connector still cannot start"));
 }
+
+/// The events of a connector that cannot start, as its supervisor raises them for the node's
+/// event log: `connector.failed` once at its first failed build however many builds fail
+/// after it, `connector.recovered` once when it is built at last; the reason names the
+/// secret, never its value.
+#[tokio::test(start_paused = true)]
+async fn a_connector_that_cannot_start_raises_failed_once_and_recovered_once() {
+    use buddygate::failover::Event;
+    let outbox = Outbox::new("connector-events");
+    let dir = outbox.dir.join("connectors");
+    std::fs::create_dir_all(&dir).unwrap();
+    // A signing secret that is not base64: the error must not quote it.
+    let bad = "whsec_MfKQ9r8GKYqrTwjU!D8ILPZIo2LaLaSw";
+    std::fs::write(dir.join("bad.secret"), format!("{bad}\n")).unwrap();
+    let file = |name: &str, secret: &str| {
+        let text = format!(
+            "type = \"webhook\"\nurl = \"http://127.0.0.1:9/hook\"\nsecret = \"{secret}\"\n"
+        );
+        let path = dir.join(format!("{name}.toml"));
+        let (c, d) = connectors::check_file(&text, &format!("{name}.toml"), &path, Some(&dir));
+        c.unwrap_or_else(|| panic!("{d:?}"))
+    };
+    let list = [
+        file("unset", "env:BUDDYGATE_TEST_NEVER_SET"),
+        file("later", "file:later.secret"),
+        file("badkey", "file:bad.secret"),
+    ];
+    let site = Arc::new(
+        buddygate::sim::SiteBuilder::new("hq")
+            .live("live-1", &["fo-1"])
+            .failover("fo-1", buddygate::config::Mode::SpreadServers, None, None)
+            .build(),
+    );
+    let (live, fo) = (
+        site.server_idx("live-1").unwrap(),
+        site.server_idx("fo-1").unwrap(),
+    );
+    let (_snap_tx, snapshot) =
+        tokio::sync::watch::channel(Arc::new(common::owners_snapshot(&site, live, fo, fo, 1, 0)));
+    let (raise, mut raised) = tokio::sync::mpsc::channel(64);
+    let tasks = tokio_util::task::TaskTracker::new();
+    let cancel = CancellationToken::new();
+    let handles = connectors::start(
+        connectors::NodeFeeds {
+            site: site.clone(),
+            node: fo,
+            data_dir: &outbox.dir,
+            events: &outbox.events,
+            snapshot: &snapshot,
+            stored_at: &Arc::new(connectors::StoredAt::default()),
+            raise: &raise,
+        },
+        &list,
+        &tasks,
+        &cancel,
+    );
+    drop(raise);
+    let mut failed = std::collections::HashMap::new();
+    while failed.len() < 3 {
+        let next = tokio::time::timeout(Duration::from_millis(500), raised.recv());
+        match next
+            .await
+            .expect("connector.failed at the first build")
+            .unwrap()
+        {
+            Event::ConnectorFailed {
+                connector,
+                kind,
+                reason,
+                attempts,
+                retry_in,
+            } => {
+                assert_eq!(kind, "webhook");
+                assert_eq!(attempts, 1);
+                assert!(
+                    retry_in >= Duration::from_millis(900)
+                        && retry_in <= Duration::from_millis(1100),
+                    "{retry_in:?}"
+                );
+                assert!(failed.insert(connector, reason).is_none());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(
+        failed["unset"].contains("env:BUDDYGATE_TEST_NEVER_SET"),
+        "{}",
+        failed["unset"]
+    );
+    assert!(
+        failed["later"].contains("later.secret"),
+        "{}",
+        failed["later"]
+    );
+    assert!(
+        failed["badkey"].contains("not base64"),
+        "{}",
+        failed["badkey"]
+    );
+    for secret in [bad, "MfKQ9r8G", "!"] {
+        assert!(!failed["badkey"].contains(secret), "{}", failed["badkey"]);
+    }
+    // Four more builds of each fail (after 1, 2, 4 and 8 s): nothing more is raised.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert!(raised.try_recv().is_err());
+    let status = |name: &str| {
+        handles
+            .iter()
+            .find(|h| h.name == name)
+            .unwrap()
+            .status
+            .clone()
+    };
+    assert!(status("later").start_error().is_some());
+    // The secret appears: the next build works (about 16 s after the last).
+    std::fs::write(dir.join("later.secret"), format!("{SECRET}\n")).unwrap();
+    match tokio::time::timeout(Duration::from_secs(30), raised.recv()).await {
+        Ok(Some(Event::ConnectorRecovered {
+            connector,
+            kind,
+            attempts,
+            failed_for,
+        })) => {
+            assert_eq!((connector.as_str(), kind), ("later", "webhook"));
+            assert_eq!(attempts, 6, "five failed builds, then this one");
+            assert!(failed_for >= Duration::from_secs(25), "{failed_for:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(status("later").start_error().is_none());
+    // The others go on failing, silently.
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    assert!(raised.try_recv().is_err());
+    assert!(status("unset").start_error().is_some());
+    cancel.cancel();
+    tasks.close();
+    tasks.wait().await;
+}
+
+/// A node whose connectors cannot start tells the connectors that run: `connector.failed`
+/// once per connector however often its build is retried, `connector.recovered` once when one
+/// runs at last, through the node's event log (numbered, durable); the recovered connector then
+/// delivers that log too, its own recovery included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connector_failed_and_recovered_events_reach_the_connectors_that_run() {
+    let rx = receiver().await;
+    let file = |name: &str, secret: &str| {
+        format!(
+            "type = \"webhook\"\nurl = \"{}?c={name}\"\nsecret = \"{secret}\"\nevents = [\"buddygate.connector.*\"]\nretry = [\"200ms\"]\n",
+            rx.url()
+        )
+    };
+    let mut c = common::Cluster::new(
+        "connev",
+        1,
+        1,
+        common::SiteOptions {
+            connectors: vec![
+                ("psim", file("psim", SECRET)),
+                ("unset", file("unset", "env:BUDDYGATE_TEST_NEVER_SET")),
+                ("later", file("later", "file:later.secret")),
+            ],
+            ..Default::default()
+        },
+    );
+    c.start("fo-1");
+    // (connector, type, data) of what `via` delivered.
+    let got = |via: &str| -> Vec<(String, String, Value)> {
+        rx.requests()
+            .iter()
+            .filter(|r| r.status < 300 && r.uri.ends_with(&format!("c={via}")))
+            .map(|r| {
+                let e: Value = serde_json::from_str(&r.body).unwrap();
+                let who = e["data"]["connector"].as_str().unwrap().to_string();
+                (who, e["type"].as_str().unwrap().to_string(), e)
+            })
+            .collect()
+    };
+    let count = |via: &str, who: &str, ty: &str| {
+        got(via)
+            .iter()
+            .filter(|(w, t, _)| w == who && t == &format!("buddygate.connector.{ty}"))
+            .count()
+    };
+    until(
+        Duration::from_secs(10),
+        "connector.failed for unset and later",
+        || count("psim", "unset", "failed") == 1 && count("psim", "later", "failed") == 1,
+    )
+    .await;
+    // Their builds are retried (after about 1 s, then 2 s): no more events.
+    let retries = |c: &common::Cluster, who: &str| {
+        c.logs("fo-1")
+            .lines()
+            .filter(|l| {
+                l.contains("Connector still cannot start")
+                    && l.contains(&format!("connector={who}"))
+            })
+            .count()
+    };
+    until(Duration::from_secs(10), "two retries of each", || {
+        retries(&c, "unset") >= 2 && retries(&c, "later") >= 2
+    })
+    .await;
+    let failed = got("psim")
+        .into_iter()
+        .find(|(w, t, _)| w == "unset" && t == "buddygate.connector.failed")
+        .unwrap()
+        .2;
+    assert_eq!(failed["source"], "buddygate://connev/fo-1");
+    let d = &failed["data"];
+    assert_eq!(d["site"], "connev");
+    assert_eq!(d["server"]["id"], "fo-1");
+    assert_eq!(d["kind"], "webhook");
+    assert_eq!(d["attempts"], 1);
+    let retry_in = d["retry_in_ms"].as_u64().unwrap();
+    assert!((900..=1100).contains(&retry_in), "{retry_in}");
+    let reason = d["reason"].as_str().unwrap();
+    assert!(reason.contains("env:BUDDYGATE_TEST_NEVER_SET"), "{reason}");
+    // The secret file appears: that connector starts at its next try (about 4 s after the
+    // last, 7 s after the first).
+    std::fs::write(c.dir.join("connectors/later.secret"), format!("{SECRET}\n")).unwrap();
+    until(
+        Duration::from_secs(15),
+        "connector.recovered for later",
+        || count("psim", "later", "recovered") == 1,
+    )
+    .await;
+    let recovered = got("psim")
+        .into_iter()
+        .find(|(_, t, _)| t == "buddygate.connector.recovered")
+        .unwrap()
+        .2;
+    let d = &recovered["data"];
+    assert_eq!(
+        (d["connector"].as_str(), d["kind"].as_str()),
+        (Some("later"), Some("webhook"))
+    );
+    assert!(d["attempts"].as_u64().unwrap() >= 4, "{d}");
+    assert!(d["failed_for_ms"].as_u64().unwrap() >= 6000, "{d}");
+    assert!(recovered["seq"].as_u64() > failed["seq"].as_u64());
+    // The recovered connector delivers the log from its start: both failures, its recovery.
+    until(
+        Duration::from_secs(10),
+        "later delivers its own recovery",
+        || count("later", "later", "recovered") == 1,
+    )
+    .await;
+    assert_eq!(count("later", "unset", "failed"), 1);
+    assert_eq!(count("later", "later", "failed"), 1);
+    // One event of each, however many builds failed; none for the connector still down.
+    until(Duration::from_secs(10), "a third retry of unset", || {
+        retries(&c, "unset") >= 3
+    })
+    .await;
+    assert_eq!(count("psim", "unset", "failed"), 1);
+    assert_eq!(count("psim", "later", "failed"), 1);
+    assert_eq!(count("psim", "later", "recovered"), 1);
+    assert_eq!(count("psim", "unset", "recovered"), 0);
+    assert!(!rx.requests().iter().any(|r| r.uri.ends_with("c=unset")));
+    // In the node's event log, as every event.
+    let log = common::get(&format!("{}/api/v1/events?after=0", c.api("fo-1")))
+        .await
+        .unwrap();
+    let types: Vec<&str> = log["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["type"].as_str())
+        .filter(|t| t.starts_with("buddygate.connector."))
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "buddygate.connector.failed",
+            "buddygate.connector.failed",
+            "buddygate.connector.recovered"
+        ]
+    );
+}

@@ -11,8 +11,9 @@ use serde::Deserialize;
 use super::locate::{Issue, KeyPath};
 use super::model::SecretRef;
 
-/// Every event type the core emits.
-pub const EVENT_TYPES: [&str; 13] = [
+/// Every event type a connector can deliver: the core's, the runtime's about connectors, and
+/// the webhook's periodic re-assertion.
+pub const EVENT_TYPES: [&str; 15] = [
     "buddygate.server.down",
     "buddygate.server.up",
     "buddygate.path.down",
@@ -25,6 +26,8 @@ pub const EVENT_TYPES: [&str; 13] = [
     "buddygate.ownership.conflict",
     "buddygate.ownership.resolved",
     "buddygate.config.mismatch",
+    "buddygate.connector.failed",
+    "buddygate.connector.recovered",
     "buddygate.ownership.reasserted",
 ];
 

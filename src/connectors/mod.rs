@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use tokio::sync::{Notify, broadcast};
+use tokio::sync::{Notify, broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -34,6 +34,7 @@ use crate::backoff::Backoff;
 use crate::config::decode::Section;
 use crate::config::locate::Issue;
 use crate::config::{SecretRef, Site};
+use crate::failover::Event;
 use crate::store::StoredEvent;
 use crate::view::{Histogram, Snapshot};
 
@@ -207,6 +208,10 @@ pub struct NodeFeeds<'a> {
     pub snapshot: &'a tokio::sync::watch::Receiver<Arc<Snapshot>>,
     /// When each event was stored, for the delivery latency.
     pub stored_at: &'a Arc<StoredAt>,
+    /// Where a connector that cannot start, and starts at last, is told
+    /// ([`Event::ConnectorFailed`], [`Event::ConnectorRecovered`]): the failover core's task,
+    /// which stores and publishes them like its own events.
+    pub raise: &'a mpsc::Sender<Event>,
 }
 
 /// How long a connector that cannot be built waits before the next try: 1 s doubling to 1 min.
@@ -216,7 +221,8 @@ const BUILD_RETRY: Backoff = Backoff::doubling(Duration::from_secs(1), Duration:
 /// Starts every connector on `tasks`; returns their handles at once. A connector that cannot
 /// be built (an `env:` secret that is not set, a certificate that cannot be read) does not
 /// stop the others or the node: it is reported (an error in the log, `start_error` in its
-/// status, `buddygate_connector_start_failed`) and built again with backoff until it runs.
+/// status, `buddygate_connector_start_failed`, a `buddygate.connector.failed` event) and built
+/// again with backoff until it runs (`buddygate.connector.recovered`).
 pub fn start(
     feeds: NodeFeeds<'_>,
     connectors: &[Connector],
@@ -246,6 +252,7 @@ pub fn start(
             events: feeds.events.clone(),
             snapshot: feeds.snapshot.clone(),
             stored_at: feeds.stored_at.clone(),
+            raise: feeds.raise.clone(),
         };
         tasks.spawn(supervise(c.clone(), from, status, replay, cancel.clone()));
     }
@@ -260,9 +267,12 @@ struct Feeds {
     events: broadcast::Sender<Arc<StoredEvent>>,
     snapshot: tokio::sync::watch::Receiver<Arc<Snapshot>>,
     stored_at: Arc<StoredAt>,
+    raise: mpsc::Sender<Event>,
 }
 
 /// Builds connector `c` (again, with backoff, while that fails), then runs it until `cancel`.
+/// Its first failed build raises `connector.failed`, the build that works after failures
+/// `connector.recovered`: one of each per outage, however many builds it takes.
 async fn supervise(
     c: Connector,
     f: Feeds,
@@ -271,31 +281,50 @@ async fn supervise(
     cancel: CancellationToken,
 ) {
     let mut failures = 0u32;
+    let mut since = None;
     loop {
         match build(&c, &f, status.clone()) {
             Ok(run) => {
-                if failures > 0 {
-                    tracing::info!(connector = %c.name, "Connector built; running.");
-                }
                 if let Ok(mut e) = status.start_error.lock() {
                     *e = None;
+                }
+                if let Some(since) = since {
+                    tracing::info!(connector = %c.name, "Connector built; running.");
+                    let recovered = Event::ConnectorRecovered {
+                        connector: c.name.clone(),
+                        kind: c.kind.type_name(),
+                        attempts: failures.saturating_add(1),
+                        failed_for: tokio::time::Instant::now().saturating_duration_since(since),
+                    };
+                    raise(&f, recovered, &cancel).await;
                 }
                 run(&f, replay, cancel).await;
                 return;
             }
             Err(e) => {
-                let reason = format!("{e:#}");
+                // The error names a secret (`env:VAR`, `file:PATH`), never its value; a URL in
+                // it keeps no credentials.
+                let reason = crate::redact::text(&format!("{e:#}"));
                 failures = failures.saturating_add(1);
                 let wait = BUILD_RETRY
                     .delay(failures)
                     .unwrap_or(Duration::from_secs(60));
+                if let Ok(mut slot) = status.start_error.lock() {
+                    *slot = Some(reason.clone());
+                }
                 if failures == 1 {
                     tracing::error!(connector = %c.name, error = %reason, retry_in = ?wait, "Connector cannot start; the node runs without it and tries again.");
+                    since = Some(tokio::time::Instant::now());
+                    let failed = Event::ConnectorFailed {
+                        connector: c.name.clone(),
+                        kind: c.kind.type_name(),
+                        reason,
+                        attempts: failures,
+                        retry_in: wait,
+                    };
+                    raise(&f, failed, &cancel).await;
                 } else {
                     tracing::warn!(connector = %c.name, error = %reason, retry_in = ?wait, "Connector still cannot start.");
-                }
-                if let Ok(mut slot) = status.start_error.lock() {
-                    *slot = Some(reason);
                 }
                 tokio::select! {
                     _ = cancel.cancelled() => return,
@@ -303,6 +332,15 @@ async fn supervise(
                 }
             }
         }
+    }
+}
+
+/// Hands `e` to the failover core's task, to be stored and published (unless the node stops
+/// first).
+async fn raise(f: &Feeds, e: Event, cancel: &CancellationToken) {
+    tokio::select! {
+        _ = cancel.cancelled() => {}
+        _ = f.raise.send(e) => {}
     }
 }
 

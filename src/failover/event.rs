@@ -1,5 +1,8 @@
-//! Events the core emits (DESIGN section 1, "Events"). Times are the core's monotonic `now`;
-//! the runtime stamps wall-clock time and sequence numbers when it stores them.
+//! Events the core emits (DESIGN section 1, "Events"), and the two the runtime raises about
+//! its connectors ([`Event::ConnectorFailed`], [`Event::ConnectorRecovered`]): the core knows
+//! nothing of connectors, but their events are stored, numbered and delivered like its own.
+//! Times are the core's monotonic `now`; the runtime stamps wall-clock time and sequence
+//! numbers when it stores them.
 
 use std::time::Duration;
 
@@ -111,6 +114,30 @@ pub enum Event {
         local: [u8; 8],
         remote: [u8; 8],
     },
+    /// One of this node's connectors cannot be built (a secret not set, a certificate that
+    /// cannot be read): the node runs without it and builds it again with backoff. Raised
+    /// once per outage, at its first failed build.
+    ConnectorFailed {
+        /// The connector's name (its file's stem).
+        connector: String,
+        /// `webhook`, `mqtt` or `onvif`.
+        kind: &'static str,
+        /// What the build said; names a secret (`env:VAR`, `file:PATH`), never its value.
+        reason: String,
+        /// Builds tried so far.
+        attempts: u32,
+        /// Until the next build.
+        retry_in: Duration,
+    },
+    /// A connector that could not be built runs at last.
+    ConnectorRecovered {
+        connector: String,
+        kind: &'static str,
+        /// Builds it took, the one that worked included.
+        attempts: u32,
+        /// From its first failed build to the one that worked.
+        failed_for: Duration,
+    },
 }
 
 impl Event {
@@ -129,6 +156,8 @@ impl Event {
             Event::OwnershipConflict { .. } => "buddygate.ownership.conflict",
             Event::OwnershipResolved { .. } => "buddygate.ownership.resolved",
             Event::ConfigMismatch { .. } => "buddygate.config.mismatch",
+            Event::ConnectorFailed { .. } => "buddygate.connector.failed",
+            Event::ConnectorRecovered { .. } => "buddygate.connector.recovered",
         }
     }
 
@@ -225,6 +254,25 @@ impl Event {
             Event::ConfigMismatch { server, .. } => {
                 format!("config.mismatch with {}", s(*server))
             }
+            Event::ConnectorFailed {
+                connector,
+                kind,
+                reason,
+                retry_in,
+                ..
+            } => format!(
+                "connector.failed {connector} ({kind}) cannot start: {reason}; trying again in {} ms",
+                retry_in.as_millis()
+            ),
+            Event::ConnectorRecovered {
+                connector,
+                kind,
+                attempts,
+                failed_for,
+            } => format!(
+                "connector.recovered {connector} ({kind}) runs, after {attempts} attempts over {} ms",
+                failed_for.as_millis()
+            ),
         }
     }
 }

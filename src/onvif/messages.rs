@@ -87,8 +87,9 @@ fn count(v: &Value) -> String {
 }
 
 /// The event messages for one stored CloudEvent: `failover.completed`,
-/// `failback.completed` and `ownership.conflict` give one each; other types give none
-/// (ownership and server state reach subscribers as properties, from the snapshots).
+/// `failback.completed`, `ownership.conflict`, `connector.failed` and `connector.recovered`
+/// give one each, `resource.unplaced` one per resource; other types give none (ownership and
+/// server state reach subscribers as properties, from the snapshots).
 pub fn event_messages(e: &StoredEvent) -> Vec<Message> {
     let Ok(v) = serde_json::from_str::<Value>(&e.json) else {
         return Vec::new();
@@ -155,6 +156,29 @@ pub fn event_messages(e: &StoredEvent) -> Vec<Message> {
                 )
             })
             .collect(),
+        "buddygate.connector.failed" | "buddygate.connector.recovered" => {
+            let source = vec![
+                ("Server", s(&d["server"]["id"])),
+                ("Connector", s(&d["connector"])),
+            ];
+            let (topic, data) = if e.kind == "buddygate.connector.failed" {
+                let data = vec![
+                    ("Kind", s(&d["kind"])),
+                    ("Reason", s(&d["reason"])),
+                    ("Attempts", s(&d["attempts"])),
+                    ("RetryInMs", s(&d["retry_in_ms"])),
+                ];
+                (Topic::ConnectorFailed, data)
+            } else {
+                let data = vec![
+                    ("Kind", s(&d["kind"])),
+                    ("Attempts", s(&d["attempts"])),
+                    ("FailedForMs", s(&d["failed_for_ms"])),
+                ];
+                (Topic::ConnectorRecovered, data)
+            };
+            vec![event(topic, source, data)]
+        }
         _ => Vec::new(),
     }
 }
@@ -163,9 +187,9 @@ pub fn event_messages(e: &StoredEvent) -> Vec<Message> {
 /// records (a server down or up; each resource of a failover or failback with its new owner,
 /// address and epoch; a resolved conflict's owner; a resource that failed; resources nobody
 /// can take, with no owner), then its event
-/// message ([`event_messages`]). Kinds and home servers come from `site`; resources it does
-/// not know are left out. Events with nothing to say in ONVIF (paths, `failover.started`,
-/// config mismatches) give none.
+/// message ([`event_messages`]), if it has one. Kinds and home servers come from `site`;
+/// resources it does not know are left out. Events with nothing to say in ONVIF (paths,
+/// `failover.started`, config mismatches) give none.
 pub fn outbox_messages(site: &Site, e: &StoredEvent) -> Vec<Message> {
     let Ok(v) = serde_json::from_str::<Value>(&e.json) else {
         return Vec::new();
@@ -462,5 +486,53 @@ mod tests {
             ..e
         };
         assert!(event_messages(&bad).is_empty());
+    }
+
+    #[test]
+    fn connector_messages() {
+        let failed = serde_json::json!({
+            "type": "buddygate.connector.failed", "time": "2026-11-24T22:00:00.412Z",
+            "data": {"site": "hq", "server": {"id": "fo-1", "address": "10.0.1.21"},
+                     "connector": "psim", "kind": "webhook",
+                     "reason": "cannot read the signing secret (env:PSIM_SECRET): environment variable PSIM_SECRET is not set",
+                     "attempts": 1, "retry_in_ms": 1000}
+        });
+        let e = StoredEvent {
+            seq: 4,
+            kind: "buddygate.connector.failed".into(),
+            json: failed.to_string(),
+        };
+        let m = event_messages(&e);
+        assert_eq!(m.len(), 1);
+        assert_eq!(m[0].topic, Topic::ConnectorFailed);
+        assert_eq!(m[0].topic.expression(), "bg:Connector/Failed");
+        assert_eq!(m[0].operation, None);
+        assert_eq!(m[0].source("Server"), Some("fo-1"));
+        assert_eq!(m[0].source("Connector"), Some("psim"));
+        assert_eq!(m[0].data("Kind"), Some("webhook"));
+        assert!(m[0].data("Reason").unwrap().contains("PSIM_SECRET"));
+        assert_eq!(m[0].data("Attempts"), Some("1"));
+        assert_eq!(m[0].data("RetryInMs"), Some("1000"));
+        let recovered = serde_json::json!({
+            "type": "buddygate.connector.recovered", "time": "2026-11-24T22:00:09.412Z",
+            "data": {"site": "hq", "server": {"id": "fo-1", "address": "10.0.1.21"},
+                     "connector": "psim", "kind": "webhook", "attempts": 5, "failed_for_ms": 9000}
+        });
+        let e = StoredEvent {
+            seq: 5,
+            kind: "buddygate.connector.recovered".into(),
+            json: recovered.to_string(),
+        };
+        let site = crate::sim::SiteBuilder::new("hq")
+            .live("live-1", &["fo-1"])
+            .failover("fo-1", crate::config::Mode::SpreadServers, None, None)
+            .build();
+        // The `onvif` connector delivers it (no property changes, the event message).
+        let m = outbox_messages(&site, &e);
+        assert_eq!(m.len(), 1);
+        assert_eq!(m[0].topic.expression(), "bg:Connector/Recovered");
+        assert_eq!(m[0].source("Connector"), Some("psim"));
+        assert_eq!(m[0].data("Attempts"), Some("5"));
+        assert_eq!(m[0].data("FailedForMs"), Some("9000"));
     }
 }

@@ -9,6 +9,8 @@
 //! | `bg:Failover/Failback` | event | `Server` | `NewServer`, `Address`, `Epoch`, `Resources`, `Failed` |
 //! | `bg:Ownership/Conflict` | event | `Resource` | `Owners`, `Addresses`, `Epoch` |
 //! | `bg:Ownership/Unplaced` | event | `Resource` | `Home`, `Reason` |
+//! | `bg:Connector/Failed` | event | `Server`, `Connector` | `Kind`, `Reason`, `Attempts`, `RetryInMs` |
+//! | `bg:Connector/Recovered` | event | `Server`, `Connector` | `Kind`, `Attempts`, `FailedForMs` |
 //!
 //! The messages under these topics are in [`super::messages`].
 
@@ -35,16 +37,22 @@ pub enum Topic {
     OwnershipConflict,
     /// A resource that needs a host and that no buddy can take.
     OwnershipUnplaced,
+    /// A connector of a node cannot start.
+    ConnectorFailed,
+    /// A connector that could not start runs at last.
+    ConnectorRecovered,
 }
 
 impl Topic {
-    pub const ALL: [Topic; 6] = [
+    pub const ALL: [Topic; 8] = [
         Topic::ServerState,
         Topic::OwnershipResource,
         Topic::FailoverCompleted,
         Topic::FailoverFailback,
         Topic::OwnershipConflict,
         Topic::OwnershipUnplaced,
+        Topic::ConnectorFailed,
+        Topic::ConnectorRecovered,
     ];
 
     /// `(root, leaf)` below the `bg:` namespace.
@@ -56,6 +64,8 @@ impl Topic {
             Topic::FailoverFailback => ("Failover", "Failback"),
             Topic::OwnershipConflict => ("Ownership", "Conflict"),
             Topic::OwnershipUnplaced => ("Ownership", "Unplaced"),
+            Topic::ConnectorFailed => ("Connector", "Failed"),
+            Topic::ConnectorRecovered => ("Connector", "Recovered"),
         }
     }
 
@@ -79,6 +89,7 @@ impl Topic {
             Topic::OwnershipResource | Topic::OwnershipConflict | Topic::OwnershipUnplaced => {
                 &["Resource"]
             }
+            Topic::ConnectorFailed | Topic::ConnectorRecovered => &["Server", "Connector"],
         }
     }
 
@@ -115,6 +126,17 @@ impl Topic {
                 ("Epoch", "xs:unsignedLong"),
             ],
             Topic::OwnershipUnplaced => &[("Home", "xs:string"), ("Reason", "xs:string")],
+            Topic::ConnectorFailed => &[
+                ("Kind", "xs:string"),
+                ("Reason", "xs:string"),
+                ("Attempts", "xs:unsignedInt"),
+                ("RetryInMs", "xs:unsignedLong"),
+            ],
+            Topic::ConnectorRecovered => &[
+                ("Kind", "xs:string"),
+                ("Attempts", "xs:unsignedInt"),
+                ("FailedForMs", "xs:unsignedLong"),
+            ],
         }
     }
 }
@@ -124,7 +146,7 @@ impl Topic {
 pub struct TopicMask(u8);
 
 impl TopicMask {
-    pub const ALL: TopicMask = TopicMask(0b11_1111);
+    pub const ALL: TopicMask = TopicMask(0b1111_1111);
     pub const NONE: TopicMask = TopicMask(0);
 
     /// The topics both select.
@@ -205,7 +227,7 @@ pub fn parse_topic_expression(el: &Element) -> Result<TopicMask, FilterError> {
         return Err(FilterError::Expression(format!(
             "{:?} selects none of this node's topics (bg:Server/State, bg:Ownership/Resource, \
              bg:Ownership/Conflict, bg:Ownership/Unplaced, bg:Failover/Completed, \
-             bg:Failover/Failback)",
+             bg:Failover/Failback, bg:Connector/Failed, bg:Connector/Recovered)",
             el.text()
         )));
     }

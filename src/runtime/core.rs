@@ -6,7 +6,8 @@
 //! - agent starts and stops wait until every job handed out before them is committed, so a
 //!   claim is on disk before its agent starts (rule 4), and a node whose disk is slow keeps
 //!   heartbeating meanwhile;
-//! - events are published once stored;
+//! - events are published once stored; the runtime's own events (a connector that cannot
+//!   start, or starts at last) take the same path without going through the core;
 //! - a store that takes no writes (a full disk) makes the node say it is leaving
 //!   ([`Input::Storage`]): its buddies take over at once, it claims nothing, and it comes back
 //!   by itself once the writer has stored what waited ([`Report::Storage`]).
@@ -48,6 +49,8 @@ pub(super) struct Inputs {
     pub commands: mpsc::Receiver<Command>,
     pub witnesses: mpsc::Receiver<(usize, bool)>,
     pub stored: mpsc::UnboundedReceiver<Report>,
+    /// `connector.failed` and `connector.recovered`, from the connectors' tasks.
+    pub connectors: mpsc::Receiver<Event>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -155,6 +158,10 @@ impl Core {
                     stamp: super::wall_ms(),
                 }),
                 Some((index, reachable)) = inputs.witnesses.recv() => Some(Input::Witness { index, reachable }),
+                Some(event) = inputs.connectors.recv() => {
+                    self.raise(event);
+                    None
+                }
                 _ = tokio::time::sleep_until(deadline) => Some(Input::Tick),
             };
             if let Some(first) = first {
@@ -241,6 +248,13 @@ impl Core {
             }
         }
         self.snapshots.send_replace(Arc::new(snap));
+    }
+
+    /// An event the runtime raises itself (the core knows nothing of connectors): stored,
+    /// numbered and published like the core's own.
+    fn raise(&mut self, event: Event) {
+        let now = self.now();
+        self.carry_out(vec![Output::Event(event)], now);
     }
 
     /// Sends at once; hands what must be durable to the writer; queues agent operations
@@ -508,6 +522,7 @@ fn log_event(site: &Site, e: &Event) {
         | Event::ResourceUnplaced { .. }
         | Event::OwnershipConflict { .. }
         | Event::ConfigMismatch { .. }
+        | Event::ConnectorFailed { .. }
         | Event::PathDown { .. } => warn!(event = e.type_name(), "{text}"),
         _ => info!(event = e.type_name(), "{text}"),
     }

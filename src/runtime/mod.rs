@@ -313,6 +313,7 @@ impl Daemon {
         let first = Arc::new(Snapshot::of(&node, Duration::ZERO));
         let (snap_tx, snap_rx) = watch::channel(first);
         let stored_at = Arc::new(crate::connectors::StoredAt::default());
+        let (raise, connector_events) = mpsc::channel(64);
         let (history, history_thread) =
             match history::spawn(cfg.data_dir.clone(), snap_rx.clone(), inner.clone(), &tasks) {
                 Ok((h, t)) => (Some(h), Some(t)),
@@ -329,11 +330,13 @@ impl Daemon {
                 events: &events_tx,
                 snapshot: &snap_rx,
                 stored_at: &stored_at,
+                raise: &raise,
             },
             &cfg.connectors,
             &tasks,
             &inner,
         );
+        drop(raise);
         let shared = Shared {
             snapshot: snap_rx,
             events: events_tx.clone(),
@@ -383,6 +386,7 @@ impl Daemon {
             commands,
             witnesses,
             stored,
+            connectors: connector_events,
         };
         let grace = cfg.shutdown_grace;
         let net_cancel = inner.clone();

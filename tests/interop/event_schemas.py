@@ -46,6 +46,9 @@ EPOCH = {
 }
 KIND = {"enum": ["camera", "io", "lpr", "analytics", "map", "middleware"]}
 MILLIS = {"type": "integer", "minimum": 0}
+# A connector: its file's stem, and its kind.
+CONNECTOR = {"type": "string", "minLength": 1, "description": "The connector's name (its file's stem)."}
+CONNECTOR_KIND = {"enum": ["webhook", "mqtt", "onvif"]}
 
 
 def obj(props, required=None, description=None):
@@ -246,6 +249,37 @@ EVENTS = {
             }
         ),
     ),
+    "buddygate.connector.failed": (
+        "One of `server`'s connectors cannot start (a secret not set, a certificate that cannot "
+        "be read): the node runs without it and tries again. Once per outage.",
+        obj(
+            {
+                "site": ref("name"),
+                "server": ref("server"),
+                "connector": CONNECTOR,
+                "kind": CONNECTOR_KIND,
+                "reason": {
+                    "type": "string",
+                    "description": "What the start said; names a secret (`env:VAR`, `file:PATH`), never its value.",
+                },
+                "attempts": {"type": "integer", "minimum": 1, "description": "Starts tried so far."},
+                "retry_in_ms": {**MILLIS, "description": "Until the next start."},
+            }
+        ),
+    ),
+    "buddygate.connector.recovered": (
+        "A connector of `server` that could not start runs at last.",
+        obj(
+            {
+                "site": ref("name"),
+                "server": ref("server"),
+                "connector": CONNECTOR,
+                "kind": CONNECTOR_KIND,
+                "attempts": {"type": "integer", "minimum": 2, "description": "Starts it took, the one that worked included."},
+                "failed_for_ms": {**MILLIS, "description": "From its first failed start to the one that worked."},
+            }
+        ),
+    ),
     "buddygate.ownership.reasserted": (
         "Periodic (connector `reassert`): what `server` serves now; not in the event log.",
         obj(
@@ -261,7 +295,7 @@ EVENTS = {
 # path.up has path.down's data.
 EVENTS["buddygate.path.up"] = ("A silent path answers again.", copy.deepcopy(EVENTS["buddygate.path.down"][1]))
 def rust_event_types():
-    """`EVENT_TYPES` of src/config/connectors.rs: the types the core emits, in its order."""
+    """`EVENT_TYPES` of src/config/connectors.rs: the types a connector delivers, in its order."""
     src = (ROOT / "src" / "config" / "connectors.rs").read_text()
     block = re.search(r"pub const EVENT_TYPES: \[&str; \d+\] = \[(.*?)\];", src, re.S)
     return re.findall(r'"([a-z.]+)"', block.group(1)) if block else []

@@ -17,6 +17,10 @@ from a file, a custom header, a short retry schedule. The story:
    SIGCONT: both report `ownership.conflict`, live-2 stands down (`ownership.resolved`) and
    fails back. live-2 runs a site file that differs by one priority: `config.mismatch`.
 
+Before that, a second webhook connector (`spare`) cannot start on any node: its signing secret
+file is not there. Each node reports `connector.failed` once; the file appears, and each reports
+`connector.recovered` once, which `spare` delivers too.
+
 The receiver answers the first `server.down` with 500 (a retry on the schedule) and the first
 `failover.started` with 429 + `Retry-After: 1` (honoured). At the end every event in every
 node's log must have been delivered; every delivery verified (with each secret) and validated;
@@ -103,6 +107,7 @@ class Receiver:
         self.deliveries = []
         self.faults = dict(FAULTS)
         self.templated = []  # (method, path, headers, body) of the template connectors
+        self.spare = []  # the events the `spare` connector delivered
         receiver = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -112,6 +117,10 @@ class Receiver:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 if self.path == "/buddygate":
                     status, extra = receiver.receive(self.path, dict(self.headers.items()), body)
+                elif self.path == "/spare":
+                    with receiver.lock:
+                        receiver.spare.append(json.loads(body))
+                    status, extra = 200, {}
                 else:
                     status, extra = receiver.rendered(self.command, self.path, dict(self.headers.items()), body)
                 self.send_response(status)
@@ -282,6 +291,16 @@ retry = ["200ms", "500ms", "1s", "2s", "5s"]
             text = (ROOT / "connectors" / f"{name}.toml").read_text()
             text = re.sub(r'^url = "http://[^/"]+', f'url = "http://127.0.0.1:{receiver_port}', text, count=1, flags=re.M)
             (conn / f"{name}.toml").write_text(text)
+        (conn / "spare.toml").write_text(
+            f"""# Its signing secret is not there when the nodes start: connector.failed, then
+# connector.recovered once the file appears.
+type = "webhook"
+url = "http://127.0.0.1:{receiver_port}/spare"
+secret = "file:spare.secret"
+events = ["buddygate.connector.*"]
+retry = ["200ms"]
+"""
+        )
         (conn / "moved.toml").write_text(
             f"""type = "webhook"
 url = "http://127.0.0.1:{receiver_port}/moved"
@@ -487,6 +506,47 @@ def run(binary, save):
         for home in CAMERAS:
             site.wait_owned("fo-1", home, home, 15)
         log(f"site up in {work}; receiver on 127.0.0.1:{receiver.port}")
+
+        # 0. The spare connector cannot start on any node; its secret appears, it runs.
+        def connector_events(ty):
+            return [d for d in receiver.snapshot() if d.type == ty and d.event["data"]["connector"] == "spare"]
+
+        for sid in site.servers:
+            receiver.wait_for(
+                f"connector.failed of spare from {sid}",
+                lambda d, sid=sid: d.type == "buddygate.connector.failed" and d.sender == sid,
+                10,
+            )
+        (work / "connectors" / "spare.secret").write_text(SECRETS[0] + "\n")
+        log("spare.secret written")
+        for sid in site.servers:
+            receiver.wait_for(
+                f"connector.recovered of spare from {sid}",
+                lambda d, sid=sid: d.type == "buddygate.connector.recovered" and d.sender == sid,
+                20,
+            )
+        failed = connector_events("buddygate.connector.failed")
+        checks(
+            "connector.failed: once per node for spare, naming its secret file",
+            sorted(d.sender for d in failed) == sorted(site.servers)
+            and all("spare.secret" in d.event["data"]["reason"] for d in failed),
+            json.dumps([d.event["data"] for d in failed]),
+        )
+        recovered = connector_events("buddygate.connector.recovered")
+        checks(
+            "connector.recovered: once per node for spare, after its first failed start",
+            sorted(d.sender for d in recovered) == sorted(site.servers)
+            and all(d.event["data"]["attempts"] >= 2 for d in recovered),
+            json.dumps([d.event["data"] for d in recovered]),
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with receiver.lock:
+                own = {e["source"].rsplit("/", 1)[-1] for e in receiver.spare if e["type"] == "buddygate.connector.recovered"}
+            if own == set(site.servers):
+                break
+            time.sleep(0.05)
+        checks("spare, once running, delivers its own connector.recovered from each node", own == set(site.servers), str(own))
 
         # 1. kill -9 live-1: fo-1 takes over and says so; live-1 comes back and fails back.
         site.kill9("live-1")

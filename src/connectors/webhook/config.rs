@@ -273,15 +273,31 @@ impl ConnectorFile for WebhookFile {
     }
 }
 
-/// The key bytes of a `whsec_<base64>` secret.
+/// The key bytes of a `whsec_<base64>` secret. An error never quotes the secret, not even
+/// the one character that is wrong: it goes into logs, the API and events.
 pub fn decode_whsec(s: &str) -> Result<Vec<u8>, String> {
+    use base64::DecodeError;
     let b64 = s
         .trim()
         .strip_prefix("whsec_")
         .ok_or("a signing secret starts with `whsec_` (Standard Webhooks)")?;
     let key = base64::engine::general_purpose::STANDARD
         .decode(b64)
-        .map_err(|e| format!("the part after `whsec_` is not base64: {e}"))?;
+        .map_err(|e| {
+            let why = match e {
+                DecodeError::InvalidByte(at, _) => {
+                    format!("a character that is not base64 at {at}")
+                }
+                DecodeError::InvalidLastSymbol { offset, .. } => {
+                    format!("a last character that does not fit at {offset}")
+                }
+                DecodeError::InvalidLength(n) => {
+                    format!("{n} characters, a length base64 cannot have")
+                }
+                DecodeError::InvalidPadding => "padding that is not right".into(),
+            };
+            format!("the part after `whsec_` is not base64: {why}")
+        })?;
     if key.len() < 16 {
         return Err("a signing secret needs at least 16 bytes (24 base64 characters)".into());
     }

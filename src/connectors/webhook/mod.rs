@@ -393,6 +393,25 @@ fn with_query(url: &str, event: &Value) -> Result<String, String> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_bad_signing_secret_is_not_quoted_in_the_error() {
+        for (secret, why) in [
+            ("whsec_MfKQ9r8GKYqrTwjU!D8ILPZIo2LaLaSw", "not base64 at 16"),
+            (
+                "whsec_dGhpcyBpcyBhIHNlY29uZCBrZXkgISF=",
+                "does not fit at 30",
+            ),
+            ("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaS", "padding"),
+        ] {
+            let e = decode_whsec(secret).unwrap_err();
+            assert!(e.contains(why), "{e}");
+            // `!` is 33, `F` 70 (0x46).
+            for quoted in ["!", "'F'", "0x46", "33", "70"] {
+                assert!(!e.contains(quoted), "{e} quotes the secret ({quoted})");
+            }
+        }
+    }
+
     /// The test vector of the Standard Webhooks specification.
     #[test]
     fn standard_webhooks_test_vector() {
