@@ -1361,3 +1361,29 @@ async fn a_pool_releases_the_hot_standbys_a_crashed_run_left_and_notes_its_own()
     assert_eq!(std::fs::read_to_string(&file).expect("noted"), "");
     std::fs::remove_dir_all(&dir).expect("cleanup");
 }
+
+/// `idle` waits for every operation asked, however fast the agents are: a worker on another
+/// thread may finish a job before the pool has counted it (a count taken after the send then
+/// never came back to 0, and a clean stop waited out its whole time limit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_is_idle_once_every_operation_asked_is_done_however_fast() {
+    let site = site(
+        "pool-idle",
+        8,
+        AgentSpec::Simulated {
+            activation: Duration::ZERO,
+            fail: None,
+        },
+        timings(SHORT * 10, None, 0),
+    );
+    let (pool, _reports, _metrics, _cancel) = new_pool(&site, 4);
+    for round in 0..200u64 {
+        for r in 0..8 {
+            pool.standby(ResourceIdx(r), 199 + round);
+            pool.release(ResourceIdx(r), 199 + round);
+        }
+        tokio::time::timeout(Duration::from_secs(5), pool.idle())
+            .await
+            .unwrap_or_else(|_| panic!("not idle after round {round}"));
+    }
+}

@@ -513,9 +513,14 @@ impl AgentPool {
                 }
             }
         };
-        // Fails only when the worker has ended, that is after cancellation.
-        if sender.send(job).is_ok() {
-            self.shared.pending.send_modify(|n| *n += 1);
+        // Counted before it is sent: the worker may finish it before `send` returns (and a
+        // count taken after would never come back to 0). Fails only when the worker has
+        // ended, that is after cancellation.
+        self.shared.pending.send_modify(|n| *n += 1);
+        if sender.send(job).is_err() {
+            self.shared
+                .pending
+                .send_modify(|n| *n = n.saturating_sub(1));
         }
     }
 }

@@ -89,7 +89,6 @@ impl Worker {
         }
     }
 
-    /// A start or stop supersedes the hot standby: whether there was one.
     /// The standby a start or stop supersedes: whether there was one, and when it was ready.
     fn superseded(&mut self) -> Superseded {
         self.standby_retry = None;
