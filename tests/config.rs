@@ -113,7 +113,7 @@ fn the_valid_site_resolves_with_defaults_and_no_warning() {
             monitor_interval: Some(Duration::from_secs(5)),
             retries: 2,
             ready_timeout: None,
-            standby: config::Standby::Off,
+            standby: config::Standby::Warm,
             merge_timeout: Duration::from_secs(600)
         }
     );
@@ -1519,6 +1519,12 @@ fn agent_case(lines: &str) -> String {
     )
 }
 
+/// A camera's defaults: those of every resource, with warm standby.
+const CAMERA_TIMINGS: AgentTimings = AgentTimings {
+    standby: config::Standby::Warm,
+    ..AgentTimings::DEFAULT
+};
+
 #[test]
 fn agent_settings_resolve_with_defaults_per_kind() {
     let resolve = |lines: &str| {
@@ -1539,7 +1545,7 @@ fn agent_settings_resolve_with_defaults_per_kind() {
                 activation: Duration::from_secs(2),
                 fail: Some(FailMode::Monitor)
             },
-            AgentTimings::default()
+            CAMERA_TIMINGS
         )
     );
     assert_eq!(
@@ -1557,7 +1563,7 @@ fn agent_settings_resolve_with_defaults_per_kind() {
                 monitor_interval: None,
                 retries: 0,
                 ready_timeout: None,
-                standby: config::Standby::Off,
+                standby: config::Standby::Warm,
                 merge_timeout: Duration::from_secs(600)
             }
         )
@@ -1578,7 +1584,7 @@ fn agent_settings_resolve_with_defaults_per_kind() {
             },
             AgentTimings {
                 monitor_interval: Some(Duration::from_millis(750)),
-                ..AgentTimings::default()
+                ..CAMERA_TIMINGS
             }
         )
     );
@@ -1760,6 +1766,12 @@ fn standby_is_hot_warm_or_off_and_anything_else_is_pointed_at() {
         let site = config::parse_str(&text, "t.toml").expect("valid").site;
         assert_eq!(site.resources[0].timings.standby, want, "{written}");
     }
+    // Unset: warm for cameras, off for the other kinds.
+    let text =
+        format!("{HEAD}{VALID}[[resources]]\nid = \"io-1\"\nkind = \"io\"\nserver = \"live-1\"\n");
+    let site = config::parse_str(&text, "t.toml").expect("valid").site;
+    let modes: Vec<_> = site.resources.iter().map(|r| r.timings.standby).collect();
+    assert_eq!(modes, [config::Standby::Warm, config::Standby::Off]);
     let lines = VALID.lines().count() + HEAD.lines().count() + 1;
     assert_eq!(
         invalid(&format!("{VALID}standby = \"lukewarm\"\n")),

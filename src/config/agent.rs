@@ -11,7 +11,9 @@ use super::decode::{Block, closest};
 use super::diag::Severity;
 use super::file::ResourceBlock;
 use super::locate::{Issue, KeyPath, Point};
-use super::model::{AGENT_VARIABLES, AgentKind, AgentSpec, AgentTimings, OP_VARIABLES};
+use super::model::{
+    AGENT_VARIABLES, AgentKind, AgentSpec, AgentTimings, Kind, OP_VARIABLES, Standby,
+};
 
 /// The minijinja environment agent templates are checked and rendered in: an undefined variable
 /// is an error, and nothing is HTML-escaped.
@@ -337,7 +339,10 @@ pub(crate) fn resolve(b: &ResourceBlock, base: Option<&Path>) -> Option<(AgentSp
         monitor_interval: (!b.monitor_interval.is_zero()).then_some(b.monitor_interval),
         retries: b.retries,
         ready_timeout: b.ready_timeout,
-        standby: b.standby,
+        standby: b.standby.unwrap_or(match b.kind {
+            Kind::Camera => Standby::Warm,
+            _ => Standby::Off,
+        }),
         merge_timeout: b.merge_timeout,
     };
     let spec = match b.agent {

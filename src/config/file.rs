@@ -254,10 +254,12 @@ pub struct ResourceBlock {
     /// takeover's `start` is told from which instant it must cover (`BUDDYGATE_COVER_FROM`), so
     /// it keeps the video the dying server never wrote. `true` or `"hot"`: always, while its
     /// home server runs it; `"warm"`: only once its home server misses heartbeats (1.5
-    /// intervals of silence), and for 10 failure timeouts after; `false` or `"off"` (default).
+    /// intervals of silence), and for 10 failure timeouts after; `false` or `"off"`. Default:
+    /// `"warm"` for cameras (it costs nothing while the site is healthy; an agent without
+    /// `standby` is skipped), `"off"` for the other kinds.
     #[serde(default)]
-    #[schemars(with = "super::model::StandbySchema")]
-    pub standby: Standby,
+    #[schemars(with = "Option<super::model::StandbySchema>")]
+    pub standby: Option<Standby>,
     /// Every agent: how long one `merge` may take (after a failback, the home server's agent
     /// is given the intervals a buddy recorded, to pull that footage back). Default `"10m"`.
     #[serde(default = "default_merge_timeout", with = "duration")]
