@@ -38,7 +38,7 @@ use super::io::{Durable, Input, Output, PeerRecord, Restored};
 use super::topology::Topology;
 use super::views::Stats;
 use super::wire::Key;
-use crate::config::{ResourceIdx, ServerIdx, Site, Standby};
+use crate::config::{ResourceIdx, ServerIdx, Site};
 
 use batches::Batches;
 use holds::Holds;
@@ -128,10 +128,8 @@ pub struct Node {
     /// Resources this node keeps in standby now (see [`standby`]).
     standby: BTreeSet<ResourceIdx>,
     /// The hot- and warm-standby resources this node may take over (see [`standby`]).
-    standby_candidates: Arc<Vec<ResourceIdx>>,
-    /// The home servers of the warm-standby candidates...
-    warm_homes: Arc<BTreeSet<ServerIdx>>,
-    /// ... and when each was last found missing heartbeats.
+    standby_candidates: Arc<standby::Candidates>,
+    /// When the home servers of warm-standby candidates were last found missing heartbeats.
     missed: BTreeMap<ServerIdx, Duration>,
     /// Active claims a peer heard and this node may not (a one-way cut): resource ->
     /// (holder, epoch, until when the report holds).
@@ -187,12 +185,6 @@ impl Node {
             me,
             key,
         };
-        let standby_candidates: Vec<ResourceIdx> = site
-            .resource_indices()
-            .filter(|&r| {
-                site.resource(r).timings.standby != Standby::Off && topo.candidates(r).contains(&me)
-            })
-            .collect();
         let mut known = Known::new(&site);
         for &(r, e) in &restored.known {
             known.restore(r, e);
@@ -226,14 +218,7 @@ impl Node {
             handed: BTreeMap::new(),
             relayed: BTreeMap::new(),
             standby: BTreeSet::new(),
-            standby_candidates: Arc::new(standby_candidates.clone()),
-            warm_homes: Arc::new(
-                standby_candidates
-                    .iter()
-                    .filter(|&&r| site.resource(r).timings.standby == Standby::Warm)
-                    .map(|&r| site.resource(r).server)
-                    .collect(),
-            ),
+            standby_candidates: Arc::new(standby::Candidates::of(&site, &topo, me)),
             missed: BTreeMap::new(),
             storage_ok: true,
             stable_since: now,

@@ -13,15 +13,47 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use std::collections::BTreeMap;
+
 use super::{Node, Output, Phase};
-use crate::config::{ResourceIdx, ServerIdx, Standby};
+use crate::config::{ResourceIdx, ServerIdx, Site, Standby};
 use crate::failover::placement::Availability;
+use crate::failover::topology::Topology;
 
 /// A warm standby is prepared once its home server has been silent on every path for this many
 /// heartbeat intervals, in tenths (1.5: one heartbeat late by half an interval).
 pub const WARM_SILENCE: u32 = 15;
 /// ... and kept for this many failure timeouts after the home server was last found silent.
 pub const WARM_HOLD: u32 = 10;
+
+/// The resources a node may keep in standby: those it may take over.
+#[derive(Debug, Default)]
+pub(super) struct Candidates {
+    hot: Vec<ResourceIdx>,
+    /// By home server: judged only while it misses heartbeats.
+    warm: BTreeMap<ServerIdx, Vec<ResourceIdx>>,
+}
+
+impl Candidates {
+    pub fn of(site: &Site, topo: &Topology, me: ServerIdx) -> Self {
+        let mut c = Candidates::default();
+        for r in site.resource_indices() {
+            if !topo.candidates(r).contains(&me) {
+                continue;
+            }
+            match site.resource(r).timings.standby {
+                Standby::Off => {}
+                Standby::Hot => c.hot.push(r),
+                Standby::Warm => c.warm.entry(site.resource(r).server).or_default().push(r),
+            }
+        }
+        c
+    }
+
+    fn is_empty(&self) -> bool {
+        self.hot.is_empty() && self.warm.is_empty()
+    }
+}
 
 impl Node {
     /// Silence after which a warm standby's home server counts as missing heartbeats.
@@ -54,8 +86,9 @@ impl Node {
         let hold = self.ctx.site.failure_timeout * WARM_HOLD;
         let silence = self.warm_silence();
         let last = self.last_input.unwrap_or_default();
-        self.warm_homes
-            .iter()
+        self.standby_candidates
+            .warm
+            .keys()
             .filter_map(|&home| match self.missed.get(&home) {
                 Some(&t) => Some(t + hold),
                 None => self
@@ -72,23 +105,26 @@ impl Node {
         let site = self.ctx.site.clone();
         let topo = self.ctx.topo.clone();
         let me = self.ctx.me;
-        if self.standby_candidates.is_empty() {
+        let candidates = self.standby_candidates.clone();
+        if candidates.is_empty() {
             return;
         }
         let mut want = BTreeSet::new();
         if self.phase == Phase::Running && !self.listening(now) {
-            let homes = self.warm_homes.clone();
-            let missing: BTreeSet<ServerIdx> = homes
-                .iter()
-                .copied()
-                .filter(|&home| self.missing_heartbeats(home, now))
-                .collect();
-            for &r in self.standby_candidates.iter() {
+            // Warm ones only of the home servers that miss heartbeats: on a healthy site this
+            // is a look at each home's last heartbeat, not at each camera.
+            let mut warm = Vec::new();
+            for (&home, rs) in &candidates.warm {
+                if self.missing_heartbeats(home, now) {
+                    warm.push(rs);
+                }
+            }
+            if candidates.hot.is_empty() && warm.is_empty() && self.standby.is_empty() {
+                return;
+            }
+            for &r in candidates.hot.iter().chain(warm.into_iter().flatten()) {
                 let home = site.resource(r).server;
                 if !self.recently_heard(home, now) || self.own.get(r).is_some() {
-                    continue;
-                }
-                if site.resource(r).timings.standby == Standby::Warm && !missing.contains(&home) {
                     continue;
                 }
                 let runs_at_home = self
