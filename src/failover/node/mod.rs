@@ -129,8 +129,10 @@ pub struct Node {
     standby: BTreeSet<ResourceIdx>,
     /// The hot- and warm-standby resources this node may take over (see [`standby`]).
     standby_candidates: Arc<standby::Candidates>,
-    /// When the home servers of warm-standby candidates were last found missing heartbeats.
+    /// When the home servers of warm-standby candidates were last found missing heartbeats...
     missed: BTreeMap<ServerIdx, Duration>,
+    /// ... and when one may next be (see [`standby`]).
+    warm_check_at: Duration,
     /// Active claims a peer heard and this node may not (a one-way cut): resource ->
     /// (holder, epoch, until when the report holds).
     /// (holder, epoch, active, until when the report holds).
@@ -220,6 +222,7 @@ impl Node {
             standby: BTreeSet::new(),
             standby_candidates: Arc::new(standby::Candidates::of(&site, &topo, me)),
             missed: BTreeMap::new(),
+            warm_check_at: Duration::ZERO,
             storage_ok: true,
             stable_since: now,
             next_heartbeat: now,

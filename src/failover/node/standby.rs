@@ -79,26 +79,37 @@ impl Node {
         }
     }
 
-    /// When a warm standby's home server will count as missing heartbeats, or stop counting so;
+    /// The warm standbys' home servers that miss heartbeats now. On a healthy site this looks
+    /// at them once in a while, not at every step: a home heard at `t` cannot miss heartbeats
+    /// before `t + silence`, and what it is heard later only moves that on.
+    fn missing_homes(&mut self, now: Duration) -> Vec<ServerIdx> {
+        if self.missed.is_empty() && now < self.warm_check_at {
+            return Vec::new();
+        }
+        let candidates = self.standby_candidates.clone();
+        let silence = self.warm_silence();
+        let mut next = Duration::MAX;
+        let mut missing = Vec::new();
+        for &home in candidates.warm.keys() {
+            if self.missing_heartbeats(home, now) {
+                missing.push(home);
+            } else if let Some(t) = self.peers.get(home).and_then(|p| p.last_heard) {
+                next = next.min(t + silence);
+            }
+        }
+        self.warm_check_at = next;
+        missing
+    }
+
+    /// When a warm standby's home server may count as missing heartbeats, or stop counting so;
     /// only instants after the last input (while booting or stopping nothing is judged, and a
     /// passed instant would wake the driver again and again).
     pub(super) fn standby_deadline(&self) -> Option<Duration> {
         let hold = self.ctx.site.failure_timeout * WARM_HOLD;
-        let silence = self.warm_silence();
         let last = self.last_input.unwrap_or_default();
-        self.standby_candidates
-            .warm
-            .keys()
-            .filter_map(|&home| match self.missed.get(&home) {
-                Some(&t) => Some(t + hold),
-                None => self
-                    .peers
-                    .get(home)
-                    .and_then(|p| p.last_heard)
-                    .map(|t| t + silence),
-            })
-            .filter(|&t| t > last)
-            .min()
+        let held = self.missed.values().map(|&t| t + hold);
+        let check = (self.warm_check_at != Duration::MAX).then_some(self.warm_check_at);
+        held.chain(check).filter(|&t| t > last).min()
     }
 
     pub(super) fn update_standby(&mut self, now: Duration, out: &mut Vec<Output>) {
@@ -113,12 +124,11 @@ impl Node {
         if self.phase == Phase::Running && !self.listening(now) {
             // Warm ones only of the home servers that miss heartbeats: on a healthy site this
             // is a look at each home's last heartbeat, not at each camera.
-            let mut warm = Vec::new();
-            for (&home, rs) in &candidates.warm {
-                if self.missing_heartbeats(home, now) {
-                    warm.push(rs);
-                }
-            }
+            let warm: Vec<&Vec<ResourceIdx>> = self
+                .missing_homes(now)
+                .iter()
+                .filter_map(|home| candidates.warm.get(home))
+                .collect();
             if candidates.hot.is_empty() && warm.is_empty() && self.standby.is_empty() {
                 return;
             }
