@@ -967,6 +967,7 @@ fn the_asyncapi_document_covers_every_topic_and_event() {
         "address: buddygate/{site}/onvif-ej/Failover/Completed/&{server}\n",
         "address: buddygate/{site}/onvif-ej/Failover/Failback/&{server}\n",
         "address: buddygate/{site}/onvif-ej/Ownership/Conflict/&{resource}\n",
+        "address: buddygate/{site}/onvif-ej/Ownership/Unplaced/&{resource}\n",
         "address: buddygate/{site}/onvif-ej/Connector/Failed/&{server}/&{connector}\n",
         "address: buddygate/{site}/onvif-ej/Connector/Recovered/&{server}/&{connector}\n",
     ] {
@@ -1017,6 +1018,22 @@ fn the_asyncapi_document_covers_every_topic_and_event() {
     );
     assert_eq!(msgs[0].1["Topic"], "bg:Connector/Failed");
     assert_eq!(msgs[0].1["Data"]["RetryInMs"], "1000");
+    let ev = buddygate::store::StoredEvent {
+        seq: 3,
+        kind: "buddygate.resource.unplaced".into(),
+        json: r#"{"type":"buddygate.resource.unplaced","time":"2026-11-24T22:00:00.000Z","data":{"server":{"id":"live-1","address":"10.0.0.1"},"resources":[{"id":"cam-001","reason":"capacity"},{"id":"cam-002","reason":"unavailable"}]}}"#.into(),
+    };
+    let msgs = buddygate::connectors::mqtt::onvif_messages("buddygate/hq", &ev);
+    let topics: Vec<&str> = msgs.iter().map(|m| m.0.as_str()).collect();
+    assert_eq!(
+        topics,
+        [
+            "buddygate/hq/onvif-ej/Ownership/Unplaced/&cam-001",
+            "buddygate/hq/onvif-ej/Ownership/Unplaced/&cam-002"
+        ]
+    );
+    assert_eq!(msgs[0].1["Topic"], "bg:Ownership/Unplaced");
+    assert_eq!(msgs[1].1["Data"]["Reason"], "unavailable");
 }
 
 // ---- with a real Mosquitto: broker restarts, MQTT 5 refusals -----------------------------
