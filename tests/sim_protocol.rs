@@ -973,3 +973,44 @@ fn a_full_disk_hands_over_at_once_and_comes_back_by_itself() {
     assert!(sim.run_until_cond(SECS(5), |sim| all_on(sim, &rs, l1)));
     assert_eq!(count_all(&sim, t, "buddygate.ownership.conflict"), 0);
 }
+
+/// A network that loses heartbeats (the fault lab's profile: 37 % loss and 100 ms of jitter on
+/// one path, 10 % on the other) for 10 minutes: warm standby prepares and releases as the home
+/// server's heartbeats come and go, and never moves anything. How much of the time it is
+/// prepared is printed (`--nocapture`): what such a network costs in streams.
+#[test]
+fn warm_standby_on_a_lossy_network_prepares_but_never_moves_anything() {
+    let site = SiteBuilder::new("hq")
+        .live("live-1", &["fo-1"])
+        .failover("fo-1", Mode::Mirrored, None, None)
+        .many("live-1", Kind::Camera, 2, 0)
+        .warm_standby(&["live-1-camera-001", "live-1-camera-002"]);
+    let mut sim = started(7, site);
+    let (l1, f1) = (sim.idx("live-1"), sim.idx("fo-1"));
+    let rs = homed(&sim, l1);
+    sim.set_path(0, |l| {
+        l.loss = 0.37;
+        l.jitter = MS(100);
+    });
+    sim.set_path(1, |l| l.loss = 0.10);
+    let (mut prepared, mut preparations, mut was) = (Duration::ZERO, 0u32, false);
+    let step = MS(10);
+    let total = SECS(600);
+    let until = sim.now() + total;
+    while sim.now() < until {
+        sim.run_for(step);
+        let now = !sim.standby_on(f1).is_empty();
+        if now {
+            prepared += step;
+        }
+        if now && !was {
+            preparations += 1;
+        }
+        was = now;
+        assert!(all_on(&sim, &rs, l1), "moved at {:?}", sim.now());
+    }
+    println!(
+        "lossy network, 10 min: warm standby prepared {:.1} % of the time, {preparations} times",
+        100.0 * prepared.as_secs_f64() / total.as_secs_f64()
+    );
+}
