@@ -10,10 +10,8 @@
 //! resource (someone took it, or it failed), when a warm one's home server has been heard
 //! steadily again, or when this node itself takes it over (the start supersedes it).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
-
-use std::collections::BTreeMap;
 
 use super::{Node, Output, Phase};
 use crate::config::{ResourceIdx, ServerIdx, Site, Standby};
@@ -62,10 +60,12 @@ impl Node {
     }
 
     /// Whether `home` (the home of warm standbys) missed heartbeats within the last
-    /// [`WARM_HOLD`] failure timeouts; notes it when it does now.
+    /// [`WARM_HOLD`] failure timeouts; notes it when it does now (and is not down yet: a
+    /// takeover has the rest).
     fn missing_heartbeats(&mut self, home: ServerIdx, now: Duration) -> bool {
         let last = self.peers.get(home).and_then(|p| p.last_heard);
-        if last.is_some_and(|t| now >= t + self.warm_silence()) {
+        let ft = self.ctx.site.failure_timeout;
+        if last.is_some_and(|t| now >= t + self.warm_silence() && now < t + ft) {
             self.missed.insert(home, now);
         }
         let hold = self.ctx.site.failure_timeout * WARM_HOLD;
@@ -81,7 +81,8 @@ impl Node {
 
     /// The warm standbys' home servers that miss heartbeats now. On a healthy site this looks
     /// at them once in a while, not at every step: a home heard at `t` cannot miss heartbeats
-    /// before `t + silence`, and what it is heard later only moves that on.
+    /// before `t + silence`, one that is down (or never heard) not before it is heard again
+    /// plus `silence`, and what they are heard later only moves that on.
     fn missing_homes(&mut self, now: Duration) -> Vec<ServerIdx> {
         if self.missed.is_empty() && now < self.warm_check_at {
             return Vec::new();
@@ -93,8 +94,13 @@ impl Node {
         for &home in candidates.warm.keys() {
             if self.missing_heartbeats(home, now) {
                 missing.push(home);
-            } else if let Some(t) = self.peers.get(home).and_then(|p| p.last_heard) {
-                next = next.min(t + silence);
+            } else {
+                let last = self.peers.get(home).and_then(|p| p.last_heard);
+                let ft = self.ctx.site.failure_timeout;
+                next = next.min(match last {
+                    Some(t) if now < t + ft => t + silence,
+                    _ => now + silence,
+                });
             }
         }
         self.warm_check_at = next;
