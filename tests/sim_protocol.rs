@@ -116,6 +116,35 @@ fn b_one_path_lost_is_a_path_event_never_a_failover() {
     assert!(all_on(&sim, &rs, live));
 }
 
+/// A server that dies is one event, even when its paths time out a few milliseconds apart
+/// (its last heartbeats left on them one after the other): no `path.down` just before the
+/// `server.down`. A path lost while another still carries heartbeats is still reported, once
+/// that other path shows the server alive.
+#[test]
+fn b_a_dead_server_is_one_event_however_far_apart_its_paths_time_out() {
+    let mut sim = started(3, two_live_one_buddy());
+    let (live, fo) = (sim.idx("live-1"), sim.idx("fo-1"));
+    sim.link(live, fo, 1).delay = MS(5);
+    sim.run_for(SECS(2));
+    let t0 = sim.now();
+    sim.crash(live);
+    sim.run_for(SECS(3));
+    assert_eq!(event_types(&sim, fo, t0)[0], "buddygate.server.down");
+    assert!(
+        !event_types(&sim, fo, t0).contains(&"buddygate.path.down"),
+        "{:?}",
+        event_types(&sim, fo, t0)
+    );
+
+    // Back, then one path cut: reported while path 1 is alive.
+    sim.start(live);
+    sim.run_for(SECS(10));
+    let t1 = sim.now();
+    sim.link(live, fo, 0).cut = true;
+    sim.run_for(SECS(3));
+    assert_eq!(event_types(&sim, fo, t1), ["buddygate.path.down"]);
+}
+
 /// Found by the fault harness on a real network (tests/faults, soak: a partition right after
 /// a flapping path): path 1 is down, comes back, and one heartbeat gets through on it (one good
 /// heartbeat: not up yet) while path 0 drops out; then the live server dies. Path 0 times out

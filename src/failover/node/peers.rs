@@ -18,6 +18,10 @@ pub(super) struct PathInfo {
     pub up: bool,
     /// A `path.down` was emitted and no `path.up` since.
     pub announced_down: bool,
+    /// Down, and its `path.down` waits until another path shows the server alive (not a
+    /// moment from timing out too): a server that dies is one event, `server.down`, even
+    /// when its paths time out a millisecond apart.
+    pub down_unannounced: bool,
     pub good: u8,
     pub last_heard: Option<Duration>,
     pub last_seq: u64,
@@ -310,11 +314,22 @@ impl Node {
             if any_up && !was_down {
                 for (i, up) in path_events {
                     let p = &mut peer.paths[i];
-                    if !up {
-                        p.announced_down = true;
-                        out.push(Output::Event(Event::PathDown { server: s, path: i }));
-                    } else if std::mem::take(&mut p.announced_down) {
+                    p.down_unannounced = !up;
+                    if up && std::mem::take(&mut p.announced_down) {
                         out.push(Output::Event(Event::PathUp { server: s, path: i }));
+                    }
+                }
+                let hb = self.ctx.site.heartbeat_interval;
+                let alive = peer
+                    .paths
+                    .iter()
+                    .any(|q| q.up && q.last_heard.is_some_and(|t| now + hb < t + ft));
+                if alive {
+                    for (i, p) in peer.paths.iter_mut().enumerate() {
+                        if std::mem::take(&mut p.down_unannounced) {
+                            p.announced_down = true;
+                            out.push(Output::Event(Event::PathDown { server: s, path: i }));
+                        }
                     }
                 }
             }
@@ -328,6 +343,7 @@ impl Node {
                 peer.announced_down = true;
                 for p in &mut peer.paths {
                     p.announced_down = false;
+                    p.down_unannounced = false;
                 }
                 out.push(Output::Event(Event::ServerDown {
                     server: s,
