@@ -59,48 +59,41 @@ impl Node {
         self.ctx.site.heartbeat_interval * WARM_SILENCE / 10
     }
 
-    /// Whether `home` (the home of warm standbys) missed heartbeats within the last
-    /// [`WARM_HOLD`] failure timeouts; notes it when it does now (and is not down yet: a
-    /// takeover has the rest).
-    fn missing_heartbeats(&mut self, home: ServerIdx, now: Duration) -> bool {
-        let last = self.peers.get(home).and_then(|p| p.last_heard);
-        let ft = self.ctx.site.failure_timeout;
-        if last.is_some_and(|t| now >= t + self.warm_silence() && now < t + ft) {
-            self.missed.insert(home, now);
-        }
-        let hold = self.ctx.site.failure_timeout * WARM_HOLD;
-        match self.missed.get(&home) {
-            Some(&t) if now < t + hold => true,
-            Some(_) => {
-                self.missed.remove(&home);
-                false
-            }
-            None => false,
-        }
+    /// How long a warm standby is kept after its home server was last found missing heartbeats.
+    fn warm_hold(&self) -> Duration {
+        self.ctx.site.failure_timeout * WARM_HOLD
     }
 
-    /// The warm standbys' home servers that miss heartbeats now. On a healthy site this looks
-    /// at them once in a while, not at every step: a home heard at `t` cannot miss heartbeats
-    /// before `t + silence`, one that is down (or never heard) not before it is heard again
-    /// plus `silence`, and what they are heard later only moves that on.
+    /// The warm standbys' home servers that missed heartbeats within the last [`WARM_HOLD`]
+    /// failure timeouts; notes those that miss them now (and are not down yet: a takeover has
+    /// the rest). On a healthy site this looks at them once in a while, not at every step: a
+    /// home heard at `t` cannot miss heartbeats before `t + silence`, one that is down (or never
+    /// heard) not before it is heard again plus `silence`, and what they are heard later only
+    /// moves that on.
     fn missing_homes(&mut self, now: Duration) -> Vec<ServerIdx> {
         if self.missed.is_empty() && now < self.warm_check_at {
             return Vec::new();
         }
         let candidates = self.standby_candidates.clone();
-        let silence = self.warm_silence();
+        let (silence, hold) = (self.warm_silence(), self.warm_hold());
+        let ft = self.ctx.site.failure_timeout;
         let mut next = Duration::MAX;
         let mut missing = Vec::new();
         for &home in candidates.warm.keys() {
-            if self.missing_heartbeats(home, now) {
-                missing.push(home);
-            } else {
-                let last = self.peers.get(home).and_then(|p| p.last_heard);
-                let ft = self.ctx.site.failure_timeout;
-                next = next.min(match last {
-                    Some(t) if now < t + ft => t + silence,
-                    _ => now + silence,
-                });
+            let last = self.peers.get(home).and_then(|p| p.last_heard);
+            match last.filter(|&t| now < t + ft) {
+                Some(t) if now >= t + silence => {
+                    self.missed.insert(home, now);
+                }
+                Some(t) => next = next.min(t + silence),
+                None => next = next.min(now + silence),
+            }
+            match self.missed.get(&home) {
+                Some(&t) if now < t + hold => missing.push(home),
+                Some(_) => {
+                    self.missed.remove(&home);
+                }
+                None => {}
             }
         }
         self.warm_check_at = next;
@@ -111,7 +104,7 @@ impl Node {
     /// only instants after the last input (while booting or stopping nothing is judged, and a
     /// passed instant would wake the driver again and again).
     pub(super) fn standby_deadline(&self) -> Option<Duration> {
-        let hold = self.ctx.site.failure_timeout * WARM_HOLD;
+        let hold = self.warm_hold();
         let last = self.last_input.unwrap_or_default();
         let held = self.missed.values().map(|&t| t + hold);
         let check = (self.warm_check_at != Duration::MAX).then_some(self.warm_check_at);
