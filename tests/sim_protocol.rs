@@ -868,16 +868,7 @@ fn hot_standby_is_prepared_by_the_first_buddy_up_and_the_takeover_covers_from_th
         sim.standby_on(f1).is_empty(),
         "the start superseded the standby"
     );
-    let down_since = sim
-        .events()
-        .iter()
-        .find_map(|(at, n, e)| match e {
-            buddygate::failover::Event::ServerDown { down_since, .. } if *n == f1 && *at > t => {
-                Some(*down_since)
-            }
-            _ => None,
-        })
-        .expect("server.down");
+    let down_since = down_since(&sim, f1, t).expect("server.down");
     assert!(down_since <= t);
     let margin = sim.site().heartbeat_interval;
     for &r in &rs {
@@ -941,16 +932,7 @@ fn warm_standby_is_prepared_when_the_home_server_misses_heartbeats_and_released_
     );
     assert!(sim.run_until_cond(SECS(2), |sim| all_on(sim, &rs, f1)));
     assert!(sim.standby_on(f1).is_empty(), "the start superseded it");
-    let down_since = sim
-        .events()
-        .iter()
-        .find_map(|(at, n, e)| match e {
-            buddygate::failover::Event::ServerDown { down_since, .. } if *n == f1 && *at > t => {
-                Some(*down_since)
-            }
-            _ => None,
-        })
-        .expect("server.down");
+    let down_since = down_since(&sim, f1, t).expect("server.down");
     for &r in &rs {
         assert_eq!(sim.cover_from(f1, r), Some(down_since - hb));
     }

@@ -48,6 +48,14 @@ pub fn started(seed: u64, site: SiteBuilder) -> Sim {
     sim
 }
 
+/// `down_since` of the first `server.down` `node` raised after `after`.
+pub fn down_since(sim: &Sim, node: ServerIdx, after: Duration) -> Option<Duration> {
+    sim.events().iter().find_map(|(at, n, e)| match e {
+        Event::ServerDown { down_since, .. } if *n == node && *at > after => Some(*down_since),
+        _ => None,
+    })
+}
+
 pub fn event_types(sim: &Sim, node: ServerIdx, after: Duration) -> Vec<&'static str> {
     sim.events()
         .iter()
