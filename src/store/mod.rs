@@ -14,6 +14,9 @@
 //! - [`outbox`]: cursors, dead letters, delivery attempts, and the read-only [`Reader`];
 //! - [`maintenance`]: what keeps a store that runs for years bounded: retention of the event
 //!   log in small batches, WAL checkpoints.
+//!
+//! What stays here (~420 lines, the rest its tests) is opening a store, its connections and the
+//! writes every part shares.
 
 pub mod history;
 mod maintenance;
