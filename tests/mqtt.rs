@@ -84,8 +84,6 @@ impl Proxy {
 
 #[derive(Debug, Clone)]
 struct Msg {
-    /// When the subscriber received it.
-    at: Instant,
     topic: String,
     payload: Value,
     qos: QoS,
@@ -118,7 +116,6 @@ impl Sub {
             loop {
                 match eventloop.poll().await {
                     Ok(Event::Incoming(Packet::Publish(p))) => m.lock().unwrap().push(Msg {
-                        at: Instant::now(),
                         topic: p.topic.clone(),
                         payload: serde_json::from_slice(&p.payload).unwrap_or(Value::Null),
                         qos: p.qos,
@@ -355,21 +352,27 @@ async fn a_new_owner_is_published_once_the_resource_is_active() {
             .then_some(())
     })
     .await;
+    // Timed on the node (the event's `time`, the owner message's `timestamp`): the
+    // subscriber may get the event late, behind the state messages.
+    let wall = |v: &Value| humantime::parse_rfc3339(v.as_str().unwrap()).unwrap();
     let msgs = sub.all();
-    let started = msgs
-        .iter()
-        .find(|m| {
-            m.topic.ends_with("/events/buddygate.failover.started")
-                && m.payload["source"] == "buddygate://mqttactive/fo-1"
-        })
-        .expect("fo-1's failover.started")
-        .at;
+    let started = wall(
+        &msgs
+            .iter()
+            .find(|m| {
+                m.topic.ends_with("/events/buddygate.failover.started")
+                    && m.payload["source"] == "buddygate://mqttactive/fo-1"
+            })
+            .expect("fo-1's failover.started")
+            .payload["time"],
+    );
     let first_owner = msgs
         .iter()
-        .find(|m| m.topic.contains("/resources/") && m.payload["owner"] == "fo-1")
-        .expect("an owner message")
-        .at;
-    let waited = first_owner.saturating_duration_since(started);
+        .filter(|m| m.topic.contains("/resources/") && m.payload["owner"] == "fo-1")
+        .map(|m| wall(&m.payload["timestamp"]))
+        .min()
+        .expect("an owner message");
+    let waited = first_owner.duration_since(started).unwrap_or_default();
     assert!(
         waited >= Duration::from_millis(500),
         "fo-1 published itself as owner {waited:?} after failover.started, before its start ended"
@@ -1373,8 +1376,12 @@ async fn unplaced_resources_are_published_without_an_owner_and_everything_is_rea
     let mut node = MqttNode::start("unplaced", &site, fo, &file, snap);
     let sub = Sub::start(port, "unplaced-sub", "buddygate/part/resources/#").await;
     let topic = "buddygate/part/resources/live-1-camera-002";
-    let v = common::eventually(Duration::from_secs(5), "unplaced", || async {
-        sub.last(topic)
+    // Retained messages come in no fixed order: wait for both.
+    let (v, served) = common::eventually(Duration::from_secs(5), "unplaced", || async {
+        Some((
+            sub.last(topic)?,
+            sub.last("buddygate/part/resources/live-1-camera-001")?,
+        ))
     })
     .await;
     assert_eq!(
@@ -1387,9 +1394,6 @@ async fn unplaced_resources_are_published_without_an_owner_and_everything_is_rea
         (Value::Null, Value::Null, "unplaced".into(), 199.into()),
         "{v}"
     );
-    let served = sub
-        .last("buddygate/part/resources/live-1-camera-001")
-        .unwrap();
     assert_eq!(
         (served["owner"].clone(), served["state"].clone()),
         ("fo-1".into(), "active".into())
