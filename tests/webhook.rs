@@ -117,16 +117,15 @@ async fn delivers_every_event_once_in_order_signed() {
     }
     // More events are picked up as they are stored.
     outbox.push("buddygate.failback.completed");
-    until(Duration::from_secs(5), "the 6th", || {
-        rx.requests().len() == 6
-    })
-    .await;
-    assert_eq!(
+    // The receiver records a request before it answers; the count moves once the answer is in.
+    until(Duration::from_secs(5), "the 6th delivered", || {
         r.status
             .delivered
-            .load(std::sync::atomic::Ordering::Relaxed),
-        6
-    );
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 6
+    })
+    .await;
+    assert_eq!(rx.requests().len(), 6);
     r.cancel.cancel();
     let _ = r.task.await;
 }
@@ -419,13 +418,15 @@ async fn a_crash_with_deliveries_pending_loses_nothing() {
     let got = ids(&rx.requests());
     assert_eq!(got.last().unwrap(), "fo-1:3");
     assert!(got.contains(&"fo-1:2".to_string()));
-    assert_eq!(
+    // The cursor moves once the 2xx is in, just after the receiver recorded the request.
+    until(Duration::from_secs(5), "the cursor at 3", || {
         Store::open_reader(&outbox.dir)
             .unwrap()
             .cursor("psim")
-            .unwrap(),
-        3
-    );
+            .unwrap()
+            == 3
+    })
+    .await;
     r.cancel.cancel();
     let _ = r.task.await;
 }
