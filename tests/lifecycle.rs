@@ -235,7 +235,12 @@ async fn case_1_after_a_failback_and_a_power_cut_the_buddy_alone_claims_above_ev
     })
     .await;
     assert!(back.iter().zip(&taken).all(|(b, t)| b > t));
-    // fo-1 learns the failback's epoch; then the power goes, and only fo-1 comes back.
+    // fo-1 learns the failback's epoch (and a moment to store it); then the power goes, and
+    // only fo-1 comes back.
+    eventually(SECS(5), "fo-1 sees the failback", || async {
+        (all_owned_by(&c, "fo-1", "live-1", "live-1").await? == back).then_some(())
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(600)).await;
     c.kill9("live-1");
     c.kill9("fo-1");
@@ -637,24 +642,20 @@ async fn hot_standby_is_prepared_on_the_first_buddy_covers_the_takeover_and_is_r
     eventually(SECS(10), "live-1 records, fo-1 stands by", || async {
         let by: Vec<_> = rec.standing_by().into_iter().collect();
         let seen = all_owned_by(&c, "fo-1", "live-1", "live-1").await.is_some();
+        // fo-1's API says it stands by (its next snapshot after the agent's standby).
+        let fo = get(&format!("{}/api/v1/resources", c.api("fo-1"))).await?;
+        let says = fo["resources"]
+            .as_array()?
+            .iter()
+            .all(|r| r["standby"] == true);
         (seen
+            && says
             && rec.all_on("live-1", 3, "live-1")
             && by.len() == 3
             && by.iter().all(|(n, _)| n == "fo-1"))
         .then_some(())
     })
     .await;
-    let fo = get(&format!("{}/api/v1/resources", c.api("fo-1")))
-        .await
-        .unwrap();
-    assert!(
-        fo["resources"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|r| r["standby"] == true),
-        "fo-1 says it stands by: {fo}"
-    );
     // Record a while: the takeover covers from a heartbeat interval before live-1 was last
     // heard, well after fo-1 saw it record.
     tokio::time::sleep(SECS(1)).await;
