@@ -107,8 +107,21 @@ async fn sigterm_hands_over_without_waiting_for_the_failure_timeout() {
     .await;
     let took = t0.elapsed();
     term.await.unwrap().unwrap();
+    // fo-1 took live-1 down on its `leaving`, not at the failure timeout.
+    let down = eventually(SECS(3), "fo-1's server.down", || async {
+        let v = get(&format!("{}/api/v1/events?after=0", c.api("fo-1"))).await?;
+        v["events"]
+            .as_array()?
+            .iter()
+            .find(|e| e["type"] == "buddygate.server.down" && e["data"]["server"]["id"] == "live-1")
+            .cloned()
+    })
+    .await;
+    assert_eq!(down["data"]["reason"], "leaving", "{down}");
+    // A generous bound: the hand-over is well inside the 1 s failure timeout on an idle
+    // machine (docs/benchmarks.md); on a loaded one it is the reason above that tells.
     assert!(
-        took < Duration::from_millis(900),
+        took < SECS(2),
         "SIGTERM hand-over took {took:?}: it waited for the failure timeout"
     );
     let status = c.term_wait("live-1");
@@ -585,7 +598,8 @@ async fn takeover_ms_and_start_times_count_until_the_resource_works() {
     let to_last_start = ms_between(data["down_since"].as_str().unwrap(), &latest_start);
     assert!(
         // (Both are whole milliseconds, taken on two clocks: a millisecond either way.)
-        (-2..=50).contains(&(takeover as i64 - to_last_start)),
+        // The core hears the report after a little scheduling.
+        (-2..=300).contains(&(takeover as i64 - to_last_start)),
         "takeover_ms {takeover}, last start worked {to_last_start} ms after down_since"
     );
     let fo = resources("fo-1").await.unwrap();

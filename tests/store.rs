@@ -207,7 +207,6 @@ async fn a_full_disk_hands_over_keeps_every_event_and_comes_back() {
         async move { (f().await? == "down").then_some(()) }
     })
     .await;
-    let stored_before_failing = events(&live).await.last().map_or(0, |e| e.0);
     c.start("fo-2");
     let t0 = Instant::now();
     eventually(
@@ -222,6 +221,9 @@ async fn a_full_disk_hands_over_keeps_every_event_and_comes_back() {
         },
     )
     .await;
+    // Writes commit in order: what is stored now was stored before the first failed write
+    // (`server.down` may still have fitted).
+    let stored_before_failing = events(&live).await.last().map_or(0, |e| e.0);
     // Its buddy takes over at once (the `leaving` fast path, not the failure timeout).
     served_by(&c, "fo-1", "live-1", "fo-1", Duration::from_secs(10)).await;
     let took = t0.elapsed();
