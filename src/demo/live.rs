@@ -140,7 +140,22 @@ async fn run_async(opts: LiveOptions) -> anyhow::Result<()> {
         cancel.clone(),
     ));
     // Both consumers subscribed, the subscriber's retained snapshot printed.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    let ready = |r: &Received| {
+        (r.by == "MQTT" && r.what.starts_with("subscribed to"))
+            || (r.by == "ONVIF client" && r.what.starts_with("pull-point subscription"))
+    };
+    let waiting = Instant::now();
+    while received
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter(|(_, r)| ready(r))
+        .count()
+        < 2
+        && waiting.elapsed() < Duration::from_secs(10)
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     site.say("kill -9 live-1");
     site.kill9("live-1");
