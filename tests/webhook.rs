@@ -1272,22 +1272,20 @@ async fn ids_stay_unique_across_a_wiped_data_dir() {
     );
 }
 
-/// A connector that cannot be built at start (an `env:` secret that is not set, a `file:`
-/// secret not there yet) does not stop the node or the other connectors: it is reported
-/// failed (API, metric) and built again until it can be.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_connector_that_cannot_start_is_reported_and_retried_while_the_node_runs() {
-    let rx = receiver().await;
+/// A site of one live server with `cameras` and fo-1, whose three webhook connectors (to `rx`,
+/// `?c=NAME`, `events = [events]`) are `psim`, which can start, `unset`, whose secret is an
+/// `env:` variable never set, and `later`, whose `file:` secret is not there yet.
+fn three_connectors(rx: &Receiver, site: &str, cameras: usize, events: &str) -> common::Cluster {
     let file = |name: &str, secret: &str| {
         format!(
-            "type = \"webhook\"\nurl = \"{}?c={name}\"\nsecret = \"{secret}\"\nevents = [\"buddygate.failover.completed\"]\nretry = [\"200ms\"]\n",
+            "type = \"webhook\"\nurl = \"{}?c={name}\"\nsecret = \"{secret}\"\nevents = [\"{events}\"]\nretry = [\"200ms\"]\n",
             rx.url()
         )
     };
-    let mut c = common::Cluster::new(
-        "badconn",
+    common::Cluster::new(
+        site,
         1,
-        2,
+        cameras,
         common::SiteOptions {
             connectors: vec![
                 ("psim", file("psim", SECRET)),
@@ -1296,7 +1294,16 @@ async fn a_connector_that_cannot_start_is_reported_and_retried_while_the_node_ru
             ],
             ..Default::default()
         },
-    );
+    )
+}
+
+/// A connector that cannot be built at start (an `env:` secret that is not set, a `file:`
+/// secret not there yet) does not stop the node or the other connectors: it is reported
+/// failed (API, metric) and built again until it can be.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connector_that_cannot_start_is_reported_and_retried_while_the_node_runs() {
+    let rx = receiver().await;
+    let mut c = three_connectors(&rx, "badconn", 2, "buddygate.failover.completed");
     c.start_all();
     let api = c.api("fo-1");
     let connectors = || async {
@@ -1501,25 +1508,7 @@ async fn a_connector_that_cannot_start_raises_failed_once_and_recovered_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connector_failed_and_recovered_events_reach_the_connectors_that_run() {
     let rx = receiver().await;
-    let file = |name: &str, secret: &str| {
-        format!(
-            "type = \"webhook\"\nurl = \"{}?c={name}\"\nsecret = \"{secret}\"\nevents = [\"buddygate.connector.*\"]\nretry = [\"200ms\"]\n",
-            rx.url()
-        )
-    };
-    let mut c = common::Cluster::new(
-        "connev",
-        1,
-        1,
-        common::SiteOptions {
-            connectors: vec![
-                ("psim", file("psim", SECRET)),
-                ("unset", file("unset", "env:BUDDYGATE_TEST_NEVER_SET")),
-                ("later", file("later", "file:later.secret")),
-            ],
-            ..Default::default()
-        },
-    );
+    let mut c = three_connectors(&rx, "connev", 1, "buddygate.connector.*");
     c.start("fo-1");
     // (connector, type, data) of what `via` delivered.
     let got = |via: &str| -> Vec<(String, String, Value)> {
